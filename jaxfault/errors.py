@@ -1,0 +1,24 @@
+"""User-facing errors: one clear line naming the bad value, exit code 2 from CLIs."""
+
+
+class JaxfaultError(ValueError):
+    """A bad input or missing resource, reported as one line (CLIs exit with code 2)."""
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise JaxfaultError(message) unless condition holds."""
+    if not condition:
+        raise JaxfaultError(message)
+
+
+def check_probability(name: str, value: float, *, closed_upper: bool = True) -> float:
+    """Return value as float if it is a number in [0, 1] (or [0, 1) when closed_upper is False)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise JaxfaultError(f"{name} must be a number, got {value!r}") from None
+    upper_ok = v <= 1.0 if closed_upper else v < 1.0
+    if not (v >= 0.0 and upper_ok):  # also rejects NaN
+        interval = "[0, 1]" if closed_upper else "[0, 1)"
+        raise JaxfaultError(f"{name} must be in {interval}, got {value!r}")
+    return v
