@@ -19,6 +19,7 @@ Realised rates (faults / stored cells, and the 0->1 share) are returned with eve
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -69,10 +70,6 @@ def geometric_gaps(key: jax.Array, n: int, p: float) -> jax.Array:
     return jnp.minimum(g, np.float32(_CAP)).astype(U32)
 
 
-def _sat_cumsum(x):
-    return jax.lax.associative_scan(lambda a, b: jnp.minimum(a + b, U32(_CAP)), x)
-
-
 def _chunk_size(n_cells: int, p: float) -> int:
     mean = n_cells * p
     return int(max(1, min(CHUNK_CAP, math.ceil(mean + 10.0 * math.sqrt(mean) + 32), n_cells)))
@@ -102,9 +99,12 @@ def _for_each_fault_group(key, n_words: int, positions: np.ndarray, p: float, q:
         def body(carry, seg_key=seg_key, nw=nw, L=L, k=k, w0=w0):
             state, start, it, nf, n01 = carry
             k_gap, k_type = jax.random.split(jax.random.fold_in(seg_key, it))
-            cum = _sat_cumsum(geometric_gaps(k_gap, k, p) + U32(1))
-            pos = start + cum - U32(1)
-            valid = pos < U32(L)
+            # end = start + cumulative steps. Steps are <= 2^30 + 1 and start < L < 2^30, so every
+            # end up to the first one past L is exact in uint32; later ones may wrap, but the
+            # running max of the "past L" flag marks them invalid anyway.
+            end = start + jnp.cumsum(geometric_gaps(k_gap, k, p) + U32(1), dtype=U32)
+            valid = jax.lax.cummax((end > U32(L)).astype(jnp.int32), axis=0) == 0
+            pos = end - U32(1)
             is01 = (jnp.ones((k,), bool) if thr is None else jax.random.bits(k_type, (k,), U32) < thr) & valid
             word = jnp.where(valid, pos // U32(S), U32(nw)).astype(jnp.int32)
             mask = U32(1) << table[jnp.where(valid, pos % U32(S), 0).astype(jnp.int32)]
@@ -115,7 +115,7 @@ def _for_each_fault_group(key, n_words: int, positions: np.ndarray, p: float, q:
             gword = jnp.full((k,), nw, jnp.int32).at[gid].set(word)
             gword = jnp.where(gword < nw, gword + w0, n_words)
             state = apply(state, gword, g10, g01)
-            nxt = jnp.minimum(start + cum[-1], U32(_CAP))
+            nxt = jnp.where(valid[-1], end[-1], U32(_CAP))
             return (state, nxt, it + 1, nf + jnp.sum(valid, dtype=jnp.int32), n01 + jnp.sum(is01, dtype=jnp.int32))
 
         carry = (state, U32(0), jnp.int32(0), nf, n01)
@@ -134,48 +134,63 @@ def _check_word_array(words, name="words"):
     return jnp.asarray(words)
 
 
-def inject_stuck_at(key, words, ber: float, zero_to_one: float = 0.0, stored_mask: int = 0xFFFFFFFF):
-    """Stuck-at faults drawn from key applied to 1-D uint32 words -> (faulty words, FaultStats).
-
-    Same key, same faults as `stuck_at_maps(key, len(words), ...)` (without building the maps).
-    """
-    ber, q = _check_rates(ber, zero_to_one)
-    words = _check_word_array(words)
+@partial(jax.jit, static_argnames=("ber", "q", "stored_mask", "flip"))
+def _inject(key, words, ber: float, q: float, stored_mask: int, flip: bool):
     pos = stored_positions(stored_mask)
 
     def apply(w, idx, g10, g01):
-        return w.at[idx].set((w[idx] & ~g10) | g01, mode="drop")
+        new = w[idx] ^ g10 if flip else (w[idx] & ~g10) | g01
+        return w.at[idx].set(new, mode="drop")
 
     out, nf, n01 = _for_each_fault_group(key, words.shape[0], pos, ber, q, apply, words)
     return out, _stats(nf, n01, words.shape[0] * len(pos))
 
 
-def inject_flips(key, words, ber: float, stored_mask: int = 0xFFFFFFFF):
-    """XOR bit-flip faults (each stored cell flips with probability ber) -> (faulty words, FaultStats)."""
-    ber, _ = _check_rates(ber, 0.0)
-    words = _check_word_array(words)
-    pos = stored_positions(stored_mask)
-
-    def apply(w, idx, g10, g01):
-        return w.at[idx].set(w[idx] ^ g10, mode="drop")
-
-    out, nf, n01 = _for_each_fault_group(key, words.shape[0], pos, ber, 0.0, apply, words)
-    return out, _stats(nf, n01, words.shape[0] * len(pos))
-
-
-def stuck_at_maps(key, n_words: int, ber: float, zero_to_one: float = 0.0, stored_mask: int = 0xFFFFFFFF):
-    """Explicit (map_1to0, map_0to1, FaultStats) uint32 maps of shape (n_words,), only over stored cells."""
-    ber, q = _check_rates(ber, zero_to_one)
-    check(isinstance(n_words, (int, np.integer)) and n_words >= 0, f"n_words must be a non-negative int, got {n_words!r}")
+@partial(jax.jit, static_argnames=("n_words", "ber", "q", "stored_mask"))
+def _maps(key, n_words: int, ber: float, q: float, stored_mask: int):
     pos = stored_positions(stored_mask)
 
     def apply(maps, idx, g10, g01):
         m10, m01 = maps
         return (m10.at[idx].set(m10[idx] | g10, mode="drop"), m01.at[idx].set(m01[idx] | g01, mode="drop"))
 
-    zeros = jnp.zeros((int(n_words),), U32)
-    (m10, m01), nf, n01 = _for_each_fault_group(key, int(n_words), pos, ber, q, apply, (zeros, zeros))
-    return m10, m01, _stats(nf, n01, int(n_words) * len(pos))
+    zeros = jnp.zeros((n_words,), U32)
+    (m10, m01), nf, n01 = _for_each_fault_group(key, n_words, pos, ber, q, apply, (zeros, zeros))
+    return m10, m01, _stats(nf, n01, n_words * len(pos))
+
+
+def _key(key):
+    check(isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == jnp.uint32),
+          f"key must be a JAX PRNG key, got {type(key).__name__}")
+    return key
+
+
+def inject_stuck_at(key, words, ber: float, zero_to_one: float = 0.0, stored_mask: int = 0xFFFFFFFF):
+    """Stuck-at faults drawn from key applied to 1-D uint32 words -> (faulty words, FaultStats).
+
+    Same key, same faults as `stuck_at_maps(key, len(words), ...)` (without building the maps).
+    Jittable (rates and mask are static Python numbers).
+    """
+    ber, q = _check_rates(ber, zero_to_one)
+    words = _check_word_array(words)
+    stored_positions(stored_mask)
+    return _inject(_key(key), words, ber, q, int(stored_mask), False)
+
+
+def inject_flips(key, words, ber: float, stored_mask: int = 0xFFFFFFFF):
+    """XOR bit-flip faults (each stored cell flips with probability ber) -> (faulty words, FaultStats)."""
+    ber, _ = _check_rates(ber, 0.0)
+    words = _check_word_array(words)
+    stored_positions(stored_mask)
+    return _inject(_key(key), words, ber, 0.0, int(stored_mask), True)
+
+
+def stuck_at_maps(key, n_words: int, ber: float, zero_to_one: float = 0.0, stored_mask: int = 0xFFFFFFFF):
+    """Explicit (map_1to0, map_0to1, FaultStats) uint32 maps of shape (n_words,), only over stored cells."""
+    ber, q = _check_rates(ber, zero_to_one)
+    check(isinstance(n_words, (int, np.integer)) and n_words >= 0, f"n_words must be a non-negative int, got {n_words!r}")
+    stored_positions(stored_mask)
+    return _maps(_key(key), int(n_words), ber, q, int(stored_mask))
 
 
 def flip_map(key, n_words: int, ber: float, stored_mask: int = 0xFFFFFFFF):
