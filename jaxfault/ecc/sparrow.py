@@ -67,24 +67,17 @@ def _bit(w, k):
     return (w >> k) & _u(1)
 
 
-def _meta_layout(B: int):
-    """Static per-position metadata layout: (shift14, is_f14, shift13 or None)."""
-    pos = np.arange(B)
-    shift14 = (7 - pos % 8).astype(np.uint32)
-    is_f14 = pos >= B - 8
-    shift13 = (7 - pos % 8).astype(np.uint32) if B == 16 else None
-    return shift14, is_f14, shift13
-
-
 @partial(jax.jit, static_argnames=("block_size", "compat"))
 def encode_blocks(words: jax.Array, block_size: int, compat: bool = False) -> jax.Array:
     """Sparrow-encode uint32 fp32 words of shape (..., n_blocks * B); no input checks (jittable)."""
     B = block_size
     shape = words.shape
     w = words.reshape(shape[:-1] + (-1, B)) & _u(0xFFFF0000)
-    e = ((w >> 23) & _u(0xFF)).astype(jnp.int32)
-    max_e = jnp.max(e, axis=-1, keepdims=True)
-    min_e = jnp.min(jnp.where(e != 0, e, 255), axis=-1, keepdims=True)
+    e8 = ((w >> 23) & _u(0xFF)).astype(jnp.uint8)
+    # uint8 reductions: XLA CPU vectorises these ~20x better than 32-bit ones over short rows
+    max_e = jnp.max(e8, axis=-1, keepdims=True).astype(jnp.int32)
+    min_e = jnp.min(jnp.where(e8 != 0, e8, jnp.uint8(255)), axis=-1, keepdims=True).astype(jnp.int32)
+    e = e8.astype(jnp.int32)
     diff = jnp.maximum(max_e - min_e, 0)
     wide = diff >= 16                                   # F
     w = jnp.where(wide, w & _u(0xFFFE0000), w)
@@ -104,13 +97,17 @@ def encode_blocks(words: jax.Array, block_size: int, compat: bool = False) -> ja
     out = out | jnp.where(wide, wide_fields, narrow_fields)
     p1, p2, p3 = hamming.parity(_bit(out, 28), _bit(out, 27), _bit(out, 26), _bit(out, 25))
     out = out | (p1 << 23) | (p2 << 22) | (p3 << 21)
-    shift14, is_f14, shift13 = _meta_layout(B)
+    # metadata bits from the position in the block (iota): much faster on XLA CPU than constant
+    # per-position tables broadcast against per-block values
     max_eu = jax.lax.bitcast_convert_type(max_e, U32)
-    fu = wide.astype(U32)
-    meta14 = jnp.where(is_f14, fu, (max_eu >> shift14) & _u(1))
-    out = out | (meta14 << 14)
-    if shift13 is not None:
-        out = out | (((max_eu >> shift13) & _u(1)) << 13)
+    c = jax.lax.broadcasted_iota(U32, out.shape, out.ndim - 1)
+    max_bit = (max_eu >> (_u(7) - (c & _u(7)))) & _u(1)
+    if B == 16:
+        meta14 = jnp.where(c >= _u(8), wide.astype(U32), max_bit)
+        out = out | (meta14 << 14) | (max_bit << 13)
+    else:
+        meta14 = jnp.where(c >= _u(B - 8), wide.astype(U32), max_bit)
+        out = out | (meta14 << 14)
     return out.reshape(shape)
 
 
