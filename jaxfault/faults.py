@@ -31,7 +31,7 @@ from jaxfault.errors import JaxfaultError, check, check_probability
 U32 = jnp.uint32
 _CAP = 1 << 30                 # saturation value of cell positions
 _MAX_SEGMENT_CELLS = (1 << 30) - 1
-CHUNK_CAP = 1 << 21            # faults drawn per loop iteration at most
+CHUNK_CAP = 1 << 16            # faults drawn per loop iteration at most (keeps temporaries in cache)
 
 
 class FaultStats(NamedTuple):
