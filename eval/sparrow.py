@@ -11,8 +11,6 @@ as the reference does. The T trials run inside one jitted computation (jaxfault.
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,7 +24,7 @@ from jaxfault.cli import ArgumentParser, parse_float_list, run_main
 from jaxfault.ecc import SCHEMES, get_scheme
 from jaxfault.ecc.pipeline import FAULT_MODELS, cast_floats, faulty_params, is_float_param, protect
 from jaxfault.ecc.sparrow import check_block_size
-from jaxfault.errors import JaxfaultError, check, check_probability
+from jaxfault.errors import check, check_probability
 from jaxfault.io import atomic_savefig, atomic_write_json, atomic_write_text
 from jaxfault.pytree import is_kernel
 

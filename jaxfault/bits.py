@@ -23,7 +23,6 @@ _FORMATS = {
     np.dtype(jnp.float16): (np.dtype(np.uint16), 5, 10),
     np.dtype(jnp.bfloat16): (np.dtype(np.uint16), 8, 7),
 }
-_UINT_TO_FLOAT = {np.dtype(np.uint32): np.dtype(np.float32)}
 
 BF16_MASK = np.uint32(0xFFFF0000)
 

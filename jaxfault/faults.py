@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.errors import JaxfaultError, check, check_probability
+from jaxfault.errors import check, check_probability
 
 U32 = jnp.uint32
 _CAP = 1 << 30                 # saturation value of cell positions

@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.errors import check
 
 GROUP = 4
 STORED_BITS = 18
