@@ -113,7 +113,7 @@ def get_network(name: str, input_shape: Sequence[int] | None = None, num_classes
         layers = layers_from_model(model, shape)
     except JaxfaultError:
         raise
-    except (TypeError, ValueError) as e:  # shape errors inside the model: the input does not fit it
+    except (TypeError, ValueError, ArithmeticError, IndexError) as e:  # shape errors inside the model: the input does not fit it
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise JaxfaultError(f"network {name!r} cannot run on input {shape}: {msg}") from None
     return Network(name, layers, shape)
