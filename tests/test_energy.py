@@ -214,3 +214,18 @@ def test_grouped_conv_is_groups_independent_convs():
     g = evaluate([conv("g", 3, 8, 12, 10, padding=1, groups=4)], 8, 8, 0.1)
     one = evaluate([conv("c", 3, 2, 3, 10, padding=1)], 8, 8, 0.1)
     np.testing.assert_allclose(np.asarray(g.data), 4 * np.asarray(one.data), rtol=1e-6)
+
+
+def test_layer_major_batched_totals_equal_vmap():
+    from jaxfault.energy.core import total_energy_layer_major
+
+    rng = np.random.default_rng(5)
+    layers = random_layers(rng, 5)
+    P, L = 12, len(layers)
+    qw = rng.integers(1, 17, (P, L)).astype(np.float32)
+    qa = rng.integers(1, 17, (P, L)).astype(np.float32)
+    pw = rng.uniform(0, 0.9, (P, L)).astype(np.float32)
+    hw = Hardware(1.0, 1.0, 2.0, rng.uniform(3, 12, P).astype(np.float32), 200.0, rng.integers(3, 20, P).astype(np.int32), 14)
+    got = jax.jit(total_energy_layer_major)(to_arrays(layers), qw, qa, pw, hw)
+    want = [float(evaluate(layers, qw[p], qa[p], pw[p], Hardware(1.0, 1.0, 2.0, float(hw.glb[p]), 200.0, int(hw.pe_rows[p]), 14)).total) for p in range(P)]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)

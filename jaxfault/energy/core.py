@@ -105,85 +105,101 @@ def output_size(i, k, pad_total, stride):
     return (i + pad_total - k) // stride + 1
 
 
+def _terms(layers: LayerArrays, pw, pe_rows, pe_cols):
+    """SPEC 4 counts as (macs, [[4 levels] x 3 types]) of broadcastable arrays (no stacking).
+
+    Shapes broadcast: layer fields (L,) with pw (..., L) and PE dims (..., 1) or scalars, or
+    layer fields (L, 1) with pw (L, P) and PE dims (P,) (layer-major batches).
+    Integer floor/ceil divisions are done in float32, exact for these small integers."""
+    f = jnp.float32
+    F = {k: jnp.asarray(v).astype(f) for k, v in layers._asdict().items()}
+    pe_rows = jnp.asarray(pe_rows).astype(f)
+    pe_cols = jnp.asarray(pe_cols).astype(f)
+    is_fc = F["is_fc"] != 0
+    kh, kw, g = F["kh"], F["kw"], F["groups"]
+    ih_p = F["ih"] + F["pad_h"]
+    iw_p = F["iw"] + F["pad_w"]
+    oh = jnp.floor((ih_p - kh) / F["sh"]) + 1.0
+    ow = jnp.floor((iw_p - kw) / F["sw"]) + 1.0
+    replic = jnp.floor(pe_rows / kh)
+    fold = jnp.ceil(oh / pe_cols)
+    rep_ge = replic >= fold
+    rep_div_fold = jnp.floor(replic / jnp.maximum(fold, 1.0))
+
+    keep = 1.0 - jnp.asarray(pw, f)
+    c = F["c"] / g
+    m = F["m"] / g
+    K2 = kh * kw
+    O2 = oh * ow
+    I2 = ih_p * iw_p
+    KOI = kh * oh * iw_p
+    cm = c * m
+
+    # conv layer (SPEC 4, "Conv layer"), times the number of groups
+    w_base = K2 * cm * keep
+    conv_macs = w_base * O2
+    conv_w = (w_base, w_base, jnp.where(rep_ge, oh, replic * pe_cols) * w_base, w_base * O2)
+    conv_i = (I2 * c, jnp.where(rep_ge, I2 * c, I2 * cm), jnp.where(rep_ge, rep_div_fold * KOI * c, KOI * cm), KOI * cm)
+    conv_p = (O2 * m, 2.0 * O2 * (c - 1.0) * m, (kh - 1.0) * O2 * cm, 2.0 * (kw - 1.0) * kh * O2 * cm)
+    # fully connected layer (SPEC 4, "Fully connected layer"; O = 1)
+    blocks = pe_cols * replic
+    fc_w = (w_base,) * 4
+    fc_i = (K2 * c, K2 * c, K2 * blocks * c, K2 * m * c)
+    fc_p = (m, 2.0 * (c - 1.0) * m, (kh - 1.0) * cm, 2.0 * (kw - 1.0) * kh * cm)
+
+    sel = lambda a, b: jnp.where(is_fc, a, b) * g
+    macs = sel(w_base, conv_macs)
+    data = tuple(tuple(sel(a, b) for a, b in zip(fc_t, cv_t)) for fc_t, cv_t in ((fc_w, conv_w), (fc_i, conv_i), (fc_p, conv_p)))
+    return macs, data
+
+
 def access_counts(layers: LayerArrays, pw, pe_rows=12, pe_cols=14) -> Counts:
     """SPEC 4 access counts per layer for pruning ratios pw (L,); PE dims may be traced."""
-    i32 = jnp.int32
-    L = {k: jnp.asarray(v, i32) for k, v in layers._asdict().items()}
-    pe_rows = jnp.asarray(pe_rows, i32)
-    pe_cols = jnp.asarray(pe_cols, i32)
-    is_fc = L["is_fc"] != 0
-    kh, kw, g = L["kh"], L["kw"], L["groups"]
-    ih_p = L["ih"] + L["pad_h"]
-    iw_p = L["iw"] + L["pad_w"]
-    oh = output_size(L["ih"], kh, L["pad_h"], L["sh"])
-    ow = output_size(L["iw"], kw, L["pad_w"], L["sw"])
-    replic = pe_rows // kh
-    fold = (oh + pe_cols - 1) // pe_cols
-    rep_ge = replic >= fold
-    rep_div_fold = replic // jnp.maximum(fold, 1)
+    macs, data = _terms(layers, pw, pe_rows, pe_cols)
+    shape = jnp.broadcast_shapes(macs.shape, *(jnp.shape(x) for t in data for x in t))
+    data = jnp.stack([jnp.stack([jnp.broadcast_to(x, shape) for x in t], -1) for t in data], -2)
+    return Counts(jnp.broadcast_to(macs, shape), data)
 
+
+def _scales(qw, qa, hw: Hardware):
     f = jnp.float32
-    keep = 1.0 - jnp.asarray(pw, f)
-    c = (L["c"] // g).astype(f)
-    m = (L["m"] // g).astype(f)
-    K2 = (kh * kw).astype(f)
-    khf, kwf = kh.astype(f), kw.astype(f)
-    ohf, owf = oh.astype(f), ow.astype(f)
-    O2 = ohf * owf
-    I2 = ih_p.astype(f) * iw_p.astype(f)
-    KOI = khf * ohf * iw_p.astype(f)
-    replic_f = replic.astype(f)
-    pe_cols_f = pe_cols.astype(f)
-
-    # ---- conv layer (SPEC 4, "Conv layer")
-    w_base = K2 * c * m * keep
-    conv_macs = w_base * O2
-    conv_w = jnp.stack(
-        [w_base, w_base, jnp.where(rep_ge, ohf, replic_f * pe_cols_f) * w_base, K2 * O2 * c * m * keep], -1
-    )
-    conv_i = jnp.stack(
-        [
-            I2 * c,
-            jnp.where(rep_ge, I2 * c, I2 * c * m),
-            jnp.where(rep_ge, rep_div_fold.astype(f) * KOI * c, KOI * c * m),
-            KOI * c * m,
-        ],
-        -1,
-    )
-    conv_p = jnp.stack(
-        [O2 * m, 2.0 * O2 * (c - 1.0) * m, (khf - 1.0) * O2 * c * m, 2.0 * (kwf - 1.0) * khf * O2 * c * m], -1
-    )
-
-    # ---- fully connected layer (SPEC 4, "Fully connected layer"; O = 1)
-    blocks = pe_cols_f * replic_f
-    fc_macs = w_base
-    fc_w = jnp.stack([w_base, w_base, w_base, w_base], -1)
-    fc_i = jnp.stack([K2 * c, K2 * c, K2 * blocks * c, K2 * m * c], -1)
-    fc_p = jnp.stack([m, 2.0 * (c - 1.0) * m, (khf - 1.0) * c * m, 2.0 * (kwf - 1.0) * khf * c * m], -1)
-
-    gf = g.astype(f)
-    macs = jnp.where(is_fc, fc_macs, conv_macs) * gf
-    data = jnp.stack(
-        [jnp.where(is_fc[:, None], fc, cv) for fc, cv in ((fc_w, conv_w), (fc_i, conv_i), (fc_p, conv_p))], -2
-    ) * gf[:, None, None]
-    return Counts(macs, data)
+    sw = jnp.asarray(qw, f) / REF_BITS
+    sa = jnp.asarray(qa, f) / REF_BITS
+    units = tuple(jnp.asarray(u, f) for u in (hw.dram, hw.glb, hw.noc, hw.rf))
+    return sw, sa, units
 
 
 def energy_core(layers: LayerArrays, qw, qa, pw, hw: Hardware = Hardware()) -> Energy:
     """Per-layer SPEC 4 energy. qw, qa, pw: (L,) (or scalars, broadcast). Pure and jittable;
     vmap it over any of qw, qa, pw, hw to evaluate many design points in one call."""
-    n = layers.kh.shape[-1]
+    n = jnp.shape(layers.kh)[-1]
     f = jnp.float32
     qw = jnp.broadcast_to(jnp.asarray(qw, f), (n,))
     qa = jnp.broadcast_to(jnp.asarray(qa, f), (n,))
     pw = jnp.broadcast_to(jnp.asarray(pw, f), (n,))
     counts = access_counts(layers, pw, hw.pe_rows, hw.pe_cols)
-    unit = jnp.stack([jnp.asarray(u, f) for u in (hw.dram, hw.glb, hw.noc, hw.rf)])  # (4,)
-    sw, sa = qw / REF_BITS, qa / REF_BITS
+    sw, sa, units = _scales(qw, qa, hw)
+    unit = jnp.stack(units)  # (4,)
     scale = jnp.stack([sw, sa, sa], -1)  # (L, 3): weights by qw, inputs and psums by qa
     data = counts.data * unit * scale[:, :, None]
     comp = counts.macs * jnp.asarray(hw.mac, f) * sw * sa
     return Energy(comp, data)
+
+
+def total_energy_layer_major(layers: LayerArrays, qw, qa, pw, hw: Hardware = Hardware()):
+    """Whole-network energy of P design points at once, without per-layer outputs.
+
+    qw, qa, pw: (P, L); hw fields: scalars or (P,). Computes in layer-major (L, P) layout so the
+    sum over layers is a sum of contiguous vectors; equals energy_core(...).total per point."""
+    f = jnp.float32
+    t = lambda a: jnp.asarray(a, f).T  # (L, P)
+    la = LayerArrays(*(jnp.asarray(v)[:, None] for v in layers))
+    macs, data = _terms(la, t(pw), hw.pe_rows, hw.pe_cols)
+    sw, sa, units = _scales(t(qw), t(qa), hw)
+    tot = macs * jnp.asarray(hw.mac, f) * sw * sa
+    for s, terms in zip((sw, sa, sa), data):
+        tot = tot + s * sum(x * u for x, u in zip(terms, units))
+    return tot.sum(0)
 
 
 energy_jit = jax.jit(energy_core)
