@@ -255,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         paths = A.plot_breakdown(rows, args.plot, f"{net.name}")
+        if "sweep" in report:
+            paths.append(A.plot_sweep(report["sweep"], Path(args.plot) / "sweep.png", net.name))
         print(f"wrote {len(paths)} plots to {args.plot}")
     return 0
 

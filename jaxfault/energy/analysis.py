@@ -218,7 +218,9 @@ def plot_breakdown(rows: Sequence[dict], outdir, title: str) -> list[Path]:
     def pie(vals, labels, fname, ttl):
         fig, ax = plt.subplots(figsize=(5, 4.2))
         vals = np.asarray(vals, float)
-        ax.pie(vals, labels=labels, autopct="%.1f%%", textprops={"fontsize": 8})
+        frac = vals / max(vals.sum(), 1e-30)
+        labels = [lab if f >= 0.02 else "" for lab, f in zip(labels, frac)]  # no clutter from tiny slices
+        ax.pie(vals, labels=labels, autopct=lambda q: f"{q:.1f}%" if q >= 2 else "", textprops={"fontsize": 8})
         ax.set_title(f"{title}: {ttl}", fontsize=10)
         fig.tight_layout()
         paths.append(atomic_savefig(fig, outdir / fname, dpi=90))
@@ -228,3 +230,31 @@ def plot_breakdown(rows: Sequence[dict], outdir, title: str) -> list[Path]:
     pie([tot[k] for k in ("computation", "weights", "inputs", "psums")], ["Computation", "Weights", "Ifmap", "Psum"], "pie_by_type.png", "computation and data types")
     pie([r["total"] for r in rows], names, "pie_by_layer.png", "by layer")
     return paths
+
+
+def plot_sweep(sweep: dict, path, title: str) -> Path:
+    """Total energy of every design point against its mean weight+activation bits; Pareto front
+    points highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxfault.io import atomic_savefig
+
+    pts = sweep["points"]
+    x = np.array([(p["mean_qw"] + p["mean_qa"]) / 2 for p in pts])
+    y = np.array([p["total"] for p in pts])
+    par = np.array([p["pareto"] for p in pts])
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(x[~par], y[~par], s=10, c="0.6", label="dominated")
+    ax.scatter(x[par], y[par], s=12, c="C3", label="Pareto front")
+    ax.set_yscale("log")
+    ax.set_xlabel("mean of (qw + qa) / 2 over layers")
+    ax.set_ylabel("total energy (16-bit MAC = 1)")
+    ax.set_title(f"{title}: {len(pts)} design points", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = atomic_savefig(fig, path, dpi=90)
+    plt.close(fig)
+    return p
