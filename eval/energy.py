@@ -120,13 +120,12 @@ def protection_report(args, net, energy, num_weights: int, qw, pw) -> dict:
                                "dram_weight_read_energy": dram_w, "points": pts}
     if args.voltage is not None or args.ber is not None:
         table = load_table(args.voltage_table, "--voltage-table", P.VOLTAGE_BER_TABLE)
-        if args.voltage is not None:
-            volts = np.asarray(parse_float_list(args.voltage, "--voltage"))
-        else:
+        volts = np.asarray(parse_float_list(args.voltage, "--voltage") if args.voltage is not None else [], np.float64)
+        if args.ber is not None:  # SRAM BERs -> the lowest voltage with that BER (voltage table)
             bers = np.asarray(parse_float_list(args.ber, "--ber"))
             if np.any(bers <= 0) or np.any(bers > 1):
                 raise JaxfaultError(f"--ber values must be in (0, 1], got {bers.tolist()}")
-            volts = np.asarray(P.voltage_for_ber(bers, table), np.float64) * args.v_nominal
+            volts = np.concatenate([volts, np.asarray(P.voltage_for_ber(bers, table), np.float64) * args.v_nominal])
         if np.any(volts <= 0):
             raise JaxfaultError(f"--voltage values must be > 0, got {volts.tolist()}")
         vrel = volts / args.v_nominal

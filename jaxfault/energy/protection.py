@@ -115,7 +115,7 @@ def _check_table(table, name, increasing_ber_with_x: bool):
     order = np.argsort(t[:, 0])
     t = t[order]
     d = np.diff(t[:, 1])
-    if not (np.all(d >= 0) if increasing_ber_with_x else np.all(d <= 0)) or np.any(np.diff(t[:, 0]) <= 0):
+    if not (np.all(d > 0) if increasing_ber_with_x else np.all(d < 0)) or np.any(np.diff(t[:, 0]) <= 0):
         raise JaxfaultError(f"{name} must be strictly monotone (BER {'rising' if increasing_ber_with_x else 'falling'} with x)")
     return t
 
@@ -142,7 +142,7 @@ def _voltage_default():
     # 0.03 Vnom (SRAM bit-error rates rise exponentially as VDD drops below Vmin, cf. the
     # low-voltage SRAM measurements cited by NeuralFuse; the slope is not a measured value).
     v0, b0, slope = float(np.sqrt(0.76)), 1e-2, 0.03
-    vs = np.round(np.arange(0.80, 0.961, 0.02), 4)
+    vs = np.round(np.arange(0.84, 1.001, 0.02), 4)
     return tuple((float(v), float(min(b0 * 10 ** ((v0 - v) / slope), 0.5))) for v in vs)
 
 
