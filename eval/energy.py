@@ -76,6 +76,7 @@ def build_parser() -> ArgumentParser:
     e.add_argument("--ecc", default=None, help="DRAM ECC: none, secded, sparrow, sparrow-b16 or stored bits per 16-bit weight")
     e.add_argument("--refresh-interval", default=None, help="refresh intervals in s, comma list (default 0.064)")
     e.add_argument("--refresh-pj-per-bit", type=float, default=P.REFRESH_PJ_PER_BIT)
+    e.add_argument("--ecc-read-scaling", type=float, default=P.ECC_READ_SCALING, help="share of DRAM weight-read energy that grows with the ECC's stored bits (1: check bits move with the data)")
     e.add_argument("--inference-period", type=float, default=P.INFERENCE_PERIOD_S, help="seconds of DRAM residency charged to one inference")
     e.add_argument("--pj-per-unit", type=float, default=P.PJ_PER_UNIT)
     e.add_argument("--retention-table", default=None, help="JSON [[interval_s, ber], ...]")
@@ -108,7 +109,9 @@ def protection_report(args, net, energy, num_weights: int, qw, pw) -> dict:
         store0 = float(P.weight_storage_bits(nw, qw, pw, 16))
         refresh = np.asarray(P.dram_refresh_energy(store, iv, **kw), np.float64)
         ref0 = float(P.dram_refresh_energy(store0, P.NOMINAL_REFRESH_S, **kw))
-        dram_w = float(np.sum(P.dram_weight_energy_with_ecc(energy, bits)))
+        if not 0 <= args.ecc_read_scaling <= 1:
+            raise JaxfaultError(f"--ecc-read-scaling must be in [0, 1], got {args.ecc_read_scaling}")
+        dram_w = float(np.sum(P.dram_weight_energy_with_ecc(energy, bits, args.ecc_read_scaling)))
         dram_w0 = float(np.sum(energy.data[..., 0, 0]))
         ber = np.asarray(P.retention_ber(iv, table), np.float64)
         pts = []

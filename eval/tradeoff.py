@@ -29,6 +29,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--qa", default="16")
     p.add_argument("--pw", default="0")
     p.add_argument("--refresh-pj-per-bit", type=float, default=P.REFRESH_PJ_PER_BIT)
+    p.add_argument("--ecc-read-scaling", type=float, default=P.ECC_READ_SCALING)
     p.add_argument("--inference-period", type=float, default=P.INFERENCE_PERIOD_S)
     p.add_argument("--pj-per-unit", type=float, default=P.PJ_PER_UNIT)
     p.add_argument("--retention-table", default=None, help="JSON [[interval_s, ber], ...]")
@@ -49,6 +50,8 @@ def _one(text: str, name: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not 0 <= args.ecc_read_scaling <= 1:
+        raise JaxfaultError(f"--ecc-read-scaling must be in [0, 1], got {args.ecc_read_scaling}")
     if args.inference_period <= 0 or args.pj_per_unit <= 0 or args.refresh_pj_per_bit < 0 or args.v_nominal <= 0:
         raise JaxfaultError("--inference-period, --pj-per-unit, --v-nominal must be > 0 and --refresh-pj-per-bit >= 0")
     records = T.load_records(args.results)
@@ -64,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dram_kw=dict(pj_per_bit=args.refresh_pj_per_bit, period_s=args.inference_period, pj_per_unit=args.pj_per_unit),
         retention_table=load_table(args.retention_table, "--retention-table", P.RETENTION_BER_TABLE),
         voltage_table=load_table(args.voltage_table, "--voltage-table", P.VOLTAGE_BER_TABLE),
-        v_nominal=args.v_nominal,
+        v_nominal=args.v_nominal, ecc_read_scaling=args.ecc_read_scaling,
         write_verify=P.WriteVerify(args.weight_bits, args.bits_per_device, args.verify_iterations),
     )
     print(f"{'method':<12}{'label':<18}{'point':<22}{'accuracy':>9}{'energy':>12}{'relative':>9}  pareto")

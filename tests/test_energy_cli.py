@@ -73,6 +73,10 @@ def test_sram_voltage_scaling():
     data = np.asarray(e.data, np.float64)
     sram = data[:, :, [LEVELS.index("GLB"), LEVELS.index("RF")]].sum((1, 2))
     np.testing.assert_allclose(np.asarray(P.sram_energy(e, 1.0)), sram, rtol=1e-6)
+    # ECC read overhead: full scaling multiplies DRAM weight reads by 18/16, none leaves them
+    np.testing.assert_allclose(np.asarray(P.dram_weight_energy_with_ecc(e, 18)), data[:, 0, 0] * 18 / 16, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(P.dram_weight_energy_with_ecc(e, 18, 0.0)), data[:, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(P.dram_weight_energy_with_ecc(e, 18, 0.5)), data[:, 0, 0] * (1 + 0.5 / 8), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(P.sram_energy(e, 0.5)), sram / 4, rtol=1e-6)
     v = np.array([0.8, 0.9, 1.0])
     tot = np.asarray(P.total_energy_at_voltage(e, v))

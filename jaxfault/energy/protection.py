@@ -92,10 +92,17 @@ def dram_refresh_energy(
     return bits * (pj_per_bit / pj_per_unit) * (period_s / interval_s)
 
 
-def dram_weight_energy_with_ecc(energy: Energy, stored_bits=16):
-    """Per-layer DRAM weight-read energy when each 16-bit weight is stored (and read) as
-    stored_bits bits (ECC check bits move with the data)."""
-    return energy.data[..., 0, 0] * (jnp.asarray(stored_bits, jnp.float32) / 16.0)
+# Fraction of a DRAM weight read whose energy scales with the stored bits: 1.0 = the ECC check
+# bits are read and moved with the data (side-band ECC); on-die ECC that never leaves the die
+# (HBM3, LPDDR5) is closer to the array-activation share only. ASSUMED 1.0 (the pessimistic case).
+ECC_READ_SCALING = 1.0
+
+
+def dram_weight_energy_with_ecc(energy: Energy, stored_bits=16, read_scaling: float = ECC_READ_SCALING):
+    """Per-layer DRAM weight-read energy when each 16-bit weight is stored as stored_bits bits:
+    the share read_scaling of the read energy grows by stored_bits / 16."""
+    ratio = jnp.asarray(stored_bits, jnp.float32) / 16.0
+    return energy.data[..., 0, 0] * (1.0 + read_scaling * (ratio - 1.0))
 
 
 def _interp_log(x, xs, ys, log_x: bool):

@@ -91,7 +91,8 @@ def family(rec: dict) -> str:
 
 
 def point_energy(rec: dict, net_layers, energy, qw, pw, *, dram_kw: dict, retention_table, voltage_table,
-                 v_nominal: float, write_verify: P.WriteVerify, generator_energy=None) -> dict:
+                 v_nominal: float, write_verify: P.WriteVerify, generator_energy=None,
+                 ecc_read_scaling: float = P.ECC_READ_SCALING) -> dict:
     """Energy of one operating point and its reference (unprotected / nominal / full verify)."""
     fam = family(rec)
     base = float(energy.total)
@@ -111,7 +112,7 @@ def point_energy(rec: dict, net_layers, energy, qw, pw, *, dram_kw: dict, retent
         store = float(P.weight_storage_bits(nw, qw, pw, bits))
         store0 = float(P.weight_storage_bits(nw, qw, pw, 16))
         dram_w0 = float(np.sum(energy.data[..., 0, 0]))
-        e = base - dram_w0 + float(np.sum(P.dram_weight_energy_with_ecc(energy, bits))) + float(P.dram_refresh_energy(store, interval, **dram_kw))
+        e = base - dram_w0 + float(np.sum(P.dram_weight_energy_with_ecc(energy, bits, ecc_read_scaling))) + float(P.dram_refresh_energy(store, interval, **dram_kw))
         ref = base + float(P.dram_refresh_energy(store0, P.NOMINAL_REFRESH_S, **dram_kw))
         return {"family": fam, "scheme": scheme, "refresh_interval_s": interval, "energy": e, "reference_energy": ref,
                 "unit": "normalised energy per inference (MAC = 1), incl. refresh"}
