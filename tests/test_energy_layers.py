@@ -106,3 +106,73 @@ def test_bad_networks():
 
     with pytest.raises(JaxfaultError):
         layers_from_model(NoLayers(), (4, 4, 1), apply_kwargs={})
+
+
+# ------------------------------------------------------------------ the project's models
+
+from jaxfault.energy.layers import abstract_variables  # noqa: E402
+from jaxfault.models import create_model  # noqa: E402
+
+
+def _kernel_shapes(model, shape):
+    params = abstract_variables(model, shape)["params"]
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = [getattr(k, "key", str(k)) for k in path]
+        if names[-1] == "kernel":
+            out["/".join(names[:-1])] = leaf.shape
+    return out
+
+
+def _check_against_params(model, shape, layers):
+    """Every extracted layer matches its kernel parameter; every kernel is used exactly once."""
+    kernels = _kernel_shapes(model, shape)
+    assert sorted(l.name for l in layers) == sorted(kernels)
+    for l in layers:
+        ks = kernels[l.name]
+        if l.kind == "conv":
+            assert ks == (*l.kernel, l.in_channels // l.groups, l.out_channels)
+        else:
+            assert ks == (l.kernel[0] * l.kernel[1] * l.in_channels, l.out_channels)
+
+
+def test_lenet_layers():
+    net = get_network("lenet")  # default input: 28x28x1 (Fashion-MNIST)
+    assert net.input_shape == (28, 28, 1)
+    assert net.layers == [
+        conv("Conv_0", 5, 1, 6, 28, padding=2),  # 28 -> 28, max-pool -> 14
+        conv("Conv_1", 5, 6, 16, 14),  # VALID: 14 -> 10, max-pool -> 5
+        fc("Dense_0", 16, 120, 5),  # flatten of 5x5x16
+        fc("Dense_1", 120, 84),
+        fc("Dense_2", 84, 10),
+    ]
+    _check_against_params(create_model("lenet"), (28, 28, 1), net.layers)
+    # QAT variant (fake-quantized kernels) has the same layers
+    assert layers_from_model(create_model("lenet", quant_bits=8), (28, 28, 1)) == net.layers
+
+
+def test_resnet18_layers():
+    net = get_network("resnet18", (32, 32, 3))
+    want = [conv("Conv_0", 3, 3, 64, 32, padding=1)]
+    b, size, cin = 0, 32, 64
+    for stage, width in enumerate((64, 128, 256, 512)):
+        for j in range(2):
+            s = 2 if stage > 0 and j == 0 else 1
+            out = size // s
+            # SAME padding: total (out - 1) * s + k - size, split low = total // 2
+            tot = max((out - 1) * s + 3 - size, 0)
+            want.append(conv(f"BasicBlock_{b}/Conv_0", 3, cin, width, size, padding=((tot // 2, tot - tot // 2),) * 2, stride=s))
+            want.append(conv(f"BasicBlock_{b}/Conv_1", 3, width, width, out, padding=1))
+            if s != 1 or cin != width:
+                want.append(conv(f"BasicBlock_{b}/Conv_2", 1, cin, width, size, stride=s))
+            b, size, cin = b + 1, out, width
+    want.append(fc("Dense_0", 512, 10))  # after global average pooling: 1x1x512
+    assert net.layers == want
+    assert len(want) == 21
+    _check_against_params(create_model("resnet18"), (32, 32, 3), net.layers)
+
+
+@pytest.mark.parametrize("name,shape", [("convnet", (32, 32, 3)), ("vgg11", (32, 32, 3)), ("lenet", (32, 32, 3))])
+def test_other_project_models_match_their_params(name, shape):
+    net = get_network(name, shape)
+    _check_against_params(create_model(name), shape, net.layers)
