@@ -84,14 +84,16 @@ def totals(rows: Sequence[dict]) -> dict[str, float]:
 
 def format_table(rows: Sequence[dict], tot: dict | None = None) -> str:
     """Fixed-width text table of the per-layer energies (scientific notation)."""
-    head = f"{'layer':<14}{'kind':<5}{'shape':<24}" + "".join(f"{k:>11}" for k in ROW_KEYS)
+    nw = max([5] + [len(r["name"]) for r in rows]) + 2
+    shapes = [f"{r['kernel'][0]}x{r['kernel'][1]} {r['in_channels']}->{r['out_channels']} @{r['input_size'][0]}x{r['input_size'][1]}" for r in rows]
+    sw = max([5] + [len(x) for x in shapes]) + 2
+    head = f"{'layer':<{nw}}{'kind':<5}{'shape':<{sw}}" + "".join(f"{k:>11}" for k in ROW_KEYS)
     lines = [head, "-" * len(head)]
-    for r in rows:
-        shape = f"{r['kernel'][0]}x{r['kernel'][1]} {r['in_channels']}->{r['out_channels']} @{r['input_size'][0]}x{r['input_size'][1]}"
-        lines.append(f"{r['name'][:13]:<14}{r['kind']:<5}{shape[:23]:<24}" + "".join(f"{r[k]:>11.4g}" for k in ROW_KEYS))
+    for r, shape in zip(rows, shapes):
+        lines.append(f"{r['name']:<{nw}}{r['kind']:<5}{shape:<{sw}}" + "".join(f"{r[k]:>11.4g}" for k in ROW_KEYS))
     tot = tot or totals(rows)
     lines.append("-" * len(head))
-    lines.append(f"{'TOTAL':<43}" + "".join(f"{tot[k]:>11.4g}" for k in ROW_KEYS))
+    lines.append(f"{'TOTAL':<{nw + 5 + sw}}" + "".join(f"{tot[k]:>11.4g}" for k in ROW_KEYS))
     return "\n".join(lines)
 
 
