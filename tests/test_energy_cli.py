@@ -240,3 +240,31 @@ def test_tradeoff_bad_inputs(tmp_path):
     assert run(tradeoff_cli, [str(tmp_path / "missing.json")]) == 2
     bad.write_text(json.dumps({"method": "swim", "points": [{"mask_p": 2.0, "accuracy_mean": 0.5}]}))
     assert run(tradeoff_cli, [str(bad), "--network", TINY, "--input", "12,12,1"]) == 2
+
+
+def test_tradeoff_reads_eval_sparrow_and_eval_swim_shaped_reports(tmp_path):
+    # shaped like eval.sparrow --sweep (sweep.json) and eval.swim (swim.json) outputs
+    sp = tmp_path / "sweep.json"
+    sp.write_text(json.dumps({"checkpoint": "x", "clean_bf16": {"top1": 0.9}, "sweep": [
+        {"scheme": s, "stored_bits_per_weight": b, "ber": ber, "top1": {"mean": acc, "std": 0.01, "values": [acc, acc]},
+         "realised_ber": {"mean": ber}, "fault_free": {"top1": 0.9}}
+        for (s, b, acc) in (("sparrow", 19, 0.88), ("secded", 18, 0.85), ("none", 16, 0.3)) for ber in (1e-5, 1e-3)]}))
+    sw = tmp_path / "swim.json"
+    sw.write_text(json.dumps({"model": "lenet", "dataset": "fashion_mnist", "clean_accuracy": 0.9, "config": {"n_bits": 8},
+                              "none": {"mean": 0.4, "std": 0.1, "accuracies": [0.3, 0.5]},
+                              "all": {"mean": 0.89, "std": 0.0, "accuracies": [0.89, 0.89]},
+                              "selected": [{"method": "SM", "mask_p": 0.05, "fraction_protected": 0.05, "mean": 0.85, "std": 0.02}]}))
+    out = tmp_path / "t.json"
+    assert run(tradeoff_cli, [str(sp), str(sw), "--network", TINY, "--input", "12,12,1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["points"]
+    dram = [r for r in rows if r["family"] == "dram"]
+    assert len(dram) == 6 and {r["label"] for r in dram} == {"sparrow", "secded", "none"}
+    assert all(r["accuracy_std"] == 0.01 for r in dram)
+    # sparrow's B=16 layout stores 19 bits: more DRAM read energy than SEC-DED's 18 at the same BER
+    e = {(r["label"], r["operating_point"]["ber"]): r["energy"] for r in dram}
+    assert e[("sparrow", 1e-5)] > e[("secded", 1e-5)] > e[("none", 1e-5)]
+    assert e[("none", 1e-3)] < e[("none", 1e-5)]  # a higher tolerated BER -> longer refresh interval
+    verify = sorted((r for r in rows if r["family"] == "verify"), key=lambda r: r["relative_energy"])
+    assert [r["label"] for r in verify] == ["none verified", "SM", "all verified"]
+    assert [r["accuracy_mean"] for r in verify] == [0.4, 0.85, 0.89] and verify[1]["accuracy_std"] == 0.02
+    assert verify[0]["relative_energy"] == pytest.approx(0.1) and verify[2]["relative_energy"] == pytest.approx(1.0)

@@ -7,8 +7,11 @@ Minimal input schema (anything else in the file is ignored; records may be neste
    "points": [ {<operating point>, <accuracy>, "label": "..."}, ... ]}
 operating point: "ber" (sparrow/secded/none: retention BER -> refresh interval; neuralfuse: SRAM
 BER -> voltage), "refresh_interval_s", "voltage", "mask_p" / "fraction" (swim: fraction verified).
-accuracy: "accuracy_mean" | "acc_mean" | "mean_accuracy" | "top1_mean" | "accuracy" (a number or
-{"mean": x}); optional "accuracy_std". Optional "ecc"/"scheme" (none/secded/sparrow/...) and, for
+accuracy: "accuracy_mean" | "acc_mean" | "mean_accuracy" | "top1_mean" | "accuracy" | "acc" | "top1"
+| "mean" (a number, {"mean": x}, or a list of per-trial values); optional "accuracy_std".
+Also read as they are: eval.sparrow sweeps (records with scheme, stored_bits_per_weight, ber,
+top1.mean) and eval.swim reports (selected[*] with mask_p and mean; "none"/"all" -> fraction 0/1).
+"dataset" (mnist, fashion_mnist, cifar10, ...) sets the input shape when input_shape is absent. Optional "ecc"/"scheme" (none/secded/sparrow/...) and, for
 NeuralFuse, "generator" (a network name whose energy is added at the same voltage).
 """
 from __future__ import annotations
@@ -24,7 +27,9 @@ from jaxfault.energy.analysis import evaluate, pareto_mask
 from jaxfault.energy.core import Hardware
 from jaxfault.errors import JaxfaultError
 
-ACC_KEYS = ("accuracy_mean", "acc_mean", "mean_accuracy", "top1_mean", "accuracy", "acc", "top1")
+ACC_KEYS = ("accuracy_mean", "acc_mean", "mean_accuracy", "top1_mean", "accuracy", "acc", "top1", "mean")
+DATASET_INPUTS = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
+                  "gtsrb": (32, 32, 3)}
 POINT_KEYS = ("ber", "voltage", "refresh_interval_s", "mask_p", "fraction")
 DRAM_METHODS = {"sparrow", "secded", "none", "unprotected", "ecc", "dram", "sparrow-b16"}
 FAMILIES = {"dram": "DRAM refresh (Sparrow / SEC-DED)", "sram": "SRAM voltage (NeuralFuse)", "verify": "write-verify (SWIM)"}
@@ -36,8 +41,24 @@ def _accuracy(rec: dict):
             v = rec[k]
             if isinstance(v, dict):
                 v = v.get("mean", v.get("top1"))
+            if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
+                v = float(np.mean(v))  # per-trial accuracies
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 return float(v)
+    return None
+
+
+def _accuracy_std(rec: dict):
+    if isinstance(rec.get("accuracy_std"), (int, float)):
+        return float(rec["accuracy_std"])
+    for k in ACC_KEYS:
+        if k in rec:
+            v = rec[k]
+            if isinstance(v, dict) and isinstance(v.get("std"), (int, float)):
+                return float(v["std"])
+            if k == "mean" and isinstance(rec.get("std"), (int, float)):
+                return float(rec["std"])
+            return None
     return None
 
 
@@ -47,13 +68,19 @@ def find_records(obj: Any, inherited: dict | None = None, source: str = "") -> l
     inherited = dict(inherited or {})
     out = []
     if isinstance(obj, dict):
-        for k in ("method", "model", "input_shape", "ecc", "scheme", "generator", "label"):
+        for k in ("method", "model", "dataset", "input_shape", "ecc", "scheme", "generator", "label"):
             if k in obj and not isinstance(obj[k], (dict, list)) or (k == "input_shape" and k in obj):
                 inherited[k] = obj[k]
+        if "selected" in obj:  # an eval.swim report: "none" / "all" verified are fractions 0 and 1
+            for key, frac in (("none", 0.0), ("all", 1.0)):
+                if isinstance(obj.get(key), dict) and _accuracy(obj[key]) is not None:
+                    out.append({**inherited, "method": "swim", "fraction": frac, "label": f"{key} verified",
+                                "accuracy_mean": _accuracy(obj[key]), "accuracy_std": obj[key].get("std"), "source": source})
         acc = _accuracy(obj)
         if acc is not None and any(k in obj for k in POINT_KEYS):
             rec = {**inherited, **{k: v for k, v in obj.items() if not isinstance(v, (dict, list)) or k == "input_shape"}}
             rec["accuracy_mean"] = acc
+            rec["accuracy_std"] = _accuracy_std(obj)
             rec.setdefault("source", source)
             out.append(rec)
         for v in obj.values():
@@ -81,7 +108,8 @@ def load_records(paths: Sequence[str]) -> list[dict]:
 
 def family(rec: dict) -> str:
     m = str(rec.get("method", "")).lower()
-    if m in DRAM_METHODS or "refresh_interval_s" in rec or m.startswith("sparrow"):
+    if m in DRAM_METHODS or "refresh_interval_s" in rec or m.startswith("sparrow") or "stored_bits_per_weight" in rec \
+            or str(rec.get("scheme", rec.get("ecc", ""))).lower() in P.ECC_STORED_BITS:
         return "dram"
     if m.startswith("neuralfuse") or "voltage" in rec:
         return "sram"
@@ -99,7 +127,9 @@ def point_energy(rec: dict, net_layers, energy, qw, pw, *, dram_kw: dict, retent
     if fam == "dram":
         m = str(rec.get("method", "")).lower()
         scheme = rec.get("ecc") or rec.get("scheme") or (m if m in P.ECC_STORED_BITS else ("none" if m == "unprotected" else "sparrow"))
-        bits = P.ecc_stored_bits(scheme)
+        bits = int(rec["stored_bits_per_weight"]) if "stored_bits_per_weight" in rec else P.ecc_stored_bits(scheme)
+        if bits < 16:
+            raise JaxfaultError(f"stored bits per weight must be >= 16, got {bits}")
         if "refresh_interval_s" in rec:
             interval = float(rec["refresh_interval_s"])
         elif "ber" in rec:
@@ -151,14 +181,16 @@ def tradeoff(records: Sequence[dict], layers_for, *, qw=16, qa=16, pw=0.0, hw: H
 
     rows = []
     for rec in records:
-        layers, e = energy_of(rec.get("model"), rec.get("input_shape"))
+        shape = rec.get("input_shape") or DATASET_INPUTS.get(str(rec.get("dataset", "")).lower())
+        layers, e = energy_of(rec.get("model"), shape)
         n = len(layers)
         qwv = np.broadcast_to(np.asarray(qw, float), (n,))
         pwv = np.broadcast_to(np.asarray(pw, float), (n,))
-        gen = (lambda name: energy_of(name, rec.get("input_shape"))[1])
+        gen = (lambda name, shape=shape: energy_of(name, shape)[1])
         info = point_energy(rec, layers, e, qwv, pwv, generator_energy=gen, **kw)
         info["relative_energy"] = info["energy"] / info["reference_energy"]
-        rows.append({"method": rec.get("method"), "label": str(rec.get("label", rec.get("method"))),
+        label = rec.get("label") or (rec.get("scheme") if info["family"] == "dram" else None) or rec.get("method")
+        rows.append({"method": rec.get("method"), "label": str(label),
                      "model": rec.get("model"), "accuracy_mean": rec["accuracy_mean"], "accuracy_std": rec.get("accuracy_std"),
                      "operating_point": {k: rec[k] for k in POINT_KEYS if k in rec}, **info, "source": rec.get("source")})
     for fam in {r["family"] for r in rows}:
