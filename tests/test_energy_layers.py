@@ -176,3 +176,23 @@ def test_resnet18_layers():
 def test_other_project_models_match_their_params(name, shape):
     net = get_network(name, shape)
     _check_against_params(create_model(name), shape, net.layers)
+
+
+def test_transposed_conv_is_a_conv_over_the_zero_inserted_input():
+    class Up(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.ConvTranspose(5, (4, 4), strides=(2, 2), padding="SAME", name="up")(x)
+
+    (l,) = layers_from_model(Up(), (7, 7, 3), apply_kwargs={})
+    # 7 -> 13 after inserting zeros; output 14x14 (SAME, stride 2), as a stride-1 conv
+    assert (l.kind, l.kernel, l.in_channels, l.out_channels, l.input_size, l.stride) == ("conv", (4, 4), 3, 5, (13, 13), (1, 1))
+    assert l.output_size == (14, 14)
+
+    class Atrous(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Conv(5, (3, 3), kernel_dilation=2)(x)
+
+    with pytest.raises(JaxfaultError):
+        layers_from_model(Atrous(), (9, 9, 3), apply_kwargs={})

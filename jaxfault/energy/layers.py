@@ -3,7 +3,8 @@ conv/dense layers of ANY Flax model from one abstract traced forward pass (no ha
 
 Extraction traces `model.apply(variables, x, **apply_kwargs)` with `jax.make_jaxpr` on abstract
 values (jax.eval_shape, so no weights are materialised) and collects every
-`conv_general_dilated` and `dot_general` whose one operand depends only on the parameters (a
+`conv_general_dilated` (transposed convs as convs over the zero-inserted input) and `dot_general`
+whose one operand depends only on the parameters (a
 weight) and whose other depends on the input (an activation). Pooling, normalisation, ReLU,
 residual adds cost nothing (SPEC 4). A dense layer fed by a reshape of an N,H,W,C feature map
 is an FC layer with a H x W x C input (SPEC's "input K x K x C", as for AlexNet's FC1 on 6x6x256);
@@ -221,14 +222,17 @@ def _record_conv(eqn, ins, param_names, out, mult):
     nsp = len(lhs_spec) - 2
     if nsp not in (1, 2):
         raise JaxfaultError(f"only 1-D and 2-D convolutions are supported, got {nsp}-D")
-    if any(d != 1 for d in p.get("lhs_dilation", ()) or ()) or any(d != 1 for d in p.get("rhs_dilation", ()) or ()):
-        raise JaxfaultError(f"dilated/transposed convolutions are not modelled (lhs_dilation={p.get('lhs_dilation')}, rhs_dilation={p.get('rhs_dilation')})")
+    if any(d != 1 for d in p.get("rhs_dilation", ()) or ()):
+        raise JaxfaultError(f"dilated (atrous) convolutions are not modelled (rhs_dilation={p.get('rhs_dilation')})")
+    lhs_dil = [int(d) for d in (p.get("lhs_dilation", ()) or ())] or [1] * (len(lhs_spec) - 2)
     if p.get("batch_group_count", 1) != 1:
         raise JaxfaultError("batch_group_count != 1 is not modelled")
     groups = int(p.get("feature_group_count", 1))
     c = int(xs[lhs_spec[1]])
     m = int(ws[rhs_spec[0]])
-    sp_in = [int(xs[d]) for d in lhs_spec[2:]]
+    # a transposed conv (lhs_dilation d) runs as a conv over the zero-inserted input of size
+    # (I - 1) d + 1; its MACs on the inserted zeros are counted (no zero gating, as in SPEC 4)
+    sp_in = [(int(xs[d]) - 1) * dl + 1 for d, dl in zip(lhs_spec[2:], lhs_dil)]
     sp_k = [int(ws[d]) for d in rhs_spec[2:]]
     pads = [tuple(int(a) for a in pp) for pp in p["padding"]]
     strides = [int(s) for s in p["window_strides"]]

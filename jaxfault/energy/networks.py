@@ -71,9 +71,18 @@ def _project_model_names() -> list[str]:
     return list(MODEL_NAMES)
 
 
+def _generator_names() -> list[str]:
+    try:
+        from jaxfault.models.generators import GENERATOR_NAMES
+    except ImportError:
+        return []
+    return list(GENERATOR_NAMES)
+
+
 def network_names() -> list[str]:
-    """Names accepted by get_network (besides 'module:attribute')."""
-    return ["alexnet"] + [n for n in _project_model_names() if n != "alexnet"]
+    """Names accepted by get_network (besides 'module:attribute'): AlexNet, the project's
+    classifiers and, where present, the NeuralFuse generators."""
+    return ["alexnet"] + [n for n in _project_model_names() if n != "alexnet"] + _generator_names()
 
 
 def _user_model(spec: str, num_classes: int):
@@ -100,6 +109,10 @@ def get_model(name: str, num_classes: int | None = None) -> nn.Module:
         from jaxfault.models import create_model
 
         return create_model(name, num_classes=num_classes or 10)
+    if name in _generator_names():
+        from jaxfault.models.generators import create_generator
+
+        return create_generator(name)
     raise JaxfaultError(f"unknown network {name!r}; choose from {', '.join(network_names())} or 'module:attribute'")
 
 
