@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.energy.core import LEVELS, TYPES, Energy, Hardware, check_design, energy_core

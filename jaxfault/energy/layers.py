@@ -176,11 +176,9 @@ def _walk(jaxpr, env: dict, param_names: list[str], out: list, multiplicity: int
                     sub_env = {v: u for v in sub.invars}
                 outs = _walk(sub, sub_env, param_names, out, mult)
                 if len(outs) == len(eqn.outvars):
-                    for v, i in zip(eqn.outvars, outs):
-                        env[v] = i
-                        continue
+                    env.update(zip(eqn.outvars, outs))
             if all(v in env for v in eqn.outvars):
-                continue
+                continue  # the layers inside were recorded by the recursive walk
         name = eqn.primitive.name
         if name == "conv_general_dilated":
             _record_conv(eqn, ins, param_names, out, multiplicity)

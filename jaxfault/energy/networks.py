@@ -11,7 +11,6 @@ import importlib
 from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxfault.energy.layers import Layer, layers_from_model
 from jaxfault.errors import JaxfaultError
