@@ -268,3 +268,19 @@ def test_tradeoff_reads_eval_sparrow_and_eval_swim_shaped_reports(tmp_path):
     assert [r["label"] for r in verify] == ["none verified", "SM", "all verified"]
     assert [r["accuracy_mean"] for r in verify] == [0.4, 0.85, 0.89] and verify[1]["accuracy_std"] == 0.02
     assert verify[0]["relative_energy"] == pytest.approx(0.1) and verify[2]["relative_energy"] == pytest.approx(1.0)
+
+
+def test_energy_cli_user_tables(tmp_path):
+    vt, rt, out = tmp_path / "v.json", tmp_path / "r.json", tmp_path / "o.json"
+    vt.write_text(json.dumps([[0.7, 1e-2], [0.9, 1e-4]]))  # log-linear: BER 1e-3 at 0.8
+    rt.write_text(json.dumps({"table": [[0.1, 1e-8], [1.0, 1e-4]]}))  # log-log: 0.316 s -> 1e-6
+    argv = ["--network", TINY, "--input", "12,12,1", "--ber", "1e-3", "--voltage-table", str(vt), "--v-nominal", "1.0",
+            "--refresh-interval", "0.31622777", "--retention-table", str(rt), "--json", str(out)]
+    assert run(energy_cli, argv) == 0
+    prot = json.loads(out.read_text())["protection"]
+    assert prot["sram_voltage"]["points"][0]["voltage"] == pytest.approx(0.8, rel=1e-4)
+    assert prot["dram_refresh"]["points"][0]["retention_ber"] == pytest.approx(1e-6, rel=1e-3)
+    vt.write_text(json.dumps([[0.7, 1e-2], [0.9, 1e-1]]))  # BER rising with voltage: rejected
+    assert run(energy_cli, argv) == 2
+    vt.write_text("not json")
+    assert run(energy_cli, argv) == 2
