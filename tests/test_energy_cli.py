@@ -1,6 +1,8 @@
 """Protection energy, the eval.energy and eval.tradeoff CLIs (in-process), exit codes."""
 import json
 import math
+import sys
+import types
 
 import flax.linen as nn
 import numpy as np
@@ -16,7 +18,7 @@ from jaxfault.errors import JaxfaultError
 
 
 class TinyNet(nn.Module):
-    """A small user model for the CLI tests ('test_energy_cli:TinyNet')."""
+    """A small user model for the CLI tests (TINY)."""
 
     num_classes: int = 10
 
@@ -29,7 +31,15 @@ class TinyNet(nn.Module):
         return nn.Dense(self.num_classes, name="fc")(x)
 
 
-TINY = "test_energy_cli:TinyNet"
+# registered as a module of its own, so 'module:attribute' works whatever pytest's import mode
+TINY = "energy_test_models:TinyNet"
+
+
+@pytest.fixture(autouse=True)
+def _tiny_module(monkeypatch):
+    mod = types.ModuleType("energy_test_models")
+    mod.TinyNet = TinyNet
+    monkeypatch.setitem(sys.modules, "energy_test_models", mod)
 
 
 def run(mod, argv):
