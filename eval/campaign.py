@@ -71,12 +71,48 @@ def build_context(config: dict, log=print) -> EvalContext:
                        extras={"checkpoint": str(ckpt.path), "config": ckpt.config})
 
 
+def plot_records(records: list[dict], path: str) -> None:
+    """Accuracy (mean +- std over trials) against the fault rate, one line per method and scheme."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxfault.io import atomic_savefig
+
+    groups: dict[str, list] = {}
+    fields = {k for r in records for k in r["config"]}
+    varying = {k for k in fields if len({json.dumps(r["config"].get(k)) for r in records}) > 1}
+    for r in records:
+        c = r["config"]
+        rate_name = next((k for k in ("ber", "dev_var") if k in c), None)
+        if rate_name is None:
+            continue
+        parts = [f"{k}={v}" for k, v in sorted(c.items()) if k in varying and k not in ("method", rate_name)]
+        label = " ".join(([c["method"]] if "method" in varying or not parts else []) + parts)
+        groups.setdefault(label, []).append((c[rate_name], r["accuracy_mean"], r["accuracy_std"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, pts in sorted(groups.items()):
+        pts.sort()
+        x, m, s = zip(*pts)
+        ax.errorbar(x, [100 * v for v in m], yerr=[100 * v for v in s], marker="o", capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("fault rate (BER)")
+    ax.set_ylabel("top-1 accuracy (%), mean +- std over trials")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m eval.campaign", description=__doc__.splitlines()[0])
     p.add_argument("config", help="campaign JSON (see module docstring)")
     p.add_argument("--output", default=None, help="override the config's results file")
     p.add_argument("--trials", type=int, default=None, help="override the config's trials per point")
     p.add_argument("--dry-run", action="store_true", help="print the grid size and an estimated time, run nothing")
+    p.add_argument("--plot", default=None, help="PNG of accuracy vs rate, one line per method/scheme")
     args = p.parse_args(argv)
     config = load_config(args.config, {"output": args.output, "trials": args.trials})
     points = cp.expand_grid(config["grid"])
@@ -105,12 +141,15 @@ def main(argv=None) -> int:
         return 0
     t0 = time.perf_counter()
     records = cp.run_campaign(campaign, lambda params: make_trial_fn(ctx, params), mesh, progress_bar=progress)
-    print(f"{'method':10s} {'point':40s} {'acc mean':>9s} {'std':>7s} {'min':>7s} {'fault rate':>11s}")
+    print(f"{'method':10s} {'point':56s} {'acc mean':>9s} {'std':>7s} {'min':>7s} {'fault rate':>11s}")
     for r in records:
         label = ", ".join(f"{k}={v}" for k, v in r["config"].items() if k != "method")
-        print(f"{r['config']['method']:10s} {label[:40]:40s} {r['accuracy_mean']:9.4f} {r['accuracy_std']:7.4f} "
+        print(f"{r['config']['method']:10s} {label[:56]:56s} {r['accuracy_mean']:9.4f} {r['accuracy_std']:7.4f} "
               f"{r['accuracy_min']:7.4f} {r['fault_rate_mean']:11.3e}")
     print(f"done in {time.perf_counter() - t0:.1f} s; results: {output}")
+    if args.plot:
+        plot_records(records, args.plot)
+        print(f"plot: {args.plot}")
     return 0
 
 
