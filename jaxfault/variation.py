@@ -12,6 +12,7 @@ explicitly (not collapsed into one Gaussian) so the sampled process is the one t
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -96,6 +97,14 @@ def apply_variation(params: PyTree, mask: PyTree | None, key: jax.Array, dev_var
     Kernel i uses jax.random.fold_in(key, i), so a given key always gives the same noise.
     """
     check_variances(dev_var, write_var)
+    n_bits, m_bits = check_bits_per_device(n_bits, m_bits)
+    if mask is not None:
+        check_masks_like(params, mask)
+    return _apply_variation(params, mask, key, dev_var, write_var, n_bits, m_bits)
+
+
+@partial(jax.jit, static_argnums=(5, 6))
+def _apply_variation(params, mask, key, dev_var, write_var, n_bits, m_bits):
     scales = device_weights(n_bits, m_bits)
     n_dev = scales.shape[0]
     sig = _sigma_tree(params, mask, dev_var, write_var)
