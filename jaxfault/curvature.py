@@ -223,6 +223,9 @@ def _make_bl_interceptor():
     """
     import flax.linen as nn
 
+    from jaxfault.models import layers as jf_layers
+
+    linear_types = (nn.Dense, nn.Conv, jf_layers.Dense, jf_layers.Conv)
     depth = [0]
 
     def inner(fn):
@@ -238,7 +241,10 @@ def _make_bl_interceptor():
         mod = context.module
         if depth[0] > 0 or context.method_name != "__call__":
             return next_fun(*args, **kwargs)
-        if isinstance(mod, (nn.Dense, nn.Conv)):
+        if isinstance(mod, linear_types):
+            if getattr(mod, "quant_bits", None) is not None:
+                raise JaxfaultError("becker-lecun needs a model without fake-quantization: use "
+                                    "model.clone(quant_bits=None) with the dequantized weights")
             if len(args) != 1 or kwargs:
                 raise JaxfaultError(f"becker-lecun: unsupported call signature of {type(mod).__name__}")
             p = dict(mod.variables["params"])
@@ -273,7 +279,8 @@ def becker_lecun_diag(model, variables: dict, inputs: jax.Array, *, batch_size: 
     nn.BatchNorm, and by the 0/1 mask of ReLU; pooling and reshapes use their ordinary VJP,
     i.e. average pooling is applied as to values (1/k) and max pooling routes to the argmax.
 
-    Generic for linen models built from those pieces: Dense/Conv/BatchNorm calls are
+    Generic for linen models built from those pieces: Dense/Conv (flax.linen's and
+    jaxfault.models.layers', without fake-quantization) and nn.BatchNorm calls are
     intercepted (flax.linen.intercept_methods) and replaced by custom VJPs; everything else
     uses JAX's own VJP, which is the right rule for piecewise-linear ops with 0/1 slopes (ReLU,
     max pool) and for linear ops that the reference treats as values (avg pool, reshape, add).
