@@ -39,23 +39,32 @@ def hessian_diag_exact(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, *
     loss_fn(params) -> scalar. chunk_size HVPs are vmapped together; lax.map walks the chunks,
     so peak memory is about chunk_size gradients regardless of the parameter count.
     """
+    flat, unravel = ravel_pytree(params)
+    if flat.shape[0] == 0:
+        return params
+    return unravel(hessian_diag_entries(loss_fn, params, jnp.arange(flat.shape[0]), chunk_size=chunk_size))
+
+
+def hessian_diag_entries(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, indices, *,
+                         chunk_size: int = 64) -> jax.Array:
+    """H_ii for the given indices into ravel_pytree(params) (spot checks, timing extrapolation)."""
     chunk_size = _check_positive_int("chunk_size", chunk_size)
     flat, unravel = ravel_pytree(params)
-    n = flat.shape[0]
-    if n == 0:
-        return params
+    indices = jnp.asarray(indices, jnp.int32)
+    if indices.ndim != 1 or indices.shape[0] == 0:
+        raise JaxfaultError(f"indices must be a non-empty 1-D array, got shape {indices.shape}")
 
     @jax.jit
-    def run(flat):
+    def run(flat, indices):
         grad = jax.grad(lambda v: loss_fn(unravel(v)))
 
         def diag_entry(i):
             e = jnp.zeros_like(flat).at[i].set(1.0)
             return jax.jvp(grad, (flat,), (e,))[1][i]
 
-        return jax.lax.map(diag_entry, jnp.arange(n), batch_size=min(chunk_size, n))
+        return jax.lax.map(diag_entry, indices, batch_size=min(chunk_size, indices.shape[0]))
 
-    return unravel(run(flat))
+    return run(flat, indices)
 
 
 def _rademacher_like(key: jax.Array, params: PyTree) -> PyTree:

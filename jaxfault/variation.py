@@ -147,3 +147,17 @@ def monte_carlo(metric_fn: Callable[[PyTree], Any], params: PyTree, mask: PyTree
         return metric_fn(apply_variation(params, mask, k, dev_var, write_var, n_bits, m_bits))
 
     return map_over_keys(one, keys, strategy=strategy, batch_size=batch_size)
+
+
+def make_training_noise_fn(train_var: float, n_bits: int = 8, m_bits: int = 1) -> Callable[[PyTree, jax.Array], PyTree]:
+    """weight_noise_fn(params, key) for noise-aware training: a fresh SPEC 2.1 draw (sigma =
+    train_var, nothing verified) each call, added as a constant so gradients reach the clean weights.
+    """
+    check_variances(train_var, 0.0)
+    check_bits_per_device(n_bits, m_bits)
+
+    def noise_fn(params: PyTree, key: jax.Array) -> PyTree:
+        noisy = _apply_variation(params, None, key, train_var, 0.0, n_bits, m_bits)
+        return jax.tree_util.tree_map(lambda p, q: p + jax.lax.stop_gradient(q - p), params, noisy)
+
+    return noise_fn
