@@ -153,7 +153,9 @@ def make_training_noise_fn(train_var: float, n_bits: int = 8, m_bits: int = 1) -
     """weight_noise_fn(params, key) for noise-aware training: a fresh SPEC 2.1 draw (sigma =
     train_var, nothing verified) each call, added as a constant so gradients reach the clean weights.
     """
-    check_variances(train_var, 0.0)
+    v = _concrete_float("train_var", train_var)
+    if v is None or not (math.isfinite(v) and v >= 0.0):
+        raise JaxfaultError(f"train_var must be a finite number >= 0, got {train_var!r}")
     check_bits_per_device(n_bits, m_bits)
 
     def noise_fn(params: PyTree, key: jax.Array) -> PyTree:

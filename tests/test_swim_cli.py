@@ -62,3 +62,12 @@ def test_sweep_end_to_end(tiny_checkpoint, tmp_path, capsys):
         assert abs(r["fraction_protected"] - r["mask_p"]) * n <= 0.5
         assert abs(r["write_verify_saved_fraction"] - (1 - r["fraction_protected"])) < 1e-12
     assert "clean accuracy" in capsys.readouterr().out
+
+
+def test_train_base_rejects_negative_train_var(capsys):
+    import train.base as base
+    from jaxfault.cli import run_main
+
+    with pytest.raises(SystemExit) as e:
+        run_main(base.main, ["--train-var", "-0.1", "--epochs", "1"])
+    assert e.value.code == 2 and "train_var" in capsys.readouterr().err

@@ -116,3 +116,18 @@ def test_mask_of_wrong_structure():
     params = _params(shape=(2, 2))
     with pytest.raises(JaxfaultError):
         apply_variation(params, {"Dense_0": True}, jax.random.PRNGKey(0), 0.1, 0.03)
+
+
+def test_training_noise_fn_is_a_fresh_draw_with_straight_through_gradient():
+    from jaxfault.variation import make_training_noise_fn
+
+    params = _params(shape=(6, 7))
+    fn = make_training_noise_fn(0.2)
+    key = jax.random.PRNGKey(5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                           fn(params, key), apply_variation(params, None, key, 0.2, 0.0))
+    c = jax.random.normal(jax.random.PRNGKey(6), (6, 7))
+    g = jax.grad(lambda p: jnp.sum(fn(p, key)["Dense_0"]["kernel"] * c))(params)
+    np.testing.assert_allclose(g["Dense_0"]["kernel"], c, rtol=1e-6)  # noise is a constant: d/dW = c
+    with pytest.raises(JaxfaultError):
+        make_training_noise_fn(-0.1)
