@@ -138,9 +138,10 @@ def make_mc(model, variables, images, labels, keys, args):
     x, y = jnp.asarray(images), jnp.asarray(labels)
 
     def run(mask):
-        metric = lambda p: acc_fn({"params": p, **rest}, x, y)["top1"]
+        metric = lambda p, rest, x, y: acc_fn({"params": p, **rest}, x, y)["top1"]
         accs = monte_carlo(metric, variables["params"], mask, keys, args.dev_var, args.write_var,
-                           args.n_bits, args.m_bits, strategy=args.strategy, batch_size=args.instance_batch)
+                           args.n_bits, args.m_bits, strategy=args.strategy, batch_size=args.instance_batch,
+                           data=(rest, x, y))
         return np.asarray(accs, np.float64)
 
     return run

@@ -131,22 +131,30 @@ def check_masks_like(params: PyTree, mask: PyTree) -> None:
             raise JaxfaultError(f"mask leaf has shape {got}, kernel has shape {want}")
 
 
-def monte_carlo(metric_fn: Callable[[PyTree], Any], params: PyTree, mask: PyTree | None, keys: jax.Array,
+def monte_carlo(metric_fn: Callable[..., Any], params: PyTree, mask: PyTree | None, keys: jax.Array,
                 dev_var, write_var, n_bits: int = 8, m_bits: int = 1, strategy: str = "auto",
-                batch_size: int | None = None) -> Any:
-    """metric_fn(noisy_params) for every noise key, stacked along a leading axis.
+                batch_size: int | None = None, data: tuple = ()) -> Any:
+    """metric_fn(noisy_params, *data) for every noise key, stacked along a leading axis.
 
     All instances run in one compiled call through jaxfault.batching.map_over_keys (strategy
-    'vmap', 'map' or 'loop'; batch_size bounds how many instances are live at once).
+    'vmap', 'map' or 'loop'; batch_size bounds how many instances are live at once). params,
+    mask and data are passed to the compiled function as arguments, not baked in as constants.
     """
     check_variances(dev_var, write_var)
-    check_bits_per_device(n_bits, m_bits)
-    resolve_strategy(strategy)
+    n_bits, m_bits = check_bits_per_device(n_bits, m_bits)
+    if mask is not None:
+        check_masks_like(params, mask)
+    strategy = resolve_strategy(strategy)
 
-    def one(k):
-        return metric_fn(apply_variation(params, mask, k, dev_var, write_var, n_bits, m_bits))
+    def run(params, mask, keys, dev_var, write_var, data):
+        def one(k):
+            return metric_fn(_apply_variation(params, mask, k, dev_var, write_var, n_bits, m_bits), *data)
 
-    return map_over_keys(one, keys, strategy=strategy, batch_size=batch_size)
+        return map_over_keys(one, keys, strategy=strategy, batch_size=batch_size)
+
+    if strategy != "loop":  # one program for all instances; 'loop' stays a Python loop of jitted calls
+        run = jax.jit(run)
+    return run(params, mask, keys, jnp.float32(dev_var), jnp.float32(write_var), tuple(data))
 
 
 def make_training_noise_fn(train_var: float, n_bits: int = 8, m_bits: int = 1) -> Callable[[PyTree, jax.Array], PyTree]:

@@ -83,9 +83,9 @@ def test_same_key_same_noise_and_vmap_equals_loop():
 def test_monte_carlo_strategies_agree():
     params = _params(shape=(8, 3))
     x = jax.random.normal(jax.random.PRNGKey(4), (32, 8))
-    metric = lambda p: jnp.mean(jnp.tanh(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]))
+    metric = lambda p, x: jnp.mean(jnp.tanh(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]))
     keys = jax.random.split(jax.random.PRNGKey(9), 6)
-    out = {s: np.asarray(monte_carlo(metric, params, None, keys, 0.3, 0.03, strategy=s, batch_size=b))
+    out = {s: np.asarray(monte_carlo(metric, params, None, keys, 0.3, 0.03, strategy=s, batch_size=b, data=(x,)))
            for s, b in (("loop", None), ("map", None), ("map", 4), ("vmap", None))}
     for s in out:
         np.testing.assert_allclose(out[s], out["loop"], rtol=1e-5, atol=1e-6)
