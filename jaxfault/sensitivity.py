@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxfault.errors import JaxfaultError, check_probability
-from jaxfault.pytree import flatten_kernels, is_kernel, map_kernels, unflatten_kernels
+from jaxfault.pytree import flatten_kernels, is_kernel, unflatten_kernels
 
 PyTree = Any
 
