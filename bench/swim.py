@@ -133,12 +133,12 @@ def main(argv=None) -> int:
         n_img = 256
         rest = {k: v for k, v in variables.items() if k != "params"}
         xi, yi = jnp.asarray(data.train_images[:n_img]), jnp.asarray(data.train_labels[:n_img])
-        loss = lambda prm: jnp.sum(-jax.nn.log_softmax(model.apply({"params": prm, **rest}, xi, train=False))
-                                   [jnp.arange(n_img), yi])
+        loss = lambda prm, xb, yb: jnp.sum(-jax.nn.log_softmax(model.apply({"params": prm, **rest}, xb, train=False))
+                                           [jnp.arange(n_img), yb])
         n_params = ravel_pytree(variables["params"])[0].shape[0]
         idx = jnp.arange(min(args.exact_entries, n_params))
         t = time.perf_counter()
-        jax.block_until_ready(hessian_diag_entries(loss, variables["params"], idx, chunk_size=64))
+        jax.block_until_ready(hessian_diag_entries(loss, variables["params"], idx, chunk_size=64, data=(xi, yi)))
         sec = time.perf_counter() - t
         ce_curv["exact"] = {"seconds_measured": sec, "entries_measured": int(idx.shape[0]), "train_images": n_img,
                             "seconds_extrapolated_all": sec * n_params / idx.shape[0], "n_params": n_params}

@@ -121,11 +121,12 @@ def compute_curvature(kind: str, model, variables, images, labels, *, key, hutch
     x, y = jnp.asarray(images), jnp.asarray(labels)
     out = lambda p, xb: model.apply({"params": p, **rest}, xb, train=False)
     ce = lambda logits, t: -jax.nn.log_softmax(logits)[t]
-    loss = lambda p: jnp.sum(jax.vmap(ce)(out(p, x), y))
+    loss = lambda p, xb, yb: jnp.sum(jax.vmap(ce)(out(p, xb), yb))
     if kind == "exact":
-        return cv.hessian_diag_exact(loss, params, chunk_size=64)
+        return cv.hessian_diag_exact(loss, params, chunk_size=64, data=(x, y))
     if kind == "hutchinson":
-        return cv.hessian_diag_hutchinson(loss, params, key, num_samples=hutchinson_samples, chunk_size=8)
+        return cv.hessian_diag_hutchinson(loss, params, key, num_samples=hutchinson_samples, chunk_size=8,
+                                          data=(x, y))
     return cv.ggn_diag_exact(out, ce, params, x, y, chunk_size=64)
 
 

@@ -32,21 +32,24 @@ def _check_positive_int(name: str, value) -> int:
     return int(value)
 
 
-def hessian_diag_exact(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, *,
-                       chunk_size: int = 64) -> PyTree:
+def hessian_diag_exact(loss_fn: Callable[..., jax.Array], params: PyTree, *,
+                       chunk_size: int = 64, data: tuple = ()) -> PyTree:
     """Exact diag of the Hessian of loss_fn at params, via one HVP per basis vector.
 
-    loss_fn(params) -> scalar. chunk_size HVPs are vmapped together; lax.map walks the chunks,
-    so peak memory is about chunk_size gradients regardless of the parameter count.
+    loss_fn(params, *data) -> scalar (data, e.g. (images, labels), is passed to the compiled
+    function as arguments: closing over large arrays would bake them in as constants and make
+    XLA's compile slow). chunk_size HVPs are vmapped together; lax.map walks the chunks, so peak
+    memory is about chunk_size gradients regardless of the parameter count.
     """
     flat, unravel = ravel_pytree(params)
     if flat.shape[0] == 0:
         return params
-    return unravel(hessian_diag_entries(loss_fn, params, jnp.arange(flat.shape[0]), chunk_size=chunk_size))
+    return unravel(hessian_diag_entries(loss_fn, params, jnp.arange(flat.shape[0]), chunk_size=chunk_size,
+                                        data=data))
 
 
-def hessian_diag_entries(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, indices, *,
-                         chunk_size: int = 64) -> jax.Array:
+def hessian_diag_entries(loss_fn: Callable[..., jax.Array], params: PyTree, indices, *,
+                         chunk_size: int = 64, data: tuple = ()) -> jax.Array:
     """H_ii for the given indices into ravel_pytree(params) (spot checks, timing extrapolation)."""
     chunk_size = _check_positive_int("chunk_size", chunk_size)
     flat, unravel = ravel_pytree(params)
@@ -55,8 +58,8 @@ def hessian_diag_entries(loss_fn: Callable[[PyTree], jax.Array], params: PyTree,
         raise JaxfaultError(f"indices must be a non-empty 1-D array, got shape {indices.shape}")
 
     @jax.jit
-    def run(flat, indices):
-        grad = jax.grad(lambda v: loss_fn(unravel(v)))
+    def run(flat, indices, data):
+        grad = jax.grad(lambda v: loss_fn(unravel(v), *data))
 
         def diag_entry(i):
             e = jnp.zeros_like(flat).at[i].set(1.0)
@@ -64,7 +67,7 @@ def hessian_diag_entries(loss_fn: Callable[[PyTree], jax.Array], params: PyTree,
 
         return jax.lax.map(diag_entry, indices, batch_size=min(chunk_size, indices.shape[0]))
 
-    return run(flat, indices)
+    return run(flat, indices, tuple(data))
 
 
 def _rademacher_like(key: jax.Array, params: PyTree) -> PyTree:
@@ -74,9 +77,11 @@ def _rademacher_like(key: jax.Array, params: PyTree) -> PyTree:
         treedef, [jax.random.rademacher(k, x.shape, jnp.float32).astype(x.dtype) for k, x in zip(keys, leaves)])
 
 
-def hessian_diag_hutchinson(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, key: jax.Array, *,
-                            num_samples: int = 100, chunk_size: int = 10) -> PyTree:
+def hessian_diag_hutchinson(loss_fn: Callable[..., jax.Array], params: PyTree, key: jax.Array, *,
+                            num_samples: int = 100, chunk_size: int = 10, data: tuple = ()) -> PyTree:
     """Hutchinson estimate of diag(H): mean over num_samples Rademacher v of v * (H v).
+
+    loss_fn(params, *data) -> scalar, as for hessian_diag_exact.
 
     Unbiased (E[v v^T] = I); the error of one entry shrinks like sqrt(sum_{j!=i} H_ij^2 / S).
     chunk_size probes are vmapped together and a scan accumulates the sum, so memory does not
@@ -88,8 +93,8 @@ def hessian_diag_hutchinson(loss_fn: Callable[[PyTree], jax.Array], params: PyTr
     keys = jax.random.split(key, num_samples)
 
     @jax.jit
-    def run(params, keys):
-        grad = jax.grad(loss_fn)
+    def run(params, keys, data):
+        grad = jax.grad(lambda p: loss_fn(p, *data))
 
         def probe(k):
             v = _rademacher_like(k, params)
@@ -109,7 +114,7 @@ def hessian_diag_hutchinson(loss_fn: Callable[[PyTree], jax.Array], params: PyTr
             acc = jax.tree_util.tree_map(jnp.add, acc, chunk_sum(keys[n_full * chunk:]))
         return jax.tree_util.tree_map(lambda x: x / num_samples, acc)
 
-    return run(params, keys)
+    return run(params, keys, tuple(data))
 
 
 def _psd_factor(h: jax.Array) -> jax.Array:
