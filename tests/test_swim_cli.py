@@ -46,6 +46,7 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--checkpoint", str(tiny_checkpoint), "--test-examples", "200", "--eval-batch", "100",
