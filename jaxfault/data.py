@@ -123,7 +123,7 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, download: bo
         source = tfds.data_source(name, split=split, data_dir=None if data_dir is None else str(data_dir),
                                   download=download)
         n = len(source)
-        records = source.__getitems__(list(range(n))) if hasattr(source, "__getitems__") else [source[i] for i in range(n)]
+        records = [source[i] for i in range(n)]
         images = np.stack([np.asarray(r["image"]) for r in records])
         labels = np.asarray([r["label"] for r in records])
         if images.ndim == 3:
@@ -157,8 +157,8 @@ def load_dataset(name: str = DEFAULT_DATASET, data_dir: str | os.PathLike | None
     if not isinstance(name, str) or not name:
         raise JaxfaultError(f"dataset name must be a non-empty string, got {name!r}")
     tried: list[str] = []
-    if data_dir is not None and not Path(data_dir).exists() and source != "tfds":
-        tried.append(f"--data-dir {data_dir} (does not exist)")
+    if data_dir is not None and not Path(data_dir).exists() and source == "local":
+        raise JaxfaultError(f"data directory {str(data_dir)!r} does not exist")
     if source in ("auto", "local"):
         for d in local_idx_dirs(name, data_dir):
             if d.is_dir():

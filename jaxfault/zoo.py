@@ -52,6 +52,12 @@ def cache_dir(override=None) -> Path:
     return Path(override or os.environ.get("JAXFAULT_CACHE") or Path.home() / ".cache" / "jaxfault")
 
 
+def cache_entry_name(model: str, dataset: str = DEFAULT_DATASET, qat: bool = False,
+                     epochs: int | None = None) -> str:
+    """Folder name of a cached default classifier inside the cache directory."""
+    return f"{model}-{dataset}-{'qat8' if qat else 'fp32'}-e{epochs or DEFAULTS['epochs']}-s{DEFAULTS['seed']}"
+
+
 def default_classifier(model: str = "lenet", dataset: str = DEFAULT_DATASET, qat: bool = False,
                        cache_dir_override=None, data_dir=None, epochs: int | None = None,
                        log: Callable[[str], None] = print) -> Path:
@@ -62,7 +68,7 @@ def default_classifier(model: str = "lenet", dataset: str = DEFAULT_DATASET, qat
     """
     root = cache_dir(cache_dir_override)
     epochs = epochs or DEFAULTS["epochs"]
-    name = f"{model}-{dataset}-{'qat8' if qat else 'fp32'}-e{epochs}-s{DEFAULTS['seed']}"
+    name = cache_entry_name(model, dataset, qat, epochs)
     target = root / name
     if (target / META_FILE).is_file():
         return target

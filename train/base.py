@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.model not in MODEL_NAMES:
         raise JaxfaultError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if args.epochs <= 0:
+        raise JaxfaultError(f"--epochs must be positive, got {args.epochs}")
     if args.batch_size <= 0:
         raise JaxfaultError(f"--batch-size must be positive, got {args.batch_size}")
     noise_fn, extra = None, None

@@ -1,0 +1,83 @@
+"""Run every benchmark in bench/ and write one markdown report: python -m bench.run_all [--out FILE].
+
+The report starts with the machine (CPU, cores, memory), the JAX version and the device kind and
+count, then a table of the scripts (status, wall time) and each script's own output.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine_info() -> dict[str, str]:
+    """Facts about the machine the numbers were taken on."""
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")).split()[1])
+        mem = f"{kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    devices = jax.devices()
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu,
+            "cores": str(os.cpu_count()), "memory": mem, "python": platform.python_version(),
+            "jax": jax.__version__, "backend": jax.default_backend(),
+            "device kind": devices[0].device_kind, "device count": str(len(devices))}
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from jaxfault.io import atomic_write_text
+
+    p = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench/RESULTS.md")
+    p.add_argument("--only", default=None, help="comma-separated script names (default: all)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per script")
+    args = p.parse_args(argv)
+    scripts = sorted(f for f in (ROOT / "bench").glob("*.py") if f.stem not in ("run_all", "__init__"))
+    if args.only:
+        wanted = set(args.only.split(","))
+        scripts = [s for s in scripts if s.stem in wanted]
+    info = machine_info()
+    rows, sections = [], []
+    for script in scripts:
+        print(f"running bench.{script.stem} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            res = subprocess.run([sys.executable, "-m", f"bench.{script.stem}"], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=args.timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            status = "ok" if res.returncode == 0 else f"exit {res.returncode}"
+            output = res.stdout + (("\n" + res.stderr[-3000:]) if res.returncode else "")
+        except subprocess.TimeoutExpired as e:
+            status, output = f"timeout after {args.timeout:.0f} s", (e.stdout or b"").decode(errors="replace")
+        wall = time.perf_counter() - t0
+        rows.append(f"| `bench.{script.stem}` | {status} | {wall:.0f} |")
+        sections.append(f"### bench.{script.stem}\n\n```\n{output.strip()}\n```\n")
+        print(f"  {status} in {wall:.0f} s", flush=True)
+    text = ["# Benchmark results", "", "| machine | |", "|---|---|"]
+    text += [f"| {k} | {v} |" for k, v in info.items()]
+    text += ["", "| script | status | wall s |", "|---|---|---|", *rows, "", *sections]
+    atomic_write_text(args.out, "\n".join(text) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Named networks for the estimator: the AlexNet reference preset (SPEC 4) and the project's
+models (jaxfault.models), plus user models given as 'package.module:attribute'.
+
+Every network is a Flax module; its layer list always comes from `layers_from_model` (a traced
+forward pass), never from a hand-written table.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Sequence
+
+import flax.linen as nn
+
+from jaxfault.energy.layers import Layer, layers_from_model
+from jaxfault.errors import JaxfaultError
+
+# SPEC 4 reference example: per-layer bit widths and pruning ratios of AlexNet.
+ALEXNET_REFERENCE = {
+    "qw": (5, 3, 3, 6, 4, 4, 7, 4),
+    "qa": (5, 6, 5, 7, 4, 7, 7, 6),
+    "pw": (0.625, 0.375, 0.125, 0.195, 0.121, 0.008, 0.234, 0.4),
+}
+
+
+class AlexNet(nn.Module):
+    """AlexNet as in SPEC 4 (single tower, no LRN/dropout since they cost nothing):
+    conv 11x11/4 96, pool 3/2, conv 5x5 pad 2 256, pool, conv 3x3 pad 1 384, 384, 256, pool,
+    FC 4096, 4096, num_classes."""
+
+    num_classes: int = 1000
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        pool = lambda y: nn.max_pool(y, (3, 3), strides=(2, 2))
+        x = nn.relu(nn.Conv(96, (11, 11), strides=(4, 4), padding="VALID", name="conv1")(x))
+        x = pool(x)
+        x = nn.relu(nn.Conv(256, (5, 5), padding=2, name="conv2")(x))
+        x = pool(x)
+        x = nn.relu(nn.Conv(384, (3, 3), padding=1, name="conv3")(x))
+        x = nn.relu(nn.Conv(384, (3, 3), padding=1, name="conv4")(x))
+        x = nn.relu(nn.Conv(256, (3, 3), padding=1, name="conv5")(x))
+        x = pool(x)
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(nn.Dense(4096, name="fc1")(x))
+        x = nn.relu(nn.Dense(4096, name="fc2")(x))
+        return nn.Dense(self.num_classes, name="fc3")(x)
+
+
+# default input (H, W, C) per project model name: the dataset each is trained on in the project
+DEFAULT_INPUTS = {
+    "alexnet": (227, 227, 3),
+    "lenet": (28, 28, 1),
+}
+GENERIC_INPUT = (32, 32, 3)
+
+
+@dataclasses.dataclass
+class Network:
+    name: str
+    layers: list[Layer]
+    input_shape: tuple[int, ...]
+
+
+def _project_model_names() -> list[str]:
+    try:
+        from jaxfault.models import MODEL_NAMES
+    except ImportError:
+        return []
+    return list(MODEL_NAMES)
+
+
+def _generator_names() -> list[str]:
+    try:
+        from jaxfault.models.generators import GENERATOR_NAMES
+    except ImportError:
+        return []
+    return list(GENERATOR_NAMES)
+
+
+def network_names() -> list[str]:
+    """Names accepted by get_network (besides 'module:attribute'): AlexNet, the project's
+    classifiers and, where present, the NeuralFuse generators."""
+    return ["alexnet"] + [n for n in _project_model_names() if n != "alexnet"] + _generator_names()
+
+
+def _user_model(spec: str, num_classes: int):
+    mod_name, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise JaxfaultError(f"unknown network {spec!r}: {e}") from None
+    if isinstance(obj, nn.Module):
+        return obj
+    try:
+        return obj(num_classes=num_classes)
+    except TypeError:
+        return obj()
+
+
+def get_model(name: str, num_classes: int | None = None) -> nn.Module:
+    """A Flax module by name: 'alexnet', a jaxfault.models name, or 'package.module:attribute'."""
+    if name == "alexnet":
+        return AlexNet(num_classes=num_classes or 1000)
+    if ":" in name:
+        return _user_model(name, num_classes or 10)
+    if name in _project_model_names():
+        from jaxfault.models import create_model
+
+        return create_model(name, num_classes=num_classes or 10)
+    if name in _generator_names():
+        from jaxfault.models.generators import create_generator
+
+        return create_generator(name)
+    raise JaxfaultError(f"unknown network {name!r}; choose from {', '.join(network_names())} or 'module:attribute'")
+
+
+def get_network(name: str, input_shape: Sequence[int] | None = None, num_classes: int | None = None) -> Network:
+    """Layer list of a named network for a batch-1 input of input_shape (H, W, C)."""
+    model = get_model(name, num_classes)
+    shape = tuple(input_shape) if input_shape is not None else DEFAULT_INPUTS.get(name, GENERIC_INPUT)
+    if len(shape) != 3 or min(shape) < 1:
+        raise JaxfaultError(f"--input must be H,W,C positive integers, got {shape}")
+    try:
+        layers = layers_from_model(model, shape)
+    except JaxfaultError:
+        raise
+    except (TypeError, ValueError, ArithmeticError, IndexError) as e:  # shape errors inside the model: the input does not fit it
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise JaxfaultError(f"network {name!r} cannot run on input {shape}: {msg}") from None
+    return Network(name, layers, shape)

@@ -1,0 +1,230 @@
+"""Accuracy vs energy of protection: read the eval JSONs of the protection methods, give every
+operating point its energy, and find the Pareto front (max accuracy, min energy) per method.
+
+Minimal input schema (anything else in the file is ignored; records may be nested anywhere):
+  {"method": "sparrow" | "secded" | "none" | "neuralfuse" | "swim",   # or per record
+   "model": "lenet", "input_shape": [28, 28, 1],                      # optional
+   "points": [ {<operating point>, <accuracy>, "label": "..."}, ... ]}
+operating point: "ber" (sparrow/secded/none: retention BER -> refresh interval; neuralfuse: SRAM
+BER -> voltage), "refresh_interval_s", "voltage", "mask_p" / "fraction" (swim: fraction verified).
+accuracy: "accuracy_mean" | "acc_mean" | "mean_accuracy" | "top1_mean" | "accuracy" | "acc" | "top1"
+| "mean" (a number, {"mean": x}, or a list of per-trial values); optional "accuracy_std".
+Also read as they are: eval.sparrow sweeps (records with scheme, stored_bits_per_weight, ber,
+top1.mean) and eval.swim reports (selected[*] with mask_p and mean; "none"/"all" -> fraction 0/1).
+"dataset" (mnist, fashion_mnist, cifar10, ...) sets the input shape when input_shape is absent. Optional "ecc"/"scheme" (none/secded/sparrow/...) and, for
+NeuralFuse, "generator" (a network name whose energy is added at the same voltage).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from jaxfault.energy import protection as P
+from jaxfault.energy.analysis import evaluate, pareto_mask
+from jaxfault.energy.core import Hardware
+from jaxfault.errors import JaxfaultError
+
+ACC_KEYS = ("accuracy_mean", "acc_mean", "mean_accuracy", "top1_mean", "accuracy", "acc", "top1", "mean")
+DATASET_INPUTS = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
+                  "gtsrb": (32, 32, 3)}
+POINT_KEYS = ("ber", "voltage", "refresh_interval_s", "mask_p", "fraction")
+DRAM_METHODS = {"sparrow", "secded", "none", "unprotected", "ecc", "dram", "sparrow-b16"}
+FAMILIES = {"dram": "DRAM refresh (Sparrow / SEC-DED)", "sram": "SRAM voltage (NeuralFuse)", "verify": "write-verify (SWIM)"}
+
+
+def _accuracy(rec: dict):
+    for k in ACC_KEYS:
+        if k in rec:
+            v = rec[k]
+            if isinstance(v, dict):
+                v = v.get("mean", v.get("top1"))
+            if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
+                v = float(np.mean(v))  # per-trial accuracies
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                return float(v)
+    return None
+
+
+def _accuracy_std(rec: dict):
+    if isinstance(rec.get("accuracy_std"), (int, float)):
+        return float(rec["accuracy_std"])
+    for k in ACC_KEYS:
+        if k in rec:
+            v = rec[k]
+            if isinstance(v, dict) and isinstance(v.get("std"), (int, float)):
+                return float(v["std"])
+            if k == "mean" and isinstance(rec.get("std"), (int, float)):
+                return float(rec["std"])
+            return None
+    return None
+
+
+def find_records(obj: Any, inherited: dict | None = None, source: str = "") -> list[dict]:
+    """Every dict holding an accuracy and an operating point, with method/model/... inherited
+    from enclosing objects."""
+    inherited = dict(inherited or {})
+    out = []
+    if isinstance(obj, dict):
+        for k in ("method", "model", "dataset", "input_shape", "ecc", "scheme", "generator", "label"):
+            if k in obj and not isinstance(obj[k], (dict, list)) or (k == "input_shape" and k in obj):
+                inherited[k] = obj[k]
+        if "selected" in obj:  # an eval.swim report: "none" / "all" verified are fractions 0 and 1
+            for key, frac in (("none", 0.0), ("all", 1.0)):
+                if isinstance(obj.get(key), dict) and _accuracy(obj[key]) is not None:
+                    out.append({**inherited, "method": "swim", "fraction": frac, "label": f"{key} verified",
+                                "accuracy_mean": _accuracy(obj[key]), "accuracy_std": obj[key].get("std"), "source": source})
+        acc = _accuracy(obj)
+        if acc is not None and any(k in obj for k in POINT_KEYS):
+            rec = {**inherited, **{k: v for k, v in obj.items() if not isinstance(v, (dict, list)) or k == "input_shape"}}
+            rec["accuracy_mean"] = acc
+            rec["accuracy_std"] = _accuracy_std(obj)
+            rec.setdefault("source", source)
+            out.append(rec)
+        for v in obj.values():
+            if isinstance(v, (dict, list)):
+                out.extend(find_records(v, inherited, source))
+    elif isinstance(obj, list):
+        for v in obj:
+            out.extend(find_records(v, inherited, source))
+    return out
+
+
+def load_records(paths: Sequence[str]) -> list[dict]:
+    recs = []
+    for p in paths:
+        try:
+            obj = json.loads(Path(p).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise JaxfaultError(f"cannot read {p}: {e}") from None
+        found = find_records(obj, {"method": Path(p).stem}, str(p)) if not (isinstance(obj, dict) and "method" in obj) else find_records(obj, None, str(p))
+        if not found:
+            raise JaxfaultError(f"{p}: no records with an accuracy ({'/'.join(ACC_KEYS[:4])}) and an operating point ({'/'.join(POINT_KEYS)})")
+        recs.extend(found)
+    return recs
+
+
+def family(rec: dict) -> str:
+    m = str(rec.get("method", "")).lower()
+    if m in DRAM_METHODS or "refresh_interval_s" in rec or m.startswith("sparrow") or "stored_bits_per_weight" in rec \
+            or str(rec.get("scheme", rec.get("ecc", ""))).lower() in P.ECC_STORED_BITS:
+        return "dram"
+    if m.startswith("neuralfuse") or "voltage" in rec:
+        return "sram"
+    if m.startswith("swim") or "mask_p" in rec or "fraction" in rec:
+        return "verify"
+    raise JaxfaultError(f"record of method {rec.get('method')!r} has no known operating point ({rec})")
+
+
+def point_energy(rec: dict, net_layers, energy, qw, pw, *, dram_kw: dict, retention_table, voltage_table,
+                 v_nominal: float, write_verify: P.WriteVerify, generator_energy=None,
+                 ecc_read_scaling: float = P.ECC_READ_SCALING) -> dict:
+    """Energy of one operating point and its reference (unprotected / nominal / full verify)."""
+    fam = family(rec)
+    base = float(energy.total)
+    if fam == "dram":
+        m = str(rec.get("method", "")).lower()
+        scheme = rec.get("ecc") or rec.get("scheme") or (m if m in P.ECC_STORED_BITS else ("none" if m == "unprotected" else "sparrow"))
+        bits = int(rec["stored_bits_per_weight"]) if "stored_bits_per_weight" in rec else P.ecc_stored_bits(scheme)
+        if bits < 16:
+            raise JaxfaultError(f"stored bits per weight must be >= 16, got {bits}")
+        if "refresh_interval_s" in rec:
+            interval = float(rec["refresh_interval_s"])
+        elif "ber" in rec:
+            interval = float(P.interval_for_ber(max(float(rec["ber"]), 1e-30), retention_table))
+        else:
+            raise JaxfaultError(f"DRAM record needs ber or refresh_interval_s: {rec}")
+        if interval <= 0:
+            raise JaxfaultError(f"refresh interval must be > 0, got {interval}")
+        nw = np.asarray([l.num_weights for l in net_layers], np.float64)
+        store = float(P.weight_storage_bits(nw, qw, pw, bits))
+        store0 = float(P.weight_storage_bits(nw, qw, pw, 16))
+        dram_w0 = float(np.sum(energy.data[..., 0, 0]))
+        e = base - dram_w0 + float(np.sum(P.dram_weight_energy_with_ecc(energy, bits, ecc_read_scaling))) + float(P.dram_refresh_energy(store, interval, **dram_kw))
+        ref = base + float(P.dram_refresh_energy(store0, P.NOMINAL_REFRESH_S, **dram_kw))
+        return {"family": fam, "scheme": scheme, "refresh_interval_s": interval, "energy": e, "reference_energy": ref,
+                "unit": "normalised energy per inference (MAC = 1), incl. refresh"}
+    if fam == "sram":
+        if "voltage" in rec:
+            v = float(rec["voltage"])
+        elif "ber" in rec:
+            v = float(P.voltage_for_ber(max(float(rec["ber"]), 1e-30), voltage_table)) * v_nominal
+        else:
+            raise JaxfaultError(f"NeuralFuse record needs voltage or ber: {rec}")
+        if v <= 0:
+            raise JaxfaultError(f"voltage must be > 0, got {v}")
+        e = float(P.total_energy_at_voltage(energy, v, v_nominal))
+        if rec.get("generator") and generator_energy is not None:
+            e += float(P.total_energy_at_voltage(generator_energy(rec["generator"]), v, v_nominal))
+        return {"family": fam, "voltage": v, "energy": e, "reference_energy": base,
+                "unit": "normalised energy per inference (MAC = 1)"}
+    f = float(rec.get("mask_p", rec.get("fraction")))
+    if not 0 <= f <= 1:
+        raise JaxfaultError(f"fraction verified must be in [0, 1], got {f}")
+    nw = sum(l.num_weights for l in net_layers)
+    return {"family": fam, "fraction": f, "energy": float(P.write_verify_cycles(nw, f, write_verify)),
+            "reference_energy": float(P.write_verify_cycles(nw, 1.0, write_verify)), "unit": "programming cycles (write-verify)"}
+
+
+def tradeoff(records: Sequence[dict], layers_for, *, qw=16, qa=16, pw=0.0, hw: Hardware = Hardware(), **kw) -> list[dict]:
+    """Energy and Pareto flag for every record. layers_for(model, input_shape) -> layer list."""
+    cache: dict = {}
+
+    def energy_of(model, shape):
+        key = (model, tuple(shape) if shape else None)
+        if key not in cache:
+            layers = layers_for(model, shape)
+            cache[key] = (layers, evaluate(layers, qw, qa, pw, hw))
+        return cache[key]
+
+    rows = []
+    for rec in records:
+        shape = rec.get("input_shape") or DATASET_INPUTS.get(str(rec.get("dataset", "")).lower())
+        layers, e = energy_of(rec.get("model"), shape)
+        n = len(layers)
+        qwv = np.broadcast_to(np.asarray(qw, float), (n,))
+        pwv = np.broadcast_to(np.asarray(pw, float), (n,))
+        gen = (lambda name, shape=shape: energy_of(name, shape)[1])
+        info = point_energy(rec, layers, e, qwv, pwv, generator_energy=gen, **kw)
+        info["relative_energy"] = info["energy"] / info["reference_energy"]
+        label = rec.get("label") or (rec.get("scheme") if info["family"] == "dram" else None) or rec.get("method")
+        rows.append({"method": rec.get("method"), "label": str(label),
+                     "model": rec.get("model"), "accuracy_mean": rec["accuracy_mean"], "accuracy_std": rec.get("accuracy_std"),
+                     "operating_point": {k: rec[k] for k in POINT_KEYS if k in rec}, **info, "source": rec.get("source")})
+    for fam in {r["family"] for r in rows}:
+        idx = [i for i, r in enumerate(rows) if r["family"] == fam]
+        obj = np.array([[rows[i]["relative_energy"], rows[i]["accuracy_mean"]] for i in idx])
+        mask = pareto_mask(obj, [True, False])
+        for i, m in zip(idx, mask):
+            rows[i]["pareto"] = bool(m)
+    return rows
+
+
+def plot_tradeoff(rows: Sequence[dict], path) -> Path:
+    """One panel per method family: accuracy vs relative energy, Pareto front drawn as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxfault.io import atomic_savefig
+
+    fams = [f for f in ("dram", "sram", "verify") if any(r["family"] == f for r in rows)]
+    fig, axes = plt.subplots(1, len(fams), figsize=(4.6 * len(fams), 3.8), squeeze=False)
+    for ax, fam in zip(axes[0], fams):
+        rs = [r for r in rows if r["family"] == fam]
+        for lab in sorted({r["label"] for r in rs}):
+            pts = sorted((r for r in rs if r["label"] == lab), key=lambda r: r["relative_energy"])
+            ax.plot([r["relative_energy"] for r in pts], [r["accuracy_mean"] for r in pts], "o", alpha=0.7, label=lab)
+        front = sorted((r for r in rs if r["pareto"]), key=lambda r: r["relative_energy"])
+        ax.plot([r["relative_energy"] for r in front], [r["accuracy_mean"] for r in front], "k--", lw=1, label="Pareto front")
+        ax.set_xlabel("energy relative to " + {"dram": "no ECC, 64 ms refresh", "sram": "nominal voltage", "verify": "full write-verify"}[fam])
+        ax.set_ylabel("accuracy (mean)")
+        ax.set_title(FAMILIES[fam], fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = atomic_savefig(fig, path, dpi=90)
+    plt.close(fig)
+    return p

@@ -1,0 +1,149 @@
+"""Fault maps: exact Bernoulli(BER) cells only over stored bits, 0->1 share, keys, replay.
+
+Tolerances: counts are Binomial(n, p); every check allows 5 standard deviations (a false alarm
+probability below 1e-6 per check), and the seeds are fixed, so the tests are deterministic.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfault import faults
+from jaxfault.errors import JaxfaultError
+
+MASK18 = 0xFFFFC000
+
+
+def within(count, n, p, sds=5.0):
+    sd = math.sqrt(n * p * (1 - p))
+    return abs(count - n * p) <= sds * sd + 1e-9, (count, n * p, sd)
+
+
+N = 40_000      # one word count for all tests: the jitted samplers compile once per configuration
+
+
+@pytest.mark.parametrize("ber,q", [(1e-2, 0.2), (0.05, 0.3)])
+def test_realised_ber_and_zero_to_one_share(ber, q):
+    n = N
+    m10, m01, st = faults.stuck_at_maps(jax.random.key(1), n, ber, q, MASK18)
+    m10, m01 = np.asarray(m10), np.asarray(m01)
+    assert not np.any((m10 | m01) & ~np.uint32(MASK18))           # only stored cells
+    assert not np.any(m10 & m01)                                   # a cell has one fault type
+    nf = int(np.unpackbits((m10 | m01).view(np.uint8)).sum())
+    n01 = int(np.unpackbits(m01.view(np.uint8)).sum())
+    assert nf == int(st.n_faults) and n01 == int(st.n_zero_to_one)
+    cells = n * 18
+    ok, info = within(nf, cells, ber)
+    assert ok, info
+    ok, info = within(n01, nf, q)
+    assert ok, info
+    assert float(st.realised_ber) == pytest.approx(nf / cells, rel=1e-6)
+    assert float(st.zero_to_one_share) == pytest.approx(n01 / nf, rel=1e-6)
+
+
+def test_cells_are_iid_bernoulli():
+    """Per-word fault counts follow Binomial(18, p) (chi-square), every stored bit position is hit
+    equally often, and back-to-back faults occur at rate p (the geometric gap law at gap 0)."""
+    n, p = N, 0.05
+    m10, m01, _ = faults.stuck_at_maps(jax.random.key(1), n, p, 0.3, MASK18)
+    m = np.asarray(m10) | np.asarray(m01)
+    per_bit = np.array([((m >> b) & 1) for b in range(14, 32)])          # (18, n)
+    counts = per_bit.sum(0)
+    pmf = np.array([math.comb(18, k) * p ** k * (1 - p) ** (18 - k) for k in range(19)])
+    obs = np.bincount(counts, minlength=19)
+    keep = pmf * n >= 5
+    exp_ = np.append(pmf[keep] * n, pmf[~keep].sum() * n)
+    obs_ = np.append(obs[keep], obs[~keep].sum())
+    chi2 = float(((obs_ - exp_) ** 2 / exp_).sum())
+    df = len(exp_) - 1
+    assert chi2 < df + 6 * math.sqrt(2 * df), (chi2, df)
+    for row in per_bit:                                                   # each position ~ Bin(n, p)
+        ok, info = within(int(row.sum()), n, p)
+        assert ok, info
+    flat = per_bit[::-1].T.reshape(-1)                                    # cell order MSB first
+    both = int(np.sum(flat[1:] & flat[:-1]))
+    ok, info = within(both, flat.size - 1, p * p)
+    assert ok, info
+
+
+def test_small_ber_across_keys_and_chunk_continuation(monkeypatch):
+    """Tiny BER: the total over many keys is Binomial; with a 4-fault chunk cap the while loop must
+    continue exactly (same statistics), and segments split the cells without losing any."""
+    n, p, T = 5_000, 2e-4, 64
+    keys = jax.random.split(jax.random.key(3), T)
+    counts = jax.vmap(lambda k: faults.stuck_at_maps(k, n, p, 0.0, MASK18)[2].n_faults)(keys)
+    ok, info = within(int(counts.sum()), T * n * 18, p)
+    assert ok, info
+    monkeypatch.setattr(faults, "CHUNK_CAP", 4)
+    monkeypatch.setattr(faults, "_MAX_SEGMENT_CELLS", 18 * 2000 + 5)
+    m10, _, st = faults.stuck_at_maps(jax.random.key(4), n, 1e-2, 0.0, MASK18)
+    nf = int(np.unpackbits(np.asarray(m10).view(np.uint8)).sum())
+    assert nf == int(st.n_faults)
+    ok, info = within(nf, n * 18, 1e-2)
+    assert ok, info
+    per_seg = np.add.reduceat(np.asarray(m10) != 0, np.arange(0, n, 2000))
+    assert np.all(per_seg > 0)
+
+
+def test_edge_rates():
+    w = jnp.arange(1000, dtype=jnp.uint32) * jnp.uint32(2654435761)
+    out, st = faults.inject_stuck_at(jax.random.key(0), w, 0.0, 0.5, MASK18)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(w))
+    assert int(st.n_faults) == 0 and float(st.realised_ber) == 0.0
+    out, st = faults.inject_stuck_at(jax.random.key(0), w, 1.0, 1.0, MASK18)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(w) | np.uint32(MASK18))
+    assert float(st.realised_ber) == 1.0
+
+
+def test_same_key_same_result_and_injection_equals_maps():
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.integers(0, 2 ** 32, N, dtype=np.uint64).astype(np.uint32))
+    k = jax.random.key(1)
+    a, sa = faults.inject_stuck_at(k, w, 1e-2, 0.2, MASK18)
+    b, sb = faults.inject_stuck_at(k, w, 1e-2, 0.2, MASK18)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(sa.n_faults) == int(sb.n_faults)
+    c, _ = faults.inject_stuck_at(jax.random.key(12), w, 1e-2, 0.2, MASK18)
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+    m10, m01, sm = faults.stuck_at_maps(k, w.shape[0], 1e-2, 0.2, MASK18)
+    np.testing.assert_array_equal(np.asarray(faults.apply_stuck_at(w, m10, m01)), np.asarray(a))
+    assert int(sm.n_faults) == int(sa.n_faults)
+    # flips: XOR of the same cells that the 1->0 map of q = 0 names
+    f, sf = faults.inject_flips(k, w, 1e-2, MASK18)
+    fm, _ = faults.flip_map(k, w.shape[0], 1e-2, MASK18)
+    np.testing.assert_array_equal(np.asarray(f), np.asarray(w) ^ np.asarray(fm))
+    assert int(sf.n_faults) == int(np.unpackbits(np.asarray(fm).view(np.uint8)).sum())
+
+
+def test_apply_stuck_at_semantics_and_replay():
+    w = np.array([0xFFFFFFFF, 0x00000000, 0xF0F0F0F0], np.uint32)
+    m10 = np.array([0x0000FFFF, 0x0000FFFF, 0xFF000000], np.uint32)
+    m01 = np.array([0x00000000, 0x80000000, 0x0000000F], np.uint32)
+    out = np.asarray(faults.apply_stuck_at(w, m10, m01))
+    np.testing.assert_array_equal(out, (w & ~m10) | m01)
+    np.testing.assert_array_equal(out, [0xFFFF0000, 0x80000000, 0x00F0F0FF])
+    out2, st = faults.inject_maps(w, m10, m01, stored_mask=0xFFFF0000)       # replay, stored cells only
+    np.testing.assert_array_equal(np.asarray(out2), (w & ~(m10 & 0xFFFF0000)) | (m01 & 0xFFFF0000))
+    assert int(st.n_faults) == 8 + 1 and int(st.n_zero_to_one) == 1
+    assert float(st.realised_ber) == pytest.approx(9 / 48)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "x"])
+def test_bad_rates_named(bad):
+    with pytest.raises(JaxfaultError, match="ber"):
+        faults.stuck_at_maps(jax.random.key(0), 10, bad, 0.0)
+    with pytest.raises(JaxfaultError, match="zero_to_one"):
+        faults.inject_stuck_at(jax.random.key(0), jnp.zeros(10, jnp.uint32), 0.1, bad)
+
+
+def test_bad_arrays_named():
+    with pytest.raises(JaxfaultError, match="float32"):
+        faults.apply_stuck_at(np.zeros(3, np.float32), np.zeros(3, np.uint32), np.zeros(3, np.uint32))
+    with pytest.raises(JaxfaultError, match="shapes"):
+        faults.apply_stuck_at(np.zeros(3, np.uint32), np.zeros(4, np.uint32), np.zeros(3, np.uint32))
+    with pytest.raises(JaxfaultError, match="int32"):
+        faults.inject_stuck_at(jax.random.key(0), jnp.zeros(10, jnp.int32), 0.1)
+    with pytest.raises(JaxfaultError, match="stored_mask"):
+        faults.stuck_at_maps(jax.random.key(0), 10, 0.1, 0.0, 0)

@@ -1,0 +1,104 @@
+"""eval.sparrow and eval.exponents CLIs: outputs on a tiny checkpoint, bad input -> exit 2."""
+import json
+
+import numpy as np
+import pytest
+
+from eval import exponents as exp_cli
+from eval import sparrow as sp_cli
+
+
+def run(main, argv):
+    with pytest.raises(SystemExit) as e:
+        from jaxfault.cli import run_main
+
+        run_main(main, argv)
+    return e.value.code
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--ber", "2"], "--ber must be in [0, 1], got 2.0"),
+    (["--ber", "nan"], "--ber must be in [0, 1], got nan"),
+    (["--ber=-1e-3"], "got -0.001"),
+    (["--ber", "1e-3", "--zero-to-one", "1.5"], "--zero-to-one must be in [0, 1], got 1.5"),
+    (["--ber", "1e-3", "--block-size", "48"], "block_size must be one of 16, 32, 64, got 48"),
+    (["--ber", "1e-3", "--sweep", "1e-3"], "exactly one of --ber or --sweep"),
+    (["--sweep", "1e-3,abc"], "'abc' is not a number"),
+    (["--sweep", "1e-3,3"], "got 3.0"),
+    (["--ber", "1e-3", "--trials", "0"], "--trials must be >= 1, got 0"),
+    (["--ber", "1e-3", "--checkpoint", "/nonexistent/ck"], "/nonexistent/ck"),
+    (["--ber", "1e-3", "--scheme", "parity"], "parity"),
+])
+def test_sparrow_cli_bad_input_exit_2(argv, needle, capsys):
+    assert run(sp_cli.main, argv) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_sparrow_cli_single_run(lenet_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run(sp_cli.main, ["--ber", "1e-2", "--zero-to-one", "0.01", "--block-size", "32", "--trials", "2",
+                             "--checkpoint", str(lenet_checkpoint), "--out", str(out), "--limit", "100"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "clean bf16: top1" in text and "sparrow" in text
+    r = json.loads((out / "sparrow_ber0.01_q0.01_B32.json").read_text())
+    assert r["trials"] == 2 and len(r["top1"]["values"]) == 2 and "top5" in r
+    assert 0.005 < r["realised_ber"]["mean"] < 0.02 and 0 < r["changed_fraction"]["mean"] < 0.2
+    assert r["stored_bits_per_weight"] == 18 and r["evaluation_dtype"] == "bfloat16"
+    assert r["top1"]["min"] <= r["top1"]["mean"] <= r["top1"]["max"]
+    assert abs(r["fault_free"]["top1"] - r["clean_bf16"]["top1"]) <= 0.02   # encoding alone costs little
+
+
+@pytest.mark.slow
+def test_sparrow_cli_sweep(lenet_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = run(sp_cli.main, ["--sweep", "0,0.3", "--trials", "2", "--checkpoint", str(lenet_checkpoint),
+                             "--out", str(out), "--limit", "100", "--strategy", "loop"])
+    assert code == 0
+    s = json.loads((out / "sweep.json").read_text())
+    assert [(r["scheme"], r["ber"]) for r in s["sweep"]] == [(n, b) for b in (0.0, 0.3) for n in ("sparrow", "secded", "none")]
+    clean = s["clean_bf16"]["top1"]
+    none0 = next(r for r in s["sweep"] if r["scheme"] == "none" and r["ber"] == 0.0)
+    assert none0["top1"]["mean"] == clean                            # no faults, no ECC: the clean model
+    worst = [r["top1"]["mean"] for r in s["sweep"] if r["ber"] == 0.3]
+    assert max(worst) < clean                                        # 30 % of cells stuck: all schemes suffer
+    assert (out / "sweep.png").stat().st_size > 1000 and "| BER |" in (out / "sweep.md").read_text()
+
+
+def test_exponents_cli(lenet_checkpoint, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert run(exp_cli.main, ["--checkpoint", str(lenet_checkpoint), "--block-size", "32", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "zero policy: reference" in text
+    r = json.loads((out / "exponents_B32_reference.json").read_text())
+    assert len(r["counts"]) == 129 and sum(r["counts"]) == r["blocks_counted"]
+    assert abs(sum(r["proportions"]) - 1) < 1e-9
+    csv = (out / "exponents_B32_reference.csv").read_text().splitlines()
+    assert csv[0] == "diff,count,proportion" and len(csv) == 130
+    assert (out / "exponents_B32_reference.png").exists()
+    openpyxl = pytest.importorskip("openpyxl")
+    wb = openpyxl.load_workbook(out / "exponents_B32_reference.xlsx")
+    assert wb.sheetnames == ["Count", "Proportion"]
+    assert [c.value for c in wb["Count"][2]][1:] == r["counts"]
+    assert run(exp_cli.main, ["--checkpoint", str(lenet_checkpoint), "--exclude-zeros", "--out", str(out)]) == 0
+    assert "zero policy: exclude-zeros" in capsys.readouterr().out
+    assert run(exp_cli.main, ["--block-size", "1", "--checkpoint", str(lenet_checkpoint)]) == 2
+    assert "--block-size must be >= 2, got 1" in capsys.readouterr().err
+
+
+def test_exponent_histogram_zero_policies():
+    from jaxfault.ecc.exponents import block_differences, histogram
+
+    def word(e):
+        return np.uint32(e << 23)
+    blk_a = np.array([word(120), word(100)] + [word(110)] * 2, np.uint32)      # diff 20
+    blk_b = np.array([word(120), 0, word(119), word(118)], np.uint32)          # zero: 255 - 118 > 128 -> dropped
+    blk_c = np.array([word(130), 0, word(128), word(129)], np.uint32)          # zero, all >= 127: 255 - 128 = 127 counted
+    blk_d = np.zeros(4, np.uint32)                                             # all zero
+    w = np.concatenate([blk_a, blk_b, blk_c, blk_d, np.array([word(1)], np.uint32)])
+    np.testing.assert_array_equal(block_differences(w, 4), [20, -1, 127, 0])
+    np.testing.assert_array_equal(block_differences(w, 4, exclude_zeros=True), [20, 2, 2, -1])
+    np.testing.assert_array_equal(block_differences(w, 4, include_partial=True), [20, -1, 127, 0, 0])
+    h = histogram(w, 4)
+    assert h["counts"][20] == h["counts"][127] == h["counts"][0] == 1 and h["blocks_dropped"] == 1
+    assert h["zero_policy"] == "reference"
