@@ -18,6 +18,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--qat", action="store_true", help="8-bit symmetric per-tensor weight fake-quantization (SPEC 3.1)")
     p.add_argument("--quant-bits", type=int, default=DEFAULTS["quant_bits"], help="precision for --qat: 4, 8 or 16")
+    p.add_argument("--train-var", type=float, default=None,
+                   help="SWIM noise-aware training: fresh SPEC 2.1 device variation (this sigma) every step")
     p.add_argument("--out", default="runs/base", help="checkpoint directory (default runs/base)")
     return p
 
@@ -30,9 +32,15 @@ def main(argv=None) -> int:
         raise JaxfaultError(f"--epochs must be positive, got {args.epochs}")
     if args.batch_size <= 0:
         raise JaxfaultError(f"--batch-size must be positive, got {args.batch_size}")
+    noise_fn, extra = None, None
+    if args.train_var is not None:
+        from jaxfault.variation import make_training_noise_fn
+
+        noise_fn, extra = make_training_noise_fn(args.train_var), {"train_var": args.train_var}
     metrics = train_and_save(args.out, model=args.model, dataset=args.dataset, epochs=args.epochs,
                              batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, qat=args.qat,
-                             quant_bits=args.quant_bits, data_dir=args.data_dir)
+                             quant_bits=args.quant_bits, data_dir=args.data_dir, weight_noise_fn=noise_fn,
+                             extra_config=extra)
     print(f"final test accuracy {metrics['test_accuracy']:.4f}  "
           f"({metrics['seconds_per_epoch']:.1f} s/epoch)  checkpoint: {args.out}")
     return 0

@@ -1,0 +1,154 @@
+"""SWIM benchmark: Monte Carlo accuracy under variation (batched vs per-instance loop) and curvature cost.
+
+python -m bench.swim [--checkpoint DIR] [--instances 100] [--strategies map,vmap,loop]
+    [--instance-batch 10] [--skip-curvature] [--out runs/bench_swim.json]
+
+Prints seconds for --instances noise instances on the whole test set per strategy (checking that
+every strategy returns the loop's accuracies), the model's FLOPs per image (XLA cost analysis),
+this machine's dense-matmul FLOP rate and the fraction of it the batched path reaches, and the
+time of each curvature estimator on the model (exact: timed on a sample of diagonal entries and
+extrapolated, labelled as such). The loop's time excludes compilation: a one-instance loop run
+(compile + 1 instance) is subtracted and the rest scaled to --instances.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfault.cli import ArgumentParser, run_main
+from jaxfault.errors import JaxfaultError
+from jaxfault.io import atomic_write_json
+from jaxfault.sensitivity import full_mask
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 dense matmul rate (FLOP/s) of this backend: best of `repeats`."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best
+
+
+def model_flops_per_image(model, variables, input_shape, batch: int = 100) -> float:
+    """XLA's cost-analysis FLOPs of one forward pass, per image."""
+    x = jnp.zeros((batch, *input_shape), jnp.float32)
+    compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0]
+    return float(cost["flops"]) / batch
+
+
+def main(argv=None) -> int:
+    p = ArgumentParser(prog="python -m bench.swim", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--instances", type=int, default=100)
+    p.add_argument("--strategies", default="map,vmap,loop")
+    p.add_argument("--instance-batch", type=int, default=10, help="instances per vmap chunk for 'vmap'")
+    p.add_argument("--dev-var", type=float, default=0.3)
+    p.add_argument("--skip-curvature", action="store_true")
+    p.add_argument("--exact-entries", type=int, default=512, help="diagonal entries timed for 'exact'")
+    p.add_argument("--out", default="runs/bench_swim.json")
+    args = p.parse_args(argv)
+    if args.instances <= 0 or args.instance_batch <= 0 or args.exact_entries <= 0:
+        raise JaxfaultError("--instances, --instance-batch and --exact-entries must be positive")
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+
+    import argparse
+
+    import eval.swim as swim
+    from jaxfault.curvature import hessian_diag_entries
+    from jaxfault.data import load_dataset
+
+    ns = argparse.Namespace(checkpoint=args.checkpoint, data_dir=None)
+    model, variables, config, path = swim.load_model(ns)
+    data = load_dataset(config["dataset"], value_range=config.get("value_range", "symmetric"))
+    x, y = data.test_images, data.test_labels
+    keys = jax.random.split(jax.random.key(0), args.instances)
+    mask = full_mask(variables["params"], False)
+    print(f"{config['model']} on {data.name}: {len(x)} test images, {args.instances} noise instances, "
+          f"backend {jax.default_backend()} ({jax.devices()[0].device_kind})")
+
+    results, accs = {}, {}
+    for s in strategies:
+        run_args = argparse.Namespace(eval_batch=1000, dev_var=args.dev_var, write_var=0.03, n_bits=8, m_bits=1,
+                                      strategy=s, instance_batch=args.instance_batch if s == "vmap" else None)
+        mc = swim.make_mc(model, variables, x, y, keys, run_args)
+        if s != "loop":
+            mc(mask)  # compile outside the timing
+            t = time.perf_counter()
+            accs[s] = mc(mask)
+            results[s] = time.perf_counter() - t
+        else:  # each loop call compiles its one-instance function again: subtract a 1-instance run
+            t = time.perf_counter()
+            swim.make_mc(model, variables, x, y, keys[:1], run_args)(mask)
+            t1 = time.perf_counter() - t
+            t = time.perf_counter()
+            accs[s] = mc(mask)
+            tn = time.perf_counter() - t
+            results[s] = (tn - t1) * args.instances / max(args.instances - 1, 1) if args.instances > 1 else tn
+        print(f"  {s:<5}: {results[s]:7.2f} s per {args.instances} instances "
+              f"({results[s] / args.instances:.3f} s/instance), mean acc {100 * accs[s].mean():.2f} %")
+    ref = accs.get("loop")
+    if ref is not None:
+        for s, a in accs.items():
+            diff = float(np.max(np.abs(a - ref)))
+            print(f"  max |acc_{s} - acc_loop| = {diff:.2e}")
+            if diff > 1e-6:
+                raise JaxfaultError(f"strategy {s} disagrees with the loop by {diff}")
+
+    flops = model_flops_per_image(model, variables, data.input_shape)
+    rate = matmul_flops_per_second()
+    report = {"model": config["model"], "dataset": data.name, "test_images": len(x), "instances": args.instances,
+              "backend": jax.default_backend(), "seconds": results, "flops_per_image": flops,
+              "matmul_flops_per_second": rate, "anchors_seconds_per_100": {"pytorch_reference": 45.0,
+                                                                            "lax_map_issue": 44.0, "naive_vmap_issue": 175.0}}
+    print(f"model forward: {flops / 1e6:.3f} MFLOP/image (XLA cost analysis); dense matmul: {rate / 1e9:.1f} GFLOP/s")
+    for s, sec in results.items():
+        achieved = args.instances * len(x) * flops / sec
+        report.setdefault("fraction_of_matmul_rate", {})[s] = achieved / rate
+        print(f"  {s:<5}: {achieved / 1e9:6.2f} GFLOP/s = {100 * achieved / rate:5.1f} % of the matmul rate")
+
+    if not args.skip_curvature:
+        from jax.flatten_util import ravel_pytree
+
+        ce_curv = {}
+        for kind, n_img in (("becker-lecun", 4096), ("ggn", 256), ("hutchinson", 1024)):
+            t = time.perf_counter()
+            jax.block_until_ready(swim.compute_curvature(kind, model, variables, data.train_images[:n_img],
+                                                         data.train_labels[:n_img], key=jax.random.key(1),
+                                                         hutchinson_samples=100))
+            ce_curv[kind] = {"seconds": time.perf_counter() - t, "train_images": n_img}
+            print(f"curvature {kind:<12}: {ce_curv[kind]['seconds']:7.1f} s on {n_img} training images"
+                  + (" (100 probes)" if kind == "hutchinson" else ""))
+        n_img = 256
+        rest = {k: v for k, v in variables.items() if k != "params"}
+        xi, yi = jnp.asarray(data.train_images[:n_img]), jnp.asarray(data.train_labels[:n_img])
+        loss = lambda prm, xb, yb: jnp.sum(-jax.nn.log_softmax(model.apply({"params": prm, **rest}, xb, train=False))
+                                           [jnp.arange(n_img), yb])
+        n_params = ravel_pytree(variables["params"])[0].shape[0]
+        idx = jnp.arange(min(args.exact_entries, n_params))
+        t = time.perf_counter()
+        jax.block_until_ready(hessian_diag_entries(loss, variables["params"], idx, chunk_size=64, data=(xi, yi)))
+        sec = time.perf_counter() - t
+        ce_curv["exact"] = {"seconds_measured": sec, "entries_measured": int(idx.shape[0]), "train_images": n_img,
+                            "seconds_extrapolated_all": sec * n_params / idx.shape[0], "n_params": n_params}
+        print(f"curvature exact       : {sec:7.1f} s for {idx.shape[0]} of {n_params} diagonal entries on {n_img} "
+              f"images -> ~{ce_curv['exact']['seconds_extrapolated_all']:.0f} s for all (extrapolated)")
+        report["curvature"] = ce_curv
+    atomic_write_json(args.out, report)
+    print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,173 @@
+"""Compute-in-memory device variation (SPEC 2.1) and Monte Carlo accuracy under it.
+
+Each conv/dense weight is stored with ``n_bits`` bits over ``n_bits / m_bits`` devices of
+``m_bits`` bits. Programming noise on a weight of layer W is
+
+    noise = max|W| * sum_{i=1..N/m} 2^(-i*m) * g_i,   g_i ~ Normal(0, sigma^2),
+
+with sigma = ``write_var`` where the weight is write-verified (mask True) and ``dev_var``
+elsewhere. Biases and batch-norm leaves are never perturbed. The device draws g_i are sampled
+explicitly (not collapsed into one Gaussian) so the sampled process is the one the spec states.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxfault.batching import map_over_keys, resolve_strategy
+from jaxfault.errors import JaxfaultError
+from jaxfault.pytree import is_kernel, map_kernels_with_index
+
+PyTree = Any
+
+
+def _concrete_float(name: str, value) -> float | None:
+    """float(value) if value is concrete (not a tracer), else None (cannot validate under jit)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise JaxfaultError(f"{name} must be a number, got {value!r}") from None
+
+
+def check_variances(dev_var, write_var) -> None:
+    """Raise JaxfaultError unless both variation strengths are finite and >= 0."""
+    for name, value in (("dev_var", dev_var), ("write_var", write_var)):
+        v = _concrete_float(name, value)
+        if v is not None and not (math.isfinite(v) and v >= 0.0):
+            raise JaxfaultError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def check_bits_per_device(n_bits, m_bits) -> tuple[int, int]:
+    """Validate N (bits per weight) and m (bits per device): positive ints, N a multiple of m."""
+    for name, value in (("n_bits", n_bits), ("m_bits", m_bits)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise JaxfaultError(f"{name} must be a positive integer, got {value!r}")
+    if n_bits % m_bits != 0:
+        raise JaxfaultError(f"n_bits ({n_bits}) must be a multiple of m_bits ({m_bits})")
+    return int(n_bits), int(m_bits)
+
+
+def device_weights(n_bits: int = 8, m_bits: int = 1) -> jax.Array:
+    """The per-device factors 2^(-i*m), i = 1..N/m, as a float32 vector."""
+    n_bits, m_bits = check_bits_per_device(n_bits, m_bits)
+    i = jnp.arange(1, n_bits // m_bits + 1, dtype=jnp.float32)
+    return jnp.exp2(-i * m_bits)
+
+
+def _sigma_tree(params: PyTree, mask: PyTree | None, dev_var, write_var) -> PyTree:
+    """Per-weight sigma for kernels (dev_var, or write_var where mask is True); None elsewhere."""
+    if mask is None:
+        return jax.tree_util.tree_map_with_path(
+            lambda p, x: jnp.full(x.shape, dev_var, jnp.float32) if is_kernel(p, x) else None, params)
+    try:
+        return jax.tree_util.tree_map_with_path(
+            lambda p, x, m: (jnp.where(jnp.broadcast_to(jnp.asarray(m, bool), x.shape), write_var, dev_var)
+                             .astype(jnp.float32) if is_kernel(p, x) else None), params, mask)
+    except ValueError as e:  # tree structure mismatch
+        raise JaxfaultError(f"mask must be a pytree shaped like params (kernels as bool arrays): {e}") from None
+
+
+def variation_std(params: PyTree, mask: PyTree | None, dev_var, write_var, n_bits: int = 8,
+                  m_bits: int = 1) -> PyTree:
+    """Analytic std of the noise per kernel weight: max|W| * sigma * sqrt(sum_i 4^(-i*m)).
+
+    Non-kernel leaves get zeros. Used by tests and docs to check the sampler against SPEC 2.1.
+    """
+    check_variances(dev_var, write_var)
+    c = jnp.sqrt(jnp.sum(device_weights(n_bits, m_bits) ** 2))
+    sig = _sigma_tree(params, mask, dev_var, write_var)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x, s: (jnp.max(jnp.abs(x)) * s * c) if is_kernel(p, x) else jnp.zeros_like(x),
+        params, sig, is_leaf=lambda v: v is None)
+
+
+def apply_variation(params: PyTree, mask: PyTree | None, key: jax.Array, dev_var, write_var,
+                    n_bits: int = 8, m_bits: int = 1) -> PyTree:
+    """Return params with SPEC 2.1 programming noise added to every conv/dense kernel.
+
+    mask: None (nothing write-verified) or a pytree shaped like params whose kernel leaves are
+    bool arrays (True = write-verified, noise std scaled by write_var instead of dev_var); its
+    non-kernel leaves are ignored. Pure and jittable; vmap it over keys for many instances.
+    Kernel i uses jax.random.fold_in(key, i), so a given key always gives the same noise.
+    """
+    check_variances(dev_var, write_var)
+    n_bits, m_bits = check_bits_per_device(n_bits, m_bits)
+    if mask is not None:
+        check_masks_like(params, mask)
+    return _apply_variation(params, mask, key, dev_var, write_var, n_bits, m_bits)
+
+
+@partial(jax.jit, static_argnums=(5, 6))
+def _apply_variation(params, mask, key, dev_var, write_var, n_bits, m_bits):
+    scales = device_weights(n_bits, m_bits)
+    n_dev = scales.shape[0]
+    sig = _sigma_tree(params, mask, dev_var, write_var)
+    sig_leaves = [s for s in jax.tree_util.tree_leaves(sig, is_leaf=lambda v: v is None) if s is not None]
+
+    def perturb(i, w):
+        g = jax.random.normal(jax.random.fold_in(key, i), (n_dev,) + w.shape, jnp.float32)
+        dev_sum = jnp.tensordot(scales, g, axes=1)  # sum_i 2^(-i m) z_i
+        noise = jnp.max(jnp.abs(w)) * sig_leaves[i] * dev_sum
+        return (w + noise).astype(w.dtype)
+
+    return map_kernels_with_index(perturb, params)
+
+
+def check_masks_like(params: PyTree, mask: PyTree) -> None:
+    """Raise JaxfaultError unless mask has params' structure and each kernel's shape."""
+    try:
+        pairs = jax.tree_util.tree_map_with_path(
+            lambda p, x, m: (jnp.shape(m), x.shape) if is_kernel(p, x) else None, params, mask)
+    except ValueError as e:
+        raise JaxfaultError(f"mask must be a pytree shaped like params: {e}") from None
+    for got, want in jax.tree_util.tree_leaves(pairs, is_leaf=lambda v: isinstance(v, tuple)):
+        if got != want:
+            raise JaxfaultError(f"mask leaf has shape {got}, kernel has shape {want}")
+
+
+def monte_carlo(metric_fn: Callable[..., Any], params: PyTree, mask: PyTree | None, keys: jax.Array,
+                dev_var, write_var, n_bits: int = 8, m_bits: int = 1, strategy: str = "auto",
+                batch_size: int | None = None, data: tuple = ()) -> Any:
+    """metric_fn(noisy_params, *data) for every noise key, stacked along a leading axis.
+
+    All instances run in one compiled call through jaxfault.batching.map_over_keys (strategy
+    'vmap', 'map' or 'loop'; batch_size bounds how many instances are live at once). params,
+    mask and data are passed to the compiled function as arguments, not baked in as constants.
+    """
+    check_variances(dev_var, write_var)
+    n_bits, m_bits = check_bits_per_device(n_bits, m_bits)
+    if mask is not None:
+        check_masks_like(params, mask)
+    strategy = resolve_strategy(strategy)
+
+    def run(params, mask, keys, dev_var, write_var, data):
+        def one(k):
+            return metric_fn(_apply_variation(params, mask, k, dev_var, write_var, n_bits, m_bits), *data)
+
+        return map_over_keys(one, keys, strategy=strategy, batch_size=batch_size)
+
+    if strategy != "loop":  # one program for all instances; 'loop' stays a Python loop of jitted calls
+        run = jax.jit(run)
+    return run(params, mask, keys, jnp.float32(dev_var), jnp.float32(write_var), tuple(data))
+
+
+def make_training_noise_fn(train_var: float, n_bits: int = 8, m_bits: int = 1) -> Callable[[PyTree, jax.Array], PyTree]:
+    """weight_noise_fn(params, key) for noise-aware training: a fresh SPEC 2.1 draw (sigma =
+    train_var, nothing verified) each call, added as a constant so gradients reach the clean weights.
+    """
+    v = _concrete_float("train_var", train_var)
+    if v is None or not (math.isfinite(v) and v >= 0.0):
+        raise JaxfaultError(f"train_var must be a finite number >= 0, got {train_var!r}")
+    check_bits_per_device(n_bits, m_bits)
+
+    def noise_fn(params: PyTree, key: jax.Array) -> PyTree:
+        noisy = _apply_variation(params, None, key, train_var, 0.0, n_bits, m_bits)
+        return jax.tree_util.tree_map(lambda p, q: p + jax.lax.stop_gradient(q - p), params, noisy)
+
+    return noise_fn

@@ -1,0 +1,133 @@
+"""SPEC 2.1 variation model: per-weight noise std, determinism, batching, bad input."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfault.errors import JaxfaultError
+from jaxfault.sensitivity import full_mask
+from jaxfault.variation import (apply_variation, check_bits_per_device, device_weights, monte_carlo,
+                                variation_std)
+
+
+def _params(key=0, shape=(200, 500)):
+    k1, k2 = jax.random.split(jax.random.PRNGKey(key))
+    w = jax.random.uniform(k1, shape, minval=-0.5, maxval=0.5).at[0, 0].set(-0.8)  # max|W| = 0.8
+    return {"Dense_0": {"kernel": w, "bias": jnp.ones((shape[1],))},
+            "BatchNorm_0": {"scale": jnp.ones((3,)), "bias": jnp.zeros((3,))},
+            "Conv_0": {"kernel": jax.random.normal(k2, (3, 3, 2, 4)), "bias": jnp.zeros((4,))}}
+
+
+@pytest.mark.parametrize("n_bits,m_bits", [(8, 1), (6, 3)])
+def test_noise_std_matches_spec_formula(n_bits, m_bits):
+    params = _params()
+    w = params["Dense_0"]["kernel"]
+    half = jnp.zeros(w.shape, bool).at[:100].set(True)  # rows 0..99 write-verified
+    mask = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, bool), params)
+    mask["Dense_0"]["kernel"] = half
+    dev_var, write_var = 0.1, 0.03
+    noisy = apply_variation(params, mask, jax.random.PRNGKey(7), dev_var, write_var, n_bits, m_bits)
+    noise = np.asarray(noisy["Dense_0"]["kernel"] - w, np.float64)
+    c = np.sqrt(sum(4.0 ** (-i * m_bits) for i in range(1, n_bits // m_bits + 1)))
+    for rows, sigma in ((slice(0, 100), write_var), (slice(100, 200), dev_var)):
+        x = noise[rows].ravel()  # 50,000 iid normal draws
+        expected = 0.8 * sigma * c
+        # sample std of n normals: relative standard error 1/sqrt(2(n-1)) = 0.32 %; allow 5 SE
+        assert abs(x.std() / expected - 1) < 5 / np.sqrt(2 * (x.size - 1))
+        assert abs(x.mean()) < 5 * expected / np.sqrt(x.size)
+    std_tree = variation_std(params, mask, dev_var, write_var, n_bits, m_bits)
+    np.testing.assert_allclose(std_tree["Dense_0"]["kernel"][0, 0], 0.8 * write_var * c, rtol=1e-6)
+    np.testing.assert_allclose(std_tree["Dense_0"]["kernel"][150, 0], 0.8 * dev_var * c, rtol=1e-6)
+
+
+def test_noise_is_the_per_device_sum_of_spec_2_1():
+    """Bit-level restatement of the formula: W + max|W| * sum_i 2^(-i m) * sigma * z_i, z_i = N(0,1)."""
+    params = _params()
+    key = jax.random.PRNGKey(3)
+    noisy = apply_variation(params, None, key, 0.2, 0.03, 8, 2)
+    kernels = [("Conv_0", 0), ("Dense_0", 1)]  # flatten order: BatchNorm_0, Conv_0, Dense_0
+    for name, i in kernels:
+        w = params[name]["kernel"]
+        z = jax.random.normal(jax.random.fold_in(key, i), (4,) + w.shape)
+        expect = w + jnp.max(jnp.abs(w)) * sum(2.0 ** (-(j + 1) * 2) * 0.2 * z[j] for j in range(4))
+        np.testing.assert_allclose(noisy[name]["kernel"], expect, rtol=1e-6, atol=1e-7)
+
+
+def test_only_kernels_are_perturbed_and_zero_variance_is_identity():
+    params = _params()
+    noisy = apply_variation(params, None, jax.random.PRNGKey(1), 0.3, 0.03)
+    for name in ("Dense_0", "Conv_0"):
+        assert not np.allclose(noisy[name]["kernel"], params[name]["kernel"])
+        np.testing.assert_array_equal(noisy[name]["bias"], params[name]["bias"])
+    np.testing.assert_array_equal(noisy["BatchNorm_0"]["scale"], params["BatchNorm_0"]["scale"])
+    same = apply_variation(params, None, jax.random.PRNGKey(1), 0.0, 0.0)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, same, params)
+    # everything verified with write_var == dev_var equals nothing verified (same draws)
+    a = apply_variation(params, full_mask(params, True), jax.random.PRNGKey(2), 0.1, 0.1)
+    b = apply_variation(params, None, jax.random.PRNGKey(2), 0.1, 0.1)
+    jax.tree_util.tree_map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7), a, b)
+
+
+def test_same_key_same_noise_and_vmap_equals_loop():
+    params = _params(shape=(6, 7))
+    keys = jax.random.split(jax.random.PRNGKey(0), 5)
+    f = lambda k: apply_variation(params, None, k, 0.1, 0.03)
+    batched = jax.jit(jax.vmap(f))(keys)
+    for j, k in enumerate(keys):
+        one = f(k)
+        jax.tree_util.tree_map(lambda b, o: np.testing.assert_allclose(b[j], o, rtol=1e-6, atol=1e-7), batched, one)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, f(keys[0]), f(keys[0]))
+    assert not np.allclose(batched["Dense_0"]["kernel"][0], batched["Dense_0"]["kernel"][1])
+
+
+def test_monte_carlo_strategies_agree():
+    params = _params(shape=(8, 3))
+    x = jax.random.normal(jax.random.PRNGKey(4), (32, 8))
+    metric = lambda p, x: jnp.mean(jnp.tanh(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]))
+    keys = jax.random.split(jax.random.PRNGKey(9), 6)
+    out = {s: np.asarray(monte_carlo(metric, params, None, keys, 0.3, 0.03, strategy=s, batch_size=b, data=(x,)))
+           for s, b in (("loop", None), ("map", None), ("map", 4), ("vmap", None))}
+    for s in out:
+        np.testing.assert_allclose(out[s], out["loop"], rtol=1e-5, atol=1e-6)
+    assert out["loop"].shape == (6,)
+
+
+def test_device_weights():
+    np.testing.assert_allclose(device_weights(8, 1), [2.0 ** -i for i in range(1, 9)])
+    np.testing.assert_allclose(device_weights(8, 4), [2.0 ** -4, 2.0 ** -8])
+
+
+@pytest.mark.parametrize("dev_var,write_var", [(-0.1, 0.03), (0.1, -1e-9), (float("nan"), 0.0),
+                                               (0.1, float("inf")), ("abc", 0.1)])
+def test_bad_variances(dev_var, write_var):
+    with pytest.raises(JaxfaultError):
+        apply_variation(_params(shape=(2, 2)), None, jax.random.PRNGKey(0), dev_var, write_var)
+
+
+@pytest.mark.parametrize("n_bits,m_bits", [(8, 3), (8, 0), (0, 1), (8.0, 1), (True, 1), (4, 8)])
+def test_bad_bits(n_bits, m_bits):
+    with pytest.raises(JaxfaultError):
+        check_bits_per_device(n_bits, m_bits)
+    with pytest.raises(JaxfaultError):
+        apply_variation(_params(shape=(2, 2)), None, jax.random.PRNGKey(0), 0.1, 0.03, n_bits, m_bits)
+
+
+def test_mask_of_wrong_structure():
+    params = _params(shape=(2, 2))
+    with pytest.raises(JaxfaultError):
+        apply_variation(params, {"Dense_0": True}, jax.random.PRNGKey(0), 0.1, 0.03)
+
+
+def test_training_noise_fn_is_a_fresh_draw_with_straight_through_gradient():
+    from jaxfault.variation import make_training_noise_fn
+
+    params = _params(shape=(6, 7))
+    fn = make_training_noise_fn(0.2)
+    key = jax.random.PRNGKey(5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                           fn(params, key), apply_variation(params, None, key, 0.2, 0.0))
+    c = jax.random.normal(jax.random.PRNGKey(6), (6, 7))
+    g = jax.grad(lambda p: jnp.sum(fn(p, key)["Dense_0"]["kernel"] * c))(params)
+    np.testing.assert_allclose(g["Dense_0"]["kernel"], c, rtol=1e-6)  # noise is a constant: d/dW = c
+    with pytest.raises(JaxfaultError):
+        make_training_noise_fn(-0.1)
