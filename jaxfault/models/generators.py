@@ -135,4 +135,4 @@ def create_generator(name: str) -> nn.Module:
 def init_generator(generator: nn.Module, key: jax.Array, input_shape: Sequence[int]) -> dict:
     """Variables {"params", "batch_stats"} for images of shape input_shape = (H, W, C)."""
     x = jnp.zeros((1, *tuple(input_shape)), jnp.float32)
-    return dict(generator.init(key, x, train=False))
+    return dict(jax.jit(lambda k, x: generator.init(k, x, train=False))(key, x))

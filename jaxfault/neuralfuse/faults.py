@@ -112,10 +112,11 @@ def memory_array_codes(key: jax.Array, ber, ber0=0.5) -> jax.Array:
     return cell_codes(key, ARRAY_ROWS * ARRAY_COLS, ber, ber0).reshape(ARRAY_ROWS, ARRAY_COLS)
 
 
-def memory_array_index(n: int, bits: int = 8) -> tuple[jax.Array, jax.Array]:
-    """(row, column) index arrays of shape [n, bits]: where bit b of weight k lives in the array."""
+def memory_array_index(n: int, bits: int = 8, k: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(row, column) index arrays of shape [n, bits]: where bit b of weight k lives in the array
+    (k = 0..n-1, or the given weight indices k)."""
     words_per_row = ARRAY_COLS // bits
-    k = jnp.arange(n, dtype=jnp.int32)
+    k = jnp.arange(n, dtype=jnp.int32) if k is None else jnp.asarray(k, jnp.int32)
     row = (k // (ROW_REPEAT * words_per_row)) % ARRAY_ROWS
     slot = k % words_per_row
     cols = slot[:, None] * bits + jnp.arange(bits, dtype=jnp.int32)[None, :]
