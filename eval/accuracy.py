@@ -1,0 +1,28 @@
+"""Reload a checkpoint and print its test accuracy: python -m eval.accuracy --checkpoint DIR."""
+from __future__ import annotations
+
+from jaxfault.checkpoints import load_checkpoint
+from jaxfault.cli import ArgumentParser, run_main
+from jaxfault.data import load_dataset
+from jaxfault.training import evaluate
+
+
+def main(argv=None) -> int:
+    p = ArgumentParser(prog="python -m eval.accuracy", description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="directory written by train.base")
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args(argv)
+    ckpt = load_checkpoint(args.checkpoint)
+    data = load_dataset(ckpt.config["dataset"], data_dir=args.data_dir,
+                        value_range=ckpt.config.get("value_range", "symmetric"))
+    topk = (1, 5) if ckpt.config["num_classes"] > 5 else (1,)
+    acc = evaluate(ckpt.model, ckpt.variables, data.test_images, data.test_labels, topk=topk)
+    saved = ckpt.metrics.get("test_accuracy")
+    line = "  ".join(f"{k} {v:.4f}" for k, v in acc.items())
+    print(f"{ckpt.config['model']} on {data.name} test: {line}"
+          + (f"  (saved at training: {saved:.4f})" if saved is not None else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,43 @@
+"""Model zoo: create_model(name, num_classes, quant_bits) -> a flax.linen classifier."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxfault.errors import JaxfaultError
+from jaxfault.models.classifiers import VGG, VGG_CONFIGS, BasicBlock, Bottleneck, ConvNet, LeNet5, ResNet
+from jaxfault.models.layers import Conv, Dense
+from jaxfault.quant import check_bits
+
+MODEL_NAMES = ("lenet", "convnet", "resnet18", "resnet50", "vgg11", "vgg16", "vgg19")
+
+
+def create_model(name: str, num_classes: int = 10, quant_bits: int | None = None):
+    """Build a classifier by name; quant_bits (4/8/16) turns on weight fake-quantization (QAT)."""
+    if quant_bits is not None:
+        check_bits(quant_bits)
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise JaxfaultError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if name == "lenet":
+        return LeNet5(num_classes=num_classes, quant_bits=quant_bits)
+    if name == "convnet":
+        return ConvNet(num_classes=num_classes, quant_bits=quant_bits)
+    if name == "resnet18":
+        return ResNet((2, 2, 2, 2), BasicBlock, num_classes=num_classes, quant_bits=quant_bits)
+    if name == "resnet50":
+        return ResNet((3, 4, 6, 3), Bottleneck, num_classes=num_classes, quant_bits=quant_bits)
+    if name in VGG_CONFIGS:
+        return VGG(VGG_CONFIGS[name], num_classes=num_classes, quant_bits=quant_bits)
+    raise JaxfaultError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def init_variables(model, key: jax.Array, input_shape) -> dict:
+    """Initialise {'params', maybe 'batch_stats'} for inputs of shape (H, W, C)."""
+    if len(tuple(input_shape)) != 3:
+        raise JaxfaultError(f"input_shape must be (H, W, C), got {tuple(input_shape)!r}")
+    x = jnp.zeros((1, *input_shape), jnp.float32)
+    return dict(jax.jit(lambda k: model.init(k, x, train=False))(key))
+
+
+__all__ = ["MODEL_NAMES", "create_model", "init_variables", "Conv", "Dense", "LeNet5", "ConvNet",
+           "ResNet", "VGG"]

@@ -1,0 +1,135 @@
+"""Image classifiers (NHWC, any input size and channel count): LeNet-5, a small ConvNet,
+ResNet-18/50 and VGG-11/16/19 (CIFAR-style stems, batch norm), each optionally QAT."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxfault.models.layers import Conv, Dense
+
+
+def _bn(train: bool, name: str | None = None):
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+class LeNet5(nn.Module):
+    """LeNet-5: conv5x5(6, pad 2)-pool-conv5x5(16)-pool-120-84-classes, ReLU, max pooling."""
+
+    num_classes: int = 10
+    quant_bits: int | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        q = self.quant_bits
+        x = nn.relu(Conv(6, (5, 5), padding=((2, 2), (2, 2)), quant_bits=q)(x))
+        x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
+        x = nn.relu(Conv(16, (5, 5), padding="VALID" if min(x.shape[1:3]) >= 5 else "SAME", quant_bits=q)(x))
+        x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(Dense(120, quant_bits=q)(x))
+        x = nn.relu(Dense(84, quant_bits=q)(x))
+        return Dense(self.num_classes, quant_bits=q)(x)
+
+
+class ConvNet(nn.Module):
+    """Small CIFAR-style ConvNet: 3 stages of 2x(conv3x3-BN-ReLU) + max-pool (32-64-128), FC 256."""
+
+    num_classes: int = 10
+    widths: Sequence[int] = (32, 64, 128)
+    quant_bits: int | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for w in self.widths:
+            for _ in range(2):
+                x = Conv(w, (3, 3), use_bias=False, quant_bits=self.quant_bits)(x)
+                x = nn.relu(_bn(train)(x))
+            x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(Dense(256, quant_bits=self.quant_bits)(x))
+        return Dense(self.num_classes, quant_bits=self.quant_bits)(x)
+
+
+class BasicBlock(nn.Module):
+    features: int
+    strides: int = 1
+    quant_bits: int | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = partial(Conv, use_bias=False, quant_bits=self.quant_bits)
+        y = nn.relu(_bn(train)(conv(self.features, (3, 3), (self.strides,) * 2)(x)))
+        y = _bn(train)(conv(self.features, (3, 3))(y))
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = _bn(train)(conv(self.features, (1, 1), (self.strides,) * 2)(x))
+        return nn.relu(x + y)
+
+
+class Bottleneck(nn.Module):
+    features: int
+    strides: int = 1
+    quant_bits: int | None = None
+    expansion: int = 4
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = partial(Conv, use_bias=False, quant_bits=self.quant_bits)
+        out = self.features * self.expansion
+        y = nn.relu(_bn(train)(conv(self.features, (1, 1))(x)))
+        y = nn.relu(_bn(train)(conv(self.features, (3, 3), (self.strides,) * 2)(y)))
+        y = _bn(train)(conv(out, (1, 1))(y))
+        if self.strides != 1 or x.shape[-1] != out:
+            x = _bn(train)(conv(out, (1, 1), (self.strides,) * 2)(x))
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """ResNet with a CIFAR-style 3x3 stem (no max-pool), global average pooling, linear head."""
+
+    stage_sizes: Sequence[int]
+    block: type = BasicBlock
+    num_classes: int = 10
+    width: int = 64
+    quant_bits: int | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = Conv(self.width, (3, 3), use_bias=False, quant_bits=self.quant_bits)(x)
+        x = nn.relu(_bn(train)(x))
+        for i, n in enumerate(self.stage_sizes):
+            for j in range(n):
+                strides = 2 if i > 0 and j == 0 else 1
+                x = self.block(self.width * 2 ** i, strides, quant_bits=self.quant_bits)(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return Dense(self.num_classes, quant_bits=self.quant_bits)(x)
+
+
+VGG_CONFIGS = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"),
+}
+
+
+class VGG(nn.Module):
+    """VGG with batch norm (CIFAR-style: SAME pooling, so 28x28 inputs work), linear head."""
+
+    config: Sequence = VGG_CONFIGS["vgg11"]
+    num_classes: int = 10
+    quant_bits: int | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        for v in self.config:
+            if v == "M":
+                x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
+            else:
+                x = Conv(v, (3, 3), use_bias=False, quant_bits=self.quant_bits)(x)
+                x = nn.relu(_bn(train)(x))
+        x = jnp.mean(x, axis=(1, 2))
+        return Dense(self.num_classes, quant_bits=self.quant_bits)(x)

@@ -1,0 +1,85 @@
+"""Shared fixtures: small real data, tiny trained checkpoints, and an isolated model cache."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running test, deselected by default (run with -m slow)")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Never read or write the user's model cache from tests."""
+    monkeypatch.setenv("JAXFAULT_CACHE", str(tmp_path_factory.getbasetemp() / "empty-cache"))
+
+
+@pytest.fixture(scope="session")
+def small_dataset():
+    """2000 train / 1000 test images of Fashion-MNIST when installed, else a learnable synthetic set."""
+    from jaxfault.data import Dataset, load_dataset
+    from jaxfault.errors import JaxfaultError
+
+    try:
+        full = load_dataset("fashion_mnist", source="local")
+        return Dataset(name=full.name, train_images=full.train_images[:2000], train_labels=full.train_labels[:2000],
+                       test_images=full.test_images[:1000], test_labels=full.test_labels[:1000],
+                       num_classes=10, value_range=full.value_range, source=full.source)
+    except JaxfaultError:
+        rng = np.random.default_rng(0)
+        protos = rng.uniform(-1, 1, (10, 28, 28, 1)).astype(np.float32)
+
+        def make(n):
+            y = rng.integers(0, 10, n).astype(np.int32)
+            x = np.clip(protos[y] + 0.3 * rng.standard_normal((n, 28, 28, 1)), -1, 1).astype(np.float32)
+            return x, y
+
+        (trx, try_), (tex, tey) = make(2000), make(1000)
+        return Dataset("synthetic", trx, try_, tex, tey, 10, "symmetric", "synthetic")
+
+
+def _train_tiny(path, dataset, qat: bool):
+    import jax
+
+    from jaxfault.checkpoints import save_checkpoint
+    from jaxfault.models import create_model
+    from jaxfault.training import train_classifier
+
+    model = create_model("lenet", 10, 8 if qat else None)
+    variables, history = train_classifier(model, dataset, epochs=2, batch_size=64, learning_rate=3e-3,
+                                          key=jax.random.key(0), log=lambda s: None, show_progress=False)
+    config = {"kind": "classifier", "model": "lenet", "num_classes": 10, "quant_bits": 8 if qat else None,
+              "dataset": "fashion_mnist", "input_shape": [28, 28, 1], "value_range": "symmetric", "epochs": 2,
+              "batch_size": 64, "learning_rate": 3e-3, "seed": 0}
+    save_checkpoint(path, variables, config, {"test_accuracy": history[-1]["test_accuracy"], "history": history})
+    return path
+
+
+@pytest.fixture(scope="session")
+def lenet_checkpoint(tmp_path_factory, small_dataset):
+    """A LeNet trained for 2 epochs on the small dataset, saved as a classifier checkpoint."""
+    return _train_tiny(tmp_path_factory.mktemp("ckpt") / "lenet", small_dataset, qat=False)
+
+
+@pytest.fixture(scope="session")
+def qat_lenet_checkpoint(tmp_path_factory, small_dataset):
+    """Like lenet_checkpoint, with 8-bit QAT."""
+    return _train_tiny(tmp_path_factory.mktemp("ckpt") / "lenet_qat", small_dataset, qat=True)
+
+
+@pytest.fixture
+def default_cache(tmp_path, monkeypatch, lenet_checkpoint, qat_lenet_checkpoint):
+    """A model cache holding the tiny checkpoints under the names default_classifier() looks for,
+    so CLIs run without --checkpoint in tests without training a full model."""
+    from jaxfault.zoo import cache_entry_name
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    shutil.copytree(lenet_checkpoint, root / cache_entry_name("lenet", qat=False))
+    shutil.copytree(qat_lenet_checkpoint, root / cache_entry_name("lenet", qat=True))
+    monkeypatch.setenv("JAXFAULT_CACHE", str(root))
+    return root

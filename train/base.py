@@ -1,0 +1,42 @@
+"""Train a base classifier: python -m train.base --model lenet --dataset fashion_mnist --epochs 10."""
+from __future__ import annotations
+
+from jaxfault.cli import ArgumentParser, run_main
+from jaxfault.errors import JaxfaultError
+from jaxfault.models import MODEL_NAMES
+from jaxfault.zoo import DEFAULTS, train_and_save
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m train.base", description=__doc__)
+    p.add_argument("--model", default=DEFAULTS["model"], help=f"one of {', '.join(MODEL_NAMES)}")
+    p.add_argument("--dataset", default=DEFAULTS["dataset"], help="TFDS name or local IDX dataset")
+    p.add_argument("--data-dir", default=None, help="folder with IDX files or the TFDS data_dir")
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--lr", type=float, default=DEFAULTS["learning_rate"], help="peak Adam learning rate (cosine decay)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--qat", action="store_true", help="8-bit symmetric per-tensor weight fake-quantization (SPEC 3.1)")
+    p.add_argument("--quant-bits", type=int, default=DEFAULTS["quant_bits"], help="precision for --qat: 4, 8 or 16")
+    p.add_argument("--out", default="runs/base", help="checkpoint directory (default runs/base)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.model not in MODEL_NAMES:
+        raise JaxfaultError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if args.epochs <= 0:
+        raise JaxfaultError(f"--epochs must be positive, got {args.epochs}")
+    if args.batch_size <= 0:
+        raise JaxfaultError(f"--batch-size must be positive, got {args.batch_size}")
+    metrics = train_and_save(args.out, model=args.model, dataset=args.dataset, epochs=args.epochs,
+                             batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, qat=args.qat,
+                             quant_bits=args.quant_bits, data_dir=args.data_dir)
+    print(f"final test accuracy {metrics['test_accuracy']:.4f}  "
+          f"({metrics['seconds_per_epoch']:.1f} s/epoch)  checkpoint: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
