@@ -5,7 +5,7 @@ input is edge-padded to a multiple of 8 (three 2x downsamplings), G runs on the 
 its output is cropped back before the residual is added.
 
 * ConvL / ConvS: encoder of 3 stages (2 x conv3x3+BN+ReLU, then 2x2 max-pool), widths 32-64-128
-  (L) or 32-64-64 (S); the decoder mirrors it (2 x conv3x3+BN+ReLU, then 2x bilinear upsampling
+  (L) or 32-64-64 (S); the decoder mirrors it (2 x conv3x3+BN+ReLU, then 2x nearest-neighbour upsampling
   per stage); a final conv3x3 to the input channels + BN.
 * DeConvL / DeConvS: same encoder; each decoder stage is a 4x4 stride-2 transposed conv+BN+ReLU
   followed by conv3x3+BN+ReLU; same final conv + BN.
@@ -45,8 +45,15 @@ class ConvBNReLU(nn.Module):
 
 
 def _upsample2(x):
+    """2x nearest-neighbour upsampling (cheap forward and backward on CPU, unlike image.resize)."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def _maxpool2(x):
+    """2x2 stride-2 max-pool by reshape (H, W even here); its gradient avoids XLA CPU's slow
+    select-and-scatter of nn.max_pool."""
     n, h, w, c = x.shape
-    return jax.image.resize(x, (n, 2 * h, 2 * w, c), method="bilinear")
+    return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
 class _PadCropResidual(nn.Module):
@@ -77,7 +84,7 @@ class ConvGenerator(_PadCropResidual):
         for wd in self.widths:
             x = ConvBNReLU(wd)(x, train)
             x = ConvBNReLU(wd)(x, train)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = _maxpool2(x)
         for wd in reversed(self.widths):
             if self.decoder == "deconv":
                 x = nn.ConvTranspose(wd, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(x)
@@ -103,7 +110,7 @@ class UNetGenerator(_PadCropResidual):
             x = ConvBNReLU(wd)(x, train)
             x = ConvBNReLU(wd)(x, train)
             skips.append(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = _maxpool2(x)
         x = ConvBNReLU(self.base * 8)(x, train)
         x = ConvBNReLU(self.base * 8)(x, train)
         for level in reversed(range(3)):
