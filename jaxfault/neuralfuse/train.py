@@ -33,7 +33,7 @@ def load_base(checkpoint) -> tuple:
 def _save_state(directory: Path, state: dict, config: dict, progress_info: dict) -> None:
     leaves = jax.tree_util.tree_leaves(state)
     save_checkpoint(directory, {"leaves": {f"{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}},
-                    {"kind": STATE_KIND, **config, **progress_info})
+                    {**config, **progress_info, "kind": STATE_KIND})
 
 
 def _load_state(directory: Path, template: dict, config: dict) -> tuple[dict, dict]:
