@@ -1,4 +1,5 @@
-"""train.neuralfuse / eval.neuralfuse end to end on a tiny QAT LeNet, --resume, and bad input -> exit 2."""
+"""train.neuralfuse / eval.neuralfuse: bad input -> exit 2 (fast), and end to end on a tiny QAT LeNet
+with a killed-and-resumed run (slow: three compilations of the EOPM step; run with -m slow)."""
 import json
 
 import numpy as np
@@ -48,6 +49,7 @@ def trained(tmp_path_factory, qat_lenet_checkpoint):
     return out
 
 
+@pytest.mark.slow
 def test_resume_finishes_killed_run_and_writes_generator(trained):
     meta = read_metadata(trained / "state")["config"]
     assert meta["global_step"] == 4
@@ -57,6 +59,7 @@ def test_resume_finishes_killed_run_and_writes_generator(trained):
     assert set(ck.variables) == {"params", "batch_stats"}
 
 
+@pytest.mark.slow
 def test_resume_with_changed_settings_is_refused(trained, qat_lenet_checkpoint, capsys):
     from train.neuralfuse import main
 
@@ -66,6 +69,7 @@ def test_resume_with_changed_settings_is_refused(trained, qat_lenet_checkpoint, 
     assert "n_models" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_reports_unseen_models_and_recovery(trained, tmp_path, capsys):
     from eval.neuralfuse import main
 
@@ -99,14 +103,25 @@ def test_train_bad_input_exit_2(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
-def test_wrong_checkpoint_kinds_exit_2(trained, qat_lenet_checkpoint, tmp_path, capsys):
+def _fake_checkpoint(path, kind):
+    """A checkpoint folder whose metadata names `kind` (kinds are checked before any array is read)."""
+    from jaxfault.checkpoints import save_checkpoint
+
+    return save_checkpoint(path, {"params": {"w": np.zeros(2, np.float32)}}, {"kind": kind, "generator": "UNetS"})
+
+
+def test_wrong_checkpoint_kinds_exit_2(tmp_path, capsys):
     from eval.neuralfuse import main as eval_main
     from train.neuralfuse import main as train_main
 
-    assert _exit_code(eval_main, ["--generator-checkpoint", str(qat_lenet_checkpoint), "--out", str(tmp_path)]) == 2
+    classifier = _fake_checkpoint(tmp_path / "clf", "classifier")
+    generator = _fake_checkpoint(tmp_path / "gen", "neuralfuse_generator")
+    assert _exit_code(eval_main, ["--generator-checkpoint", str(classifier), "--out", str(tmp_path)]) == 2
     assert "expected a 'neuralfuse_generator'" in capsys.readouterr().err
-    assert _exit_code(train_main, ["--checkpoint", str(trained / "generator"), "--out", str(tmp_path / "x")]) == 2
+    assert _exit_code(train_main, ["--checkpoint", str(generator), "--out", str(tmp_path / "x")]) == 2
     assert "expected a 'classifier'" in capsys.readouterr().err
-    assert _exit_code(eval_main, ["--generator-checkpoint", str(trained / "generator"), "--ber", "2",
+    assert _exit_code(eval_main, ["--generator-checkpoint", str(generator), "--sweep", "0.01,2",
                                   "--out", str(tmp_path)]) == 2
+    assert "ber must be in [0, 1]" in capsys.readouterr().err
     assert _exit_code(eval_main, ["--generator-checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err

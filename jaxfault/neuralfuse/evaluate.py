@@ -68,10 +68,10 @@ def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=
     """Evaluate a trained generator at one or more BERs; returns a JSON-ready dict."""
     from jaxfault.data import load_dataset
 
+    for b in bers or []:
+        check_probability("ber", b)
     gen, gen_vars, cfg = load_generator(generator_checkpoint)
     bers = list(bers) if bers is not None else [cfg["ber"]]
-    for b in bers:
-        check_probability("ber", b)
     ber0 = cfg.get("ber0", 0.5) if ber0 is None else check_probability("ber0", ber0)
     placement = check_placement(placement or cfg.get("placement", "independent"))
     check(models >= 1, f"--models must be >= 1, got {models}")
