@@ -5,7 +5,7 @@
     recomputing G(x) and backpropagating separately, gradients averaged, one Adam update.
 Both give the same gradient (tests/test_neuralfuse_eopm.py). Weights are random (timing only).
 
-python -m bench.eopm [--model lenet] [--generator ConvL] [--ns 1,10,32] [--batch-size 128]
+python -m bench.eopm [--model lenet] [--generator UNetS] [--ns 1,10,32] [--batch-size 128]
                      [--strategies auto] [--repeats 3] [--out runs/bench/eopm.json]
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _time(fn, repeats: int) -> tuple[float, float]:
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m bench.eopm", description=__doc__)
     p.add_argument("--model", default="lenet")
-    p.add_argument("--generator", default="ConvL")
+    p.add_argument("--generator", default="UNetS")
     p.add_argument("--ns", default="1,10,32")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--strategies", default="auto", help="comma-separated strategies for (a): auto,map,vmap,map:B")
