@@ -23,7 +23,7 @@ def setup():
     return model, base, gen, gv, x, y
 
 
-@pytest.mark.parametrize("strategy", ["map", "vmap"])
+@pytest.mark.parametrize("strategy", ["map", pytest.param("vmap", marks=pytest.mark.slow)])
 def test_batched_loss_and_grads_equal_per_model_loop(setup, strategy):
     model, base, gen, gv, x, y = setup
     cfg = EOPMConfig(ber=0.05, n_models=4, lam=5.0, strategy=strategy)
