@@ -1,0 +1,231 @@
+"""EOPM training of a NeuralFuse generator (SPEC 3.3).
+
+Per batch: ``loss = CE(f(G(x)), y) + lam * mean_k CE(f_k(G(x)), y)`` with f the clean (QAT,
+fake-quantized) base model and f_1..f_N perturbed models drawn fresh every step. Only the
+generator G is trained; the base model is frozen.
+
+The project's step (:func:`make_eopm_step`) computes G(x) once and evaluates the N perturbed
+models of the step inside one jitted computation, batched over their N keys; the batching
+strategy is a measured per-backend choice (see bench/eopm.py):
+
+* ``"map"``   - ``lax.map`` over the models (sequential inside one compiled loop; fastest on XLA CPU),
+* ``"vmap"``  - ``vmap`` over the models (XLA folds the N weight sets into grouped convolutions /
+  batched matmuls; best on accelerators, several times slower on CPU),
+* ``"map:B"`` - ``lax.map`` over chunks of B models with vmap inside (a mix of both),
+* ``"auto"``  - "map" on CPU, "vmap" on GPU/TPU.
+
+:func:`reference_step_grads` is the reference's algorithm (a Python loop of N full steps, each
+recomputing G(x) and backpropagating separately, gradients averaged): it gives the same loss
+and gradient and is used by the tests and the benchmark.
+
+Perturbed models draw integer seeds uniformly in [0, TRAIN_SEED_HIGH) like the reference;
+evaluation uses seeds from EVAL_SEED_BASE on, which can never collide with training's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxfault.errors import JaxfaultError, check, check_probability
+from jaxfault.neuralfuse.faults import check_placement, perturb_variables
+from jaxfault.quant import check_bits
+
+TRAIN_SEED_HIGH = 30000
+EVAL_SEED_BASE = 50000
+STRATEGIES = ("auto", "map", "vmap")
+
+PyTree = Any
+
+
+@dataclass(frozen=True)
+class EOPMConfig:
+    """Fault model and loss settings of EOPM training."""
+    ber: float = 0.01
+    ber0: float = 0.5
+    bits: int = 8
+    placement: str = "independent"
+    n_models: int = 10
+    lam: float = 5.0
+    strategy: str = "auto"
+    base_range: str = "symmetric"  # value range the base model expects: "symmetric" [-1,1] or "unit" [0,1]
+
+    def validate(self) -> "EOPMConfig":
+        check_probability("ber", self.ber)
+        check_probability("ber0", self.ber0)
+        check_bits(self.bits)
+        check_placement(self.placement)
+        check(isinstance(self.n_models, int) and self.n_models >= 1, f"n_models must be >= 1, got {self.n_models!r}")
+        check(self.lam >= 0, f"lam must be >= 0, got {self.lam!r}")
+        resolve_strategy(self.strategy)
+        check(self.base_range in ("symmetric", "unit"), f"unknown value range {self.base_range!r}")
+        return self
+
+
+def resolve_strategy(strategy: str) -> tuple[str, int | None]:
+    """'auto' | 'map' | 'vmap' | 'map:B' -> (kind, chunk size)."""
+    if strategy == "auto":
+        return ("map" if jax.default_backend() == "cpu" else "vmap"), None
+    if strategy in ("map", "vmap"):
+        return strategy, None
+    if strategy.startswith("map:"):
+        try:
+            b = int(strategy[4:])
+        except ValueError:
+            b = 0
+        if b >= 1:
+            return "map", b
+    raise JaxfaultError(f"unknown batching strategy {strategy!r}; choose auto, map, vmap or map:B")
+
+
+def batch_over(fn: Callable, xs: jax.Array, strategy: str) -> Any:
+    """Stack fn(x) over the leading axis of xs with the chosen strategy (inside a jit)."""
+    kind, chunk = resolve_strategy(strategy)
+    if kind == "vmap":
+        return jax.vmap(fn)(xs)
+    return jax.lax.map(fn, xs, batch_size=chunk)
+
+
+def seeds_to_keys(seeds: jax.Array) -> jax.Array:
+    """Integer seeds -> PRNG keys (one perturbed model per seed, like the reference's seeds)."""
+    return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
+
+
+def train_seeds(step_key: jax.Array, n: int) -> jax.Array:
+    """N fresh training seeds in [0, TRAIN_SEED_HIGH)."""
+    return jax.random.randint(step_key, (n,), 0, TRAIN_SEED_HIGH)
+
+
+def eval_seeds(m: int, offset: int = 0) -> jax.Array:
+    """M evaluation seeds EVAL_SEED_BASE + offset + [0, M): disjoint from every training seed."""
+    return jnp.arange(m, dtype=jnp.int32) + EVAL_SEED_BASE + offset
+
+
+def to_base_range(x: jax.Array, base_range: str) -> jax.Array:
+    """Generator images live in [-1, 1]; map them to the range the base model was trained on."""
+    return x if base_range == "symmetric" else (x + 1.0) * 0.5
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def _models(model):
+    clean = model
+    faulty = model.clone(quant_bits=None) if hasattr(model, "quant_bits") else model
+    return clean, faulty
+
+
+def make_loss_fns(generator, model, cfg: EOPMConfig):
+    """(eopm_loss, single_loss): pure loss functions of the generator params.
+
+    eopm_loss(gparams, gstats, base_vars, x, y, seeds) -> (loss, aux) computes G(x) once and all
+    len(seeds) perturbed models batched; single_loss(..., seed) is one reference step's loss
+    CE(f(G(x))) + lam * CE(f_seed(G(x))) (its mean over seeds equals eopm_loss).
+    """
+    cfg.validate()
+    clean_model, faulty_model = _models(model)
+
+    def gen(gparams, gstats, x):
+        return generator.apply({"params": gparams, "batch_stats": gstats}, x, train=True,
+                               mutable=["batch_stats"])
+
+    def perturbed_ce(base_vars, xb, y, seed):
+        pv = perturb_variables(base_vars, jax.random.PRNGKey(seed.astype(jnp.uint32)), cfg.ber,
+                               cfg.ber0, cfg.bits, cfg.placement)
+        logits = faulty_model.apply(pv, xb, train=False)
+        return cross_entropy(logits, y), accuracy(logits, y)
+
+    def eopm_loss(gparams, gstats, base_vars, x, y, seeds):
+        base_vars = jax.lax.stop_gradient(base_vars)
+        xg, new_state = gen(gparams, gstats, x)
+        xb = to_base_range(xg, cfg.base_range)
+        clean_logits = clean_model.apply(base_vars, xb, train=False)
+        clean_ce = cross_entropy(clean_logits, y)
+        pce, pacc = batch_over(lambda s: perturbed_ce(base_vars, xb, y, s), seeds, cfg.strategy)
+        loss = clean_ce + cfg.lam * jnp.mean(pce)
+        aux = {"batch_stats": new_state["batch_stats"], "clean_ce": clean_ce, "perturbed_ce": jnp.mean(pce),
+               "clean_acc": accuracy(clean_logits, y), "perturbed_acc": jnp.mean(pacc)}
+        return loss, aux
+
+    def single_loss(gparams, gstats, base_vars, x, y, seed):
+        base_vars = jax.lax.stop_gradient(base_vars)
+        xg, new_state = gen(gparams, gstats, x)
+        xb = to_base_range(xg, cfg.base_range)
+        clean_logits = clean_model.apply(base_vars, xb, train=False)
+        clean_ce = cross_entropy(clean_logits, y)
+        pce, pacc = perturbed_ce(base_vars, xb, y, seed)
+        aux = {"batch_stats": new_state["batch_stats"], "clean_ce": clean_ce, "perturbed_ce": pce,
+               "clean_acc": accuracy(clean_logits, y), "perturbed_acc": pacc}
+        return clean_ce + cfg.lam * pce, aux
+
+    return eopm_loss, single_loss
+
+
+def make_optimizer(learning_rate: float = 1e-3, decay_steps: int = 1000, decay_rate: float = 0.5) -> optax.GradientTransformation:
+    """Adam(b1=0.5, b2=0.999) with step decay: lr * decay_rate ** (step // decay_steps)."""
+    check(learning_rate > 0, f"learning rate must be > 0, got {learning_rate!r}")
+    check(decay_steps >= 1, f"decay steps must be >= 1, got {decay_steps!r}")
+    schedule = optax.exponential_decay(learning_rate, transition_steps=decay_steps, decay_rate=decay_rate,
+                                       staircase=True)
+    return optax.adam(schedule, b1=0.5, b2=0.999)
+
+
+def init_train_state(gen_variables: dict, optimizer: optax.GradientTransformation) -> dict:
+    """{"params", "batch_stats", "opt_state", "step"} for the generator."""
+    return {"params": gen_variables["params"], "batch_stats": gen_variables.get("batch_stats", {}),
+            "opt_state": optimizer.init(gen_variables["params"]), "step": jnp.zeros((), jnp.int32)}
+
+
+def make_eopm_step(generator, model, cfg: EOPMConfig, optimizer: optax.GradientTransformation):
+    """Jitted step(state, base_vars, x, y, key) -> (state, metrics): N fresh seeds from key,
+    G(x) once, the N perturbed models batched, one Adam update of G."""
+    eopm_loss, _ = make_loss_fns(generator, model, cfg)
+    grad_fn = jax.value_and_grad(eopm_loss, has_aux=True)
+
+    @jax.jit
+    def step(state, base_vars, x, y, key):
+        seeds = train_seeds(key, cfg.n_models)
+        (loss, aux), grads = grad_fn(state["params"], state["batch_stats"], base_vars, x, y, seeds)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        new_state = {"params": optax.apply_updates(state["params"], updates), "batch_stats": aux.pop("batch_stats"),
+                     "opt_state": opt_state, "step": state["step"] + 1}
+        return new_state, {"loss": loss, **aux}
+
+    return step
+
+
+def eopm_loss_and_grads(generator, model, cfg: EOPMConfig):
+    """Jitted (gparams, gstats, base_vars, x, y, seeds) -> ((loss, aux), grads) of the batched step."""
+    eopm_loss, _ = make_loss_fns(generator, model, cfg)
+    return jax.jit(jax.value_and_grad(eopm_loss, has_aux=True))
+
+
+def reference_step_grads(generator, model, cfg: EOPMConfig):
+    """The reference's algorithm: fn(gparams, gstats, base_vars, x, y, seeds) -> ((loss, aux), grads)
+    as a Python loop of len(seeds) jitted full steps (each recomputes G(x) and backpropagates
+    through G separately), losses and gradients averaged."""
+    _, single_loss = make_loss_fns(generator, model, cfg)
+    one = jax.jit(jax.value_and_grad(single_loss, has_aux=True))
+
+    def fn(gparams, gstats, base_vars, x, y, seeds):
+        losses, auxes, grads = [], [], None
+        for s in list(seeds):
+            (loss, aux), g = one(gparams, gstats, base_vars, x, y, s)
+            losses.append(loss)
+            auxes.append(aux)
+            grads = g if grads is None else jax.tree_util.tree_map(jnp.add, grads, g)
+        n = len(losses)
+        grads = jax.tree_util.tree_map(lambda g: g / n, grads)
+        aux = {k: jnp.mean(jnp.stack([a[k] for a in auxes])) for k in auxes[0] if k != "batch_stats"}
+        aux["batch_stats"] = auxes[-1]["batch_stats"]
+        return (jnp.mean(jnp.stack(losses)), aux), grads
+
+    return fn

@@ -1,0 +1,153 @@
+"""NeuralFuse evaluation (SPEC 3.4): clean accuracy and the accuracy of M unseen perturbed models
+(seeds 50000.., never drawn in training), without and with the generator, in one jitted call."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfault.checkpoints import load_checkpoint
+from jaxfault.errors import JaxfaultError, check, check_probability
+from jaxfault.models.generators import create_generator
+from jaxfault.neuralfuse.eopm import batch_over, eval_seeds, to_base_range
+from jaxfault.neuralfuse.faults import check_placement, perturb_variables
+from jaxfault.neuralfuse.train import GENERATOR_KIND
+from jaxfault.quant import check_bits
+from jaxfault.training import make_accuracy_fn
+
+
+def load_generator(directory):
+    """(generator module, variables, config) of a neuralfuse_generator checkpoint."""
+    ck = load_checkpoint(directory, kind=GENERATOR_KIND)
+    gen = create_generator(ck.config.get("generator", "?"))
+    variables = jax.tree_util.tree_map(jnp.asarray, ck.variables)
+    return gen, variables, ck.config
+
+
+def apply_generator(gen, gen_vars, images: np.ndarray, batch_size: int = 1000) -> jax.Array:
+    """x' = G(x) in eval mode for all images, in fixed-size batches (one compile)."""
+    n = len(images)
+    bs = min(batch_size, n)
+    nb = -(-n // bs)
+    x = jnp.pad(jnp.asarray(images), ((0, nb * bs - n),) + ((0, 0),) * (images.ndim - 1))
+    x = x.reshape((nb, bs) + images.shape[1:])
+    out = jax.jit(lambda v, xs: jax.lax.map(lambda xb: gen.apply(v, xb, train=False), xs))(gen_vars, x)
+    return out.reshape((nb * bs,) + images.shape[1:])[:n]
+
+
+def make_perturbed_eval(model, *, ber: float, ber0: float, bits: int, placement: str, base_range: str,
+                        batch_size: int = 1000, strategy: str = "auto"):
+    """Jitted fn(base_vars, x, x_gen, y, seeds) -> (acc_without[M], acc_with[M]): M perturbed models
+    (one per seed) evaluated on the plain and on the generator-transformed test images."""
+    faulty = model.clone(quant_bits=None) if hasattr(model, "quant_bits") else model
+    acc = make_accuracy_fn(faulty, batch_size)
+
+    @jax.jit
+    def run(base_vars, x, x_gen, y, seeds):
+        xb, xgb = to_base_range(x, base_range), to_base_range(x_gen, base_range)
+
+        def one(seed):
+            pv = perturb_variables(base_vars, jax.random.PRNGKey(seed.astype(jnp.uint32)), ber, ber0, bits, placement)
+            return acc(pv, xb, y)["top1"], acc(pv, xgb, y)["top1"]
+
+        return batch_over(one, seeds, strategy)
+
+    return run
+
+
+def _stats(values) -> dict:
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std()), "per_model": v.tolist()}
+
+
+def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=None, models: int = 10,
+                       base_checkpoint=None, test_subset: int | None = None, batch_size: int = 1000,
+                       strategy: str = "auto", data_dir=None) -> dict:
+    """Evaluate a trained generator at one or more BERs; returns a JSON-ready dict."""
+    from jaxfault.data import load_dataset
+
+    for b in bers or []:
+        check_probability("ber", b)
+    gen, gen_vars, cfg = load_generator(generator_checkpoint)
+    bers = list(bers) if bers is not None else [cfg["ber"]]
+    ber0 = cfg.get("ber0", 0.5) if ber0 is None else check_probability("ber0", ber0)
+    placement = check_placement(placement or cfg.get("placement", "independent"))
+    check(models >= 1, f"--models must be >= 1, got {models}")
+    base_path = base_checkpoint or cfg.get("base_checkpoint")
+    if not base_path or not Path(base_path).exists():
+        raise JaxfaultError(f"base checkpoint {base_path!r} of the generator not found (pass --checkpoint)")
+    base = load_checkpoint(base_path, kind="classifier")
+    bits = check_bits(int(cfg.get("bits") or base.config.get("quant_bits") or 8))
+    base_range = base.config.get("value_range", "symmetric")
+    data = load_dataset(base.config.get("dataset", "fashion_mnist"), data_dir=data_dir, value_range="symmetric")
+    x, y = data.test_images, data.test_labels
+    if test_subset is not None:
+        check(1 <= test_subset <= len(x), f"--test-subset must be in [1, {len(x)}], got {test_subset}")
+        x, y = x[:test_subset], y[:test_subset]
+    if tuple(x.shape[1:]) != tuple(cfg.get("input_shape", x.shape[1:])):
+        raise JaxfaultError(f"generator was trained on inputs {tuple(cfg['input_shape'])}, data has {x.shape[1:]}")
+    base_vars = jax.tree_util.tree_map(jnp.asarray, base.variables)
+    x_gen = apply_generator(gen, gen_vars, x, batch_size)
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+    clean_acc = jax.jit(make_accuracy_fn(base.model, batch_size))
+    clean = {"without": float(clean_acc(base_vars, to_base_range(xj, base_range), yj)["top1"]),
+             "with": float(clean_acc(base_vars, to_base_range(x_gen, base_range), yj)["top1"])}
+    seeds = eval_seeds(models)
+    results = []
+    for b in bers:
+        run = make_perturbed_eval(base.model, ber=float(b), ber0=ber0, bits=bits, placement=placement,
+                                  base_range=base_range, batch_size=batch_size, strategy=strategy)
+        without, with_g = run(base_vars, xj, x_gen, yj, seeds)
+        w0, w1 = _stats(without), _stats(with_g)
+        results.append({"ber": float(b), "perturbed_without": w0, "perturbed_with": w1,
+                        "recovery": w1["mean"] - w0["mean"]})
+    return {"generator_checkpoint": str(Path(generator_checkpoint).absolute()), "generator": cfg.get("generator"),
+            "base_checkpoint": str(Path(base_path).absolute()), "base_model": base.config.get("model"),
+            "dataset": data.name, "test_images": int(len(x)), "trained_ber": cfg.get("ber"), "ber0": ber0,
+            "bits": bits, "placement": placement, "models": models,
+            "seeds": [int(s) for s in np.asarray(seeds)], "clean": clean,
+            "clean_drop": clean["without"] - clean["with"], "results": results}
+
+
+def format_table(report: dict) -> str:
+    """Plain-text table of an evaluate_generator report."""
+    c = report["clean"]
+    lines = [f"NeuralFuse {report['generator']} on {report['base_model']} ({report['dataset']}, "
+             f"{report['test_images']} test images, {report['bits']}-bit, {report['placement']} faults, "
+             f"{report['models']} unseen perturbed models)",
+             f"clean accuracy: without G {c['without']:.4f}   with G {c['with']:.4f}   (drop {report['clean_drop']:+.4f})",
+             f"{'BER':>8}  {'perturbed w/o G':>18}  {'perturbed with G':>18}  {'recovery':>9}"]
+    for r in report["results"]:
+        a, b = r["perturbed_without"], r["perturbed_with"]
+        lines.append(f"{r['ber']:>8g}  {a['mean']:>9.4f} +- {a['std']:.4f}  {b['mean']:>9.4f} +- {b['std']:.4f}  "
+                     f"{r['recovery']:>+9.4f}")
+    return "\n".join(lines)
+
+
+def plot_sweep(report: dict, path) -> None:
+    """Accuracy vs BER without/with the generator (mean +- std over the perturbed models)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxfault.io import atomic_savefig
+
+    bers = [r["ber"] for r in report["results"]]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for key, label in (("perturbed_without", "perturbed, without NeuralFuse"),
+                       ("perturbed_with", "perturbed, with NeuralFuse")):
+        ax.errorbar(bers, [r[key]["mean"] for r in report["results"]], yerr=[r[key]["std"] for r in report["results"]],
+                    marker="o", capsize=3, label=label)
+    ax.axhline(report["clean"]["without"], color="gray", ls="--", lw=1, label="clean, without")
+    ax.axhline(report["clean"]["with"], color="gray", ls=":", lw=1, label="clean, with")
+    ax.set_xscale("log")
+    ax.set_xlabel("bit error rate")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"NeuralFuse {report['generator']} on {report['base_model']} ({report['models']} models/BER)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)

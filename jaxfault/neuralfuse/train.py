@@ -1,0 +1,143 @@
+"""The NeuralFuse training loop behind ``python -m train.neuralfuse`` (SPEC 3.3): EOPM steps over
+epochs with running clean/perturbed accuracy, periodic resumable state and a generator checkpoint."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfault.checkpoints import load_checkpoint, read_metadata, save_checkpoint
+from jaxfault.cli import progress
+from jaxfault.data import batches, load_dataset
+from jaxfault.errors import JaxfaultError, check
+from jaxfault.models.generators import create_generator, init_generator
+from jaxfault.neuralfuse.eopm import EOPMConfig, init_train_state, make_eopm_step, make_optimizer
+
+GENERATOR_KIND = "neuralfuse_generator"
+STATE_KIND = "neuralfuse_train_state"
+# settings that must match when --resume continues a run
+RESUME_KEYS = ("generator", "base_checkpoint", "ber", "ber0", "bits", "placement", "n_models", "lam", "epochs",
+               "batch_size", "learning_rate", "decay_rate", "seed", "train_subset")
+
+
+def load_base(checkpoint) -> tuple:
+    """(Checkpoint, value_range) of a classifier checkpoint; the NeuralFuse base must be a classifier."""
+    ck = load_checkpoint(checkpoint, kind="classifier")
+    return ck, ck.config.get("value_range", "symmetric")
+
+
+def _save_state(directory: Path, state: dict, config: dict, progress_info: dict) -> None:
+    leaves = jax.tree_util.tree_leaves(state)
+    save_checkpoint(directory, {"leaves": {f"{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}},
+                    {**config, **progress_info, "kind": STATE_KIND})
+
+
+def _load_state(directory: Path, template: dict, config: dict) -> tuple[dict, dict]:
+    meta = read_metadata(directory)["config"]
+    for k in RESUME_KEYS:
+        if k in config and meta.get(k) != config[k]:
+            raise JaxfaultError(f"cannot --resume from {directory}: {k} was {meta.get(k)!r}, now {config[k]!r}")
+    ck = load_checkpoint(directory, kind=STATE_KIND)
+    stored = ck.variables["leaves"]
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    check(len(stored) == len(leaves), f"cannot --resume from {directory}: the saved state does not match")
+    restored = [jnp.asarray(stored[f"{i:05d}"], dtype=t.dtype) for i, t in enumerate(leaves)]
+    return jax.tree_util.tree_unflatten(treedef, restored), meta
+
+
+def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: float = 0.01, ber0: float = 0.5,
+                     bits: int | None = None, placement: str = "independent", n_models: int = 10, lam: float = 5.0,
+                     epochs: int = 1, batch_size: int = 128, learning_rate: float = 1e-3, decay_rate: float = 0.5,
+                     decay_every: int | None = None, seed: int = 0, train_subset: int | None = None,
+                     strategy: str = "auto", data_dir=None, save_every: int = 50, resume: bool = False,
+                     log: Callable[[str], None] = print) -> dict:
+    """Train a generator against base_checkpoint's perturbed models; write out/generator (kind
+    neuralfuse_generator) and out/state (for --resume). Returns the final metrics."""
+    out = Path(out)
+    gen = create_generator(generator)
+    base, base_range = load_base(base_checkpoint)
+    qbits = base.config.get("quant_bits")
+    bits = bits if bits is not None else (qbits or 8)
+    cfg = EOPMConfig(ber=ber, ber0=ber0, bits=bits, placement=placement, n_models=n_models, lam=lam,
+                     strategy=strategy, base_range=base_range).validate()
+    if qbits is not None and bits != qbits:
+        raise JaxfaultError(f"precision {bits} differs from the base model's QAT precision {qbits}")
+    check(epochs >= 1, f"--epochs must be >= 1, got {epochs}")
+    check(batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}")
+    check(save_every >= 1, f"--save-every must be >= 1, got {save_every}")
+
+    data = load_dataset(base.config.get("dataset", "fashion_mnist"), data_dir=data_dir, value_range="symmetric")
+    x_train, y_train = data.train_images, data.train_labels
+    if train_subset is not None:
+        check(1 <= train_subset <= len(x_train), f"--train-subset must be in [1, {len(x_train)}], got {train_subset}")
+        idx = np.asarray(jax.random.permutation(jax.random.PRNGKey(seed + 1), len(x_train)))[:train_subset]
+        x_train, y_train = x_train[idx], y_train[idx]
+    check(len(x_train) >= batch_size, f"--batch-size {batch_size} exceeds the {len(x_train)} training images")
+    steps_per_epoch = len(x_train) // batch_size
+    total = steps_per_epoch * epochs
+    decay_every = decay_every or max(1, total // 3)
+    optimizer = make_optimizer(learning_rate, decay_every, decay_rate)
+
+    config = {"kind": GENERATOR_KIND, "generator": generator, "base_checkpoint": str(Path(base.path).absolute()),
+              "base_model": base.config.get("model"), "dataset": data.name, "input_shape": list(data.input_shape),
+              "value_range": "symmetric", "base_value_range": base_range, "ber": ber, "ber0": ber0, "bits": bits,
+              "placement": placement, "n_models": n_models, "lam": lam, "epochs": epochs, "batch_size": batch_size,
+              "learning_rate": learning_rate, "decay_rate": decay_rate, "decay_every": decay_every, "seed": seed,
+              "train_subset": train_subset, "strategy": strategy}
+    key = jax.random.PRNGKey(seed)
+    k_init, k_data, k_steps = jax.random.split(key, 3)
+    state = init_train_state(init_generator(gen, k_init, data.input_shape), optimizer)
+    start_step, history = 0, []
+    if resume:
+        if (out / "state").exists():
+            state, meta = _load_state(out / "state", state, config)
+            start_step, history = int(meta["global_step"]), list(meta.get("history", []))
+            log(f"resuming {out} at step {start_step}/{total}")
+        else:
+            log(f"nothing to resume in {out}: starting a new run")
+    base_vars = jax.tree_util.tree_map(jnp.asarray, base.variables)
+    step = make_eopm_step(gen, base.model, cfg, optimizer)
+    log(f"NeuralFuse {generator} on {base.config.get('model')} ({base.path}), {data.name}: BER {ber}, "
+        f"{n_models} perturbed models/step, lambda {lam}, {epochs} epoch(s) x {steps_per_epoch} steps of {batch_size}")
+
+    def save(global_step, done):
+        info = {"global_step": global_step, "history": history}
+        _save_state(out / "state", state, config, info)
+        if done:
+            gen_vars = {"params": state["params"], "batch_stats": state["batch_stats"]}
+            save_checkpoint(out / "generator", gen_vars, config, {"history": history})
+
+    global_step = start_step
+    t0 = time.time()
+    for epoch in range(start_step // steps_per_epoch, epochs):
+        first = global_step - epoch * steps_per_epoch
+        sums = np.zeros(3)
+        bar = progress(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+        it = batches(x_train, y_train, batch_size, key=jax.random.fold_in(k_data, epoch), drop_last=True)
+        for i, (x, y) in enumerate(it):
+            if i < first:
+                continue
+            state, m = step(state, base_vars, x, y, jax.random.fold_in(k_steps, global_step))
+            sums += np.array([float(m["loss"]), float(m["clean_acc"]), float(m["perturbed_acc"])])
+            global_step += 1
+            n = i + 1 - first
+            bar.update(1)
+            bar.set_postfix(loss=f"{sums[0] / n:.3f}", clean=f"{sums[1] / n:.3f}", perturbed=f"{sums[2] / n:.3f}")
+            if global_step % save_every == 0 and global_step < total:
+                save(global_step, done=False)
+        bar.close()
+        n = max(1, steps_per_epoch - first)
+        rec = {"epoch": epoch + 1, "loss": sums[0] / n, "clean_acc": sums[1] / n, "perturbed_acc": sums[2] / n,
+               "seconds": time.time() - t0}
+        history.append(rec)
+        t0 = time.time()
+        log(f"epoch {epoch + 1}/{epochs}: loss {rec['loss']:.4f}  running clean acc {rec['clean_acc']:.4f}  "
+            f"running perturbed acc {rec['perturbed_acc']:.4f}  ({rec['seconds']:.1f} s)")
+        save(global_step, done=epoch + 1 == epochs)
+    if global_step >= total and not (out / "generator").exists():
+        save(global_step, done=True)
+    return {"history": history, "generator_checkpoint": str(out / "generator"), "steps": global_step}

@@ -1,0 +1,127 @@
+"""train.neuralfuse / eval.neuralfuse: bad input -> exit 2 (fast), and end to end on a tiny QAT LeNet
+with a killed-and-resumed run (slow: three compilations of the EOPM step; run with -m slow)."""
+import json
+
+import numpy as np
+import pytest
+
+import jaxfault.neuralfuse.train as nftrain
+from jaxfault.checkpoints import load_checkpoint, read_metadata
+from jaxfault.cli import run_main
+from jaxfault.neuralfuse.eopm import EVAL_SEED_BASE
+
+
+def _exit_code(main, argv):
+    with pytest.raises(SystemExit) as e:
+        run_main(main, argv)
+    return e.value.code
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, qat_lenet_checkpoint):
+    """Run 1: interrupted after 3 of 4 steps (state saved at step 2); run 2: --resume finishes it."""
+    from train.neuralfuse import main
+
+    out = tmp_path_factory.mktemp("nf") / "run"
+    argv = ["--checkpoint", str(qat_lenet_checkpoint), "--generator", "UNetS", "--n-models", "2", "--lam", "1",
+            "--train-subset", "64", "--batch-size", "16", "--epochs", "1", "--save-every", "2", "--out", str(out)]
+    real = nftrain.make_eopm_step
+    calls = {"n": 0}
+
+    def dying_step(*a, **k):
+        step = real(*a, **k)
+
+        def wrapped(*args):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt
+            return step(*args)
+        return wrapped
+
+    nftrain.make_eopm_step = dying_step
+    try:
+        assert _exit_code(main, argv) == 130
+    finally:
+        nftrain.make_eopm_step = real
+    assert read_metadata(out / "state")["config"]["global_step"] == 2
+    assert not (out / "generator").exists()
+    assert _exit_code(main, argv + ["--resume"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_resume_finishes_killed_run_and_writes_generator(trained):
+    meta = read_metadata(trained / "state")["config"]
+    assert meta["global_step"] == 4
+    ck = load_checkpoint(trained / "generator", kind="neuralfuse_generator")
+    assert ck.config["generator"] == "UNetS" and ck.config["ber"] == 0.01 and ck.config["bits"] == 8
+    assert ck.metrics["history"][-1]["epoch"] == 1
+    assert set(ck.variables) == {"params", "batch_stats"}
+
+
+@pytest.mark.slow
+def test_resume_with_changed_settings_is_refused(trained, qat_lenet_checkpoint, capsys):
+    from train.neuralfuse import main
+
+    argv = ["--checkpoint", str(qat_lenet_checkpoint), "--generator", "UNetS", "--n-models", "3", "--lam", "1",
+            "--train-subset", "64", "--batch-size", "16", "--epochs", "1", "--out", str(trained), "--resume"]
+    assert _exit_code(main, argv) == 2
+    assert "n_models" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_reports_unseen_models_and_recovery(trained, tmp_path, capsys):
+    from eval.neuralfuse import main
+
+    out = tmp_path / "ev"
+    code = _exit_code(main, ["--generator-checkpoint", str(trained / "generator"), "--models", "3",
+                             "--test-subset", "200", "--sweep", "0.01,0.05", "--out", str(out)])
+    assert code == 0
+    rep = json.loads((out / "neuralfuse_eval.json").read_text())
+    assert rep["seeds"] == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1, EVAL_SEED_BASE + 2]
+    assert [r["ber"] for r in rep["results"]] == [0.01, 0.05]
+    for r in rep["results"]:
+        w0, w1 = r["perturbed_without"], r["perturbed_with"]
+        assert len(w0["per_model"]) == 3 and np.isclose(w0["mean"], np.mean(w0["per_model"]))
+        assert np.isclose(r["recovery"], w1["mean"] - w0["mean"])
+        assert 0.0 <= w0["mean"] <= 1.0
+    # perturbed models differ from each other and from the clean model at 5 % BER
+    hi = rep["results"][1]["perturbed_without"]
+    assert len(set(hi["per_model"])) > 1 and hi["mean"] < rep["clean"]["without"]
+    assert (out / "neuralfuse_sweep.png").stat().st_size > 1000
+    assert "recovery" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--ber", "1.5"], "ber"), (["--ber", "-0.01"], "ber"), (["--bits", "5"], "precision"),
+    (["--generator", "ConvXL"], "unknown generator"), (["--placement", "diag"], "placement"),
+    (["--n-models", "0"], "n-models")])
+def test_train_bad_input_exit_2(argv, match, capsys):
+    from train.neuralfuse import main
+
+    assert _exit_code(main, argv + ["--checkpoint", "/nonexistent"]) == 2
+    assert match in capsys.readouterr().err
+
+
+def _fake_checkpoint(path, kind):
+    """A checkpoint folder whose metadata names `kind` (kinds are checked before any array is read)."""
+    from jaxfault.checkpoints import save_checkpoint
+
+    return save_checkpoint(path, {"params": {"w": np.zeros(2, np.float32)}}, {"kind": kind, "generator": "UNetS"})
+
+
+def test_wrong_checkpoint_kinds_exit_2(tmp_path, capsys):
+    from eval.neuralfuse import main as eval_main
+    from train.neuralfuse import main as train_main
+
+    classifier = _fake_checkpoint(tmp_path / "clf", "classifier")
+    generator = _fake_checkpoint(tmp_path / "gen", "neuralfuse_generator")
+    assert _exit_code(eval_main, ["--generator-checkpoint", str(classifier), "--out", str(tmp_path)]) == 2
+    assert "expected a 'neuralfuse_generator'" in capsys.readouterr().err
+    assert _exit_code(train_main, ["--checkpoint", str(generator), "--out", str(tmp_path / "x")]) == 2
+    assert "expected a 'classifier'" in capsys.readouterr().err
+    assert _exit_code(eval_main, ["--generator-checkpoint", str(generator), "--sweep", "0.01,2",
+                                  "--out", str(tmp_path)]) == 2
+    assert "ber must be in [0, 1]" in capsys.readouterr().err
+    assert _exit_code(eval_main, ["--generator-checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
