@@ -64,10 +64,11 @@ def build_context(config: dict, log=print) -> EvalContext:
     data = load_dataset(ckpt.config["dataset"], data_dir=config.get("data_dir"),
                         value_range=ckpt.config.get("value_range", "symmetric"))
     n = min(config["eval_examples"], len(data.test_images))
-    return EvalContext(model=ckpt.model.clone(quant_bits=None) if ckpt.config.get("quant_bits") else ckpt.model,
-                       variables=jax.tree_util.tree_map(jnp.asarray, ckpt.variables),
+    # Faulty weights are evaluated as stored: a QAT model runs without re-quantizing them.
+    model = ckpt.model.clone(quant_bits=None) if ckpt.config.get("quant_bits") else ckpt.model
+    return EvalContext(model=model, variables=jax.tree_util.tree_map(jnp.asarray, ckpt.variables),
                        images=jnp.asarray(data.test_images[:n]), labels=jnp.asarray(data.test_labels[:n]),
-                       accuracy_fn=make_accuracy_fn(ckpt.model, batch_size=1000),
+                       accuracy_fn=make_accuracy_fn(model, batch_size=1000),
                        extras={"checkpoint": str(ckpt.path), "config": ckpt.config})
 
 

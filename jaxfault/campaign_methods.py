@@ -1,6 +1,8 @@
 """Trial functions for campaigns: for each method, (context, point params) -> TrialSpec whose
 fn(key, args) returns {"accuracy", "fault_rate"} for one fault draw. Arrays travel in `args`
-(never as constants baked into the compiled program); fn is pure and jittable in the key."""
+(never as constants baked into the compiled program); fn is pure and jittable in the key.
+Compilations are shared between points with the same `cache_key`, so every Python value a trial
+closes over must be part of its cache_key (or travel in args)."""
 from __future__ import annotations
 
 import dataclasses
@@ -85,7 +87,69 @@ def sparrow_trial(ctx: EvalContext, params: dict) -> TrialSpec:
     return TrialSpec(trial, args, ("sparrow", name, block, ber, q))
 
 
-METHODS: dict[str, Callable[[EvalContext, dict], TrialSpec]] = {"bitflip": bitflip_trial, "sparrow": sparrow_trial}
+def neuralfuse_trial(ctx: EvalContext, params: dict) -> TrialSpec:
+    """Low-voltage SRAM stuck-at faults (SPEC 3.1) in the quantized kernels ('ber', 'ber0' = 0.5,
+    'bits' = 8, 'placement' independent | memory_array), no generator; fault_rate = faulty cells
+    / all cells."""
+    from jaxfault.neuralfuse.faults import fault_masks, memory_array_codes, perturb_params
+
+    ber = check_probability("ber", params.get("ber"))
+    ber0 = check_probability("ber0", params.get("ber0", 0.5))
+    bits = int(params.get("bits", 8))
+    placement = params.get("placement", "independent")
+    n_cells = bits * count_kernel_weights(ctx.variables["params"])
+
+    def trial(key, args):
+        v = args["variables"]
+        faulty = perturb_params(v["params"], key, ber, ber0, bits, placement, straight_through=False)
+        array_codes = memory_array_codes(key, ber, ber0) if placement == "memory_array" else None
+        counts = []
+
+        def count(i, w):
+            m01, m10 = fault_masks(jax.random.fold_in(key, i), w.size, ber, ber0, bits, placement, array_codes)
+            counts.append(jnp.sum(jax.lax.population_count(jnp.bitwise_or(m01, m10))))
+            return w
+
+        map_kernels_with_index(count, v["params"])
+        acc = ctx.accuracy_fn(dict(v, params=faulty), args["images"], args["labels"])["top1"]
+        return {"accuracy": acc, "fault_rate": sum(counts) / n_cells}
+
+    return TrialSpec(trial, ctx.data_args(), ("neuralfuse", ber, ber0, bits, placement))
+
+
+def swim_trial(ctx: EvalContext, params: dict) -> TrialSpec:
+    """CiM device variation (SPEC 2.1: 'dev_var', 'write_var' = 0.03, 'n_bits' = 8, 'm_bits' = 1)
+    with write-verify of a 'mask_p' fraction chosen by 'selection' (magnitude | random | none | all;
+    curvature-based scores need training data: use eval.swim). fault_rate = the fraction of weights
+    left unverified."""
+    from jaxfault.sensitivity import full_mask, protection_mask
+    from jaxfault.variation import apply_variation
+
+    selection = params.get("selection", "magnitude")
+    mask_p = check_probability("mask_p", params.get("mask_p", 0.0))
+    p0 = ctx.variables["params"]
+    if selection == "none" or mask_p == 0.0:
+        mask, frac = full_mask(p0, False), 0.0
+    elif selection == "all":
+        mask, frac = full_mask(p0, True), 1.0
+    else:
+        mask, frac = protection_mask(p0, selection, mask_p, key=jax.random.key(0))
+    n_bits, m_bits = int(params.get("n_bits", 8)), int(params.get("m_bits", 1))
+
+    def trial(key, args):
+        v = args["variables"]
+        noisy = apply_variation(v["params"], args["mask"], key, args["dev_var"], args["write_var"], n_bits, m_bits)
+        acc = ctx.accuracy_fn(dict(v, params=noisy), args["images"], args["labels"])["top1"]
+        return {"accuracy": acc, "fault_rate": 1.0 - args["protected"]}
+
+    args = {"mask": mask, "protected": jnp.float32(frac), "dev_var": jnp.float32(params.get("dev_var", 0.1)),
+            "write_var": jnp.float32(params.get("write_var", 0.03)), **ctx.data_args()}
+    return TrialSpec(trial, args, ("swim", n_bits, m_bits))
+
+
+METHODS: dict[str, Callable[[EvalContext, dict], TrialSpec]] = {
+    "bitflip": bitflip_trial, "sparrow": sparrow_trial, "neuralfuse": neuralfuse_trial, "swim": swim_trial}
+SWIM_SELECTIONS = ("magnitude", "random", "none", "all")
 
 
 def make_trial_fn(ctx: EvalContext, params: dict) -> TrialSpec:
@@ -113,6 +177,18 @@ def validate_point(params: dict) -> None:
             raise JaxfaultError(f"unknown ECC scheme {params.get('scheme')!r}; choose one of {', '.join(SCHEMES)}")
         if params.get("block_size", 64) not in (16, 32, 64):
             raise JaxfaultError(f"block_size must be 16, 32 or 64, got {params.get('block_size')!r}")
+    if method == "neuralfuse":
+        if params.get("bits", 8) not in (4, 8, 16):
+            raise JaxfaultError(f"precision bits must be 4, 8 or 16, got {params.get('bits')!r}")
+        if params.get("placement", "independent") not in ("independent", "memory_array"):
+            raise JaxfaultError(f"placement must be 'independent' or 'memory_array', got {params.get('placement')!r}")
+    if method == "swim":
+        if params.get("selection", "magnitude") not in SWIM_SELECTIONS:
+            raise JaxfaultError(f"unknown SWIM selection {params.get('selection')!r} for campaigns; choose one of "
+                                f"{', '.join(SWIM_SELECTIONS)} (curvature-based ones: python -m eval.swim)")
+        n, mb = params.get("n_bits", 8), params.get("m_bits", 1)
+        if not (isinstance(n, int) and isinstance(mb, int) and n > 0 and mb > 0 and n % mb == 0):
+            raise JaxfaultError(f"n_bits must be a positive multiple of m_bits, got n_bits={n!r}, m_bits={mb!r}")
     for name in ("dev_var", "write_var"):
         if name in params and not (isinstance(params[name], (int, float)) and params[name] >= 0):
             raise JaxfaultError(f"{name} must be a non-negative number, got {params[name]!r}")

@@ -140,6 +140,9 @@ def test_killed_campaign_resumes_to_identical_results(tmp_path, lenet_checkpoint
     ({"grid": [{"method": "bitflip", "ber": [1e-3, 1.5]}]}, "ber must be in [0, 1], got 1.5"),
     ({"grid": [{"method": "bitflip", "ber": 1e-3}], "output": "/proc/nope/r.jsonl"}, "cannot write results file"),
     ({"grid": [{"method": "bitflip", "ber": 1e-3}], "trials": 0}, "trials must be a positive integer"),
+    ({"grid": [{"method": "neuralfuse", "ber": 0.01, "bits": 3}]}, "precision bits must be 4, 8 or 16, got 3"),
+    ({"grid": [{"method": "swim", "dev_var": -0.1}]}, "dev_var must be a non-negative number, got -0.1"),
+    ({"grid": [{"method": "sparrow", "ber": 1e-3, "scheme": "hamming"}]}, "unknown ECC scheme 'hamming'"),
 ])
 def test_bad_configs_exit_2_before_work(tmp_path, capsys, cfg, needle):
     import eval.campaign as mod
@@ -152,3 +155,29 @@ def test_bad_configs_exit_2_before_work(tmp_path, capsys, cfg, needle):
         run_main(mod.main, [str(path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and needle in err and err.count("\n") == 1
+
+
+def test_neuralfuse_and_swim_points_match_the_libraries(qat_lenet_checkpoint):
+    from eval.campaign import build_context
+    from jaxfault.campaign_methods import make_trial_fn
+    from jaxfault.neuralfuse.faults import perturb_params
+    from jaxfault.variation import apply_variation
+
+    ctx = build_context({"checkpoint": str(qat_lenet_checkpoint), "eval_examples": 200}, log=lambda s: None)
+    key = jax.random.key(11)
+    spec = make_trial_fn(ctx, {"method": "neuralfuse", "ber": 0.02})
+    out = jax.jit(spec.fn)(key, spec.args)
+    direct = perturb_params(ctx.variables["params"], key, 0.02, 0.5, 8, "independent", straight_through=False)
+    acc = ctx.accuracy_fn(dict(ctx.variables, params=direct), ctx.images, ctx.labels)["top1"]
+    assert float(out["accuracy"]) == pytest.approx(float(acc), abs=1e-6)
+    n_cells = 8 * 61470
+    assert abs(float(out["fault_rate"]) - 0.02) < 5 * np.sqrt(0.02 * 0.98 / n_cells)  # 5-sigma binomial
+    rates = {}
+    for sel in ("none", "magnitude", "all"):
+        spec = make_trial_fn(ctx, {"method": "swim", "dev_var": 0.3, "mask_p": 0.05, "selection": sel})
+        rates[sel] = float(cp.run_trials(spec, jax.random.split(key, 2), cp.trial_mesh())["fault_rate"][0])
+    assert rates == pytest.approx({"none": 1.0, "magnitude": 0.95, "all": 0.0}, abs=1e-4)
+    spec = make_trial_fn(ctx, {"method": "swim", "dev_var": 0.3, "selection": "none"})
+    noisy = apply_variation(ctx.variables["params"], None, key, 0.3, 0.03)
+    acc = ctx.accuracy_fn(dict(ctx.variables, params=noisy), ctx.images, ctx.labels)["top1"]
+    assert float(jax.jit(spec.fn)(key, spec.args)["accuracy"]) == pytest.approx(float(acc), abs=1e-6)
