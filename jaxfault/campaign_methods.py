@@ -31,17 +31,11 @@ class EvalContext:
         return {"variables": self.variables, "images": self.images, "labels": self.labels}
 
 
-def flip_bits_fp32(w: jax.Array, key: jax.Array, ber) -> tuple[jax.Array, jax.Array]:
-    """XOR every bit of the fp32 words of w independently with probability ber; return (w', flips)."""
-    bits = jax.random.bernoulli(key, ber, w.shape + (32,))
-    shifts = jnp.arange(32, dtype=jnp.uint32)
-    mask = jnp.sum(jnp.where(bits, jnp.uint32(1) << shifts, jnp.uint32(0)), axis=-1, dtype=jnp.uint32)
-    words = jax.lax.bitcast_convert_type(w.astype(jnp.float32), jnp.uint32) ^ mask
-    return jax.lax.bitcast_convert_type(words, jnp.float32).astype(w.dtype), jnp.sum(bits)
-
-
 def bitflip_trial(ctx: EvalContext, params: dict) -> TrialSpec:
-    """Plain transient bit flips (XOR) in every bit of the fp32 kernels at rate 'ber'; no protection."""
+    """Plain transient bit flips (XOR, jaxfault.faults.inject_flips) in every bit of the fp32
+    kernels at rate 'ber'; no protection."""
+    from jaxfault.faults import inject_flips
+
     ber = check_probability("ber", params.get("ber"))
     n_bits = 32 * count_kernel_weights(ctx.variables["params"])
 
@@ -49,16 +43,17 @@ def bitflip_trial(ctx: EvalContext, params: dict) -> TrialSpec:
         flips = []
 
         def perturb(i, w):
-            w2, f = flip_bits_fp32(w, jax.random.fold_in(key, i), args["ber"])
-            flips.append(f)
-            return w2
+            words = jax.lax.bitcast_convert_type(w.astype(jnp.float32), jnp.uint32).ravel()
+            bad, stats = inject_flips(jax.random.fold_in(key, i), words, ber)
+            flips.append(stats.n_faults)
+            return jax.lax.bitcast_convert_type(bad, jnp.float32).reshape(w.shape).astype(w.dtype)
 
         variables = args["variables"]
         p = map_kernels_with_index(perturb, variables["params"])
         acc = ctx.accuracy_fn(dict(variables, params=p), args["images"], args["labels"])["top1"]
         return {"accuracy": acc, "fault_rate": sum(flips) / n_bits}
 
-    return TrialSpec(trial, {"ber": jnp.float32(ber), **ctx.data_args()}, ("bitflip",))
+    return TrialSpec(trial, ctx.data_args(), ("bitflip", ber))
 
 
 def sparrow_trial(ctx: EvalContext, params: dict) -> TrialSpec:
