@@ -138,8 +138,9 @@ def make_mc(model, variables, images, labels, keys, args):
     rest = {k: v for k, v in variables.items() if k != "params"}
     x, y = jnp.asarray(images), jnp.asarray(labels)
 
+    metric = lambda p, rest, x, y: acc_fn({"params": p, **rest}, x, y)["top1"]  # one object: compiled once
+
     def run(mask):
-        metric = lambda p, rest, x, y: acc_fn({"params": p, **rest}, x, y)["top1"]
         accs = monte_carlo(metric, variables["params"], mask, keys, args.dev_var, args.write_var,
                            args.n_bits, args.m_bits, strategy=args.strategy, batch_size=args.instance_batch,
                            data=(rest, x, y))

@@ -145,16 +145,25 @@ def monte_carlo(metric_fn: Callable[..., Any], params: PyTree, mask: PyTree | No
     if mask is not None:
         check_masks_like(params, mask)
     strategy = resolve_strategy(strategy)
+    dev_var, write_var, data = jnp.float32(dev_var), jnp.float32(write_var), tuple(data)
+    if strategy == "loop":  # the reference: a Python loop of one compiled single-instance call
+        outs = [_one_instance(metric_fn, params, mask, k, dev_var, write_var, data, n_bits, m_bits) for k in keys]
+        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+    return _all_instances(metric_fn, params, mask, keys, dev_var, write_var, data, n_bits, m_bits, strategy,
+                          batch_size)
 
-    def run(params, mask, keys, dev_var, write_var, data):
-        def one(k):
-            return metric_fn(_apply_variation(params, mask, k, dev_var, write_var, n_bits, m_bits), *data)
 
-        return map_over_keys(one, keys, strategy=strategy, batch_size=batch_size)
+# Both are jitted with metric_fn static, so repeated calls with the same metric reuse the compiled
+# program (a fresh closure per call would recompile every time).
+@partial(jax.jit, static_argnums=(0, 7, 8))
+def _one_instance(metric_fn, params, mask, key, dev_var, write_var, data, n_bits, m_bits):
+    return metric_fn(_apply_variation(params, mask, key, dev_var, write_var, n_bits, m_bits), *data)
 
-    if strategy != "loop":  # one program for all instances; 'loop' stays a Python loop of jitted calls
-        run = jax.jit(run)
-    return run(params, mask, keys, jnp.float32(dev_var), jnp.float32(write_var), tuple(data))
+
+@partial(jax.jit, static_argnums=(0, 7, 8, 9, 10))
+def _all_instances(metric_fn, params, mask, keys, dev_var, write_var, data, n_bits, m_bits, strategy, batch_size):
+    one = lambda k: metric_fn(_apply_variation(params, mask, k, dev_var, write_var, n_bits, m_bits), *data)
+    return map_over_keys(one, keys, strategy=strategy, batch_size=batch_size)
 
 
 def make_training_noise_fn(train_var: float, n_bits: int = 8, m_bits: int = 1) -> Callable[[PyTree, jax.Array], PyTree]:

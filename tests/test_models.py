@@ -60,3 +60,26 @@ def test_bad_model_arguments():
         create_model("lenet", quant_bits=3)
     with pytest.raises(JaxfaultError, match="num_classes"):
         create_model("lenet", num_classes=1)
+
+
+@pytest.mark.parametrize("shape,kernel,strides,padding", [
+    ((3, 28, 28, 1), (5, 5, 1, 6), (1, 1), ((2, 2), (2, 2))),  # LeNet's first layer
+    ((2, 9, 9, 1), (3, 3, 1, 4), (2, 2), "SAME"),
+    ((2, 10, 10, 3), (3, 3, 3, 5), (1, 2), "VALID"),
+])
+def test_shift_add_conv_equals_xla_conv_values_gradients_hessian_vmap(shape, kernel, strides, padding):
+    from jaxfault.models.layers import conv2d
+
+    x = jax.random.normal(jax.random.key(0), shape)
+    w = jax.random.normal(jax.random.key(1), kernel)
+    fwd = {m: conv2d(x, w, strides, padding, m) for m in ("xla", "shift_add")}
+    np.testing.assert_allclose(fwd["shift_add"], fwd["xla"], atol=1e-4)
+    loss = lambda m: (lambda x, w: jnp.sum(jnp.sin(conv2d(x, w, strides, padding, m))))
+    for a, b in zip(jax.grad(loss("shift_add"), (0, 1))(x, w), jax.grad(loss("xla"), (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, atol=1e-3)
+    np.testing.assert_allclose(jax.hessian(loss("shift_add"), 1)(x, w), jax.hessian(loss("xla"), 1)(x, w), atol=1e-3)
+    ws = jax.random.normal(jax.random.key(2), (3, *kernel))
+    np.testing.assert_allclose(jax.vmap(lambda w: conv2d(x, w, strides, padding, "shift_add"))(ws),
+                               jax.vmap(lambda w: conv2d(x, w, strides, padding, "xla"))(ws), atol=1e-4)
+    with pytest.raises(JaxfaultError, match="unknown convolution method"):
+        conv2d(x, w, strides, padding, "fft")

@@ -5,15 +5,95 @@ method finds the weights by name and a model with quant_bits=None runs the same 
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
+from jaxfault.errors import JaxfaultError
 from jaxfault.quant import fake_quant
 
 default_kernel_init = nn.initializers.lecun_normal()
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...], pads: tuple[tuple[int, int], ...]):
+    return jax.lax.conv_general_dilated(x, kernel, window_strides=strides, padding=pads,
+                                        dimension_numbers=_DIMENSION_NUMBERS)
+
+
+def _shift_add_conv_impl(x, kernel, strides, pads):
+    """Convolution as a sum of kh*kw shifted, strided slices of the padded input times kernel taps.
+
+    Computed batch-last (H, W, C, N) so XLA's CPU loop fusion vectorises over the batch; a
+    batch-first layout fused into a following max-pool was measured 5-10x slower.
+    """
+    kh, kw, cin, cout = kernel.shape
+    xt = jnp.transpose(x, (1, 2, 3, 0))  # H W Cin N
+    xp = jnp.pad(xt, (*pads, (0, 0), (0, 0)))
+    (sh, sw) = strides
+    out_h = (xp.shape[0] - kh) // sh + 1
+    out_w = (xp.shape[1] - kw) // sw + 1
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = jax.lax.slice(xp, (i, j, 0, 0), (i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, cin,
+                                                   xp.shape[3]), (sh, sw, 1, 1))  # H W Cin N
+            term = jnp.einsum("hwcn,cd->hwdn", tap, kernel[i, j]) if cin > 1 else tap * kernel[i, j, 0][:, None]
+            y = term if y is None else y + term
+    return jnp.transpose(y, (3, 0, 1, 2))
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def shift_add_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...],
+                   pads: tuple[tuple[int, int], ...]) -> jax.Array:
+    """Same result as XLA's NHWC/HWIO convolution, computed as shifted multiply-adds.
+
+    On XLA's CPU backend a convolution with one input channel (the first layer of every
+    grayscale model) runs at ~2 GFLOP/s; the shifted sum is ~6x faster (LeNet's first layer on
+    1000 28x28 images: 140 ms -> 21 ms, measured). Derivatives use XLA's own convolution
+    (custom JVP), so gradients, transposes and HVPs cost what they did before.
+    """
+    return _shift_add_conv_impl(x, kernel, strides, pads)
+
+
+def _shift_add_conv_jvp(strides, pads, primals, tangents):
+    x, kernel = primals
+    dx, dkernel = tangents
+    y = shift_add_conv(x, kernel, strides, pads)
+    dy = None
+    if not isinstance(dx, SymbolicZero):
+        dy = _xla_conv(dx, kernel, strides, pads)
+    if not isinstance(dkernel, SymbolicZero):
+        dk = _xla_conv(x, dkernel, strides, pads)
+        dy = dk if dy is None else dy + dk
+    if dy is None:
+        dy = SymbolicZero(jax.core.get_aval(y).to_tangent_aval())
+    return y, dy
+
+
+shift_add_conv.defjvp(_shift_add_conv_jvp, symbolic_zeros=True)
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", method: str = "auto") -> jax.Array:
+    """NHWC x HWIO convolution; method 'xla', 'shift_add', or 'auto' (shift_add for one input
+    channel on the CPU backend, where it is measured faster, else XLA's convolution)."""
+    strides = tuple(int(s) for s in strides)
+    kh, kw = kernel.shape[:2]
+    if isinstance(padding, str):
+        pads = tuple(jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding))
+    else:
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if method == "auto":
+        method = "shift_add" if kernel.shape[2] == 1 and jax.default_backend() == "cpu" else "xla"
+    if method == "shift_add":
+        return shift_add_conv(x, kernel, strides, pads)
+    if method == "xla":
+        return _xla_conv(x, kernel, strides, pads)
+    raise JaxfaultError(f"unknown convolution method {method!r}; choose auto, xla or shift_add")
 
 
 class Conv(nn.Module):
@@ -26,15 +106,14 @@ class Conv(nn.Module):
     use_bias: bool = True
     quant_bits: int | None = None
     kernel_init: nn.initializers.Initializer = nn.initializers.kaiming_normal()
+    conv_method: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
         if self.quant_bits is not None:
             kernel = fake_quant(kernel, self.quant_bits)
-        y = jax.lax.conv_general_dilated(
-            x, kernel.astype(x.dtype), window_strides=tuple(self.strides), padding=self.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = conv2d(x, kernel.astype(x.dtype), self.strides, self.padding, self.conv_method)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
         return y
