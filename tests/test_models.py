@@ -83,3 +83,19 @@ def test_shift_add_conv_equals_xla_conv_values_gradients_hessian_vmap(shape, ker
                                jax.vmap(lambda w: conv2d(x, w, strides, padding, "xla"))(ws), atol=1e-4)
     with pytest.raises(JaxfaultError, match="unknown convolution method"):
         conv2d(x, w, strides, padding, "fft")
+
+
+def test_conv_method_override_shows_in_the_traced_program():
+    from jaxfault.models.layers import conv_method
+
+    model = create_model("lenet")
+    v = init_variables(model, jax.random.key(0), (28, 28, 1))
+    count = lambda: str(jax.make_jaxpr(lambda x: model.apply(v, x))(jnp.zeros((2, 28, 28, 1)))).count("conv_general_dilated")
+    with conv_method("xla"):
+        assert count() == 2
+    with conv_method("shift_add"):
+        assert count() == 0
+    assert count() == (1 if jax.default_backend() == "cpu" else 2)  # auto: one-input-channel layer on CPU
+    with pytest.raises(JaxfaultError, match="unknown convolution method 'fft'"):
+        with conv_method("fft"):
+            pass

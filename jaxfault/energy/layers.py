@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxfault.energy.core import LayerArrays, output_size
 from jaxfault.errors import JaxfaultError
+from jaxfault.models.layers import conv_method
 from jaxfault.pytree import path_to_str
 
 
@@ -315,7 +316,8 @@ def layers_from_model(
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
 
     def trace(kwargs):
-        return jax.make_jaxpr(lambda v, xx: model.apply(v, xx, **kwargs))(variables, x)
+        with conv_method("xla"):  # every convolution as the conv primitive this walker reads
+            return jax.make_jaxpr(lambda v, xx: model.apply(v, xx, **kwargs))(variables, x)
 
     if apply_kwargs is None:
         try:

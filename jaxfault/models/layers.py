@@ -5,8 +5,10 @@ method finds the weights by name and a model with quant_bits=None runs the same 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from functools import partial
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -78,9 +80,28 @@ def _shift_add_conv_jvp(strides, pads, primals, tangents):
 shift_add_conv.defjvp(_shift_add_conv_jvp, symbolic_zeros=True)
 
 
+_METHOD_OVERRIDE = contextvars.ContextVar("jaxfault_conv_method", default=None)
+CONV_METHODS = ("auto", "xla", "shift_add")
+
+
+@contextlib.contextmanager
+def conv_method(method: str) -> Iterator[None]:
+    """Within the block (at trace time), every conv2d uses `method`; e.g. 'xla' for tools that
+    read convolutions off a jaxpr (the energy model's layer-shape extraction)."""
+    if method not in CONV_METHODS:
+        raise JaxfaultError(f"unknown convolution method {method!r}; choose auto, xla or shift_add")
+    token = _METHOD_OVERRIDE.set(method)
+    try:
+        yield
+    finally:
+        _METHOD_OVERRIDE.reset(token)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", method: str = "auto") -> jax.Array:
     """NHWC x HWIO convolution; method 'xla', 'shift_add', or 'auto' (shift_add for one input
-    channel on the CPU backend, where it is measured faster, else XLA's convolution)."""
+    channel on the CPU backend, where it is measured faster, else XLA's convolution). A
+    surrounding `conv_method(...)` block overrides the method."""
+    method = _METHOD_OVERRIDE.get() or method
     strides = tuple(int(s) for s in strides)
     kh, kw = kernel.shape[:2]
     if isinstance(padding, str):
