@@ -63,7 +63,7 @@ def test_bad_model_arguments():
 
 
 @pytest.mark.parametrize("shape,kernel,strides,padding", [
-    ((3, 28, 28, 1), (5, 5, 1, 6), (1, 1), ((2, 2), (2, 2))),  # LeNet's first layer
+    ((1, 12, 12, 1), (5, 5, 1, 6), (1, 1), ((2, 2), (2, 2))),  # LeNet's first layer (smaller image)
     ((2, 9, 9, 1), (3, 3, 1, 4), (2, 2), "SAME"),
     ((2, 10, 10, 3), (3, 3, 3, 5), (1, 2), "VALID"),
 ])
@@ -77,7 +77,8 @@ def test_shift_add_conv_equals_xla_conv_values_gradients_hessian_vmap(shape, ker
     loss = lambda m: (lambda x, w: jnp.sum(jnp.sin(conv2d(x, w, strides, padding, m))))
     for a, b in zip(jax.grad(loss("shift_add"), (0, 1))(x, w), jax.grad(loss("xla"), (0, 1))(x, w)):
         np.testing.assert_allclose(a, b, atol=1e-3)
-    np.testing.assert_allclose(jax.hessian(loss("shift_add"), 1)(x, w), jax.hessian(loss("xla"), 1)(x, w), atol=1e-3)
+    if kernel[2] == 1:  # the case 'auto' uses; Hessians are the slow part of this test
+        np.testing.assert_allclose(jax.hessian(loss("shift_add"), 1)(x, w), jax.hessian(loss("xla"), 1)(x, w), atol=1e-3)
     ws = jax.random.normal(jax.random.key(2), (3, *kernel))
     np.testing.assert_allclose(jax.vmap(lambda w: conv2d(x, w, strides, padding, "shift_add"))(ws),
                                jax.vmap(lambda w: conv2d(x, w, strides, padding, "xla"))(ws), atol=1e-4)
