@@ -100,3 +100,15 @@ def test_conv_method_override_shows_in_the_traced_program():
     with pytest.raises(JaxfaultError, match="unknown convolution method 'fft'"):
         with conv_method("fft"):
             pass
+
+
+def test_shift_add_conv_accumulates_low_precision_inputs_in_fp32():
+    from jaxfault.models.layers import conv2d
+
+    x = jax.random.normal(jax.random.key(0), (4, 12, 12, 1)).astype(jnp.bfloat16)
+    w = jax.random.normal(jax.random.key(1), (5, 5, 1, 6)).astype(jnp.bfloat16)
+    got = conv2d(x, w, (1, 1), ((2, 2), (2, 2)), "shift_add")
+    want = conv2d(x.astype(jnp.float32), w.astype(jnp.float32), (1, 1), ((2, 2), (2, 2)), "xla")
+    assert got.dtype == jnp.bfloat16
+    # within one bf16 rounding of the fp32 result (a bf16 running sum of 25 taps drifts by several)
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), rtol=2 ** -8, atol=1e-6)

@@ -34,6 +34,9 @@ def _shift_add_conv_impl(x, kernel, strides, pads):
     batch-first layout fused into a following max-pool was measured 5-10x slower.
     """
     kh, kw, cin, cout = kernel.shape
+    out_dtype = x.dtype
+    acc = jnp.promote_types(x.dtype, jnp.float32)  # bf16/fp16 inputs: accumulate in fp32, like XLA's conv
+    x, kernel = x.astype(acc), kernel.astype(acc)
     xt = jnp.transpose(x, (1, 2, 3, 0))  # H W Cin N
     xp = jnp.pad(xt, (*pads, (0, 0), (0, 0)))
     (sh, sw) = strides
@@ -46,7 +49,7 @@ def _shift_add_conv_impl(x, kernel, strides, pads):
                                                    xp.shape[3]), (sh, sw, 1, 1))  # H W Cin N
             term = jnp.einsum("hwcn,cd->hwdn", tap, kernel[i, j]) if cin > 1 else tap * kernel[i, j, 0][:, None]
             y = term if y is None else y + term
-    return jnp.transpose(y, (3, 0, 1, 2))
+    return jnp.transpose(y, (3, 0, 1, 2)).astype(out_dtype)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
