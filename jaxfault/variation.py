@@ -153,16 +153,19 @@ def monte_carlo(metric_fn: Callable[..., Any], params: PyTree, mask: PyTree | No
                           batch_size)
 
 
+def _instance(metric_fn, params, mask, key, dev_var, write_var, data, n_bits, m_bits):
+    """metric_fn on one noise draw: the unit both the loop and the batched path evaluate."""
+    return metric_fn(_apply_variation(params, mask, key, dev_var, write_var, n_bits, m_bits), *data)
+
+
 # Both are jitted with metric_fn static, so repeated calls with the same metric reuse the compiled
 # program (a fresh closure per call would recompile every time).
-@partial(jax.jit, static_argnums=(0, 7, 8))
-def _one_instance(metric_fn, params, mask, key, dev_var, write_var, data, n_bits, m_bits):
-    return metric_fn(_apply_variation(params, mask, key, dev_var, write_var, n_bits, m_bits), *data)
+_one_instance = jax.jit(_instance, static_argnums=(0, 7, 8))
 
 
 @partial(jax.jit, static_argnums=(0, 7, 8, 9, 10))
 def _all_instances(metric_fn, params, mask, keys, dev_var, write_var, data, n_bits, m_bits, strategy, batch_size):
-    one = lambda k: metric_fn(_apply_variation(params, mask, k, dev_var, write_var, n_bits, m_bits), *data)
+    one = lambda k: _instance(metric_fn, params, mask, k, dev_var, write_var, data, n_bits, m_bits)
     return map_over_keys(one, keys, strategy=strategy, batch_size=batch_size)
 
 

@@ -87,12 +87,17 @@ _METHOD_OVERRIDE = contextvars.ContextVar("jaxfault_conv_method", default=None)
 CONV_METHODS = ("auto", "xla", "shift_add")
 
 
+def _check_method(method: str) -> str:
+    if method not in CONV_METHODS:
+        raise JaxfaultError(f"unknown convolution method {method!r}; choose {', '.join(CONV_METHODS)}")
+    return method
+
+
 @contextlib.contextmanager
 def conv_method(method: str) -> Iterator[None]:
     """Within the block (at trace time), every conv2d uses `method`; e.g. 'xla' for tools that
     read convolutions off a jaxpr (the energy model's layer-shape extraction)."""
-    if method not in CONV_METHODS:
-        raise JaxfaultError(f"unknown convolution method {method!r}; choose auto, xla or shift_add")
+    _check_method(method)
     token = _METHOD_OVERRIDE.set(method)
     try:
         yield
@@ -104,7 +109,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", meth
     """NHWC x HWIO convolution; method 'xla', 'shift_add', or 'auto' (shift_add for one input
     channel on the CPU backend, where it is measured faster, else XLA's convolution). A
     surrounding `conv_method(...)` block overrides the method."""
-    method = _METHOD_OVERRIDE.get() or method
+    method = _check_method(_METHOD_OVERRIDE.get() or method)
     strides = tuple(int(s) for s in strides)
     kh, kw = kernel.shape[:2]
     if isinstance(padding, str):
@@ -115,9 +120,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", meth
         method = "shift_add" if kernel.shape[2] == 1 and jax.default_backend() == "cpu" else "xla"
     if method == "shift_add":
         return shift_add_conv(x, kernel, strides, pads)
-    if method == "xla":
-        return _xla_conv(x, kernel, strides, pads)
-    raise JaxfaultError(f"unknown convolution method {method!r}; choose auto, xla or shift_add")
+    return _xla_conv(x, kernel, strides, pads)
 
 
 class Conv(nn.Module):
