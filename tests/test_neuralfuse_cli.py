@@ -92,6 +92,46 @@ def test_eval_reports_unseen_models_and_recovery(trained, tmp_path, capsys):
     assert "recovery" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_init_generator_fine_tunes_from_an_earlier_generator(trained, qat_lenet_checkpoint, tmp_path):
+    """A warm start at a tiny learning rate ends next to the generator it started from, far from a random init."""
+    import jax
+
+    from train.neuralfuse import main
+
+    argv = ["--checkpoint", str(qat_lenet_checkpoint), "--generator", "UNetS", "--n-models", "2", "--lam", "1",
+            "--train-subset", "16", "--batch-size", "16", "--lr", "1e-9", "--seed", "7",
+            "--init-generator", str(trained / "generator"), "--out", str(tmp_path / "ft")]
+    assert _exit_code(main, argv) == 0
+    start = load_checkpoint(trained / "generator", kind="neuralfuse_generator")
+    tuned = load_checkpoint(tmp_path / "ft" / "generator", kind="neuralfuse_generator")
+    assert tuned.config["init_generator"] == str((trained / "generator").absolute())
+    diffs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), start.variables["params"],
+                                   tuned.variables["params"])
+    assert max(jax.tree_util.tree_leaves(diffs)) < 1e-6
+
+
+def test_warm_start_loads_matching_generator_and_refuses_others(tmp_path):
+    import jax
+
+    from jaxfault.checkpoints import save_checkpoint
+    from jaxfault.errors import JaxfaultError
+    from jaxfault.models.generators import create_generator, init_generator
+
+    gen = create_generator("ConvS")
+    earlier = init_generator(gen, jax.random.PRNGKey(3), (28, 28, 1))
+    fresh = init_generator(gen, jax.random.PRNGKey(0), (28, 28, 1))
+    save_checkpoint(tmp_path / "g", earlier, {"kind": "neuralfuse_generator", "generator": "ConvS",
+                                              "input_shape": [28, 28, 1]})
+    got = nftrain._warm_start(tmp_path / "g", "ConvS", (28, 28, 1), fresh)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(earlier)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(JaxfaultError, match="its generator is 'ConvS', this run's is 'UNetS'"):
+        nftrain._warm_start(tmp_path / "g", "UNetS", (28, 28, 1), fresh)
+    with pytest.raises(JaxfaultError, match="input_shape"):
+        nftrain._warm_start(tmp_path / "g", "ConvS", (32, 32, 3), fresh)
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--ber", "1.5"], "ber"), (["--ber", "-0.01"], "ber"), (["--bits", "5"], "precision"),
     (["--generator", "ConvXL"], "unknown generator"), (["--placement", "diag"], "placement"),

@@ -1,6 +1,6 @@
 """Train a NeuralFuse generator with EOPM (SPEC 3.3):
 python -m train.neuralfuse --ber 0.01 [--generator ConvL] [--n-models 10] [--lam 5] [--epochs E]
-[--checkpoint BASE_DIR] [--out DIR] [--resume]. Without --checkpoint a QAT base model from the
+[--checkpoint BASE_DIR] [--out DIR] [--resume] [--init-generator DIR]. Without --checkpoint a QAT base model from the
 model cache is used (trained once on the offline default data if missing)."""
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=50, help="steps between resumable state saves")
     p.add_argument("--out", default="runs/neuralfuse", help="output folder (generator/ and state/)")
+    p.add_argument("--init-generator", default=None, metavar="DIR",
+                   help="fine-tune the generator checkpoint DIR of an earlier run instead of a random start")
     p.add_argument("--resume", action="store_true", help="continue a killed run from OUT/state")
     return p
 
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
                            batch_size=args.batch_size, learning_rate=args.lr, decay_rate=args.decay_rate,
                            decay_every=args.decay_every, seed=args.seed, train_subset=args.train_subset,
                            strategy=args.strategy, data_dir=args.data_dir, save_every=args.save_every,
-                           resume=args.resume)
+                           resume=args.resume, init_generator_checkpoint=args.init_generator)
     print(f"generator checkpoint: {res['generator_checkpoint']}  ({res['steps']} steps)")
     return 0
 

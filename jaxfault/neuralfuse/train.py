@@ -21,13 +21,28 @@ GENERATOR_KIND = "neuralfuse_generator"
 STATE_KIND = "neuralfuse_train_state"
 # settings that must match when --resume continues a run
 RESUME_KEYS = ("generator", "base_checkpoint", "ber", "ber0", "bits", "placement", "n_models", "lam", "epochs",
-               "batch_size", "learning_rate", "decay_rate", "seed", "train_subset")
+               "batch_size", "learning_rate", "decay_rate", "seed", "train_subset", "init_generator")
 
 
 def load_base(checkpoint) -> tuple:
     """(Checkpoint, value_range) of a classifier checkpoint; the NeuralFuse base must be a classifier."""
     ck = load_checkpoint(checkpoint, kind="classifier")
     return ck, ck.config.get("value_range", "symmetric")
+
+
+def _warm_start(directory, generator: str, input_shape, template: dict) -> dict:
+    """Generator variables of an earlier run's neuralfuse_generator checkpoint, checked to fit this run
+    (same generator and input shape), to fine-tune from instead of a random initialisation."""
+    ck = load_checkpoint(directory, kind=GENERATOR_KIND)
+    for k, want in (("generator", generator), ("input_shape", list(input_shape))):
+        if ck.config.get(k) != want:
+            raise JaxfaultError(f"cannot start from generator {ck.path}: its {k} is {ck.config.get(k)!r}, "
+                                f"this run's is {want!r}")
+    variables = {"params": ck.variables["params"], "batch_stats": ck.variables.get("batch_stats", {})}
+    want_tree = jax.tree_util.tree_structure(template)
+    check(jax.tree_util.tree_structure(variables) == want_tree,
+          f"cannot start from generator {ck.path}: its variables do not match the {generator} module")
+    return jax.tree_util.tree_map(lambda v, t: jnp.asarray(v, dtype=t.dtype), variables, template)
 
 
 def _save_state(directory: Path, state: dict, config: dict, progress_info: dict) -> None:
@@ -54,9 +69,10 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
                      epochs: int = 1, batch_size: int = 128, learning_rate: float = 1e-3, decay_rate: float = 0.5,
                      decay_every: int | None = None, seed: int = 0, train_subset: int | None = None,
                      strategy: str = "auto", data_dir=None, save_every: int = 50, resume: bool = False,
-                     log: Callable[[str], None] = print) -> dict:
+                     init_generator_checkpoint=None, log: Callable[[str], None] = print) -> dict:
     """Train a generator against base_checkpoint's perturbed models; write out/generator (kind
-    neuralfuse_generator) and out/state (for --resume). Returns the final metrics."""
+    neuralfuse_generator) and out/state (for --resume). init_generator_checkpoint: an earlier run's generator
+    checkpoint to fine-tune from (fresh optimizer state). Returns the final metrics."""
     out = Path(out)
     gen = create_generator(generator)
     base, base_range = load_base(base_checkpoint)
@@ -87,10 +103,16 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
               "value_range": "symmetric", "base_value_range": base_range, "ber": ber, "ber0": ber0, "bits": bits,
               "placement": placement, "n_models": n_models, "lam": lam, "epochs": epochs, "batch_size": batch_size,
               "learning_rate": learning_rate, "decay_rate": decay_rate, "decay_every": decay_every, "seed": seed,
-              "train_subset": train_subset, "strategy": strategy}
+              "train_subset": train_subset, "strategy": strategy,
+              "init_generator": None if init_generator_checkpoint is None
+              else str(Path(init_generator_checkpoint).absolute())}
     key = jax.random.PRNGKey(seed)
     k_init, k_data, k_steps = jax.random.split(key, 3)
-    state = init_train_state(init_generator(gen, k_init, data.input_shape), optimizer)
+    gen_vars = init_generator(gen, k_init, data.input_shape)
+    if init_generator_checkpoint is not None:
+        gen_vars = _warm_start(init_generator_checkpoint, generator, data.input_shape, gen_vars)
+        log(f"fine-tuning the generator of {init_generator_checkpoint}")
+    state = init_train_state(gen_vars, optimizer)
     start_step, history = 0, []
     if resume:
         if (out / "state").exists():
