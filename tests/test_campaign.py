@@ -157,6 +157,7 @@ def test_bad_configs_exit_2_before_work(tmp_path, capsys, cfg, needle):
     assert e.value.code == 2 and needle in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # ~70 s of compilations (one per method and selection); run with -m slow
 def test_neuralfuse_and_swim_points_match_the_libraries(qat_lenet_checkpoint):
     from eval.campaign import build_context
     from jaxfault.campaign_methods import make_trial_fn
