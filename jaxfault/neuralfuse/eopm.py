@@ -23,10 +23,9 @@ evaluation uses seeds from EVAL_SEED_BASE on, which can never collide with train
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -189,7 +188,7 @@ def init_train_state(gen_variables: dict, optimizer: optax.GradientTransformatio
 
 def _with_xla_convs(fn: Callable) -> Callable:
     """fn traced with XLA's convolution for every conv2d: in these backprop-heavy steps the CPU
-    shift-add path of one-input-channel convs is slower (bench.eopm, N = 10: 0.87 s vs 1.01 s)."""
+    shift-add path of one-input-channel convs is slower (bench.eopm, N = 10: 0.815 s vs 1.011 s)."""
     @functools.wraps(fn)
     def traced(*args, **kwargs):
         with conv_method("xla"):
