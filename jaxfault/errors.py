@@ -22,3 +22,11 @@ def check_probability(name: str, value: float, *, closed_upper: bool = True) -> 
         interval = "[0, 1]" if closed_upper else "[0, 1)"
         raise JaxfaultError(f"{name} must be in {interval}, got {value!r}")
     return v
+
+
+def nearest_hint(name, choices) -> str:
+    """' (did you mean X?)' for the closest of choices to name, or '' when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
