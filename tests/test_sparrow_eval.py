@@ -1,13 +1,13 @@
-"""Error-injected inference pipeline: batched T-trial path == T separate calls, stats, clean path."""
+"""HBM fault model + engine: batched trials == separate calls, stats, fault-free and clean paths."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eval.sparrow import evaluate_clean, evaluate_scheme, run_trials
-from jaxfault.ecc import get_scheme
-from jaxfault.ecc.pipeline import faulty_params, protect
+from jaxfault import engine
+from jaxfault.ecc.evaluate import SparrowEvalConfig, evaluate_schemes
+from jaxfault.ecc.hbm import HBMFaults
 from jaxfault.errors import JaxfaultError
 
 
@@ -16,13 +16,6 @@ class Tiny(nn.Module):
     def __call__(self, x, train=False):
         x = nn.Dense(16)(x.reshape(x.shape[0], -1))
         return nn.Dense(4)(nn.relu(x))
-
-
-def metric(model):
-    def fn(variables, images, labels):
-        logits = model.apply(variables, images)
-        return {"top1": jnp.mean(jnp.argmax(logits, -1) == labels), "logit_sum": jnp.sum(logits.astype(jnp.float32))}
-    return fn
 
 
 @pytest.fixture(scope="module")
@@ -36,33 +29,47 @@ def setup():
 
 def test_batched_trials_equal_separate_calls(setup):
     model, variables, x, labels = setup
-    prot = protect(variables["params"], get_scheme("sparrow", 32))
+    fm = HBMFaults(scheme="sparrow", block_size=32, zero_to_one=0.1)
     keys = jax.random.split(jax.random.key(5), 3)
-    fn = metric(model)
-    ref = run_trials(fn, variables, x, labels, prot, 2e-2, 0.1, keys, strategy="loop")
+    rates = [1e-2, 2e-2]
+    ref = engine.evaluate(model, variables, x, labels, fm, rates, keys, strategy="loop")
     for strategy in ("map", "vmap"):
-        got = run_trials(fn, variables, x, labels, prot, 2e-2, 0.1, keys, strategy=strategy)
-        for k in ref:
-            np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(ref[k]), err_msg=f"{strategy} {k}")
-    # a single separate call with the same key gives the same decoded weights and stats
-    params, stats = faulty_params(keys[1], jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), variables["params"]),
-                                  prot, 2e-2, 0.1, dtype=jnp.bfloat16)
-    assert float(stats["realised_ber"]) == float(ref["realised_ber"][1])
-    assert float(stats["changed_fraction"]) == float(ref["changed_fraction"][1])
-    assert len(set(np.asarray(ref["logit_sum"]).tolist())) == 3           # trials differ
+        got = engine.evaluate(model, variables, x, labels, fm, rates, keys, strategy=strategy)
+        for d_got, d_ref in ((got.metrics, ref.metrics), (got.stats, ref.stats)):
+            for k in d_ref:
+                np.testing.assert_array_equal(d_got[k], d_ref[k], err_msg=f"{strategy} {k}")
+    # a single separate perturbation with the same key and rate gives the same stats
+    _, prepared, _ = engine.prepare(model, variables, x, fm.with_rate_bound(2e-2))
+    _, stats = jax.jit(lambda v, k: fm.with_rate_bound(2e-2).perturb(k, v, jnp.float32(2e-2)))(prepared, keys[1])
+    assert float(stats["realised_ber"]) == float(ref.stats["realised_ber"][1, 1])
+    assert float(stats["changed_fraction"]) == float(ref.stats["changed_fraction"][1, 1])
+    assert len(set(ref.stats["n_faults"][1].tolist())) == 3           # trials differ
 
 
 def test_fault_free_scheme_equals_clean_and_stats(setup):
     model, variables, x, labels = setup
-    fn = metric(model)
-    clean = evaluate_clean(fn, variables, x, labels)
-    r = evaluate_scheme(fn, variables, x, labels, "none", 64, 0.0, 0.0, 2, 0, strategy="map")
-    assert r["top1"]["mean"] == clean["top1"] and r["fault_free"]["top1"] == clean["top1"]
-    assert r["realised_ber"]["mean"] == 0 and r["changed_fraction"]["mean"] == 0
-    assert r["protected_weights"] == 8 * 16 + 16 * 4 and r["stored_bits_per_weight"] == 16
-    r = evaluate_scheme(fn, variables, x, labels, "secded", 64, 3e-2, 0.0, 4, 0, strategy="map")
-    assert 0.02 < r["realised_ber"]["mean"] < 0.04 and r["changed_fraction"]["mean"] > 0
-    assert len(r["top1"]["values"]) == 4
+    cfg = SparrowEvalConfig(bers=(0.0,), schemes=("none",), zero_to_one=0.0, trials=2, strategy="map")
+    r = evaluate_schemes(cfg, model, variables, x, labels)
+    row = r["rows"][0]
+    assert row["top1"]["mean"] == r["clean_bf16"]["top1"] and row["fault_free"]["top1"] == r["clean_bf16"]["top1"]
+    assert row["realised_ber"]["mean"] == 0 and row["changed_fraction"]["mean"] == 0
+    assert row["protected_weights"] == 8 * 16 + 16 * 4 and row["stored_bits_per_weight"] == 16
+    cfg = SparrowEvalConfig(bers=(3e-2,), schemes=("secded",), zero_to_one=0.0, trials=4, strategy="map")
+    row = evaluate_schemes(cfg, model, variables, x, labels)["rows"][0]
+    assert 0.02 < row["realised_ber"]["mean"] < 0.04 and row["changed_fraction"]["mean"] > 0
+    assert len(row["top1"]["values"]) == 4
+
+
+def test_sweep_compiles_one_program_per_scheme(setup):
+    """Rates are traced: a 3-BER evaluation runs one compiled program (cache size 1)."""
+    model, variables, x, labels = setup
+    fm = HBMFaults(scheme="sparrow", block_size=32)
+    eval_model, prepared, xx = engine.prepare(model, variables, x, fm.with_rate_bound(1e-2))
+    prog = engine.make_trial_program(engine.make_metric_fn(eval_model, 64), fm.with_rate_bound(1e-2), strategy="map")
+    keys = jax.random.split(jax.random.key(0), 2)
+    for rates in ([1e-4, 1e-3, 1e-2], [2e-3, 3e-3, 4e-3]):
+        engine.evaluate(model, variables, x, labels, fm, rates, keys, program=prog)
+    assert prog.compiled_programs() == 1
 
 
 def test_nan_weights_rejected_with_leaf_name(setup):
@@ -70,4 +77,4 @@ def test_nan_weights_rejected_with_leaf_name(setup):
     bad = jax.tree_util.tree_map(lambda a: a, variables)
     bad["params"]["Dense_1"]["kernel"] = bad["params"]["Dense_1"]["kernel"].at[2, 3].set(jnp.nan)
     with pytest.raises(JaxfaultError, match="Dense_1/kernel.*nan"):
-        protect(bad["params"], get_scheme("sparrow", 64))
+        HBMFaults().prepare(bad)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxfault.errors import check
+from jaxfault.io import atomic_savefig, atomic_write_bytes
 
 MAX_DIFF = 128
 
@@ -60,3 +61,79 @@ def histogram(words, block_size: int = 64, *, exclude_zeros: bool = False, inclu
             "counts": counts.astype(int).tolist(), "proportions": props.astype(float).tolist(),
             "share_within_15": float(counts[:16].sum() / total) if total else 0.0,
             "share_within_31": float(counts[:32].sum() / total) if total else 0.0}
+
+
+def checkpoint_histogram(variables, block_size: int = 64, *, leaves: str = "kernels", exclude_zeros: bool = False,
+                         include_partial: bool = False) -> dict:
+    """Histogram of a model's selected leaves (bf16 view, tree_flatten order, one stream of words)."""
+    from jaxfault.bits import pytree_to_words
+    from jaxfault.ecc.hbm import LEAF_SELECTORS, check_finite_leaves
+
+    check(isinstance(block_size, int) and block_size >= 2, f"block size must be an integer >= 2, got {block_size!r}")
+    select = LEAF_SELECTORS[leaves]
+    check_finite_leaves(variables["params"], select)
+    words, layout = pytree_to_words(variables["params"], 1, select=select)
+    r = histogram(words[:layout.n_values], block_size, exclude_zeros=exclude_zeros, include_partial=include_partial)
+    r.update({"params": leaves, "weights": layout.n_values})
+    return r
+
+
+def write_outputs(out, name: str, r: dict) -> list:
+    """JSON, CSV, XLSX (when openpyxl is installed) and PNG of one histogram; the paths written."""
+    from pathlib import Path
+
+    from jaxfault.io import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    stem = f"exponents_B{r['block_size']}_{r['zero_policy']}"
+    atomic_write_json(out / f"{stem}.json", r)
+    atomic_write_text(out / f"{stem}.csv", "diff,count,proportion\n"
+                      + "".join(f"{d},{c},{p:.8g}\n" for d, (c, p) in enumerate(zip(r["counts"], r["proportions"]))))
+    files = [out / f"{stem}.json", out / f"{stem}.csv"]
+    if write_xlsx(out / f"{stem}.xlsx", [(name, r)]):
+        files.append(out / f"{stem}.xlsx")
+    plot(out / f"{stem}.png", name, r)
+    files.append(out / f"{stem}.png")
+    return files
+
+
+def write_xlsx(path, rows) -> bool:
+    """rows: list of (model name, result dict). Returns False when openpyxl is missing."""
+    try:
+        import openpyxl
+    except ImportError:
+        return False
+    import io
+
+    wb = openpyxl.Workbook()
+    for i, (sheet, key) in enumerate((("Count", "counts"), ("Proportion", "proportions"))):
+        ws = wb.active if i == 0 else wb.create_sheet()
+        ws.title = sheet
+        ws.append(["model"] + list(range(MAX_DIFF + 1)))
+        for name, r in rows:
+            ws.append([name] + list(r[key]))
+    buf = io.BytesIO()
+    wb.save(buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
+
+
+def plot(path, name, r):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    last = max([i for i, c in enumerate(r["counts"]) if c] + [16])
+    ax.bar(range(last + 1), [100 * p for p in r["proportions"][:last + 1]], width=0.9)
+    ax.axvline(15.5, color="gray", ls="--", lw=1)
+    ax.text(15.7, ax.get_ylim()[1] * 0.9, "F = 1 above", fontsize=8, color="gray")
+    ax.set_xlabel(f"max_e - min_e within a block of {r['block_size']}")
+    ax.set_ylabel("blocks (%)")
+    ax.set_title(f"{name} ({r['zero_policy']}, {r['blocks_counted']} of {r['blocks']} blocks)", fontsize=9)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+
+

@@ -1,0 +1,1 @@
+"""Installed home of the repository's eval/ and train/ command-line modules (see jaxfault.__main__)."""

@@ -1,0 +1,112 @@
+"""Campaign configs: read, validate strictly before any work, and load the model and data.
+
+    {"output": "runs/campaign/results.jsonl",   # JSON lines, one record per grid point
+     "checkpoint": null,                        # classifier dir; null = the cached default LeNet
+     "seed": 0, "trials": 20, "eval_examples": 10000, "strategy": "auto", "precision": "highest",
+     "data_dir": null,
+     "grid": [{"method": "sparrow", "scheme": ["sparrow", "secded", "none"], "ber": [1e-4, 1e-3]},
+              {"method": "bitflip", "ber": [1e-5, 1e-4]}]}
+
+List-valued fields of a grid entry are crossed (jaxfault.campaign.grid).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from jaxfault import engine
+from jaxfault.campaign import methods
+from jaxfault.campaign.grid import expand_grid
+from jaxfault.campaign.runner import EvalData
+from jaxfault.errors import JaxfaultError, nearest_hint
+
+DEFAULTS = {"output": "runs/campaign/results.jsonl", "checkpoint": None, "seed": 0, "trials": 20,
+            "eval_examples": 10000, "strategy": "auto", "precision": "highest", "data_dir": None}
+KNOWN_KEYS = set(DEFAULTS) | {"grid"}
+
+
+def _positive_int(config, name):
+    v = config[name]
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise JaxfaultError(f"{name} must be a positive integer, got {json.dumps(v)}")
+
+
+def _optional_str(config, name):
+    v = config[name]
+    if v is not None and not isinstance(v, str):
+        raise JaxfaultError(f"{name} must be a string path or null, got {json.dumps(v)}")
+
+
+def validate_config(config: dict) -> dict:
+    """The config with defaults filled in; every field and grid point checked (one-line errors)."""
+    if not isinstance(config, dict):
+        raise JaxfaultError("campaign config must be a JSON object")
+    for k in config:
+        if k not in KNOWN_KEYS:
+            raise JaxfaultError(f"unknown campaign config key {k!r}{nearest_hint(k, sorted(KNOWN_KEYS))}; "
+                                f"known keys: {', '.join(sorted(KNOWN_KEYS))}")
+    if "grid" not in config:
+        raise JaxfaultError("campaign config needs a 'grid' list")
+    config = {**DEFAULTS, **config}
+    _positive_int(config, "trials")
+    _positive_int(config, "eval_examples")
+    seed = config["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise JaxfaultError(f"seed must be a non-negative integer, got {json.dumps(seed)}")
+    for name in ("checkpoint", "data_dir"):
+        _optional_str(config, name)
+    if not isinstance(config["output"], str) or not config["output"]:
+        raise JaxfaultError(f"output must be a file path string, got {json.dumps(config['output'])}")
+    for name in ("strategy", "precision"):
+        if not isinstance(config[name], str):
+            raise JaxfaultError(f"{name} must be a string, got {json.dumps(config[name])}")
+    engine.resolve_strategy(config["strategy"])
+    engine.check_precision(config["precision"])
+    for point in expand_grid(config["grid"]):
+        for k, v in point.params.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise JaxfaultError(f"grid field {k!r} must be finite, got {v!r}")
+        methods.validate_point(point.params)
+    return config
+
+
+def load_config(path: str, overrides: dict | None = None) -> dict:
+    """Read a campaign config file, apply non-None overrides, validate."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise JaxfaultError(f"campaign config {path!r} does not exist") from None
+    except OSError as e:
+        raise JaxfaultError(f"cannot read campaign config {path!r}: {e.strerror}") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JaxfaultError(f"campaign config {path!r} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise JaxfaultError(f"campaign config {path!r} must be a JSON object")
+    config.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return validate_config(config)
+
+
+def load_eval_data(config: dict, log=print) -> tuple[EvalData, dict]:
+    """(EvalData, identity) for a validated config: the checkpoint (the cached default LeNet when
+    null) and the first eval_examples test images. identity describes what the numbers depend on."""
+    from jaxfault.checkpoints import load_checkpoint
+    from jaxfault.data import load_dataset
+    from jaxfault.zoo import default_classifier
+
+    ckpt_dir = config.get("checkpoint") or default_classifier(log=log)
+    ckpt = load_checkpoint(ckpt_dir)
+    data = load_dataset(ckpt.config["dataset"], data_dir=config.get("data_dir"),
+                        value_range=ckpt.config.get("value_range", "symmetric"))
+    n = min(config["eval_examples"], len(data.test_images))
+    ev = EvalData(model=ckpt.model, variables=jax.tree_util.tree_map(jnp.asarray, ckpt.variables),
+                  images=jnp.asarray(data.test_images[:n]), labels=jnp.asarray(data.test_labels[:n]))
+    identity = {"checkpoint": str(Path(ckpt.path).resolve()), "dataset": ckpt.config["dataset"],
+                "eval_examples": n, "seed": config["seed"], "trials": config["trials"],
+                "precision": config["precision"]}
+    return ev, identity

@@ -1,0 +1,121 @@
+"""Run a campaign: every unfinished grid point, its trials sharded over all devices.
+
+Points are grouped by everything but their rate; each group is one compiled program of the
+evaluation engine, sized for the group's largest rate, so a sweep over rates compiles once.
+Each point's record is appended to the results file as soon as it finishes (a kill loses at
+most the point in flight), and a resumed run skips the points already there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxfault import engine
+from jaxfault.campaign import methods
+from jaxfault.campaign.grid import GridPoint
+from jaxfault.keys import stream, trial_keys
+
+
+def trial_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named 'trials' over the given (default: all visible) devices."""
+    devices = devices if devices is not None else jax.devices()
+    return Mesh(np.array(devices), ("trials",))
+
+
+@dataclasses.dataclass
+class EvalData:
+    """What every point needs: the model, its variables and the evaluation data."""
+
+    model: Any
+    variables: dict
+    images: Any
+    labels: Any
+    batch_size: int = 1000
+
+
+@dataclasses.dataclass
+class Campaign:
+    """A validated campaign: grid points, trials per point, seed and run settings."""
+
+    points: list[GridPoint]
+    trials: int
+    seed: int
+    strategy: str = "auto"
+    precision: str = "highest"
+
+
+class ProgramCache:
+    """The compiled programs of one campaign run, one per group of points (explicit, local)."""
+
+    def __init__(self, data: EvalData, campaign: Campaign, mesh: Mesh):
+        self.data, self.campaign, self.mesh = data, campaign, mesh
+        self.bounds: dict[str, float] = {}
+        for p in campaign.points:
+            g = methods.group_key(p.params)
+            self.bounds[g] = max(self.bounds.get(g, 0.0), methods.split_point(p.params)[3])
+        self.programs: dict[str, tuple] = {}
+
+    @property
+    def compiled(self) -> int:
+        """Programs built so far (each compiles once, on its first point)."""
+        return len(self.programs)
+
+    def program_for(self, params: dict):
+        g = methods.group_key(params)
+        if g not in self.programs:
+            fm, _, _ = methods.build_point(params, self.bounds[g])
+            model, prepared, x = engine.prepare(self.data.model, self.data.variables, self.data.images, fm)
+            y = jnp.asarray(self.data.labels)
+            metric = engine.make_metric_fn(model, batch_size=min(self.data.batch_size, int(y.shape[0])))
+            prog = engine.make_trial_program(metric, fm, strategy=self.campaign.strategy,
+                                             precision=self.campaign.precision, mesh=self.mesh)
+            self.programs[g] = (prog, prepared, x, y)
+        return self.programs[g]
+
+
+def run_point(point: GridPoint, cache: ProgramCache) -> dict:
+    """Evaluate one point's trials; returns its record (without file bookkeeping)."""
+    c = cache.campaign
+    t0 = time.perf_counter()
+    prog, prepared, x, y = cache.program_for(point.params)
+    name, _, rate_name, rate, data = methods.split_point(point.params)
+    pkey = point.key(c.seed)
+    variables = methods.add_fault_data(name, data, prepared, stream(pkey, "selection"))
+    T = c.trials
+    keys = engine.shard_keys(trial_keys(pkey, T)[None], cache.mesh)
+    metrics, stats = jax.device_get(prog.run(variables, x, y, jnp.asarray([rate], jnp.float32), keys))
+    acc = np.asarray(metrics["top1"], np.float64)[0, :T]
+    realised = np.asarray(stats.get("realised_ber", np.zeros_like(acc)), np.float64)[0, :T]
+    s = engine.summarize(acc)
+    return {"point_id": point.point_id, "config": point.params, "seed": c.seed, "trials": T,
+            "accuracy": acc.tolist(), "accuracy_mean": s["mean"], "accuracy_std": s["std"],
+            "accuracy_min": s["min"], "accuracy_ci95": s["ci95"], "fault_rate": realised.tolist(),
+            "fault_rate_mean": float(realised.mean()), "seconds": time.perf_counter() - t0,
+            "devices": int(cache.mesh.devices.size)}
+
+
+def run_campaign(campaign: Campaign, data: EvalData, *, done: dict | None = None,
+                 record: Callable[[dict], None] = lambda r: None, mesh: Mesh | None = None,
+                 on_point: Callable[[dict, int, int], None] | None = None) -> tuple[list[dict], int]:
+    """Run every point not in `done` (id -> record), calling record(rec) as each finishes.
+
+    Returns (all records in grid order, number of programs compiled).
+    """
+    mesh = mesh or trial_mesh()
+    done = dict(done or {})
+    cache = ProgramCache(data, campaign, mesh)
+    todo = [p for p in campaign.points if p.point_id not in done]
+    for i, point in enumerate(todo):
+        rec = run_point(point, cache)
+        record(rec)
+        done[point.point_id] = rec
+        if on_point is not None:
+            on_point(rec, i + 1, len(todo))
+    return [done[p.point_id] for p in campaign.points], cache.compiled

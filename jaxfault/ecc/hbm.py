@@ -1,0 +1,118 @@
+"""HBM retention faults on bf16 weights stored under an ECC scheme, as a fault model.
+
+The selected float leaves (conv/dense kernels, or every float parameter) are flattened in
+tree_flatten order, truncated to bf16, zero-padded to whole blocks of the scheme and encoded;
+each stored bit cell (the scheme's `stored_mask`) is faulty with probability `rate` (the BER),
+stuck at 1 with probability `zero_to_one` and at 0 otherwise (or flipped, mode="flip"); the
+words are decoded and put back into the leaves. Evaluation runs in bf16, inputs included, as
+the Sparrow reference does. The padding never leaks into the returned weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from jaxfault import faults
+from jaxfault.bits import bf16_round_trip, pytree_to_words, words_to_pytree
+from jaxfault.ecc import SCHEMES, check_scheme_block_size, get_scheme
+from jaxfault.errors import JaxfaultError, check_probability
+from jaxfault.protocol import FaultModel, check_rate_bound
+from jaxfault.pytree import is_kernel, path_to_str
+
+MODES = ("stuck-at", "flip")
+
+
+def is_float_param(path, leaf) -> bool:
+    """Every floating-point leaf (kernels, biases, normalisation parameters)."""
+    return jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating)
+
+
+LEAF_SELECTORS = {"kernels": is_kernel, "all": is_float_param}
+
+
+def check_finite_leaves(params, select=is_kernel) -> None:
+    """JaxfaultError naming the first selected leaf holding NaN or Inf."""
+    import numpy as np
+
+    for p, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if select(p, x):
+            arr = np.asarray(jnp.asarray(x, jnp.float32))
+            bad = ~np.isfinite(arr)
+            if bad.any():
+                i = int(np.flatnonzero(bad.ravel())[0])
+                raise JaxfaultError(f"weights of {path_to_str(p)} contain {int(bad.sum())} NaN/Inf value(s), "
+                                    f"first {float(arr.ravel()[i])} at flat index {i}")
+
+
+@dataclasses.dataclass(frozen=True)
+class HBMFaults(FaultModel):
+    """Stuck-at (or flip) faults in the stored cells of bf16 weights under an ECC scheme."""
+
+    scheme: str = "sparrow"
+    block_size: int = 64
+    zero_to_one: float = 0.01
+    mode: str = "stuck-at"
+    leaves: str = "kernels"
+    compat: bool = False
+    rate_bound: float = 1e-2
+
+    rate_name: ClassVar[str] = "ber"
+    eval_dtype: ClassVar[Any] = jnp.bfloat16
+
+    def __post_init__(self):
+        SCHEMES.get(self.scheme)
+        object.__setattr__(self, "block_size", check_scheme_block_size(self.scheme, self.block_size))
+        object.__setattr__(self, "zero_to_one", check_probability("zero_to_one", self.zero_to_one))
+        if self.mode not in MODES:
+            raise JaxfaultError(f"unknown fault mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.leaves not in LEAF_SELECTORS:
+            raise JaxfaultError(f"leaves must be one of {', '.join(LEAF_SELECTORS)}, got {self.leaves!r}")
+        object.__setattr__(self, "rate_bound", check_rate_bound(self.rate_bound))
+
+    @property
+    def select(self):
+        return LEAF_SELECTORS[self.leaves]
+
+    def get_scheme(self):
+        return get_scheme(self.scheme, self.block_size, compat=self.compat)
+
+    @property
+    def stored_bits(self) -> int:
+        return self.get_scheme().stored_bits
+
+    def prepare(self, variables):
+        """Selected leaves truncated to bf16 (what the encoder stores); NaN/Inf rejected."""
+        check_finite_leaves(variables["params"], self.select)
+        params = jax.tree_util.tree_map_with_path(lambda p, x: bf16_round_trip(x) if self.select(p, x) else x,
+                                                  variables["params"])
+        return {**variables, "params": params}
+
+    def encode(self, params):
+        """(stored words, layout) of the selected leaves of params."""
+        s = self.get_scheme()
+        words, layout = pytree_to_words(params, math.lcm(s.group, s.block_size), select=self.select)
+        return s.encode(words), layout
+
+    def perturb(self, key, variables, rate):
+        s = self.get_scheme()
+        params = variables["params"]
+        encoded, layout = self.encode(params)
+        if self.mode == "stuck-at":
+            bad, st = faults.inject_stuck_at(key, encoded, rate, self.zero_to_one, s.stored_mask,
+                                             rate_bound=self.rate_bound)
+        else:
+            bad, st = faults.inject_flips(key, encoded, rate, s.stored_mask, rate_bound=self.rate_bound)
+        dec = s.decode(bad)
+        n = layout.n_values
+        changed = jnp.mean((dec[:n] != s.decode(encoded)[:n]).astype(jnp.float32))
+        new = words_to_pytree(params, dec, layout, select=self.select)
+        return {**variables, "params": new}, {**st._asdict(), "changed_fraction": changed}
+
+
+def hbm_faults(**config) -> HBMFaults:
+    """Factory: HBM retention faults under a scheme (see HBMFaults for the fields)."""
+    return HBMFaults(**config)

@@ -1,0 +1,294 @@
+"""One evaluation engine: a model under a fault model over a grid of rates x trial keys.
+
+    result = evaluate(model, variables, images, labels, fault_model, rates=[1e-4, 1e-3], keys=keys)
+    result.accuracy["top1"]   # numpy (len(rates), len(keys))
+
+Every method (HBM faults under an ECC scheme, SRAM bit errors, CiM variation, compositions of
+these) goes through the same pipe:
+
+1. ``evaluation_form(model, variables)``: the one policy for preparing a checkpoint for fault
+   evaluation. A QAT model's kernels are replaced by their fake-quantized values and the model
+   runs without re-quantizing (faulty weights are evaluated as stored).
+2. ``fault_model.prepare(variables)``: the clean form the fault model perturbs (bf16 truncation,
+   ...), then a cast to ``fault_model.eval_dtype`` (inputs too).
+3. One compiled program per (model, fault model, shapes, strategy, precision): rates are
+   traced, so a sweep compiles once; the rate axis runs as ``lax.map``, the trial axis as
+   ``vmap`` or ``lax.map`` (``resolve_strategy``), sharded over a device mesh when one is given.
+
+``strategy``: "vmap" batches trials into one computation (fast on GPU/TPU), "map" runs them
+sequentially inside one compiled loop (fast on XLA's CPU backend, where vmapping per-trial
+convolution weights is slow), "loop" is a Python loop of jitted single trials (the reference in
+tests and benchmarks), "auto" is "map" on CPU and "vmap" elsewhere.
+
+``precision``: float32 matmul/convolution precision during evaluation ("highest" by default, so
+results do not depend on the backend's fast modes such as TF32; "default" selects the backend's
+fast setting). It is applied while the program is traced and is part of jit's cache key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfault.errors import JaxfaultError, check, nearest_hint
+
+STRATEGIES = ("auto", "vmap", "map", "loop")
+PRECISIONS = ("highest", "high", "default")
+PyTree = Any
+
+
+# ------------------------------------------------------------------------------------ policies
+def resolve_strategy(strategy: str = "auto", backend: str | None = None) -> str:
+    """The one batching resolver: 'auto' -> 'map' on CPU, 'vmap' on GPU/TPU; names validated."""
+    if strategy not in STRATEGIES:
+        raise JaxfaultError(f"unknown batching strategy {strategy!r}{nearest_hint(strategy, STRATEGIES)}; "
+                            f"choose one of {', '.join(STRATEGIES)}")
+    if strategy == "auto":
+        return "map" if (backend or jax.default_backend()) == "cpu" else "vmap"
+    return strategy
+
+
+def check_precision(precision: str) -> str:
+    """Validate a float32 matmul precision name."""
+    if precision not in PRECISIONS:
+        raise JaxfaultError(f"unknown precision {precision!r}{nearest_hint(precision, PRECISIONS)}; "
+                            f"choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def precision_scope(precision: str):
+    """Context that sets float32 matmul/conv precision while tracing ('default': backend's own)."""
+    check_precision(precision)
+    if precision == "default":
+        import contextlib
+
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(precision)
+
+
+def summarize(values, axis=None) -> dict:
+    """The one summary of per-trial values: mean, std (ddof=0, the population over the trials
+    drawn), min, max and a normal-approximation 95 % confidence half-width of the mean
+    (1.96 * std / sqrt(n - 1); 0 for a single trial)."""
+    v = np.asarray(values, np.float64)
+    n = v.size if axis is None else v.shape[axis]
+    std = v.std(axis=axis)
+    ci = 1.96 * std / np.sqrt(max(n - 1, 1)) if n > 1 else np.zeros_like(std)
+    out = {"mean": v.mean(axis=axis), "std": std, "min": v.min(axis=axis), "max": v.max(axis=axis), "ci95": ci}
+    return {k: (float(x) if np.ndim(x) == 0 else np.asarray(x).tolist()) for k, x in out.items()}
+
+
+def evaluation_form(model, variables: PyTree) -> tuple[Any, PyTree]:
+    """(model, variables) as faults see them: a QAT model's conv/dense kernels replaced by their
+    fake-quantized values and the model cloned without quantization, so faulty weights are
+    evaluated as stored. Non-QAT models are returned unchanged."""
+    bits = getattr(model, "quant_bits", None)
+    if not bits:
+        return model, variables
+    from jaxfault.pytree import map_kernels
+    from jaxfault.quant import fake_quant
+
+    params = map_kernels(lambda w: fake_quant(jnp.asarray(w), bits), variables["params"])
+    return model.clone(quant_bits=None), {**variables, "params": params}
+
+
+def cast_floats(tree: PyTree, dtype) -> PyTree:
+    """Every floating leaf of a pytree cast to dtype (None: unchanged)."""
+    if dtype is None:
+        return tree
+    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+                                  else x, tree)
+
+
+def stats_dict(stats) -> dict:
+    """Flatten a fault model's stats (NamedTuple, dict, or tuple of them for compositions) into
+    {name: array}; stage i of a composition is prefixed 'stage{i}.'."""
+    if stats is None:
+        return {}
+    if hasattr(stats, "_asdict"):
+        return dict(stats._asdict())
+    if isinstance(stats, dict):
+        return dict(stats)
+    if isinstance(stats, (tuple, list)):
+        out = {}
+        for i, s in enumerate(stats):
+            out.update({f"stage{i}.{k}": v for k, v in stats_dict(s).items()})
+        return out
+    raise TypeError(f"fault-model stats must be a NamedTuple, dict or tuple, got {type(stats).__name__}")
+
+
+# ------------------------------------------------------------------------------------ the program
+def make_metric_fn(model, batch_size: int = 1000, topk: Sequence[int] = (1,)) -> Callable:
+    """fn(variables, images, labels) -> {'top1': ..., ...}: fixed-size batches under lax.scan.
+    Variables may carry extra collections (fault-model data); only the model's are applied."""
+    from jaxfault.training import make_accuracy_fn
+
+    acc = make_accuracy_fn(model, batch_size=batch_size, topk=topk)
+
+    def metric(variables, images, labels):
+        return acc({k: v for k, v in variables.items() if k in ("params", "batch_stats")}, images, labels)
+
+    return metric
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialProgram:
+    """A compiled evaluation of one (model, fault model) pair over (rates, keys).
+
+    ``run(variables, images, labels, rates, keys)`` takes the prepared variables and inputs,
+    rates of shape (R,) and keys of shape (R, T), and returns ({metric: (R, T)}, {stat: (R, T)}).
+    """
+
+    fault_model: Any
+    strategy: str
+    precision: str
+    run: Callable
+    jitted: Any          # the underlying jax.jit function (its cache holds the compiled programs)
+
+    def compiled_programs(self) -> int:
+        """How many programs this evaluation has compiled so far (1 for any number of rates)."""
+        return int(self.jitted._cache_size())
+
+
+def make_trial_program(metric_fn: Callable, fault_model, *, strategy: str = "auto", precision: str = "highest",
+                       mesh=None) -> TrialProgram:
+    """Build the jitted rates x trials program of a fault model (compiled on first call).
+
+    With a ``mesh`` (1-D, axis 'trials'), the trial axis is sharded over its devices; T must then
+    be a multiple of the device count (``evaluate`` pads it).
+    """
+    strategy = resolve_strategy(strategy)
+    check_precision(precision)
+
+    def one(variables, images, labels, rate, key):
+        faulty, stats = fault_model.perturb(key, variables, rate)
+        return metric_fn(faulty, images, labels), stats_dict(stats)
+
+    if strategy == "loop":
+        single = jax.jit(one)
+
+        def run_loop(variables, images, labels, rates, keys):
+            with precision_scope(precision):
+                rows = [[single(variables, images, labels, r, k) for k in ks] for r, ks in zip(rates, keys)]
+            return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs).reshape(keys.shape), *[o for row in rows for o in row])
+
+        return TrialProgram(fault_model, strategy, precision, run_loop, single)
+
+    def trials_of_rate(variables, images, labels, rate, ks):
+        f = lambda k: one(variables, images, labels, rate, k)  # noqa: E731
+        return jax.vmap(f)(ks) if strategy == "vmap" else jax.lax.map(f, ks)
+
+    def grid(variables, images, labels, rates, keys):
+        return jax.lax.map(lambda rk: trials_of_rate(variables, images, labels, rk[0], rk[1]), (rates, keys))
+
+    if mesh is not None:
+        from jax.sharding import PartitionSpec as P
+
+        grid = jax.shard_map(grid, mesh=mesh, in_specs=(P(), P(), P(), P(), P(None, "trials")),
+                             out_specs=P(None, "trials"), check_vma=False)
+    jitted = jax.jit(grid)
+
+    def run(variables, images, labels, rates, keys):
+        with precision_scope(precision):
+            return jitted(variables, images, labels, rates, keys)
+
+    return TrialProgram(fault_model, strategy, precision, run, jitted)
+
+
+# ------------------------------------------------------------------------------------ evaluate
+@dataclasses.dataclass
+class EvalResult:
+    """Accuracies and realised fault statistics of a rates x trials evaluation (numpy)."""
+
+    rates: np.ndarray                 # (R,)
+    metrics: dict                     # name -> (R, T), e.g. "top1"
+    stats: dict                       # name -> (R, T), e.g. "realised_ber"
+    clean: dict                       # name -> float: prepared model, no faults
+    seconds: float                    # wall time of the faulty evaluation (compilation included)
+    strategy: str
+    precision: str
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """top-1 accuracy, shape (R, T)."""
+        return self.metrics["top1"]
+
+    def summary(self, i: int) -> dict:
+        """JSON-ready summary of rate i: every metric and stat summarised over the trials."""
+        out = {k: {**summarize(v[i]), "values": [float(x) for x in v[i]]} for k, v in self.metrics.items()}
+        out.update({k: summarize(v[i]) for k, v in self.stats.items()})
+        return out
+
+
+def shard_keys(keys: jax.Array, mesh=None) -> jax.Array:
+    """Keys (R, T) padded along T to a multiple of the mesh's devices (repeating the last key;
+    the extra results are cut off by the caller) and placed with the trial axis sharded."""
+    if mesh is None:
+        return keys
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    T = keys.shape[1]
+    n_dev = int(mesh.devices.size)
+    padded = -(-T // n_dev) * n_dev
+    if padded != T:
+        keys = jnp.concatenate([keys, jnp.repeat(keys[:, -1:], padded - T, axis=1)], axis=1)
+    return jax.device_put(keys, NamedSharding(mesh, P(None, "trials")))
+
+
+def _as_rates(rates) -> np.ndarray:
+    r = np.atleast_1d(np.asarray(rates, np.float64))
+    check(r.ndim == 1 and r.size >= 1, f"rates must be a non-empty 1-D list, got shape {r.shape}")
+    check(bool(np.all(np.isfinite(r))) and bool(np.all(r >= 0)), f"rates must be finite and >= 0, got {r.tolist()}")
+    return r
+
+
+def _as_keys(keys, n_rates: int) -> jax.Array:
+    check(isinstance(keys, jax.Array) and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key),
+          f"keys must be typed JAX keys (jax.random.key / split), got {type(keys).__name__}")
+    if keys.ndim == 1:
+        return jnp.broadcast_to(keys[None], (n_rates, keys.shape[0]))
+    check(keys.ndim == 2 and keys.shape[0] == n_rates, f"keys must have shape (T,) or ({n_rates}, T), got {keys.shape}")
+    return keys
+
+
+def prepare(model, variables, images, fault_model):
+    """(model, prepared variables, images) in the fault model's evaluation form and dtype."""
+    model, variables = evaluation_form(model, variables)
+    variables = cast_floats(fault_model.prepare(variables), fault_model.eval_dtype)
+    images = jnp.asarray(images)
+    if fault_model.eval_dtype is not None:
+        images = images.astype(fault_model.eval_dtype)
+    return model, variables, images
+
+
+def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys: jax.Array, *,
+             strategy: str = "auto", precision: str = "highest", batch_size: int = 1000,
+             topk: Sequence[int] = (1,), mesh=None, program: TrialProgram | None = None) -> EvalResult:
+    """Evaluate `model` under `fault_model` at every rate for every trial key.
+
+    keys: typed keys of shape (T,) (the same trials at every rate: common random numbers, which
+    makes sweeps smooth) or (R, T). The fault model is sized for the largest rate
+    (``with_rate_bound``), so the whole grid is one compiled program. Returns an EvalResult
+    whose arrays have shape (R, T); ``clean`` is the prepared model without faults.
+    """
+    rates = _as_rates(rates)
+    keys = _as_keys(keys, rates.size)
+    fm = fault_model.with_rate_bound(float(rates.max())) if program is None else program.fault_model
+    eval_model, prepared, x = prepare(model, variables, images, fm)
+    y = jnp.asarray(labels)
+    metric_fn = make_metric_fn(eval_model, batch_size=min(batch_size, int(y.shape[0])), topk=topk)
+    with precision_scope(precision):
+        clean = {k: float(v) for k, v in jax.jit(metric_fn)(prepared, x, y).items()}
+    program = program or make_trial_program(metric_fn, fm, strategy=strategy, precision=precision, mesh=mesh)
+    T = keys.shape[1]
+    keys = shard_keys(keys, mesh)
+    t0 = time.perf_counter()
+    metrics, stats = program.run(prepared, x, y, jnp.asarray(rates, jnp.float32), keys)
+    metrics, stats = jax.device_get((metrics, stats))
+    seconds = time.perf_counter() - t0
+    cut = lambda d: {k: np.asarray(v)[:, :T] for k, v in d.items()}  # noqa: E731
+    return EvalResult(rates, cut(metrics), cut(stats), clean, seconds, program.strategy, precision)

@@ -1,0 +1,158 @@
+"""The fault-model registry, composition, and the plain fp32 bit-flip model.
+
+Every fault model is built by name from `FAULT_MODELS`, whose entries say what their rate is
+and which configuration fields they take, so campaigns, plans and CLIs need no per-method code:
+
+    fm = build_fault_model("hbm", scheme="sparrow", zero_to_one=0.01)
+
+Composition applies several fault models to one model in one trial:
+
+    fm = compose(build_fault_model("hbm", scheme="sparrow"), build_fault_model("sram", bits=8))
+    variables, stats = fm.perturb(key, variables, jnp.array([1e-6, 1e-2]))
+
+Stage i gets the key ``fold_in(trial_key, i)`` and ``rate[i]``, and sees the variables that
+stage i - 1 produced: stages are given in the order the data flows through the memory
+hierarchy (HBM words -> SRAM buffers -> compute array). Each stage's ``prepare`` is applied in
+order, and the composition is evaluated in the dtype of the first stage that sets one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from jaxfault.errors import JaxfaultError, check_probability
+from jaxfault.protocol import FaultModel, Registry, check_rate_bound
+from jaxfault.pytree import map_kernels_with_index
+
+FAULT_MODELS = Registry("fault model")
+
+
+def register_fault_model(name: str, factory, *, rate_name: str, method: str | None = None,
+                         description: str = "") -> None:
+    """Register factory(**config) -> FaultModel; `method` is the campaign/CLI alias, if any."""
+    FAULT_MODELS.register(name, factory, rate_name=rate_name, method=method or name, description=description)
+
+
+def build_fault_model(name: str, **config) -> FaultModel:
+    """A fault model by registered name (or campaign method alias) and its configuration."""
+    return FAULT_MODELS.get(resolve_name(name)).factory(**config)
+
+
+def resolve_name(name: str) -> str:
+    """Registered name for a name or a campaign method alias."""
+    if name in FAULT_MODELS:
+        return name
+    for n in FAULT_MODELS.names():
+        if FAULT_MODELS.get(n).info["method"] == name:
+            return n
+    FAULT_MODELS.get(name)  # raises the one-line error listing the names
+    return name
+
+
+def config_fields(name: str) -> tuple[str, ...]:
+    """The configuration fields a registered fault model's factory takes."""
+    default = FAULT_MODELS.get(resolve_name(name)).factory()
+    return tuple(f.name for f in dataclasses.fields(default))
+
+
+# ------------------------------------------------------------------------------------ composition
+@dataclasses.dataclass(frozen=True)
+class Composed(FaultModel):
+    """Several fault models applied one after the other in one trial (see module docstring)."""
+
+    stages: tuple
+
+    rate_name: ClassVar[str] = "rates"
+
+    def __post_init__(self):
+        stages = tuple(self.stages)
+        if not stages or not all(isinstance(s, FaultModel) for s in stages):
+            raise JaxfaultError("compose needs at least one fault model")
+        object.__setattr__(self, "stages", stages)
+
+    @property
+    def eval_dtype(self):  # type: ignore[override]
+        return next((s.eval_dtype for s in self.stages if s.eval_dtype is not None), None)
+
+    def prepare(self, variables):
+        for s in self.stages:
+            variables = s.prepare(variables)
+        return variables
+
+    def perturb(self, key, variables, rate):
+        rate = jnp.asarray(rate)
+        stats = []
+        for i, s in enumerate(self.stages):
+            variables, st = s.perturb(jax.random.fold_in(key, i), variables, rate[i])
+            stats.append(st)
+        return variables, tuple(stats)
+
+    def with_rate_bound(self, rate_bound) -> "Composed":
+        bounds = jnp.broadcast_to(jnp.asarray(rate_bound), (len(self.stages),))
+        return Composed(tuple(s.with_rate_bound(float(b)) for s, b in zip(self.stages, bounds)))
+
+
+def compose(*stages: FaultModel) -> Composed:
+    """One fault model that applies `stages` in order; its rate is a vector, one per stage."""
+    return Composed(tuple(stages))
+
+
+# ------------------------------------------------------------------------------------ bit flips
+@dataclasses.dataclass(frozen=True)
+class BitFlips(FaultModel):
+    """Transient XOR bit flips in every bit of the fp32 conv/dense kernels, no protection."""
+
+    rate_bound: float = 1e-2
+
+    rate_name: ClassVar[str] = "ber"
+
+    def __post_init__(self):
+        object.__setattr__(self, "rate_bound", check_rate_bound(self.rate_bound))
+
+    def perturb(self, key, variables, rate):
+        from jaxfault import faults
+
+        counts = []
+
+        def flip(i, w):
+            words = jax.lax.bitcast_convert_type(w.astype(jnp.float32), jnp.uint32).ravel()
+            bad, st = faults.inject_flips(jax.random.fold_in(key, i), words, rate, rate_bound=self.rate_bound)
+            counts.append((st.n_faults, st.n_cells))
+            return jax.lax.bitcast_convert_type(bad, jnp.float32).reshape(w.shape).astype(w.dtype)
+
+        params = map_kernels_with_index(flip, variables["params"])
+        nf = sum(c[0] for c in counts)
+        cells = sum(c[1] for c in counts)
+        return {**variables, "params": params}, faults.FaultStats(
+            nf, jnp.int32(0) * nf, cells, nf.astype(jnp.float32) / jnp.maximum(cells, 1.0), jnp.float32(0.0))
+
+
+def _hbm(**config):
+    from jaxfault.ecc.hbm import HBMFaults
+
+    return HBMFaults(**config)
+
+
+def _sram(**config):
+    from jaxfault.neuralfuse.faults import SRAMBitErrors
+
+    return SRAMBitErrors(**config)
+
+
+def _cim(**config):
+    from jaxfault.swim import CiMVariation
+
+    return CiMVariation(**config)
+
+
+register_fault_model("hbm", _hbm, rate_name="ber", method="sparrow",
+                     description="HBM retention faults on bf16 weights under an ECC scheme (Sparrow, SEC-DED, none)")
+register_fault_model("sram", _sram, rate_name="ber", method="neuralfuse",
+                     description="low-voltage SRAM bit errors on quantized kernels (NeuralFuse)")
+register_fault_model("cim", _cim, rate_name="dev_var", method="swim",
+                     description="compute-in-memory device variation with a write-verify mask (SWIM)")
+register_fault_model("bitflip", BitFlips, rate_name="ber",
+                     description="transient XOR bit flips in every bit of the fp32 kernels")
