@@ -1,5 +1,50 @@
-"""jaxfault: fault injection, protection and energy for deep networks, in JAX/Flax."""
+"""jaxfault: fault injection, protection and energy for deep networks, in JAX/Flax.
 
-__version__ = "0.1.0"
+The main entry points:
+
+    import jaxfault
+    fm = jaxfault.hbm_faults(scheme="sparrow")                 # or sram_bit_errors, cim_variation
+    res = jaxfault.evaluate(model, variables, images, labels, fm, rates=[1e-4, 1e-3],
+                            keys=jax.random.split(jax.random.key(0), 20))
+    res.accuracy                                               # (rates, trials)
+
+`compose(...)` stacks fault models across the memory hierarchy; `build_fault_model(name, ...)`
+builds one by registered name; `register_scheme` / `register_fault_model` extend the registries
+(docs/extending.md).
+"""
+
+__version__ = "0.2.0"
 
 from jaxfault.errors import JaxfaultError  # noqa: E402,F401
+from jaxfault.protocol import FaultModel  # noqa: E402,F401
+from jaxfault.engine import EvalResult, evaluate, evaluation_form, summarize  # noqa: E402,F401
+from jaxfault.fault_models import (  # noqa: E402,F401
+    FAULT_MODELS, BitFlips, Composed, build_fault_model, compose, register_fault_model)
+from jaxfault.ecc import SCHEMES, Scheme, get_scheme, register_scheme  # noqa: E402,F401
+from jaxfault.ecc.hbm import HBMFaults, hbm_faults  # noqa: E402,F401
+
+_LAZY = {
+    "sram_bit_errors": ("jaxfault.neuralfuse.faults", "sram_bit_errors"),
+    "SRAMBitErrors": ("jaxfault.neuralfuse.faults", "SRAMBitErrors"),
+    "cim_variation": ("jaxfault.swim", "cim_variation"),
+    "CiMVariation": ("jaxfault.swim", "CiMVariation"),
+    "write_verify_mask": ("jaxfault.swim", "write_verify_mask"),
+    "create_model": ("jaxfault.models", "create_model"),
+    "load_checkpoint": ("jaxfault.checkpoints", "load_checkpoint"),
+    "load_dataset": ("jaxfault.data", "load_dataset"),
+}
+
+
+def __getattr__(name):
+    """Entry points whose modules import more (models, data, NeuralFuse, SWIM) load on first use."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'jaxfault' has no attribute {name!r}")
+
+
+__all__ = ["JaxfaultError", "FaultModel", "EvalResult", "evaluate", "evaluation_form", "summarize",
+           "FAULT_MODELS", "BitFlips", "Composed", "build_fault_model", "compose", "register_fault_model",
+           "SCHEMES", "Scheme", "get_scheme", "register_scheme", "HBMFaults", "hbm_faults", *_LAZY]

@@ -158,6 +158,8 @@ def make_trial_program(metric_fn: Callable, fault_model, *, strategy: str = "aut
                        mesh=None) -> TrialProgram:
     """Build the jitted rates x trials program of a fault model (compiled on first call).
 
+    The program runs ``metric_fn(perturbed variables, images, labels)`` for every rate and key.
+
     With a ``mesh`` (1-D, axis 'trials'), the trial axis is sharded over its devices; T must then
     be a multiple of the device count (``evaluate`` pads it).
     """
@@ -204,7 +206,7 @@ def make_trial_program(metric_fn: Callable, fault_model, *, strategy: str = "aut
 class EvalResult:
     """Accuracies and realised fault statistics of a rates x trials evaluation (numpy)."""
 
-    rates: np.ndarray                 # (R,)
+    rates: np.ndarray                 # (R,) or (R, stages)
     metrics: dict                     # name -> (R, T), e.g. "top1"
     stats: dict                       # name -> (R, T), e.g. "realised_ber"
     clean: dict                       # name -> float: prepared model, no faults
@@ -241,7 +243,8 @@ def shard_keys(keys: jax.Array, mesh=None) -> jax.Array:
 
 def _as_rates(rates) -> np.ndarray:
     r = np.atleast_1d(np.asarray(rates, np.float64))
-    check(r.ndim == 1 and r.size >= 1, f"rates must be a non-empty 1-D list, got shape {r.shape}")
+    check(r.ndim in (1, 2) and r.size >= 1,
+          f"rates must be a non-empty list (or a list of per-stage rate vectors), got shape {r.shape}")
     check(bool(np.all(np.isfinite(r))) and bool(np.all(r >= 0)), f"rates must be finite and >= 0, got {r.tolist()}")
     return r
 
@@ -270,6 +273,7 @@ def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys:
              topk: Sequence[int] = (1,), mesh=None, program: TrialProgram | None = None) -> EvalResult:
     """Evaluate `model` under `fault_model` at every rate for every trial key.
 
+    rates: shape (R,), or (R, S) for a composition of S stages (one rate per stage).
     keys: typed keys of shape (T,) (the same trials at every rate: common random numbers, which
     makes sweeps smooth) or (R, T). The fault model is sized for the largest rate
     (``with_rate_bound``), so the whole grid is one compiled program. Returns an EvalResult
@@ -277,7 +281,9 @@ def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys:
     """
     rates = _as_rates(rates)
     keys = _as_keys(keys, rates.size)
-    fm = fault_model.with_rate_bound(float(rates.max())) if program is None else program.fault_model
+    bound = rates.max(axis=0)
+    fm = (fault_model.with_rate_bound(float(bound) if bound.ndim == 0 else bound)
+          if program is None else program.fault_model)
     eval_model, prepared, x = prepare(model, variables, images, fm)
     y = jnp.asarray(labels)
     metric_fn = make_metric_fn(eval_model, batch_size=min(batch_size, int(y.shape[0])), topk=topk)

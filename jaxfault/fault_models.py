@@ -91,7 +91,9 @@ class Composed(FaultModel):
         return variables, tuple(stats)
 
     def with_rate_bound(self, rate_bound) -> "Composed":
-        bounds = jnp.broadcast_to(jnp.asarray(rate_bound), (len(self.stages),))
+        import numpy as np
+
+        bounds = np.broadcast_to(np.asarray(rate_bound, np.float64), (len(self.stages),))
         return Composed(tuple(s.with_rate_bound(float(b)) for s, b in zip(self.stages, bounds)))
 
 
