@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 
 from jaxfault import campaign as cp
-from jaxfault.campaign import results
+from jaxfault.campaign import distributed, results
 from jaxfault.campaign.report import format_table, plot_records
 from jaxfault.cli import ArgumentParser, run_main
 
@@ -24,12 +24,21 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--trials", type=int, default=None, help="trials per point, overriding the config's (default: the config's)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the grid size, run nothing, write nothing")
     p.add_argument("--plot", default=None, help="PNG of accuracy vs rate, one line per method/scheme (default: none)")
+    g = p.add_argument_group("several processes (jax.distributed; only process 0 writes)")
+    g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0's coordinator (default: one process)")
+    g.add_argument("--num-processes", type=int, default=None, help="number of processes (default: one process)")
+    g.add_argument("--process-id", type=int, default=None, help="this process's id, 0-based (default: one process)")
+    g.add_argument("--distributed-auto", action="store_true",
+                   help="let JAX detect the processes from the environment: SLURM, Cloud TPU (default: off)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config = cp.load_config(args.config, {"output": args.output, "trials": args.trials})
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed_auto)
+    writer = distributed.is_writer()
+    say = print if writer else (lambda *a, **k: None)
     points = cp.expand_grid(config["grid"])
     output = Path(config["output"])
     groups = len({cp.group_key(p.params) for p in points})

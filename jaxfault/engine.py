@@ -185,6 +185,8 @@ def make_trial_program(metric_fn: Callable, fault_model, *, strategy: str = "aut
         return jax.vmap(f)(ks) if strategy == "vmap" else jax.lax.map(f, ks)
 
     def grid(variables, images, labels, rates, keys):
+        if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+            keys = jax.random.wrap_key_data(keys)      # raw key data of a multi-process global array
         return jax.lax.map(lambda rk: trials_of_rate(variables, images, labels, rk[0], rk[1]), (rates, keys))
 
     if mesh is not None:
@@ -195,6 +197,14 @@ def make_trial_program(metric_fn: Callable, fault_model, *, strategy: str = "aut
     jitted = jax.jit(grid)
 
     def run(variables, images, labels, rates, keys):
+        if mesh is not None and multi_process():
+            # replicated inputs travel as host values; the sharded result is gathered on every process
+            from jax.experimental import multihost_utils
+
+            variables, images, labels, rates = jax.device_get((variables, images, labels, rates))
+            with precision_scope(precision):
+                out = jitted(variables, images, labels, rates, keys)
+            return multihost_utils.process_allgather(out, tiled=True)
         with precision_scope(precision):
             return jitted(variables, images, labels, rates, keys)
 
@@ -238,7 +248,18 @@ def shard_keys(keys: jax.Array, mesh=None) -> jax.Array:
     padded = -(-T // n_dev) * n_dev
     if padded != T:
         keys = jnp.concatenate([keys, jnp.repeat(keys[:, -1:], padded - T, axis=1)], axis=1)
-    return jax.device_put(keys, NamedSharding(mesh, P(None, "trials")))
+    sharding = NamedSharding(mesh, P(None, "trials"))
+    if multi_process():
+        # every process holds the same keys; each contributes the shards of its own devices
+        data = np.asarray(jax.random.key_data(keys))
+        return jax.make_array_from_callback(data.shape, NamedSharding(mesh, P(None, "trials", None)),
+                                            lambda idx: data[idx])
+    return jax.device_put(keys, sharding)
+
+
+def multi_process() -> bool:
+    """True when this program is one of several JAX processes (jax.distributed.initialize)."""
+    return jax.process_count() > 1
 
 
 def _as_rates(rates) -> np.ndarray:
