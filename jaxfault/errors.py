@@ -35,7 +35,7 @@ def nearest_hint(name, choices) -> str:
 def plain(value):
     """value with numpy/JAX scalars and arrays turned into Python numbers and lists, so that
     messages print 0.5 rather than np.float64(0.5); other values are returned unchanged."""
-    if isinstance(value, (str, bytes, bool, int, float)) or value is None:
+    if type(value) in (str, bytes, bool, int, float) or value is None:  # np.float64 subclasses float
         return value
     if isinstance(value, dict):
         return {plain(k): plain(v) for k, v in value.items()}
