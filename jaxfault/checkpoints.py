@@ -1,26 +1,45 @@
-"""Checkpoints: orbax for the arrays plus a small JSON (kind, config, metrics).
+"""Checkpoints: one .npy file per array, a SHA-256 of each, and a small JSON (kind, config, metrics).
 
-Layout of a checkpoint directory DIR:
-    DIR/variables/     orbax StandardCheckpointer tree ({'params', maybe 'batch_stats'} or any pytree)
-    DIR/jaxfault.json  {"format": 1, "kind": ..., "config": {...}, "metrics": {...}}
-The JSON is written last and atomically, so a directory without it is an incomplete checkpoint.
+Layout of a checkpoint directory DIR (format 2):
+    DIR/jaxfault.json          {"format": 2, "kind", "config", "metrics", "arrays_dir",
+                                "arrays": [{"path": [key, ...], "file", "dtype", "shape", "sha256"}, ...]}
+    DIR/arrays-<id>/NNNNN.npy  the arrays of a nested dict of arrays ({'params', maybe 'batch_stats'}
+                               or any dict tree), one file each, named by position
+
+Integrity: every array file's SHA-256 is recorded in jaxfault.json and verified on load, so flipped
+bytes, truncation and deleted files are one-line errors naming the file.
+
+Atomic replacement: a save writes the arrays into a new arrays-<id> folder (files fsynced), then
+replaces jaxfault.json atomically to point at it, and only then removes the arrays folder of the
+checkpoint it replaced. A kill at any instant leaves jaxfault.json naming a complete set of arrays:
+the old one or the new one. Nothing else in DIR is touched, except folders this module wrote (an
+older save's arrays-<id> folders that carry this module's marker file, and the format-1 orbax
+'variables' folder of a checkpoint this one replaces).
+
+Format 1 (orbax tree in DIR/variables/, no checksums) is still read.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io as _io
 import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from jaxfault.errors import JaxfaultError
-from jaxfault.io import atomic_write_json
+from jaxfault.errors import JaxfaultError, one_line
+from jaxfault.io import atomic_write_json, current_umask, fsync_dir
 
 META_FILE = "jaxfault.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+ARRAYS_PREFIX = "arrays-"
+ARRAYS_MARKER = ".jaxfault-arrays"  # marks an arrays folder as written by save_checkpoint
+LEGACY_VARIABLES = "variables"
 
 
 @dataclasses.dataclass
@@ -34,27 +53,106 @@ class Checkpoint:
     path: Path
 
 
-def save_checkpoint(directory, variables, config: dict, metrics: dict | None = None) -> Path:
-    """Save variables (any pytree of arrays) and the JSON metadata into directory (replaced if present)."""
-    import orbax.checkpoint as ocp
+def _flatten(tree, prefix=()) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """(key path, array) pairs of a nested dict of arrays, in sorted key order."""
+    if isinstance(tree, dict):
+        if not tree and prefix:
+            return [(prefix, None)]  # an empty sub-dict (e.g. no batch_stats) is kept as such
+        out = []
+        for k in sorted(tree, key=str):
+            if not isinstance(k, str):
+                raise JaxfaultError(f"checkpoint keys must be strings, got {k!r} at {'/'.join(prefix) or 'the root'}")
+            out.extend(_flatten(tree[k], prefix + (k,)))
+        return out
+    if hasattr(tree, "items") and not hasattr(tree, "shape"):  # FrozenDict and other mappings
+        return _flatten(dict(tree.items()), prefix)
+    if tree is None or isinstance(tree, (list, tuple)):
+        raise JaxfaultError(f"checkpoint trees are nested dicts of arrays; {'/'.join(prefix)} is a {type(tree).__name__}")
+    return [(prefix, np.asarray(tree))]
 
+
+def _unflatten(pairs) -> dict:
+    root: dict = {}
+    for path, arr in pairs:
+        node = root
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = {} if arr is None else arr
+    return root
+
+
+def sha256_file(path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_array(path: Path, arr: np.ndarray, mode: int) -> str:
+    buf = _io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    data = buf.getvalue()
+    with open(path, "wb") as f:
+        os.fchmod(f.fileno(), mode)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_meta_quiet(directory: Path) -> dict | None:
+    try:
+        data = json.loads((directory / META_FILE).read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def save_checkpoint(directory, variables, config: dict, metrics: dict | None = None) -> Path:
+    """Save variables (a nested dict of arrays) and the JSON metadata into directory, atomically
+    replacing a checkpoint already there (see the module docstring); return the directory."""
     directory = Path(directory).absolute()
     if "kind" not in config:
         raise JaxfaultError("checkpoint config needs a 'kind' entry")
-    directory.mkdir(parents=True, exist_ok=True)
-    meta = directory / META_FILE
-    if meta.exists():
-        meta.unlink()  # the directory is incomplete until the new JSON lands
-    target = directory / "variables"
-    if target.exists():
-        shutil.rmtree(target)
-    host = jax.tree_util.tree_map(np.asarray, variables)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(target, host)
-    ckptr.wait_until_finished()
-    atomic_write_json(meta, {"format": FORMAT_VERSION, "kind": config["kind"], "config": config,
-                             "metrics": metrics or {}})
+    pairs = _flatten(jax_to_host(variables))
+    if directory.exists() and not directory.is_dir():
+        raise JaxfaultError(f"cannot save a checkpoint to {directory}: it is a file")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise JaxfaultError(f"cannot save a checkpoint to {directory}: a parent of it is a file") from None
+    old = _read_meta_quiet(directory)
+    arrays_dir = f"{ARRAYS_PREFIX}{uuid.uuid4().hex[:12]}"
+    target = directory / arrays_dir
+    target.mkdir()
+    (target / ARRAYS_MARKER).write_bytes(b"")
+    mode = 0o666 & ~current_umask()
+    entries, empty = [], [list(path) for path, arr in pairs if arr is None]
+    for i, (path, arr) in enumerate((path, arr) for path, arr in pairs if arr is not None):
+        name = f"{i:05d}.npy"
+        digest = _write_array(target / name, arr, mode)
+        entries.append({"path": list(path), "file": f"{arrays_dir}/{name}", "dtype": arr.dtype.str,
+                        "shape": list(arr.shape), "sha256": digest})
+    fsync_dir(target)
+    atomic_write_json(directory / META_FILE, {
+        "format": FORMAT_VERSION, "kind": config["kind"], "config": config, "metrics": metrics or {},
+        "arrays_dir": arrays_dir, "arrays": entries, "empty_dicts": empty})
+    # the new checkpoint is complete and in force: remove what the replaced one (or killed saves) left
+    for child in directory.iterdir():
+        if child.name.startswith(ARRAYS_PREFIX) and child.name != arrays_dir and (child / ARRAYS_MARKER).exists():
+            shutil.rmtree(child, ignore_errors=True)
+    if old is not None and old.get("format") == 1 and (directory / LEGACY_VARIABLES).is_dir():
+        shutil.rmtree(directory / LEGACY_VARIABLES, ignore_errors=True)
     return directory
+
+
+def jax_to_host(tree):
+    """A nested dict of device arrays as numpy arrays (dict structure kept)."""
+    if isinstance(tree, dict) or (hasattr(tree, "items") and not hasattr(tree, "shape")):
+        return {k: jax_to_host(v) for k, v in tree.items()}
+    return tree if tree is None or isinstance(tree, (list, tuple)) else np.asarray(tree)
 
 
 def read_metadata(directory) -> dict:
@@ -62,33 +160,114 @@ def read_metadata(directory) -> dict:
     directory = Path(directory)
     if not directory.exists():
         raise JaxfaultError(f"checkpoint {directory} does not exist")
+    if not directory.is_dir():
+        raise JaxfaultError(f"checkpoint {directory} is a file, not a checkpoint directory")
     meta = directory / META_FILE
     if not meta.is_file():
         raise JaxfaultError(f"{directory} is not a complete jaxfault checkpoint (no {META_FILE})")
     try:
         data = json.loads(meta.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise JaxfaultError(f"checkpoint metadata {meta} is corrupt: {e}") from None
-    if not isinstance(data, dict) or "kind" not in data or "config" not in data:
+        raise JaxfaultError(f"checkpoint metadata {meta} is corrupt: {one_line(e)}") from None
+    if not isinstance(data, dict) or "kind" not in data or not isinstance(data.get("config"), dict):
         raise JaxfaultError(f"checkpoint metadata {meta} is corrupt: missing 'kind' or 'config'")
+    fmt = data.get("format", 1)
+    if fmt not in (1, 2):
+        raise JaxfaultError(f"checkpoint {directory} has format {fmt!r}; this jaxfault reads formats 1 and 2")
+    if fmt == 2 and not isinstance(data.get("arrays"), list):
+        raise JaxfaultError(f"checkpoint metadata {meta} is corrupt: no 'arrays' list")
     return data
 
 
-def load_checkpoint(directory, kind: str = "classifier") -> Checkpoint:
-    """Load a checkpoint of the given kind; for 'classifier' also rebuild and verify the model."""
+def _load_arrays_v2(directory: Path, meta: dict) -> dict:
+    pairs = []
+    for entry in meta["arrays"]:
+        try:
+            rel, path, digest = entry["file"], tuple(entry["path"]), entry["sha256"]
+            dtype, shape = np.dtype(entry["dtype"]), tuple(entry["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise JaxfaultError(f"checkpoint metadata {directory / META_FILE} is corrupt: bad array entry") from None
+        f = directory / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise JaxfaultError(f"checkpoint metadata {directory / META_FILE} is corrupt: array file {rel!r}")
+        try:
+            data = f.read_bytes()
+        except FileNotFoundError:
+            raise JaxfaultError(f"checkpoint array file {f} is missing") from None
+        except OSError as e:
+            raise JaxfaultError(f"checkpoint array file {f} cannot be read: {one_line(e)}") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise JaxfaultError(f"checkpoint array file {f} is damaged (its SHA-256 differs from the one "
+                                f"recorded in {META_FILE})")
+        try:
+            arr = np.load(_io.BytesIO(data), allow_pickle=False)
+        except Exception as e:  # a file whose checksum matches but is not an array: written by hand
+            raise JaxfaultError(f"checkpoint array file {f} is not a numpy array: {one_line(e)}") from None
+        if arr.dtype != dtype or arr.shape != shape:
+            raise JaxfaultError(f"checkpoint array file {f} holds {arr.dtype}{list(arr.shape)}, "
+                                f"{META_FILE} says {dtype}{list(shape)}")
+        pairs.append((path, arr))
+    for path in meta.get("empty_dicts", []):
+        pairs.append((tuple(path), None))
+    return _unflatten(pairs)
+
+
+def _silence_closed_event_loop_reports() -> None:
+    """After a failed orbax restore, tensorstore reads still in flight complete later and call back
+    into orbax's finished event loop; Python reports each 'RuntimeError: Event loop is closed'
+    through sys.unraisablehook as a traceback after the one-line error. That report says nothing
+    about the checkpoint, so this drops exactly that exception and passes every other one on."""
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxfault_drops_closed_loop", False):
+        return
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._jaxfault_drops_closed_loop = True
+    sys.unraisablehook = hook
+
+
+def _load_arrays_v1(directory: Path) -> dict:
+    """Format 1: an orbax StandardCheckpointer tree in DIR/variables (no checksums)."""
     import orbax.checkpoint as ocp
+
+    target = directory / LEGACY_VARIABLES
+    if not target.is_dir():
+        raise JaxfaultError(f"checkpoint arrays in {target} cannot be read (the folder is missing)")
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        variables = ckptr.restore(target)
+    except Exception as e:  # orbax raises a variety of errors for damaged trees
+        _silence_closed_event_loop_reports()
+        raise JaxfaultError(f"checkpoint arrays in {target} cannot be read "
+                            f"({type(e).__name__}: {one_line(e)[:160]})") from None
+    finally:
+        try:
+            ckptr.close()
+        except Exception:  # closing a checkpointer whose restore failed must not mask the error
+            pass
+    return jax_to_host(variables)
+
+
+def load_checkpoint(directory, kind: str = "classifier") -> Checkpoint:
+    """Load a checkpoint of the given kind, verifying every array's checksum; for 'classifier' also
+    rebuild the model and check that the arrays fit it."""
+    import jax
 
     directory = Path(directory).absolute()
     meta = read_metadata(directory)
     if meta["kind"] != kind:
         raise JaxfaultError(f"checkpoint {directory} holds a {meta['kind']!r}, expected a {kind!r}")
     config = meta["config"]
-    try:
-        variables = ocp.StandardCheckpointer().restore(directory / "variables")
-    except Exception as e:  # orbax raises a variety of errors for damaged trees
-        raise JaxfaultError(f"checkpoint arrays in {directory / 'variables'} cannot be read "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
-    variables = jax.tree_util.tree_map(np.asarray, variables)
+    if meta.get("format", 1) == 2:
+        variables = _load_arrays_v2(directory, meta)
+    else:
+        variables = _load_arrays_v1(directory)
     model = None
     if kind == "classifier":
         from jaxfault.models import create_model, init_variables
@@ -105,3 +284,21 @@ def load_checkpoint(directory, kind: str = "classifier") -> Checkpoint:
                                 f"with input {tuple(config['input_shape'])} (parameters differ)")
     return Checkpoint(model=model, variables=dict(variables), config=config, metrics=meta.get("metrics", {}),
                       path=directory)
+
+
+def is_checkpoint(directory) -> bool:
+    """Whether directory holds a jaxfault checkpoint (its jaxfault.json exists)."""
+    return (Path(directory) / META_FILE).is_file()
+
+
+def checkpoint_digest(directory) -> str:
+    """A SHA-256 identifying a checkpoint's contents: of its arrays' checksums (format 2) or of its
+    jaxfault.json (format 1), for recording which checkpoint produced a result."""
+    meta = read_metadata(directory)
+    h = hashlib.sha256()
+    if meta.get("format", 1) == 2:
+        for e in meta["arrays"]:
+            h.update(("/".join(e["path"]) + ":" + e["sha256"] + "\n").encode())
+    else:
+        h.update((Path(directory) / META_FILE).read_bytes())
+    return h.hexdigest()

@@ -16,11 +16,11 @@ def check_probability(name: str, value: float, *, closed_upper: bool = True) -> 
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise JaxfaultError(f"{name} must be a number, got {value!r}") from None
+        raise JaxfaultError(f"{name} must be a number, got {plain(value)!r}") from None
     upper_ok = v <= 1.0 if closed_upper else v < 1.0
     if not (v >= 0.0 and upper_ok):  # also rejects NaN
         interval = "[0, 1]" if closed_upper else "[0, 1)"
-        raise JaxfaultError(f"{name} must be in {interval}, got {value!r}")
+        raise JaxfaultError(f"{name} must be in {interval}, got {plain(value)!r}")
     return v
 
 
@@ -30,3 +30,25 @@ def nearest_hint(name, choices) -> str:
 
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def plain(value):
+    """value with numpy/JAX scalars and arrays turned into Python numbers and lists, so that
+    messages print 0.5 rather than np.float64(0.5); other values are returned unchanged."""
+    if type(value) in (str, bytes, bool, int, float) or value is None:  # np.float64 subclasses float
+        return value
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    if hasattr(value, "__array__") or type(value).__module__ == "numpy":
+        import numpy as np
+
+        arr = np.asarray(value)
+        return arr.item() if arr.ndim == 0 else arr.tolist()
+    return value
+
+
+def one_line(text) -> str:
+    """text on one line (newlines folded), for error messages that quote other errors."""
+    return " ".join(str(text).split())

@@ -1,4 +1,5 @@
-"""Atomic result files: write to a temporary sibling, fsync, then rename over the target."""
+"""Output files: validated before any work, written atomically (temporary sibling, fsync, rename),
+created with the permissions the umask allows."""
 from __future__ import annotations
 
 import json
@@ -7,14 +8,78 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from jaxfault.errors import JaxfaultError
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _first_existing_ancestor(path: Path) -> Path:
+    for parent in path.parents:
+        if parent.exists() or parent == parent.parent:
+            return parent
+    return Path(path.anchor or ".")
+
+
+def check_output_path(path, *, overwrite: bool = False, kind: str = "file", flag: str | None = None) -> Path:
+    """Validate an output path before any work is done and return it as a Path; create nothing.
+
+    kind "file": the target must not be a directory; an existing file is refused unless overwrite.
+    kind "dir": the target must not be a file; an existing non-empty directory is refused unless
+    overwrite. In both cases the nearest existing ancestor must be a writable directory (not a
+    file), so that the write at the end cannot fail for a reason known at the start.
+    flag (e.g. "--json") prefixes the one-line JaxfaultError.
+    """
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
+    what = f"{flag} " if flag else ""
+    if path is None or str(path) == "":
+        raise JaxfaultError(f"{what}needs a path, got an empty one")
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        if kind == "file" and p.is_dir():
+            raise JaxfaultError(f"{what}{p} is a directory, expected a file path")
+        if kind == "dir" and not p.is_dir():
+            raise JaxfaultError(f"{what}{p} is a file, expected a directory")
+        if not overwrite:
+            if kind == "file":
+                raise JaxfaultError(f"{what}{p} already exists (pass --overwrite to replace it)")
+            if any(p.iterdir()):
+                raise JaxfaultError(f"{what}{p} already exists and is not empty (pass --overwrite to replace it)")
+        writable_dir = p if kind == "dir" else p.parent
+    else:
+        writable_dir = _first_existing_ancestor(p.absolute())
+        if not writable_dir.is_dir():
+            raise JaxfaultError(f"{what}cannot create {p}: {writable_dir} is a file, not a directory")
+    if not os.access(writable_dir, os.W_OK | os.X_OK):
+        raise JaxfaultError(f"{what}cannot write {p}: {writable_dir} is not writable")
+    return p
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write data to path so that readers see either the old file or the complete new one."""
+    """Write data to path so that readers see either the old file or the complete new one.
+
+    The file gets mode 0666 minus the umask, as an ordinary open() would create it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise JaxfaultError(f"cannot write {path}: a parent of it is a file") from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -25,7 +90,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         except FileNotFoundError:
             pass
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def fsync_dir(directory) -> None:
+    """fsync a directory so that renames inside it survive a crash (ignored where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -1,0 +1,155 @@
+"""Strict validation of configuration mappings (campaign configs, plan configs, JSON inputs).
+
+A config is described by a list of Field values; validate() checks a mapping against them before
+any work starts and returns a new dict with every field present (defaults filled in):
+
+    FIELDS = [Field("seed", int, 0, min=0),
+              Field("trials", int, 10, min=1),
+              Field("ber", float, min=0, max=1),                      # required
+              Field("scheme", str, "sparrow", choices=("sparrow", "secded", "none")),
+              Field("rates", list, items=float, min=0, max=1, nonempty=True, unique=True),
+              Field("output", str, None, nullable=True)]
+    cfg = validate(json.load(f), FIELDS, where="campaign config")
+
+Rules, each a one-line JaxfaultError naming `where`, the field and the value:
+- a key that is not a field is refused, with the nearest field name as a hint;
+- a required field (no default) must be present;
+- types are exact: bool is not an int, an int is accepted for a float (and returned as float),
+  a float is not accepted for an int; None only where nullable;
+- floats must be finite (NaN and inf are refused everywhere);
+- min/max (inclusive unless min_open/max_open), choices and check(value) -> bool apply to the
+  value, or to every item of a list.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+from jaxfault.errors import JaxfaultError, nearest_hint, plain
+
+
+class _Required:
+    def __repr__(self):
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               list: "a list", dict: "an object"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One config field: its name, type (int, float, str, bool, list or dict), default (REQUIRED when
+    it must be given), and constraints on the value (or, for lists, on each item of type `items`)."""
+
+    name: str
+    type: type
+    default: Any = REQUIRED
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+    choices: Sequence | None = None
+    check: Callable[[Any], bool] | None = None
+    requirement: str = ""  # what check() demands, for the message ("a power of two")
+    nullable: bool = False
+    items: type | None = None  # item type of a list field
+    nonempty: bool = False  # list fields: at least one item
+    unique: bool = False  # list fields: no repeated item
+
+    def __post_init__(self):
+        if self.type not in _TYPE_NAMES:
+            raise TypeError(f"Field {self.name!r}: type must be one of int, float, str, bool, list, dict")
+        if self.items is not None and self.items not in _TYPE_NAMES:
+            raise TypeError(f"Field {self.name!r}: items must be one of int, float, str, bool, list, dict")
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+def _type_ok(value, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _describe_bounds(f: Field) -> str:
+    parts = []
+    if f.min is not None:
+        parts.append(f"{'>' if f.min_open else '>='} {f.min:g}")
+    if f.max is not None:
+        parts.append(f"{'<' if f.max_open else '<='} {f.max:g}")
+    return " and ".join(parts)
+
+
+def _check_scalar(value, kind: type, f: Field, label: str):
+    """value checked against kind and f's constraints; returns it (ints given for floats as float)."""
+    if not _type_ok(value, kind):
+        raise JaxfaultError(f"{label} must be {_TYPE_NAMES[kind]}, got {plain(value)!r}")
+    if kind is float:
+        value = float(value)
+        if not math.isfinite(value):
+            raise JaxfaultError(f"{label} must be a finite number, got {value!r}")
+    if kind in (int, float):
+        low_bad = f.min is not None and (value <= f.min if f.min_open else value < f.min)
+        high_bad = f.max is not None and (value >= f.max if f.max_open else value > f.max)
+        if low_bad or high_bad:
+            raise JaxfaultError(f"{label} must be {_describe_bounds(f)}, got {value!r}")
+    if f.choices is not None and value not in f.choices:
+        raise JaxfaultError(f"{label} must be one of {', '.join(map(str, f.choices))}, got {plain(value)!r}"
+                            + (nearest_hint(value, f.choices) if isinstance(value, str) else ""))
+    if f.check is not None and not f.check(value):
+        raise JaxfaultError(f"{label} must be {f.requirement or 'valid'}, got {plain(value)!r}")
+    return value
+
+
+def validate_field(value, f: Field, where: str = "config"):
+    """One field's value checked (see the module docstring); returns the normalised value."""
+    label = f"{where}: {f.name}"
+    if value is None:
+        if f.nullable or (not f.required and f.default is None):
+            return None
+        raise JaxfaultError(f"{label} must be {_TYPE_NAMES[f.type]}, got null")
+    if f.type is list:
+        if not isinstance(value, (list, tuple)):
+            raise JaxfaultError(f"{label} must be a list, got {plain(value)!r}")
+        if f.nonempty and not value:
+            raise JaxfaultError(f"{label} must not be empty")
+        out = []
+        for i, item in enumerate(value):
+            item = _check_scalar(item, f.items, f, f"{label}[{i}]") if f.items is not None else item
+            if f.unique and item in out:
+                raise JaxfaultError(f"{label}: {plain(item)!r} is listed twice")
+            out.append(item)
+        return out
+    return _check_scalar(value, f.type, f, label)
+
+
+def validate(mapping: Mapping, fields: Sequence[Field], where: str = "config") -> dict:
+    """mapping checked against fields (see the module docstring): a new dict holding every field,
+    defaults filled in, ints given for float fields converted to float. One-line JaxfaultError
+    naming `where`, the field and the value on the first problem."""
+    if not isinstance(mapping, Mapping):
+        raise JaxfaultError(f"{where} must be a JSON object, got {type(mapping).__name__}")
+    by_name = {f.name: f for f in fields}
+    if len(by_name) != len(fields):
+        raise TypeError("validate(): two fields share a name")
+    for key in mapping:
+        if key not in by_name:
+            raise JaxfaultError(f"{where}: unknown field {plain(key)!r}{nearest_hint(key, by_name)}; "
+                                f"known fields: {', '.join(by_name)}")
+    out = {}
+    for f in fields:
+        if f.name in mapping:
+            out[f.name] = validate_field(mapping[f.name], f, where)
+        elif f.required:
+            raise JaxfaultError(f"{where}: missing required field {f.name!r}")
+        else:
+            out[f.name] = f.default
+    return out
