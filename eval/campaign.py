@@ -6,22 +6,25 @@ The config format is documented in docs/campaign.md. Killed runs resume with the
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import jax
 
 from jaxfault import campaign as cp
-from jaxfault.campaign import distributed, results
-from jaxfault.campaign.report import format_table, plot_records
-from jaxfault.cli import ArgumentParser, run_main
+from jaxfault.campaign import distributed
+from jaxfault.campaign.report import format_table, plot_records, point_label
+from jaxfault.cli import ArgumentParser, positive_int, run_main
+from jaxfault.io import check_output_path
+from jaxfault.resultsfile import ResultsFile
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m eval.campaign", description=__doc__.splitlines()[0])
     p.add_argument("config", help="campaign JSON (format: docs/campaign.md)")
     p.add_argument("--output", default=None, help="results file, overriding the config's (default: the config's)")
-    p.add_argument("--trials", type=int, default=None, help="trials per point, overriding the config's (default: the config's)")
+    p.add_argument("--trials", type=positive_int, default=None, help="trials per point, overriding the config's (default: the config's)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the grid size, run nothing, write nothing")
     p.add_argument("--plot", default=None, help="PNG of accuracy vs rate, one line per method/scheme (default: none)")
     g = p.add_argument_group("several processes (jax.distributed; only process 0 writes)")
@@ -36,38 +39,59 @@ def build_parser() -> ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config = cp.load_config(args.config, {"output": args.output, "trials": args.trials})
+    output = Path(config["output"])
+    if args.plot:
+        check_output_path(args.plot, overwrite=True, flag="--plot")
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed_auto)
     writer = distributed.is_writer()
     say = print if writer else (lambda *a, **k: None)
     points = cp.expand_grid(config["grid"])
-    output = Path(config["output"])
     groups = len({cp.group_key(p.params) for p in points})
-    print(f"campaign: {len(points)} grid points in {groups} program group(s) x {config['trials']} trials "
-          f"on {jax.device_count()} {jax.devices()[0].platform} device(s) -> {output}")
+    say(f"campaign: {len(points)} grid points in {groups} program group(s) x {config['trials']} trials "
+        f"on {jax.device_count()} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es) "
+        f"-> {output}")
     if args.dry_run:
+        identity = cp.config.dry_run_identity(config)
+        if identity is None:
+            say("dry run: the default model is not trained yet; a run trains it first (about 2 min here)")
+        elif output.exists():
+            with ResultsFile.open(output, identity, dry_run=True) as rf:
+                say(f"dry run: {sum(p.point_id in rf for p in points)} of {len(points)} points already in {output}")
+        say("dry run: nothing run, nothing written")
         return 0
-    results.check_writable(output)
-    data, _identity = cp.load_eval_data(config)
+    if writer:
+        check_output_path(output, overwrite=True, flag="output")
+    data, identity = cp.load_eval_data(config)
     campaign = cp.Campaign(points=points, trials=config["trials"], seed=config["seed"],
                            strategy=config["strategy"], precision=config["precision"])
-    done = results.read_results(output)
-    if done:
-        print(f"resuming: {sum(p.point_id in done for p in points)} of {len(points)} points already in {output}")
-    t0 = time.perf_counter()
+    with (ResultsFile.open(output, identity) if writer else contextlib.nullcontext()) as rf:
+        rows = rf.rows() if rf is not None else {}
+        done_ids = distributed.share_done(list(rows), [p.point_id for p in points])
+        done = {pid: rows.get(pid, {}) for pid in done_ids}
+        if done:
+            say(f"resuming: {len(done)} of {len(points)} points already in {output}")
+        t0 = time.perf_counter()
 
-    def on_point(rec, i, n):
-        el = time.perf_counter() - t0
-        print(f"[{i}/{n}] {rec['config']['method']} {cp.report.point_label(rec['config'])}: "
-              f"acc {rec['accuracy_mean']:.4f} +- {rec['accuracy_std']:.4f}  "
-              f"({el:.0f} s elapsed, ETA {el / i * (n - i):.0f} s)", flush=True)
+        def on_point(rec, i, n):
+            el = time.perf_counter() - t0
+            say(f"[{i}/{n}] {rec['config']['method']} {point_label(rec['config'])}: "
+                f"acc {rec['accuracy_mean']:.4f} +- {rec['accuracy_std']:.4f}  "
+                f"({el:.0f} s elapsed, ETA {el / i * (n - i):.0f} s)", flush=True)
 
-    records, compiled = cp.run_campaign(campaign, data, done=done, on_point=on_point,
-                                        record=lambda r: results.append_record(output, r))
-    print(format_table(records))
-    print(f"done in {time.perf_counter() - t0:.1f} s, {compiled} trial program(s) compiled; results: {output}")
-    if args.plot:
+        def record(rec):
+            if rf is not None:
+                rf.append(rec["point_id"], {k: v for k, v in rec.items() if k != "point_id"})
+
+        records, compiled = cp.run_campaign(campaign, data, done=done, on_point=on_point, record=record)
+        if rf is not None:
+            rows = rf.rows()
+            records = [{"point_id": p.point_id, **rows[p.point_id]} for p in points]
+    say(format_table(records))
+    say(f"done in {time.perf_counter() - t0:.1f} s, {compiled} trial program(s) compiled; results: {output}")
+    if args.plot and writer:
         plot_records(records, args.plot)
-        print(f"plot: {args.plot}")
+        say(f"plot: {args.plot}")
+    say(f"next: python -m eval.tradeoff {output}   (or --plot PNG for accuracy vs rate)")
     return 0
 
 

@@ -36,51 +36,45 @@ def test_expand_grid_and_stable_keys():
         cp.expand_grid([{"method": "bitflip", "ber": [1e-3, 1e-3]}])
 
 
-def test_torn_last_line_is_cut_and_redone(tmp_path):
-    path = tmp_path / "r.jsonl"
-    cp.append_record(path, {"point_id": "a", "v": 1})
-    cp.append_record(path, {"point_id": "b", "v": 2})
-    with open(path, "ab") as f:
-        f.write(b'{"point_id": "c", "v"')  # a kill in the middle of a write
-    done = cp.read_results(path)
-    assert set(done) == {"a", "b"}
-    assert path.read_bytes().endswith(b"\n") and path.read_bytes().count(b"\n") == 2
+def test_point_equals_engine_evaluate_and_bitflip_rate(lenet_checkpoint):
+    """A campaign point's trials are the engine's evaluation with the point's keys."""
+    from jaxfault import engine
+    from jaxfault.campaign.methods import build_point
+    from jaxfault.keys import trial_keys
 
-
-def test_run_trials_equals_loop_and_pads(lenet_checkpoint, small_dataset):
-    from eval.campaign import build_context
-    from jaxfault.campaign_methods import make_trial_fn
-
-    ctx = build_context({"checkpoint": str(lenet_checkpoint), "eval_examples": 300}, log=lambda s: None)
-    spec = make_trial_fn(ctx, {"method": "bitflip", "ber": 3e-5})
-    keys = jax.random.split(jax.random.key(3), 3)
-    out = cp.run_trials(spec, keys, cp.trial_mesh())
-    loop = [jax.jit(spec.fn)(k, spec.args) for k in keys]
-    np.testing.assert_allclose(out["accuracy"], [float(o["accuracy"]) for o in loop], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(out["fault_rate"], [float(o["fault_rate"]) for o in loop], rtol=1e-6)
-    assert float(np.mean(out["fault_rate"])) == pytest.approx(3e-5, rel=0.5)
+    config = cp.validate_config({"checkpoint": str(lenet_checkpoint), "eval_examples": 300, "trials": 3,
+                                 "grid": [{"method": "bitflip", "ber": 3e-5}]})
+    data, _ = cp.load_eval_data(config, log=lambda s: None)
+    point = cp.expand_grid(config["grid"])[0]
+    campaign = cp.Campaign(points=[point], trials=3, seed=0)
+    records, compiled = cp.run_campaign(campaign, data)
+    fm, rate, _ = build_point(point.params, 3e-5)
+    ref = engine.evaluate(data.model, data.variables, data.images, data.labels, fm, [rate],
+                          trial_keys(point.key(0), 3), strategy="loop")
+    np.testing.assert_allclose(records[0]["accuracy"], ref.accuracy[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(records[0]["fault_rate"], ref.stats["realised_ber"][0], rtol=1e-6)
+    assert compiled == 1
+    assert float(np.mean(records[0]["fault_rate"])) == pytest.approx(3e-5, rel=0.5)
 
 
 SHARD_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from eval.campaign import build_context
     from jaxfault import campaign as cp
-    from jaxfault.campaign_methods import make_trial_fn
-    ctx = build_context({"checkpoint": sys.argv[1], "eval_examples": 200}, log=lambda s: None)
-    spec = make_trial_fn(ctx, {"method": "bitflip", "ber": 1e-4})
-    keys = jax.random.split(jax.random.key(7), 16)
-    out = cp.run_trials(spec, keys, cp.trial_mesh())
-    print(json.dumps({"devices": jax.device_count(),
-                      "sharding_devices": len(out["accuracy"].sharding.device_set),
-                      "spec": str(out["accuracy"].sharding.spec),
-                      "accuracy": np.asarray(out["accuracy"]).tolist(),
-                      "fault_rate": np.asarray(out["fault_rate"]).tolist()}))
+    config = cp.validate_config({"checkpoint": sys.argv[1], "eval_examples": 200, "trials": 16,
+                                 "grid": [{"method": "bitflip", "ber": 1e-4}]})
+    data, _ = cp.load_eval_data(config, log=lambda s: None)
+    campaign = cp.Campaign(points=cp.expand_grid(config["grid"]), trials=16, seed=7)
+    records, _ = cp.run_campaign(campaign, data, mesh=cp.trial_mesh())
+    print(json.dumps({"devices": jax.device_count(), "record_devices": records[0]["devices"],
+                      "accuracy": records[0]["accuracy"], "fault_rate": records[0]["fault_rate"]}))
 """)
 
 
 def _run_script(script, args, n_devices):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}")
+    # simulated host devices exist on the CPU backend only: select it explicitly (also on a GPU machine)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}")
     res = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env,
                          cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -90,7 +84,7 @@ def _run_script(script, args, n_devices):
 def test_eight_simulated_devices_equal_one(lenet_checkpoint):
     eight = _run_script(SHARD_SCRIPT, [str(lenet_checkpoint)], 8)
     one = _run_script(SHARD_SCRIPT, [str(lenet_checkpoint)], 1)
-    assert eight["devices"] == 8 and eight["sharding_devices"] == 8 and "trials" in eight["spec"]
+    assert eight["devices"] == 8 and eight["record_devices"] == 8
     assert one["devices"] == 1
     np.testing.assert_allclose(eight["fault_rate"], one["fault_rate"], rtol=0, atol=0)
     np.testing.assert_allclose(eight["accuracy"], one["accuracy"], rtol=0, atol=1e-6)
@@ -117,34 +111,43 @@ def test_killed_campaign_resumes_to_identical_results(tmp_path, lenet_checkpoint
     proc = subprocess.Popen([sys.executable, "-m", "eval.campaign", str(cfg)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 2):
+    while time.time() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 3):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    n_before = out.read_bytes().count(b"\n")
+    n_before = out.read_bytes().count(b"\n") - 1          # the first line is the file's header
     assert 2 <= n_before < 6, "the kill must land part-way through the grid"
     with open(out, "ab") as f:  # and simulate a torn write on top of the kill
-        f.write(b'{"point_id": "torn"')
+        f.write(b'{"id": "torn"')
     subprocess.run([sys.executable, "-m", "eval.campaign", str(cfg)], cwd=ROOT, env=env, check=True,
                    capture_output=True, timeout=300)
-    resumed = [json.loads(line) for line in out.read_text().splitlines()]
-    full = [json.loads(line) for line in full_out.read_text().splitlines()]
-    assert len(resumed) == 6 and len({r["point_id"] for r in resumed}) == 6
-    key = lambda r: r["point_id"]  # noqa: E731
+    resumed = [json.loads(line) for line in out.read_text().splitlines()[1:]]
+    full = [json.loads(line) for line in full_out.read_text().splitlines()[1:]]
+    assert len(resumed) == 6 and len({r["id"] for r in resumed}) == 6
+    key = lambda r: r["id"]  # noqa: E731
     assert _strip(sorted(resumed, key=key)) == _strip(sorted(full, key=key))
 
 
 @pytest.mark.parametrize("cfg,needle", [
-    ({"grid": [{"method": "warp"}]}, "unknown campaign method 'warp'"),
+    ({"grid": [{"method": "warp"}]}, "unknown fault model 'warp'"),
     ({"grid": []}, "grid is empty"),
     ({"grid": [{"method": "bitflip", "ber": [1e-3, 1.5]}]}, "ber must be in [0, 1], got 1.5"),
-    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "output": "/proc/nope/r.jsonl"}, "cannot write results file"),
+    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "output": "/proc/nope/r.jsonl"}, "/proc/nope"),
     ({"grid": [{"method": "bitflip", "ber": 1e-3}], "trials": 0}, "trials must be a positive integer"),
-    ({"grid": [{"method": "neuralfuse", "ber": 0.01, "bits": 3}]}, "precision bits must be 4, 8 or 16, got 3"),
-    ({"grid": [{"method": "swim", "dev_var": -0.1}]}, "dev_var must be a non-negative number, got -0.1"),
+    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "trials": True}, "trials must be a positive integer, got true"),
+    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "seed": "zero"}, 'seed must be a non-negative integer, got "zero"'),
+    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "output": 123}, "output must be a file path string, got 123"),
+    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "checkpoint": 5}, "checkpoint must be a string path or null, got 5"),
+    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "data_dir": 7}, "data_dir must be a string path or null, got 7"),
+    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "seeed": 1}, "unknown campaign config key 'seeed' (did you mean 'seed'?)"),
+    ({"grid": [{"method": "sparrow", "ber": 1e-3, "shceme": "none"}]}, "unknown field 'shceme' for method 'sparrow' (did you mean 'scheme'?)"),
+    ({"grid": [{"method": "neuralfuse", "ber": 0.01, "bits": 3}]}, "got 3"),
+    ({"grid": [{"method": "swim", "dev_var": -0.1}]}, "dev_var must be a finite number >= 0, got -0.1"),
+    ({"grid": [{"method": "swim", "dev_var": float("inf")}]}, "dev_var must be a finite number >= 0, got inf"),
     ({"grid": [{"method": "sparrow", "ber": 1e-3, "scheme": "hamming"}]}, "unknown ECC scheme 'hamming'"),
 ])
 def test_bad_configs_exit_2_before_work(tmp_path, capsys, cfg, needle):
+    """Every bad value is one line and exit 2, before any model is loaded or file touched."""
     import eval.campaign as mod
     from jaxfault.cli import run_main
 
@@ -157,28 +160,44 @@ def test_bad_configs_exit_2_before_work(tmp_path, capsys, cfg, needle):
     assert e.value.code == 2 and needle in err and err.count("\n") == 1
 
 
-@pytest.mark.slow  # ~70 s of compilations (one per method and selection); run with -m slow
-def test_neuralfuse_and_swim_points_match_the_libraries(qat_lenet_checkpoint):
-    from eval.campaign import build_context
-    from jaxfault.campaign_methods import make_trial_fn
-    from jaxfault.neuralfuse.faults import perturb_params
-    from jaxfault.variation import apply_variation
+def _free_port() -> int:
+    import socket
 
-    ctx = build_context({"checkpoint": str(qat_lenet_checkpoint), "eval_examples": 200}, log=lambda s: None)
-    key = jax.random.key(11)
-    spec = make_trial_fn(ctx, {"method": "neuralfuse", "ber": 0.02})
-    out = jax.jit(spec.fn)(key, spec.args)
-    direct = perturb_params(ctx.variables["params"], key, 0.02, 0.5, 8, "independent", straight_through=False)
-    acc = ctx.accuracy_fn(dict(ctx.variables, params=direct), ctx.images, ctx.labels)["top1"]
-    assert float(out["accuracy"]) == pytest.approx(float(acc), abs=1e-6)
-    n_cells = 8 * 61470
-    assert abs(float(out["fault_rate"]) - 0.02) < 5 * np.sqrt(0.02 * 0.98 / n_cells)  # 5-sigma binomial
-    rates = {}
-    for sel in ("none", "magnitude", "all"):
-        spec = make_trial_fn(ctx, {"method": "swim", "dev_var": 0.3, "mask_p": 0.05, "selection": sel})
-        rates[sel] = float(cp.run_trials(spec, jax.random.split(key, 2), cp.trial_mesh())["fault_rate"][0])
-    assert rates == pytest.approx({"none": 1.0, "magnitude": 0.95, "all": 0.0}, abs=1e-4)
-    spec = make_trial_fn(ctx, {"method": "swim", "dev_var": 0.3, "selection": "none"})
-    noisy = apply_variation(ctx.variables["params"], None, key, 0.3, 0.03)
-    acc = ctx.accuracy_fn(dict(ctx.variables, params=noisy), ctx.images, ctx.labels)["top1"]
-    assert float(jax.jit(spec.fn)(key, spec.args)["accuracy"]) == pytest.approx(float(acc), abs=1e-6)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one(tmp_path, lenet_checkpoint):
+    """2 CPU processes x 4 simulated devices, coordinated on 127.0.0.1 by jax.distributed, write
+    (from process 0 only) the same results file as one process with 8 devices, timings aside."""
+    grid = [{"method": "bitflip", "ber": [1e-5, 1e-4]}, {"method": "sparrow", "scheme": "none", "ber": 1e-3}]
+
+    def cfg(name):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"output": str(tmp_path / f"{name}.jsonl"), "checkpoint": str(lenet_checkpoint),
+                                    "trials": 6, "eval_examples": 100, "grid": grid}))
+        return path
+
+    def env(n):
+        return dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu",
+                    XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+
+    single = subprocess.run([sys.executable, "-m", "eval.campaign", str(cfg("single"))], cwd=ROOT, env=env(8),
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    port = _free_port()
+    multi = cfg("multi")
+    procs = [subprocess.Popen([sys.executable, "-m", "eval.campaign", str(multi), "--coordinator", f"127.0.0.1:{port}",
+                               "--num-processes", "2", "--process-id", str(i)], cwd=ROOT, env=env(4),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    assert "2 process(es)" in outs[0][0] and outs[1][0].strip() == ""   # only process 0 speaks
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    a = [json.loads(line) for line in (tmp_path / "single.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "multi.jsonl").read_text().splitlines()]
+    assert a[0] == b[0]                                                # same identity header
+    assert [strip(r) for r in a[1:]] == [strip(r) for r in b[1:]] and len(b) == 4
+    assert all(r["devices"] == 8 for r in b[1:])

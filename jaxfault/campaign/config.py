@@ -22,6 +22,7 @@ from jaxfault import engine
 from jaxfault.campaign import methods
 from jaxfault.campaign.grid import expand_grid
 from jaxfault.campaign.runner import EvalData
+from jaxfault.checkpoints import checkpoint_digest
 from jaxfault.errors import JaxfaultError, nearest_hint
 
 DEFAULTS = {"output": "runs/campaign/results.jsonl", "checkpoint": None, "seed": 0, "trials": 20,
@@ -106,7 +107,31 @@ def load_eval_data(config: dict, log=print) -> tuple[EvalData, dict]:
     n = min(config["eval_examples"], len(data.test_images))
     ev = EvalData(model=ckpt.model, variables=jax.tree_util.tree_map(jnp.asarray, ckpt.variables),
                   images=jnp.asarray(data.test_images[:n]), labels=jnp.asarray(data.test_labels[:n]))
-    identity = {"checkpoint": str(Path(ckpt.path).resolve()), "dataset": ckpt.config["dataset"],
-                "eval_examples": n, "seed": config["seed"], "trials": config["trials"],
-                "precision": config["precision"]}
-    return ev, identity
+    return ev, identity_of(config, ckpt)
+
+
+def dry_run_identity(config: dict) -> dict | None:
+    """The identity a run of this config would have, without training or loading data; None
+    when the default model is not trained yet (a run would train it first)."""
+    from jaxfault.checkpoints import load_checkpoint
+    from jaxfault.zoo import cache_dir, cache_entry_name
+
+    path = config.get("checkpoint") or str(cache_dir() / cache_entry_name("lenet"))
+    if not (Path(path) / "jaxfault.json").is_file():
+        return None
+    ckpt = load_checkpoint(path)
+    return identity_of(config, ckpt)
+
+
+def identity_of(config: dict, ckpt=None) -> dict:
+    """What every number of a campaign depends on besides its grid point: the checkpoint (its path
+    and array checksums), data, evaluation examples, seed, trials and precision. A results file
+    written under another identity is refused rather than mixed (jaxfault.resultsfile)."""
+    ident = {"checkpoint": config.get("checkpoint"), "data_dir": config.get("data_dir"),
+             "eval_examples": config["eval_examples"],
+             "seed": config["seed"], "trials": config["trials"], "precision": config["precision"]}
+    if ckpt is not None:
+        ident["checkpoint"] = str(Path(ckpt.path).resolve())
+        ident["checkpoint_digest"] = checkpoint_digest(ckpt.path)[:16]
+        ident["dataset"] = ckpt.config["dataset"]
+    return ident
