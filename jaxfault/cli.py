@@ -20,11 +20,74 @@ class ArgumentParser(argparse.ArgumentParser):
     negative number ('-1e-3', '-inf') as a flag's value so that range checks can name it."""
 
     def __init__(self, *args, **kwargs):
+        import_plugins()
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = NEGATIVE_NUMBER
+        self.add_argument("--no-compile-cache", action="store_true",
+                          help="do not use the persistent XLA compilation cache in the jaxfault cache folder")
+
+    def parse_args(self, args=None, namespace=None):
+        ns = super().parse_args(args, namespace)
+        if not ns.no_compile_cache:
+            enable_compilation_cache()
+        return ns
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that states every option's default (appended when the help text does not say it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default is not argparse.SUPPRESS and action.option_strings and "default" not in text
+                and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            default = action.default
+            if isinstance(action, argparse._StoreTrueAction):
+                default = "off"
+            elif default is None:
+                default = "none"
+            text = f"{text} (default: {default})" if text else f"(default: {default})"
+        return text
+
+
+def import_plugins() -> list[str]:
+    """Import the modules named in $JAXFAULT_PLUGINS (comma-separated), so that schemes and fault
+    models they register are available to every CLI (docs/extending.md)."""
+    import importlib
+    import os
+
+    names = [n.strip() for n in os.environ.get("JAXFAULT_PLUGINS", "").split(",") if n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise JaxfaultError(f"JAXFAULT_PLUGINS: cannot import {name!r}: {e}") from None
+    return names
+
+
+def compilation_cache_dir():
+    """Where compiled XLA programs persist between runs: <jaxfault cache>/xla."""
+    from jaxfault.zoo import cache_dir
+
+    return cache_dir() / "xla"
+
+
+def enable_compilation_cache(path=None) -> None:
+    """Turn on JAX's persistent compilation cache (a later run of the same program loads it
+    instead of compiling). Programs that compile in under 0.2 s are not worth caching."""
+    import jax
+
+    path = path or compilation_cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # an unwritable cache only costs compile time
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
@@ -118,10 +181,70 @@ def parse_float_list(text, name: str, *, check: Callable[[float], bool] | None =
     return out
 
 
-def progress(iterable=None, **kwargs):
-    """tqdm progress bar, disabled automatically when stderr is not a terminal."""
-    from tqdm.auto import tqdm
+class LogProgress:
+    """Progress for logs and CI: a line at the start, then at most every `interval` seconds one
+    line with done/total, rate and ETA, and a last line at the end (tqdm's update/close API)."""
 
-    kwargs.setdefault("disable", not sys.stderr.isatty())
-    kwargs.setdefault("dynamic_ncols", True)
-    return tqdm(iterable, **kwargs)
+    def __init__(self, iterable=None, total=None, desc="", unit="it", interval=30.0, initial=0, file=None, **_):
+        import time
+
+        self.iterable, self.desc, self.unit, self.interval = iterable, desc or "progress", unit, interval
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.n = initial
+        self.start_n = initial
+        self.file = file or sys.stderr
+        self._time = time.monotonic
+        self.t0 = self.last = self._time()
+        self.postfix = ""
+        tot = f"/{self.total}" if self.total else ""
+        print(f"{self.desc}: {self.n}{tot} {self.unit}", file=self.file, flush=True)
+
+    def line(self) -> str:
+        el = self._time() - self.t0
+        done = self.n - self.start_n
+        rate = done / el if el > 0 else 0.0
+        tot = f"/{self.total}" if self.total else ""
+        eta = f", ETA {(self.total - self.n) / rate:.0f} s" if self.total and rate > 0 else ""
+        post = f" {self.postfix}" if self.postfix else ""
+        return f"{self.desc}: {self.n}{tot} {self.unit} ({rate:.3g} {self.unit}/s, {el:.0f} s elapsed{eta}){post}"
+
+    def update(self, n=1):
+        self.n += n
+        now = self._time()
+        if now - self.last >= self.interval:
+            self.last = now
+            print(self.line(), file=self.file, flush=True)
+
+    def set_postfix(self, ordered_dict=None, **kwargs):
+        items = dict(ordered_dict or {}, **kwargs)
+        self.postfix = " ".join(f"{k}={v}" for k, v in items.items())
+
+    def close(self):
+        print(self.line() + " done", file=self.file, flush=True)
+
+    def __iter__(self):
+        for x in self.iterable:
+            yield x
+            self.update(1)
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def progress(iterable=None, **kwargs):
+    """A tqdm bar when stderr is a terminal; otherwise LogProgress lines (at most every ~30 s,
+    with done/total, rate and ETA), so logs, CI and nohup runs show progress too."""
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        kwargs.pop("interval", None)
+        kwargs.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, **kwargs)
+    kwargs.pop("disable", None)
+    kwargs.pop("dynamic_ncols", None)
+    kwargs.pop("leave", None)
+    return LogProgress(iterable, **kwargs)
