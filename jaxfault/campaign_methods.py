@@ -117,8 +117,8 @@ def swim_trial(ctx: EvalContext, params: dict) -> TrialSpec:
     with write-verify of a 'mask_p' fraction chosen by 'selection' (magnitude | random | none | all;
     curvature-based scores need training data: use eval.swim). fault_rate = the fraction of weights
     left unverified."""
-    from jaxfault.sensitivity import full_mask, protection_mask
-    from jaxfault.variation import apply_variation
+    from jaxfault.swim.selection import full_mask, protection_mask
+    from jaxfault.swim.variation import apply_variation
 
     selection = params.get("selection", "magnitude")
     mask_p = check_probability("mask_p", params.get("mask_p", 0.0))

@@ -162,7 +162,7 @@ def test_neuralfuse_and_swim_points_match_the_libraries(qat_lenet_checkpoint):
     from eval.campaign import build_context
     from jaxfault.campaign_methods import make_trial_fn
     from jaxfault.neuralfuse.faults import perturb_params
-    from jaxfault.variation import apply_variation
+    from jaxfault.swim.variation import apply_variation
 
     ctx = build_context({"checkpoint": str(qat_lenet_checkpoint), "eval_examples": 200}, log=lambda s: None)
     key = jax.random.key(11)
