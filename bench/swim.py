@@ -21,7 +21,8 @@ import numpy as np
 from jaxfault.cli import ArgumentParser, run_main
 from jaxfault.errors import JaxfaultError
 from jaxfault.io import atomic_write_json
-from jaxfault.sensitivity import full_mask
+from jaxfault.swim.run import load_model, make_monte_carlo
+from jaxfault.swim.selection import full_mask, loss_curvature
 
 
 def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
@@ -63,26 +64,21 @@ def main(argv=None) -> int:
         raise JaxfaultError("--instances, --instance-batch and --exact-entries must be positive")
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
 
-    import argparse
-
-    import eval.swim as swim
-    from jaxfault.curvature import hessian_diag_entries
     from jaxfault.data import load_dataset
+    from jaxfault.swim.curvature import hessian_diag_entries
 
-    ns = argparse.Namespace(checkpoint=args.checkpoint, data_dir=None)
-    model, variables, config, path = swim.load_model(ns)
+    model, variables, config, path = load_model(args.checkpoint)
     data = load_dataset(config["dataset"], value_range=config.get("value_range", "symmetric"))
     x, y = data.test_images, data.test_labels
-    keys = jax.random.split(jax.random.key(0), args.instances)
+    keys = jax.random.split(jax.random.key(0), args.instances)  # fixed, so every strategy sees the same draws
     mask = full_mask(variables["params"], False)
     print(f"{config['model']} on {data.name}: {len(x)} test images, {args.instances} noise instances, "
           f"backend {jax.default_backend()} ({jax.devices()[0].device_kind})")
 
     results, accs, compile_seconds = {}, {}, {}
     for s in strategies:
-        run_args = argparse.Namespace(eval_batch=1000, dev_var=args.dev_var, write_var=0.03, n_bits=8, m_bits=1,
-                                      strategy=s, instance_batch=args.instance_batch if s == "vmap" else None)
-        mc = swim.make_mc(model, variables, x, y, keys, run_args)
+        mc = make_monte_carlo(model, variables, x, y, keys, dev_var=args.dev_var, write_var=0.03, strategy=s,
+                              instance_batch=args.instance_batch if s == "vmap" else None, eval_batch=1000)
         t = time.perf_counter()
         mc(mask)  # first call: compile + run
         first = time.perf_counter() - t
@@ -119,9 +115,9 @@ def main(argv=None) -> int:
         ce_curv = {}
         for kind, n_img in (("becker-lecun", 4096), ("ggn", 256), ("hutchinson", 1024)):
             t = time.perf_counter()
-            jax.block_until_ready(swim.compute_curvature(kind, model, variables, data.train_images[:n_img],
-                                                         data.train_labels[:n_img], key=jax.random.key(1),
-                                                         hutchinson_samples=100))
+            jax.block_until_ready(loss_curvature(model, variables, data.train_images[:n_img],
+                                                 data.train_labels[:n_img], kind=kind, key=jax.random.key(1),
+                                                 hutchinson_samples=100))
             ce_curv[kind] = {"seconds": time.perf_counter() - t, "train_images": n_img}
             print(f"curvature {kind:<12}: {ce_curv[kind]['seconds']:7.1f} s on {n_img} training images"
                   + (" (100 probes)" if kind == "hutchinson" else ""))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxfault.curvature import (becker_lecun_diag, ggn_diag_exact, hessian_diag_exact,
-                                hessian_diag_hutchinson)
+from jaxfault.swim.curvature import (becker_lecun_diag, ggn_diag_exact, hessian_diag_exact,
+                                     hessian_diag_hutchinson)
 from jaxfault.errors import JaxfaultError
 
 
@@ -37,7 +37,7 @@ def _ce(logits, y):
 
 
 def _setup(model, x_shape, seed=0):
-    kx, ki, ks = jax.random.split(jax.random.PRNGKey(seed), 3)
+    kx, ki, ks = jax.random.split(jax.random.key(seed), 3)
     x = jax.random.normal(kx, x_shape)
     y = jnp.arange(x_shape[0]) % 3
     v = model.init(ki, x)
@@ -70,7 +70,7 @@ def test_hutchinson_converges_to_exact_diag():
     v, x, y, out, loss = _setup(MLP(), (6, 4))
     H, _ = _full_hessian(loss, v["params"])
     S = 3072  # 24 chunks of 128: one compiled chunk shape
-    est = np.asarray(ravel_pytree(hessian_diag_hutchinson(loss, v["params"], jax.random.PRNGKey(1),
+    est = np.asarray(ravel_pytree(hessian_diag_hutchinson(loss, v["params"], jax.random.key(1),
                                                           num_samples=S, chunk_size=128))[0])
     # v_i (Hv)_i = H_ii + sum_{j!=i} H_ij v_i v_j: the mean of S probes has std
     # sqrt(sum_{j!=i} H_ij^2 / S) per entry; allow 5 standard errors (+ float slack) on every entry.
@@ -87,7 +87,7 @@ def test_ggn_diag_equals_explicit_jt_h_j(loss_name):
         per_ex = _ce
         targets = y
     else:
-        targets = jax.random.normal(jax.random.PRNGKey(5), (5, 3))
+        targets = jax.random.normal(jax.random.key(5), (5, 3))
         per_ex = lambda o, t: 0.5 * jnp.sum((o - t) ** 2 * jnp.array([1.0, 2.0, 3.0]))
     flat, unravel = ravel_pytree(v["params"])
     J = np.asarray(jax.jacobian(lambda f: out(unravel(f), x))(flat))  # (N, C, P)
@@ -135,7 +135,7 @@ def test_becker_lecun_mlp_matches_hand_written_recursion():
 
 
 def test_becker_lecun_cnn_matches_hand_written_recursion():
-    """Conv -> BN -> ReLU -> avgpool -> Dense, oracle written with explicit loops (SPEC 2.2 rules)."""
+    """Conv -> BN -> ReLU -> avgpool -> Dense, oracle written with explicit loops (the second-order pass rules)."""
     model = CNN()
     v, x32, *_ = _setup(model, (3, 6, 6, 1), seed=4)
     P = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), v["params"])
@@ -174,7 +174,7 @@ def test_bad_arguments():
     with pytest.raises(JaxfaultError):
         hessian_diag_exact(loss, v["params"], chunk_size=0)
     with pytest.raises(JaxfaultError):
-        hessian_diag_hutchinson(loss, v["params"], jax.random.PRNGKey(0), num_samples=0)
+        hessian_diag_hutchinson(loss, v["params"], jax.random.key(0), num_samples=0)
     with pytest.raises(JaxfaultError):
         ggn_diag_exact(out, _ce, v["params"], x, y[:2])
     with pytest.raises(JaxfaultError):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from jaxfault.checkpoints import save_checkpoint
@@ -24,6 +25,8 @@ def _exit_code(argv):
     ["--n-bits", "8", "--m-bits", "3"], ["--method", "bogus"], ["--curvature", "newton"],
     ["--noise-instances", "0"], ["--strategy", "gpu"], ["--sweep-mask-p", "0.1,2"],
     ["--methods", "SM,bogus", "--sweep-mask-p", "0.1"], ["--checkpoint", "/nonexistent/ckpt"],
+    ["--threshold", "median"], ["--curvature-examples", "many"], ["--curvature-examples", "0"],
+    ["--selection-batch", "0"], ["--alpha", "inf"],
 ])
 def test_bad_input_exits_2(argv, capsys):
     assert _exit_code(argv) == 2
@@ -59,6 +62,9 @@ def test_sweep_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert [(r["method"], r["mask_p"]) for r in rep["selected"]] == [("SM", 0.1), ("SM", 0.5), ("random", 0.1),
                                                                      ("random", 0.5)]
     n = rep["n_kernel_weights"]
+    assert rep["config"]["std_ddof"] == 0
+    for r in [rep["none"], rep["all"], *rep["selected"]]:  # one std policy: ddof 0
+        assert r["std"] == pytest.approx(float(np.std(r["accuracies"])), abs=1e-12)
     for r in rep["selected"]:
         assert abs(r["fraction_protected"] - r["mask_p"]) * n <= 0.5
         assert abs(r["write_verify_saved_fraction"] - (1 - r["fraction_protected"])) < 1e-12
@@ -72,3 +78,17 @@ def test_train_base_rejects_negative_train_var(capsys):
     with pytest.raises(SystemExit) as e:
         run_main(base.main, ["--train-var", "-0.1", "--epochs", "1"])
     assert e.value.code == 2 and "train_var" in capsys.readouterr().err
+
+
+def test_cli_and_bench_import_only_the_library():
+    """eval.swim is parse -> SwimConfig -> jaxfault.swim.run.run -> write; bench.swim imports no eval module."""
+    code = ("import sys, bench.swim; bad = [m for m in sys.modules if m == 'eval' or m.startswith(('eval.', 'train'))];"
+            " assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from jaxfault.swim.run import SwimConfig
+
+    args = swim.build_parser().parse_args(["--methods", "sm,Random", "--sweep-mask-p", "0.1,0.2",
+                                           "--curvature-examples", "all", "--no-gradient-term"])
+    cfg = swim.config_from_args(args)
+    assert isinstance(cfg, SwimConfig) and cfg.methods == ("SM", "random") and cfg.mask_ps == (0.1, 0.2)
+    assert cfg.curvature_examples is None and cfg.gradient_term is False

@@ -34,7 +34,7 @@ def main(argv=None) -> int:
         raise JaxfaultError(f"--batch-size must be positive, got {args.batch_size}")
     noise_fn, extra = None, None
     if args.train_var is not None:
-        from jaxfault.variation import make_training_noise_fn
+        from jaxfault.swim.variation import make_training_noise_fn
 
         noise_fn, extra = make_training_noise_fn(args.train_var), {"train_var": args.train_var}
     metrics = train_and_save(args.out, model=args.model, dataset=args.dataset, epochs=args.epochs,

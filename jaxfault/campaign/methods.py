@@ -78,9 +78,15 @@ def add_fault_data(name: str, data: dict, variables: dict, key: jax.Array) -> di
     """Variables with the fault model's data collections (SWIM's write-verify mask) added."""
     if name != "cim":
         return variables
-    from jaxfault.swim import selection_mask
+    from jaxfault.swim import WRITE_VERIFY, full_mask, protection_mask
 
     selection = data.get("selection", "magnitude")
     mask_p = float(data.get("mask_p", 0.0))
-    mask = selection_mask(variables["params"], selection, mask_p, key=key)
-    return {**variables, "write_verify": mask}
+    params = variables["params"]
+    if selection == "none" or mask_p == 0.0:
+        mask = full_mask(params, False)
+    elif selection == "all":
+        mask = full_mask(params, True)
+    else:
+        mask, _ = protection_mask(params, selection, mask_p, key=key)
+    return {**variables, WRITE_VERIFY: mask}

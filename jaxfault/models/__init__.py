@@ -5,11 +5,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxfault.errors import JaxfaultError
-from jaxfault.models.classifiers import VGG, VGG_CONFIGS, BasicBlock, Bottleneck, ConvNet, LeNet5, ResNet
+from jaxfault.models.classifiers import (VGG, VGG_CONFIGS, BasicBlock, Bottleneck, ConvNet, LeNet5, LeNetSWIM,
+                                         ResNet)
 from jaxfault.models.layers import Conv, Dense
 from jaxfault.quant import check_bits
 
-MODEL_NAMES = ("lenet", "convnet", "resnet18", "resnet50", "vgg11", "vgg16", "vgg19")
+MODEL_NAMES = ("lenet", "lenet-swim", "convnet", "resnet18", "resnet50", "vgg11", "vgg16", "vgg19")
 
 
 def create_model(name: str, num_classes: int = 10, quant_bits: int | None = None):
@@ -20,6 +21,8 @@ def create_model(name: str, num_classes: int = 10, quant_bits: int | None = None
         raise JaxfaultError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if name == "lenet":
         return LeNet5(num_classes=num_classes, quant_bits=quant_bits)
+    if name == "lenet-swim":
+        return LeNetSWIM(num_classes=num_classes, quant_bits=quant_bits)
     if name == "convnet":
         return ConvNet(num_classes=num_classes, quant_bits=quant_bits)
     if name == "resnet18":
@@ -39,5 +42,5 @@ def init_variables(model, key: jax.Array, input_shape) -> dict:
     return dict(jax.jit(lambda k: model.init(k, x, train=False))(key))
 
 
-__all__ = ["MODEL_NAMES", "create_model", "init_variables", "Conv", "Dense", "LeNet5", "ConvNet",
+__all__ = ["MODEL_NAMES", "create_model", "init_variables", "Conv", "Dense", "LeNet5", "LeNetSWIM", "ConvNet",
            "ResNet", "VGG"]

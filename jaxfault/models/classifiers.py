@@ -1,4 +1,4 @@
-"""Image classifiers (NHWC, any input size and channel count): LeNet-5, a small ConvNet,
+"""Image classifiers (NHWC, any input size and channel count): LeNet-5, the SWIM code's LeNet, a small ConvNet,
 ResNet-18/50 and VGG-11/16/19 (CIFAR-style stems, batch norm), each optionally QAT."""
 from __future__ import annotations
 
@@ -29,6 +29,29 @@ class LeNet5(nn.Module):
         x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
         x = nn.relu(Conv(16, (5, 5), padding="VALID" if min(x.shape[1:3]) >= 5 else "SAME", quant_bits=q)(x))
         x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
+        x = x.reshape((x.shape[0], -1))
+        x = nn.relu(Dense(120, quant_bits=q)(x))
+        x = nn.relu(Dense(84, quant_bits=q)(x))
+        return Dense(self.num_classes, quant_bits=q)(x)
+
+
+class LeNetSWIM(nn.Module):
+    """The LeNet of the SWIM paper's code: conv3x3(6, pad 1)-ReLU-pool-conv3x3(16, pad 1)-ReLU-pool,
+    then 120-84-classes with ReLU; 2x2 max pooling with stride 2 (floor). For 28x28x1 inputs the
+    flattened features are 16*7*7 = 784 and the kernels hold 105,918 weights.
+
+    Flax flattens NHWC as (H, W, C) where torch flattens (C, H, W): the first dense kernel is the
+    torch one with its input rows permuted, which changes no function a trained model computes."""
+
+    num_classes: int = 10
+    quant_bits: int | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        q = self.quant_bits
+        for features in (6, 16):
+            x = nn.relu(Conv(features, (3, 3), padding=((1, 1), (1, 1)), quant_bits=q)(x))
+            x = nn.max_pool(x, (2, 2), (2, 2), padding="VALID")
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(Dense(120, quant_bits=q)(x))
         x = nn.relu(Dense(84, quant_bits=q)(x))

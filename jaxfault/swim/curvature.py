@@ -1,4 +1,4 @@
-"""Diagonal curvature of a loss over any parameter pytree (for SWIM's sensitivity, SPEC 2.2).
+"""Diagonal curvature of a loss over any parameter pytree (for SWIM's write-verify selection).
 
 Four estimators, each returning a pytree shaped like the params:
 
@@ -9,7 +9,7 @@ Four estimators, each returning a pytree shaped like the params:
 - ``ggn_diag_exact``: exact diag of the generalized Gauss-Newton matrix sum_n J_n^T H_n J_n,
   with H_n the Hessian of the per-example loss at the outputs, factorised H_n = A_n A_n^T so
   diag = sum_n sum_k (J_n^T a_nk)^2: one vector-Jacobian product per example and output.
-- ``becker_lecun_diag``: the reference's diagonal second-order backward pass (SPEC 2.2), done
+- ``becker_lecun_diag``: the SWIM code's diagonal second-order backward pass, done
   generically for Flax linen models by intercepting nn.Dense / nn.Conv / nn.BatchNorm calls
   with custom VJPs that carry curvature instead of gradients (see its docstring).
 """
@@ -170,7 +170,7 @@ def ggn_diag_exact(output_fn: Callable[[PyTree, jax.Array], jax.Array],
 
 
 # ------------------------------------------------------------------------------------------------
-# Becker-LeCun diagonal second-order backward pass (SPEC 2.2)
+# Becker-LeCun diagonal second-order backward pass (as the SWIM code computes it)
 
 def _split_square_kernel(p: dict) -> dict:
     return {k: (v * v if k == "kernel" else v) for k, v in p.items()}

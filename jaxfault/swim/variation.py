@@ -1,4 +1,4 @@
-"""Compute-in-memory device variation (SPEC 2.1) and Monte Carlo accuracy under it.
+"""Compute-in-memory device variation and Monte Carlo accuracy under it.
 
 Each conv/dense weight is stored with ``n_bits`` bits over ``n_bits / m_bits`` devices of
 ``m_bits`` bits. Programming noise on a weight of layer W is
@@ -7,20 +7,26 @@ Each conv/dense weight is stored with ``n_bits`` bits over ``n_bits / m_bits`` d
 
 with sigma = ``write_var`` where the weight is write-verified (mask True) and ``dev_var``
 elsewhere. Biases and batch-norm leaves are never perturbed. The device draws g_i are sampled
-explicitly (not collapsed into one Gaussian) so the sampled process is the one the spec states.
+explicitly (not collapsed into one Gaussian), so the sampled process is the one written above.
+
+``CiMVariation`` is the same noise as a fault model of ``jaxfault.protocol``: the rate is dev_var
+(traced), and the write-verify mask travels with the variables as the collection
+``variables["write_verify"]``, so one compiled program serves every mask and every dev_var.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from jaxfault.batching import map_over_keys, resolve_strategy
 from jaxfault.errors import JaxfaultError
-from jaxfault.pytree import is_kernel, map_kernels_with_index
+from jaxfault.protocol import FaultModel
+from jaxfault.pytree import count_kernel_weights, flatten_kernels, is_kernel, map_kernels_with_index
 
 PyTree = Any
 
@@ -77,7 +83,7 @@ def variation_std(params: PyTree, mask: PyTree | None, dev_var, write_var, n_bit
                   m_bits: int = 1) -> PyTree:
     """Analytic std of the noise per kernel weight: max|W| * sigma * sqrt(sum_i 4^(-i*m)).
 
-    Non-kernel leaves get zeros. Used by tests and docs to check the sampler against SPEC 2.1.
+    Non-kernel leaves get zeros. Used by tests and docs to check the sampler against the formula.
     """
     check_variances(dev_var, write_var)
     c = jnp.sqrt(jnp.sum(device_weights(n_bits, m_bits) ** 2))
@@ -89,7 +95,7 @@ def variation_std(params: PyTree, mask: PyTree | None, dev_var, write_var, n_bit
 
 def apply_variation(params: PyTree, mask: PyTree | None, key: jax.Array, dev_var, write_var,
                     n_bits: int = 8, m_bits: int = 1) -> PyTree:
-    """Return params with SPEC 2.1 programming noise added to every conv/dense kernel.
+    """Return params with programming noise added to every conv/dense kernel.
 
     mask: None (nothing write-verified) or a pytree shaped like params whose kernel leaves are
     bool arrays (True = write-verified, noise std scaled by write_var instead of dev_var); its
@@ -170,7 +176,7 @@ def _all_instances(metric_fn, params, mask, keys, dev_var, write_var, data, n_bi
 
 
 def make_training_noise_fn(train_var: float, n_bits: int = 8, m_bits: int = 1) -> Callable[[PyTree, jax.Array], PyTree]:
-    """weight_noise_fn(params, key) for noise-aware training: a fresh SPEC 2.1 draw (sigma =
+    """weight_noise_fn(params, key) for noise-aware training: a fresh variation draw (sigma =
     train_var, nothing verified) each call, added as a constant so gradients reach the clean weights.
     """
     v = _concrete_float("train_var", train_var)
@@ -183,3 +189,79 @@ def make_training_noise_fn(train_var: float, n_bits: int = 8, m_bits: int = 1) -
         return jax.tree_util.tree_map(lambda p, q: p + jax.lax.stop_gradient(q - p), params, noisy)
 
     return noise_fn
+
+
+# ------------------------------------------------------------------------------ the fault model
+WRITE_VERIFY = "write_verify"  # the variables collection holding the write-verify mask
+
+
+@dataclasses.dataclass(frozen=True)
+class CiMVariation(FaultModel):
+    """Compute-in-memory programming variation as a fault model (rate: dev_var).
+
+    perturb(key, variables, dev_var) adds to every conv/dense kernel the noise
+    max|W| * sum_{i=1..n_bits/m_bits} 2^(-i*m_bits) * g_i, g_i ~ Normal(0, sigma^2), with
+    sigma = write_var where the weight is write-verified and dev_var elsewhere. Which weights are
+    write-verified is data, not configuration: the optional collection
+    variables["write_verify"] is a pytree of bools shaped like variables["params"] (True =
+    verified; absent = nothing verified). The returned variables no longer hold it.
+
+    Same key, same noise as ``apply_variation(params, mask, key, dev_var, write_var, ...)``.
+    FaultStats: n_cells = kernel weights, n_faults = weights not write-verified (the ones exposed
+    to dev_var), realised_ber = their fraction, n_zero_to_one = 0.
+    """
+
+    write_var: float = 0.03
+    n_bits: int = 8
+    m_bits: int = 1
+
+    rate_name: ClassVar[str] = "dev_var"
+
+    def __post_init__(self):
+        v = _concrete_float("write_var", self.write_var)
+        if v is None or not (math.isfinite(v) and v >= 0.0):
+            raise JaxfaultError(f"write_var must be a finite number >= 0, got {self.write_var!r}")
+        object.__setattr__(self, "write_var", v)
+        check_bits_per_device(self.n_bits, self.m_bits)
+
+    def perturb(self, key: jax.Array, variables: PyTree, dev_var) -> tuple[PyTree, Any]:
+        from jaxfault.faults import FaultStats
+
+        check_variances(dev_var, self.write_var)
+        rest = {k: v for k, v in variables.items() if k != WRITE_VERIFY}
+        params = rest["params"]
+        mask = variables.get(WRITE_VERIFY)
+        if mask is not None:
+            check_masks_like(params, mask)
+        noisy = _apply_variation(params, mask, key, jnp.asarray(dev_var, jnp.float32),
+                                 jnp.float32(self.write_var), self.n_bits, self.m_bits)
+        n_cells = count_kernel_weights(params)
+        if mask is None:
+            exposed = jnp.int32(n_cells)
+        else:
+            verified = flatten_kernels(jax.tree_util.tree_map(lambda m: jnp.asarray(m, jnp.int32), mask))
+            exposed = jnp.int32(n_cells) - jnp.sum(verified, dtype=jnp.int32)
+        cells = jnp.float32(n_cells)
+        stats = FaultStats(exposed, jnp.int32(0), cells, exposed.astype(jnp.float32) / jnp.maximum(cells, 1.0),
+                           jnp.float32(0.0))
+        return dict(rest, params=noisy), stats
+
+
+def cim_variation(**config) -> CiMVariation:
+    """Build a CiMVariation from keyword configuration (write_var, n_bits, m_bits), validated."""
+    known = {f.name for f in dataclasses.fields(CiMVariation)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise JaxfaultError(f"unknown CiM variation setting(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(known))}")
+    return CiMVariation(**config)
+
+
+def with_write_verify(variables: PyTree, mask: PyTree | None) -> dict:
+    """variables with the write-verify mask attached as the collection CiMVariation reads
+    (mask None: the collection is removed, i.e. nothing verified)."""
+    out = {k: v for k, v in variables.items() if k != WRITE_VERIFY}
+    if mask is not None:
+        check_masks_like(out["params"], mask)
+        out[WRITE_VERIFY] = jax.tree_util.tree_map(lambda m: jnp.asarray(m, bool), mask)
+    return out
