@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxfault import faults
+from jaxfault.faults import sampler, words
 from jaxfault.errors import JaxfaultError
 
 MASK18 = 0xFFFFC000
@@ -68,17 +69,25 @@ def test_cells_are_iid_bernoulli():
     assert ok, info
 
 
-def test_small_ber_across_keys_and_chunk_continuation(monkeypatch):
-    """Tiny BER: the total over many keys is Binomial; with a 4-fault chunk cap the while loop must
-    continue exactly (same statistics), and segments split the cells without losing any."""
+def test_small_ber_across_keys_and_chunk_continuation():
+    """Tiny BER: the total over many keys is Binomial; with one block of faults per loop iteration
+    the while loop must continue exactly (the very same faults as with one big chunk), and
+    segments split the cells without losing any."""
     n, p, T = 5_000, 2e-4, 64
     keys = jax.random.split(jax.random.key(3), T)
     counts = jax.vmap(lambda k: faults.stuck_at_maps(k, n, p, 0.0, MASK18)[2].n_faults)(keys)
     ok, info = within(int(counts.sum()), T * n * 18, p)
     assert ok, info
-    monkeypatch.setattr(faults, "CHUNK_CAP", 4)
-    monkeypatch.setattr(faults, "_MAX_SEGMENT_CELLS", 18 * 2000 + 5)
-    m10, _, st = faults.stuck_at_maps(jax.random.key(4), n, 1e-2, 0.0, MASK18)
+    p32, q32 = jnp.float32(1e-2), jnp.float32(0.0)
+    big = words._maps(jax.random.key(4), p32, q32, n_words=n, stored_mask=MASK18, rate_bound=1e-2)
+    small = words._maps(jax.random.key(4), p32, q32, n_words=n, stored_mask=MASK18, rate_bound=1e-2,
+                        chunk_cap=sampler.BLOCK)
+    assert sampler.chunk_blocks(n * 18, 1e-2) > 1 == sampler.chunk_blocks(n * 18, 1e-2, sampler.BLOCK)
+    for a, b in zip(big[:2], small[:2]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(big[2].n_faults) == int(small[2].n_faults) > 18 * n * 1e-2 / 2  # ~7 loop iterations of 128
+    m10, _, st = words._maps(jax.random.key(4), p32, q32, n_words=n, stored_mask=MASK18, rate_bound=1e-2,
+                             chunk_cap=sampler.BLOCK, segment_cells=18 * 2000 + 5)
     nf = int(np.unpackbits(np.asarray(m10).view(np.uint8)).sum())
     assert nf == int(st.n_faults)
     ok, info = within(nf, n * 18, 1e-2)

@@ -1,180 +1,139 @@
-"""Low-voltage SRAM bit errors on quantized weights (SPEC 3.1).
+"""Low-voltage SRAM bit errors on quantized weights (NeuralFuse's fault model).
 
 Every conv/dense kernel is quantized per tensor (symmetric, signed, ``bits`` = 4, 8 or 16) with
-:func:`jaxfault.quant.quantize`; each stored bit cell is faulty with probability ``ber`` and a
-faulty cell reads 1 with probability ``ber0`` (stuck-at-1) and 0 otherwise (stuck-at-0). On the
-two's-complement words: ``q = (q & ~map_1to0) | map_0to1``, sign-extended back, ``W' = q * delta``.
+:func:`jaxfault.quant.quantize` and stored as ``bits``-bit two's-complement words. Each stored
+bit cell is faulty with probability ``ber``; a faulty cell reads 1 with probability ``ber0``
+(stuck-at-1) and 0 otherwise (stuck-at-0): ``word = (word & ~map_1to0) | map_0to1``, read back
+sign-extended, ``W' = q' * delta``. The faults come from the one sampler of
+:mod:`jaxfault.faults` (exact: no cap, no dropped faults; ``ber`` may be traced when a static
+``rate_bound`` is given).
 
-Two placements of the faulty cells:
+Placements (see :mod:`jaxfault.faults.placement`):
 
-* ``"independent"`` (default): every bit of every weight of every layer draws its own cell. This
-  is the cleaner model (no correlation between layers).
-* ``"memory_array"``: the reference's shared map of 8192 rows x 128 bit columns, one per seed and
-  reused for every layer. Weight ``k`` of a layer (row-major flatten order) takes row
-  ``(k // 256) mod 8192`` and word slot ``k mod 16``; its bit ``b`` (b = 0 is the least significant
-  bit of the two's-complement word) is column ``slot * 8 + b``. For 4 or 16 bits the row holds
-  ``W = 128 // bits`` words and the same "row pattern repeated 16 times" rule gives row
-  ``(k // (16 W)) mod 8192`` and slot ``k mod W`` (for 8 bits: W = 16, exactly the rule above).
+* ``"independent"`` (default): every bit of every weight of every layer draws its own cell;
+  kernel i (flatten order of the parameter tree) uses ``fold_in(key, i)``. This is the cleaner
+  model (no correlation between layers).
+* ``"memory_array"``: the reference's shared map of 8192 rows x 128 bit columns, drawn once per
+  key and reused for every layer. Weight ``k`` of a layer takes row ``(k // 256) mod 8192`` and
+  word slot ``k mod 16`` for 8-bit words; its bit ``b`` (b = 0: least significant) is column
+  ``slot * 8 + b``. A row holds ``W = 128 // bits`` words; for 4 or 16 bits the same "row
+  pattern repeated 16 times" rule gives row ``(k // (16 W)) mod 8192`` and slot ``k mod W``.
+
+Weight order (``layout``): ``"flax"`` numbers the weights in the row-major order of the Flax
+kernel (conv HWIO, dense (in, out)); ``"torch"`` in PyTorch's order (conv OIHW, dense
+(out, in)), so that a map recorded by the PyTorch reference hits the same physical weights.
+
+``compat=True`` reproduces the reference code for 4-bit words: the row index is
+``k // (W * W)`` (W = 32, so k // 1024 instead of k // 512), and the 4-bit word lives in the low
+bits of an int8 without sign extension, so a faulty weight reads back in [-16, 15] (the int8's
+upper four bits keep the original sign) rather than in [-8, 7]. For 8-bit words compat changes
+nothing; for 16-bit words only the row rule (k // 64 instead of k // 128). The default is the
+sign-extended ``bits``-bit word, the faithful model of a ``bits``-bit SRAM word.
 
 All functions are pure and jittable, with ``key`` as the only source of randomness, so they can
 be vmapped / lax.mapped over keys (one key = one perturbed model).
 """
 from __future__ import annotations
 
-import math
-from typing import Any
+import dataclasses
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxfault.errors import JaxfaultError, check_probability
-from jaxfault.pytree import map_kernels_with_index
-from jaxfault.quant import check_bits, quantize
-
-PLACEMENTS = ("independent", "memory_array")
-ARRAY_ROWS = 8192
-ARRAY_COLS = 128
-ROW_REPEAT = 16  # consecutive words sharing a row pattern in the reference layout = 16 * words/row
+from jaxfault import faults as F
+from jaxfault.errors import JaxfaultError, check, check_probability
+from jaxfault.faults.placement import (ARRAY_COLS, ARRAY_ROWS, LAYOUTS, PLACEMENTS, check_layout, check_placement,
+                                       from_layout_order, memory_array_maps, memory_array_rows_slots,
+                                       memory_array_word_maps, pack_cells, to_layout_order, unpack_cells)
+from jaxfault.protocol import FaultModel, check_rate_bound
+from jaxfault.pytree import is_kernel
+from jaxfault.quant import check_bits, dequantize, quantize
 
 PyTree = Any
+OK, STUCK1, STUCK0 = 0, 1, 2  # cell codes of memory_array_codes
+DEFAULT_RATE_BOUND = 0.01
 
-
-def check_placement(placement: str) -> str:
-    """Validate the placement name."""
-    if placement not in PLACEMENTS:
-        raise JaxfaultError(f"unknown fault placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
-    return placement
-
-
-def _check_rate(name: str, value) -> None:
-    # Python numbers are validated eagerly; traced values (sweeps inside jit) are the caller's job.
-    if isinstance(value, (int, float)):
-        check_probability(name, value)
-
-
-OK, STUCK1, STUCK0 = 0, 1, 2  # cell codes
-
-
-def _is_static(x) -> bool:
-    return isinstance(x, (int, float))
-
-
-def max_faults(num_cells: int, ber: float) -> int:
-    """Static capacity of the sparse sampler: mean + 10 standard deviations + 16 (capped at
-    num_cells). The chance that a Binomial(num_cells, ber) count exceeds it is < 1e-20; cells
-    beyond the capacity would stay fault-free."""
-    mean = num_cells * ber
-    return int(min(num_cells, math.ceil(mean + 10.0 * math.sqrt(mean * (1.0 - ber)) + 16)))
-
-
-def cell_codes(key: jax.Array, num_cells: int, ber, ber0=0.5) -> jax.Array:
-    """int8 codes for num_cells independent bit cells: 0 ok, 1 stuck-at-1, 2 stuck-at-0.
-
-    Each cell is faulty with probability ber, a faulty cell is stuck at 1 with probability ber0.
-    With a Python-number ber the faulty cells are drawn sparsely (geometric gaps between
-    successive faulty cells, exact Bernoulli(ber) per cell): about 2 * ber * num_cells random
-    numbers instead of num_cells, which makes drawing a perturbed model ~50x cheaper at 1 % BER.
-    A traced ber (e.g. a BER sweep inside one jit) uses one uniform per cell.
-    """
-    k_pos, k_val = jax.random.split(key)
-    if _is_static(ber):
-        ber = float(ber)
-        if ber == 0.0 or num_cells == 0:
-            return jnp.zeros((num_cells,), jnp.int8)
-        kmax = max_faults(num_cells, ber)
-        u = jax.random.uniform(k_pos, (kmax,), jnp.float32, minval=jnp.finfo(jnp.float32).tiny, maxval=1.0)
-        if ber >= 1.0:
-            gaps = jnp.ones((kmax,), jnp.int32)
-        else:
-            gaps = jnp.floor(jnp.log(u) / jnp.float32(math.log1p(-ber))).astype(jnp.int32) + 1
-        pos = jnp.cumsum(gaps) - 1
-        stuck1 = jax.random.uniform(k_val, (kmax,), jnp.float32) < jnp.asarray(ber0, jnp.float32)
-        vals = jnp.where(stuck1, STUCK1, STUCK0).astype(jnp.int8)
-        return jnp.zeros((num_cells,), jnp.int8).at[pos].set(vals, mode="drop")
-    ber = jnp.asarray(ber, jnp.float32)
-    u = jax.random.uniform(k_pos, (num_cells,), jnp.float32)
-    faulty = u < ber
-    stuck1 = jax.random.uniform(k_val, (num_cells,), jnp.float32) < jnp.asarray(ber0, jnp.float32)
-    return jnp.where(faulty, jnp.where(stuck1, STUCK1, STUCK0), OK).astype(jnp.int8)
-
-
-def codes_to_masks(codes: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """codes [..., bits] (bit b = 0 is the least significant) -> (map_0to1, map_1to0) int32 words."""
-    bits = codes.shape[-1]
-    weights = jnp.left_shift(jnp.int32(1), jnp.arange(bits, dtype=jnp.int32))
-    m01 = jnp.sum(jnp.where(codes == STUCK1, weights, 0), axis=-1, dtype=jnp.int32)
-    m10 = jnp.sum(jnp.where(codes == STUCK0, weights, 0), axis=-1, dtype=jnp.int32)
-    return m01, m10
-
-
-def memory_array_codes(key: jax.Array, ber, ber0=0.5) -> jax.Array:
-    """The per-seed 8192 x 128 array of cell codes of the memory-array placement."""
-    return cell_codes(key, ARRAY_ROWS * ARRAY_COLS, ber, ber0).reshape(ARRAY_ROWS, ARRAY_COLS)
-
-
-def memory_array_index(n: int, bits: int = 8, k: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """(row, column) index arrays of shape [n, bits]: where bit b of weight k lives in the array
-    (k = 0..n-1, or the given weight indices k)."""
-    words_per_row = ARRAY_COLS // bits
-    k = jnp.arange(n, dtype=jnp.int32) if k is None else jnp.asarray(k, jnp.int32)
-    row = (k // (ROW_REPEAT * words_per_row)) % ARRAY_ROWS
-    slot = k % words_per_row
-    cols = slot[:, None] * bits + jnp.arange(bits, dtype=jnp.int32)[None, :]
-    rows = jnp.broadcast_to(row[:, None], cols.shape)
-    return rows, cols
-
-
-def fault_masks(key: jax.Array, n: int, ber, ber0=0.5, bits: int = 8,
-                placement: str = "independent", array_codes: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """(map_0to1, map_1to0): int32 bit masks (low ``bits`` bits used) for n consecutive weights.
-
-    For the memory-array placement ``array_codes`` (from :func:`memory_array_codes`) is the
-    shared per-seed array (drawn from ``key`` when not given).
-    """
-    if placement == "independent":
-        codes = cell_codes(key, n * bits, ber, ber0).reshape(n, bits)
-    else:
-        if array_codes is None:
-            array_codes = memory_array_codes(key, ber, ber0)
-        rows, cols = memory_array_index(n, bits)
-        codes = array_codes[rows, cols]
-    return codes_to_masks(codes)
+__all__ = ["ARRAY_COLS", "ARRAY_ROWS", "LAYOUTS", "OK", "PLACEMENTS", "STUCK0", "STUCK1", "SRAMBitErrors",
+           "apply_reference_map", "check_layout", "check_placement", "fault_masks", "memory_array_codes",
+           "memory_array_index", "perturb_kernel", "perturb_params", "perturb_variables", "sign_extend",
+           "sram_bit_errors", "to_unsigned"]
 
 
 def to_unsigned(q: jax.Array, bits: int) -> jax.Array:
     """Two's-complement bit pattern of signed ints q in the low ``bits`` bits (int32 holder)."""
-    return jnp.bitwise_and(q.astype(jnp.int32), (1 << bits) - 1)
+    return jnp.bitwise_and(jnp.asarray(q).astype(jnp.int32), (1 << bits) - 1)
 
 
 def sign_extend(u: jax.Array, bits: int) -> jax.Array:
     """Inverse of to_unsigned: interpret the low ``bits`` bits as a signed two's-complement word."""
-    u = jnp.bitwise_and(u.astype(jnp.int32), (1 << bits) - 1)
-    return jnp.where(u >= (1 << (bits - 1)), u - (1 << bits), u)
+    return F.words_to_int(jnp.asarray(u).astype(jnp.int32), bits)
 
 
-def apply_stuck_at(q: jax.Array, map_0to1: jax.Array, map_1to0: jax.Array, bits: int) -> jax.Array:
-    """q' = (q & ~map_1to0) | map_0to1 on the two's-complement words, sign-extended back."""
-    u = to_unsigned(q, bits)
-    u = jnp.bitwise_or(jnp.bitwise_and(u, jnp.bitwise_not(map_1to0)), map_0to1)
-    return sign_extend(u, bits)
+def _container_bits(bits: int, compat: bool) -> int | None:
+    # The reference stores 4- and 8-bit words in an int8 and never sign-extends the 4-bit word.
+    return 8 if compat and bits < 8 else None
 
 
-def perturb_kernel(w: jax.Array, key: jax.Array, ber, ber0=0.5, bits: int = 8,
-                   placement: str = "independent", array_codes: jax.Array | None = None,
-                   straight_through: bool = True) -> jax.Array:
-    """Quantize one kernel, inject stuck-at faults, return the dequantized faulty kernel.
+def _apply(q, map_1to0, map_0to1, bits: int, compat: bool):
+    return F.apply_stuck_at_int(q, map_1to0, map_0to1, bits, _container_bits(bits, compat))
 
-    With straight_through the value is exactly W' and the gradient wrt w is the identity (STE).
+
+# ---------------------------------------------------------------------------------- cell maps
+def _array_maps_from_codes(array_codes):
+    codes = jnp.asarray(array_codes)
+    return pack_cells(codes == STUCK0), pack_cells(codes == STUCK1)
+
+
+def memory_array_codes(key: jax.Array, ber, ber0=0.5, *, rate_bound=None) -> jax.Array:
+    """The per-key 8192 x 128 int8 array of cell codes (0 ok, 1 stuck-at-1, 2 stuck-at-0) of the
+    memory-array placement (the same cells that :func:`perturb_params` uses for that key)."""
+    m10, m01, _ = memory_array_maps(key, ber, ber0, rate_bound=rate_bound)
+    c10, c01 = unpack_cells(m10), unpack_cells(m01)
+    return jnp.where(c01, STUCK1, jnp.where(c10, STUCK0, OK)).astype(jnp.int8)
+
+
+def memory_array_index(n: int, bits: int = 8, k: jax.Array | None = None, *,
+                       compat: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(row, column) index arrays of shape [n, bits]: where bit b of weight k lives in the array
+    (k = 0..n-1, or the given weight indices k)."""
+    k = jnp.arange(n, dtype=jnp.int32) if k is None else jnp.asarray(k, jnp.int32)
+    row, slot = memory_array_rows_slots(k, bits, compat)
+    cols = slot[:, None] * bits + jnp.arange(bits, dtype=jnp.int32)[None, :]
+    return jnp.broadcast_to(row[:, None], cols.shape), cols
+
+
+def _layer_maps(key, n: int, p, q, bits: int, placement: str, array_maps, compat: bool, bound: float):
+    """(map_1to0, map_0to1, FaultStats) uint32 of shape (n,) for n consecutive words of a layer."""
+    if placement == "independent":
+        return F.stuck_at_maps(key, n, p, q, F.int_stored_mask(bits), rate_bound=bound)
+    m10, m01 = memory_array_word_maps(array_maps[0], array_maps[1], n, bits, compat)
+    n01 = jnp.sum(jax.lax.population_count(m01), dtype=jnp.int32)
+    nf = jnp.sum(jax.lax.population_count(m10 | m01), dtype=jnp.int32)
+    return m10, m01, F.fault_stats(nf, n01, n * bits)
+
+
+def fault_masks(key: jax.Array, n: int, ber, ber0=0.5, bits: int = 8, placement: str = "independent",
+                array_codes: jax.Array | None = None, *, compat: bool = False,
+                rate_bound=None) -> tuple[jax.Array, jax.Array]:
+    """(map_1to0, map_0to1): uint32 bit masks (low ``bits`` bits) for n consecutive weights.
+
+    For the memory-array placement ``array_codes`` (from :func:`memory_array_codes`) is the
+    shared per-key array (drawn from ``key`` when not given).
     """
-    q, delta = quantize(w, bits)
-    m01, m10 = fault_masks(key, w.size, ber, ber0, bits, placement, array_codes)
-    qf = apply_stuck_at(q.reshape(-1), m01, m10, bits).reshape(w.shape)
-    wf = (qf.astype(jnp.float32) * delta).astype(w.dtype)
-    if straight_through:
-        return _straight_through(w, jax.lax.stop_gradient(wf))
-    return wf
+    check_placement(placement)
+    bits = check_bits(bits)
+    bound = _resolved(ber, ber0, rate_bound)
+    array_maps = None
+    if placement == "memory_array":
+        array_maps = (_array_maps_from_codes(array_codes) if array_codes is not None
+                      else memory_array_maps(key, ber, ber0, rate_bound=bound)[:2])
+    m10, m01, _ = _layer_maps(key, n, ber, ber0, bits, placement, array_maps, compat, bound)
+    return m10, m01
 
 
+# ----------------------------------------------------------------------------------- kernels
 @jax.custom_jvp
 def _straight_through(w: jax.Array, wf: jax.Array) -> jax.Array:
     """Forward: exactly wf (bit-exact, unlike w + stop_gradient(wf - w)); derivative wrt w: identity."""
@@ -188,31 +147,169 @@ def _straight_through_jvp(primals, tangents):
     return wf, dw
 
 
+def _perturb_kernel(w, key, ber, ber0, bits, placement, array_maps, layout, compat, bound, straight_through):
+    q, delta = quantize(w, bits)
+    flat = to_layout_order(q, layout)
+    m10, m01, st = _layer_maps(key, flat.shape[0], ber, ber0, bits, placement, array_maps, compat, bound)
+    qf = from_layout_order(_apply(flat, m10, m01, bits, compat), w.shape, layout)
+    wf = dequantize(qf, delta).astype(w.dtype)
+    if straight_through:
+        wf = _straight_through(w, jax.lax.stop_gradient(wf))
+    return wf, st
+
+
+def _resolved(ber, ber0, rate_bound):
+    """Validated rates: Python numbers stay Python numbers (static zero short-cut), traced stay traced."""
+    _, bound = F.resolve_rate("ber", ber, rate_bound)
+    F.resolve_rate("ber0", ber0, bounded=False)
+    return bound
+
+
+def perturb_kernel(w: jax.Array, key: jax.Array, ber, ber0=0.5, bits: int = 8,
+                   placement: str = "independent", array_codes: jax.Array | None = None,
+                   straight_through: bool = True, *, layout: str = "flax", compat: bool = False,
+                   rate_bound=None) -> jax.Array:
+    """Quantize one kernel, inject stuck-at faults, return the dequantized faulty kernel.
+
+    With straight_through the value is exactly W' and the gradient wrt w is the identity (STE).
+    """
+    bound = _resolved(ber, ber0, rate_bound)
+    bits = check_bits(bits)
+    check_placement(placement)
+    check_layout(layout)
+    array_maps = None
+    if placement == "memory_array":
+        array_maps = (_array_maps_from_codes(array_codes) if array_codes is not None
+                      else memory_array_maps(key, ber, ber0, rate_bound=bound)[:2])
+    return _perturb_kernel(w, key, ber, ber0, bits, placement, array_maps, layout, compat, bound, straight_through)[0]
+
+
+def _perturb_params(params: PyTree, key, ber, ber0, bits, placement, layout, compat, bound, straight_through):
+    """(perturbed params, FaultStats over all kernels): the one code path of every SRAM injection."""
+    array_maps = memory_array_maps(key, ber, ber0, rate_bound=bound)[:2] if placement == "memory_array" else None
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    out, stats, i = [], [], 0
+    for path, x in leaves:
+        if is_kernel(path, x):
+            wf, st = _perturb_kernel(x, jax.random.fold_in(key, i), ber, ber0, bits, placement, array_maps, layout,
+                                     compat, bound, straight_through)
+            out.append(wf)
+            stats.append(st)
+            i += 1
+        else:
+            out.append(x)
+    return jax.tree_util.tree_unflatten(treedef, out), F.merge_stats(stats)
+
+
 def perturb_params(params: PyTree, key: jax.Array, ber, ber0=0.5, bits: int = 8,
-                   placement: str = "independent", straight_through: bool = True) -> PyTree:
+                   placement: str = "independent", straight_through: bool = True, *, layout: str = "flax",
+                   compat: bool = False, rate_bound=None) -> PyTree:
     """One perturbed model: every conv/dense kernel quantized, faulted and dequantized.
 
     Pure in (params, key): the same key gives the same perturbed model. Kernel i uses
     ``fold_in(key, i)`` (independent placement) or the one shared memory array of ``key``.
     Biases, batch-norm parameters etc. are unchanged. Run the result with the model's
-    ``clone(quant_bits=None)`` (the weights are already dequantized).
+    ``clone(quant_bits=None)`` (the weights are already dequantized). ``ber`` may be traced
+    when ``rate_bound`` is given; with straight_through the gradient wrt the kernels is the
+    identity (EOPM training).
     """
-    _check_rate("ber", ber)
-    _check_rate("ber0", ber0)
+    bound = _resolved(ber, ber0, rate_bound)
     bits = check_bits(bits)
     check_placement(placement)
-    array_codes = memory_array_codes(key, ber, ber0) if placement == "memory_array" else None
-
-    def one(i, w):
-        return perturb_kernel(w, jax.random.fold_in(key, i), ber, ber0, bits, placement, array_codes,
-                              straight_through)
-
-    return map_kernels_with_index(one, params)
+    check_layout(layout)
+    return _perturb_params(params, key, ber, ber0, bits, placement, layout, bool(compat), bound, straight_through)[0]
 
 
 def perturb_variables(variables: dict, key: jax.Array, ber, ber0=0.5, bits: int = 8,
-                      placement: str = "independent") -> dict:
+                      placement: str = "independent", **options) -> dict:
     """perturb_params applied to variables["params"]; other collections (batch_stats) unchanged."""
     out = dict(variables)
-    out["params"] = perturb_params(variables["params"], key, ber, ber0, bits, placement)
+    out["params"] = perturb_params(variables["params"], key, ber, ber0, bits, placement, **options)
     return out
+
+
+# --------------------------------------------------------------------------------- replay
+def apply_reference_map(q, stuck_at_1, stuck_at_0, bits: int = 8, layout: str = "torch", *, compat: bool = False):
+    """Replay a recorded pair of 8192 x 128 cell maps (1 = faulty) on one layer's quantized weights.
+
+    ``q``: the layer's integer weights in the Flax shape (conv HWIO, dense (in, out)); weight k
+    in the ``layout`` order takes the memory-array cells described in the module docstring.
+    A cell set in both maps reads 1 (the stuck-at-1 map is applied last, as
+    ``(word & ~map_1to0) | map_0to1``). Returns (faulty q as int32 in the Flax shape, FaultStats
+    of the faulty weight bits).
+    """
+    bits = check_bits(bits)
+    check_layout(layout)
+    q = jnp.asarray(q)
+    check(jnp.issubdtype(q.dtype, jnp.integer), f"q must be an integer array, got {q.dtype}")
+    m01 = pack_cells(stuck_at_1)
+    m10 = pack_cells(stuck_at_0)
+    flat = to_layout_order(q, layout)
+    w10, w01 = memory_array_word_maps(m10, m01, flat.shape[0], bits, compat)
+    out = from_layout_order(_apply(flat, w10, w01, bits, compat), q.shape, layout)
+    n01 = jnp.sum(jax.lax.population_count(w01), dtype=jnp.int32)
+    nf = jnp.sum(jax.lax.population_count(w10 | w01), dtype=jnp.int32)
+    return out, F.fault_stats(nf, n01, flat.shape[0] * bits)
+
+
+# --------------------------------------------------------------------------- the fault model
+@dataclasses.dataclass(frozen=True)
+class SRAMBitErrors(FaultModel):
+    """Stuck-at bit errors in the SRAM words of every quantized conv/dense kernel.
+
+    ``perturb(key, variables, ber)``: kernels quantized (``bits``), each stored cell stuck with
+    probability ber (stuck-at-1 share ``ber0``) under the given placement/layout/compat,
+    dequantized back to float; other collections unchanged. ``ber`` may be traced; the static
+    ``rate_bound`` (>= every ber of a sweep) sizes the sampler's chunks.
+    """
+
+    ber0: float = 0.5
+    bits: int = 8
+    placement: str = "independent"
+    layout: str = "flax"
+    compat: bool = False
+    rate_bound: float = DEFAULT_RATE_BOUND
+
+    rate_name: ClassVar[str] = "ber"
+
+    def __post_init__(self):
+        object.__setattr__(self, "ber0", check_probability("ber0", self.ber0))
+        if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)):
+            raise JaxfaultError(f"bits must be one of 4, 8, 16, got {self.bits!r}")
+        object.__setattr__(self, "bits", check_bits(int(self.bits)))
+        check_placement(self.placement)
+        check_layout(self.layout)
+        if not isinstance(self.compat, (bool, np.bool_)):
+            raise JaxfaultError(f"compat must be true or false, got {self.compat!r}")
+        object.__setattr__(self, "compat", bool(self.compat))
+        object.__setattr__(self, "rate_bound", check_rate_bound(self.rate_bound))
+
+    def prepare(self, variables: PyTree) -> PyTree:
+        """The clean quantized model: every kernel replaced by dequantize(quantize(w)) (ber = 0)."""
+        def clean(path, x):
+            if not is_kernel(path, x):
+                return x
+            q, delta = quantize(x, self.bits)
+            return dequantize(q, delta).astype(x.dtype)
+
+        out = dict(variables)
+        out["params"] = jax.tree_util.tree_map_with_path(clean, variables["params"])
+        return out
+
+    def perturb(self, key: jax.Array, variables: PyTree, rate):
+        """(variables with faulty kernels, FaultStats over all kernel cells)."""
+        _, bound = F.resolve_rate("ber", rate, self.rate_bound)
+        params, stats = _perturb_params(variables["params"], key, rate, self.ber0, self.bits, self.placement,
+                                        self.layout, self.compat, bound, straight_through=False)
+        out = dict(variables)
+        out["params"] = params
+        return out, stats
+
+
+def sram_bit_errors(**config) -> SRAMBitErrors:
+    """Build (and validate) an SRAM bit-error fault model: ber0, bits, placement, layout, compat, rate_bound."""
+    names = {f.name for f in dataclasses.fields(SRAMBitErrors)}
+    unknown = sorted(set(config) - names)
+    if unknown:
+        raise JaxfaultError(f"unknown SRAM fault option {unknown[0]!r}; choose from {', '.join(sorted(names))}")
+    return SRAMBitErrors(**config)
