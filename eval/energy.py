@@ -9,65 +9,36 @@ ECC, SRAM voltage scaling, write-verify cycles).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from jaxfault.cli import ArgumentParser, parse_float_list, run_main
+from jaxfault.cli import (ArgumentParser, nonneg_float, parse_float_list, positive_float, positive_int,
+                          probability, run_main)
 from jaxfault.energy import analysis as A
 from jaxfault.energy import protection as P
 from jaxfault.energy.core import Hardware
-from jaxfault.energy.networks import ALEXNET_REFERENCE, get_network, network_names
+from jaxfault.energy.inputs import input_shape_flag, load_grid, load_table, parse_per_layer, parse_shape  # noqa: F401
+from jaxfault.energy.networks import get_network, network_names
 from jaxfault.errors import JaxfaultError
-from jaxfault.io import atomic_write_json, atomic_write_text
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise JaxfaultError(f"--input: {text!r} is not H,W,C integers") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise JaxfaultError(f"--input must be three positive integers H,W,C, got {text!r}")
-    return shape
-
-
-def parse_per_layer(text: str, name: str, network: str):
-    if text.strip().lower() == "reference":
-        if network != "alexnet":
-            raise JaxfaultError(f"--{name} reference: the SPEC reference bit widths exist only for alexnet")
-        return list(ALEXNET_REFERENCE[name])
-    return parse_float_list(text, f"--{name}")
-
-
-def load_table(path: str | None, name: str, default):
-    """[[x, ber], ...] from a JSON file (or {"table": [...]}) ."""
-    if path is None:
-        return default
-    try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise JaxfaultError(f"{name}: cannot read {path}: {e}") from None
-    if isinstance(obj, dict):
-        obj = obj.get("table", obj)
-    return [tuple(map(float, r)) for r in obj]
+from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m eval.energy", description=__doc__.split("\n\n")[0])
     p.add_argument("--network", default="alexnet", help=f"one of {', '.join(network_names())}, or package.module:attribute (a Flax module or factory)")
-    p.add_argument("--input", type=parse_shape, default=None, help="H,W,C of one input image (default: the network's dataset shape; alexnet 227,227,3)")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--input", type=input_shape_flag, default=None, help="H,W,C of one input image (default: the network's dataset shape; alexnet 227,227,3)")
+    p.add_argument("--num-classes", type=positive_int, default=None)
     p.add_argument("--qw", default="16", help="weight bits: one value, a per-layer comma list, or 'reference' (alexnet)")
     p.add_argument("--qa", default="16", help="activation bits (same forms as --qw)")
     p.add_argument("--pw", default="0", help="weight pruning ratio in [0, 1) (same forms as --qw)")
     g = p.add_argument_group("hardware (SPEC 4 defaults)")
     for f, d in zip(Hardware._fields, Hardware()):
-        g.add_argument(f"--{f.replace('_', '-')}", type=(int if f.startswith("pe_") else float), default=d)
+        g.add_argument(f"--{f.replace('_', '-')}", type=(positive_int if f.startswith("pe_") else nonneg_float), default=d)
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--plot", default=None, help="write PNG plots into this directory")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json, --pareto-csv and plot files")
     s = p.add_argument_group("design-point sweeps (one vmapped call)")
     s.add_argument("--sweep-bits", default=None, help="A..B or a comma list: all (qw, qa) pairs, uniform over layers")
     s.add_argument("--grid", default=None, help="JSON file {axis: [values]} over qw, qa, pw (scalar or per-layer lists) and hardware fields")
@@ -75,19 +46,19 @@ def build_parser() -> ArgumentParser:
     e = p.add_argument_group("energy of protection (constants: docs/energy.md)")
     e.add_argument("--ecc", default=None, help="DRAM ECC: none, secded, sparrow, sparrow-b16 or stored bits per 16-bit weight")
     e.add_argument("--refresh-interval", default=None, help="refresh intervals in s, comma list (default 0.064)")
-    e.add_argument("--refresh-pj-per-bit", type=float, default=P.REFRESH_PJ_PER_BIT)
-    e.add_argument("--ecc-read-scaling", type=float, default=P.ECC_READ_SCALING, help="share of DRAM weight-read energy that grows with the ECC's stored bits (1: check bits move with the data)")
-    e.add_argument("--inference-period", type=float, default=P.INFERENCE_PERIOD_S, help="seconds of DRAM residency charged to one inference")
-    e.add_argument("--pj-per-unit", type=float, default=P.PJ_PER_UNIT)
+    e.add_argument("--refresh-pj-per-bit", type=nonneg_float, default=P.REFRESH_PJ_PER_BIT)
+    e.add_argument("--ecc-read-scaling", type=probability, default=P.ECC_READ_SCALING, help="share of DRAM weight-read energy that grows with the ECC's stored bits (1: check bits move with the data)")
+    e.add_argument("--inference-period", type=positive_float, default=P.INFERENCE_PERIOD_S, help="seconds of DRAM residency charged to one inference")
+    e.add_argument("--pj-per-unit", type=positive_float, default=P.PJ_PER_UNIT)
     e.add_argument("--retention-table", default=None, help="JSON [[interval_s, ber], ...]")
     e.add_argument("--voltage", default=None, help="SRAM supply voltages (relative to --v-nominal), comma list")
     e.add_argument("--ber", default=None, help="SRAM BERs to map to voltages through the voltage table, comma list")
-    e.add_argument("--v-nominal", type=float, default=P.NOMINAL_VOLTAGE)
+    e.add_argument("--v-nominal", type=positive_float, default=P.NOMINAL_VOLTAGE)
     e.add_argument("--voltage-table", default=None, help="JSON [[voltage, ber], ...]")
     e.add_argument("--verify-fraction", default=None, help="fractions of weights write-verified (SWIM), comma list")
-    e.add_argument("--verify-iterations", type=float, default=P.VERIFY_ITERATIONS)
-    e.add_argument("--weight-bits", type=int, default=P.WEIGHT_BITS)
-    e.add_argument("--bits-per-device", type=int, default=P.BITS_PER_DEVICE)
+    e.add_argument("--verify-iterations", type=positive_float, default=P.VERIFY_ITERATIONS)
+    e.add_argument("--weight-bits", type=positive_int, default=P.WEIGHT_BITS)
+    e.add_argument("--bits-per-device", type=positive_int, default=P.BITS_PER_DEVICE)
     return p
 
 
@@ -99,9 +70,9 @@ def protection_report(args, net, energy, num_weights: int, qw, pw) -> dict:
         ecc = args.ecc or "none"
         bits = P.ecc_stored_bits(ecc)
         table = load_table(args.retention_table, "--retention-table", P.RETENTION_BER_TABLE)
-        intervals = parse_float_list(args.refresh_interval, "--refresh-interval") if args.refresh_interval else [P.NOMINAL_REFRESH_S]
-        if min(intervals) <= 0 or args.inference_period <= 0 or args.refresh_pj_per_bit < 0 or args.pj_per_unit <= 0:
-            raise JaxfaultError("refresh interval, inference period and pJ per unit must be > 0 (pJ per bit >= 0)")
+        intervals = (parse_float_list(args.refresh_interval, "--refresh-interval", check=lambda v: v > 0,
+                                      requirement="> 0")
+                     if args.refresh_interval is not None else [P.NOMINAL_REFRESH_S])
         iv = np.asarray(intervals)
         kw = dict(pj_per_bit=args.refresh_pj_per_bit, period_s=args.inference_period, pj_per_unit=args.pj_per_unit)
         nw = np.asarray([l.num_weights for l in net.layers], np.float64)
@@ -109,8 +80,6 @@ def protection_report(args, net, energy, num_weights: int, qw, pw) -> dict:
         store0 = float(P.weight_storage_bits(nw, qw, pw, 16))
         refresh = np.asarray(P.dram_refresh_energy(store, iv, **kw), np.float64)
         ref0 = float(P.dram_refresh_energy(store0, P.NOMINAL_REFRESH_S, **kw))
-        if not 0 <= args.ecc_read_scaling <= 1:
-            raise JaxfaultError(f"--ecc-read-scaling must be in [0, 1], got {args.ecc_read_scaling}")
         dram_w = float(np.sum(P.dram_weight_energy_with_ecc(energy, bits, args.ecc_read_scaling)))
         dram_w0 = float(np.sum(energy.data[..., 0, 0]))
         ber = np.asarray(P.retention_ber(iv, table), np.float64)
@@ -123,11 +92,10 @@ def protection_report(args, net, energy, num_weights: int, qw, pw) -> dict:
                                "dram_weight_read_energy": dram_w, "points": pts}
     if args.voltage is not None or args.ber is not None:
         table = load_table(args.voltage_table, "--voltage-table", P.VOLTAGE_BER_TABLE)
-        volts = np.asarray(parse_float_list(args.voltage, "--voltage") if args.voltage is not None else [], np.float64)
+        volts = np.asarray(parse_float_list(args.voltage, "--voltage", check=lambda v: v > 0, requirement="> 0")
+                           if args.voltage is not None else [], np.float64)
         if args.ber is not None:  # SRAM BERs -> the lowest voltage with that BER (voltage table)
-            bers = np.asarray(parse_float_list(args.ber, "--ber"))
-            if np.any(bers <= 0) or np.any(bers > 1):
-                raise JaxfaultError(f"--ber values must be in (0, 1], got {bers.tolist()}")
+            bers = np.asarray(parse_float_list(args.ber, "--ber", check=lambda v: 0 < v <= 1, requirement="in (0, 1]"))
             volts = np.concatenate([volts, np.asarray(P.voltage_for_ber(bers, table), np.float64) * args.v_nominal])
         if np.any(volts <= 0):
             raise JaxfaultError(f"--voltage values must be > 0, got {volts.tolist()}")
@@ -140,10 +108,8 @@ def protection_report(args, net, energy, num_weights: int, qw, pw) -> dict:
              "sram_saving": 1 - float(v / args.v_nominal) ** 2, "relative_total": float(t) / base_total}
             for v, b, s, t in zip(volts, sber, sram, tot)]}
     if args.verify_fraction is not None:
-        fr = parse_float_list(args.verify_fraction, "--verify-fraction")
-        for f in fr:
-            if not 0 <= f <= 1:
-                raise JaxfaultError(f"--verify-fraction values must be in [0, 1], got {f!r}")
+        fr = parse_float_list(args.verify_fraction, "--verify-fraction", check=lambda v: 0 <= v <= 1,
+                              requirement="in [0, 1]")
         model = P.WriteVerify(args.weight_bits, args.bits_per_device, args.verify_iterations)
         cyc = np.asarray(P.write_verify_cycles(num_weights, np.asarray(fr), model), np.float64)
         rel = np.asarray(P.relative_write_verify_cost(np.asarray(fr), model), np.float64)
@@ -178,12 +144,7 @@ def format_protection(prot: dict) -> str:
 def run_sweep(args, net, base: dict) -> dict:
     n = len(net.layers)
     if args.grid is not None:
-        try:
-            grid = json.loads(Path(args.grid).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise JaxfaultError(f"--grid: cannot read {args.grid}: {e}") from None
-        if not isinstance(grid, dict) or not grid:
-            raise JaxfaultError("--grid must hold a non-empty JSON object {axis: [values]}")
+        grid = load_grid(args.grid, ("qw", "qa", "pw", *A.HW_FIELDS))
     else:
         bits = A.parse_range(args.sweep_bits)
         grid = {"qw": bits, "qa": bits}
@@ -220,8 +181,28 @@ def format_pareto(sweep: dict, max_rows: int = 24) -> str:
     return "\n".join(lines)
 
 
+def check_outputs(args) -> None:
+    """Every output path checked before any work: not under a file, writable, and no existing file
+    replaced without --overwrite (for --plot: the plot files this run would write)."""
+    for flag, path in (("--json", args.json), ("--pareto-csv", args.pareto_csv)):
+        if path is not None:
+            check_output_path(path, overwrite=args.overwrite, flag=flag)
+    if args.plot is not None:
+        plot_dir = check_output_path(args.plot, overwrite=True, kind="dir", flag="--plot")
+        names = list(A.BREAKDOWN_PLOTS) + ([A.SWEEP_PLOT] if args.sweep_bits is not None or args.grid is not None else [])
+        for name in names:
+            check_output_path(plot_dir / name, overwrite=args.overwrite, flag="--plot")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_outputs(args)
+    if args.retention_table is not None:
+        load_table(args.retention_table, "--retention-table", None)
+    if args.voltage_table is not None:
+        load_table(args.voltage_table, "--voltage-table", None)
+    if args.grid is not None:
+        load_grid(args.grid, ("qw", "qa", "pw", *A.HW_FIELDS))
     net = get_network(args.network, args.input, args.num_classes)
     n = len(net.layers)
     qw = A.per_layer(parse_per_layer(args.qw, "qw", args.network), n, "qw")
@@ -258,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         paths = A.plot_breakdown(rows, args.plot, f"{net.name}")
         if "sweep" in report:
-            paths.append(A.plot_sweep(report["sweep"], Path(args.plot) / "sweep.png", net.name))
+            paths.append(A.plot_sweep(report["sweep"], Path(args.plot) / A.SWEEP_PLOT, net.name))
         print(f"wrote {len(paths)} plots to {args.plot}")
     return 0
 

@@ -9,51 +9,53 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from jaxfault.cli import ArgumentParser, parse_float_list, run_main
+from jaxfault.cli import (ArgumentParser, nonneg_float, parse_float_list, positive_float, positive_int,
+                          probability, run_main)
 from jaxfault.energy import protection as P
 from jaxfault.energy import tradeoff as T
 from jaxfault.energy.core import Hardware
 from jaxfault.energy.networks import get_network
-from jaxfault.errors import JaxfaultError
-from jaxfault.io import atomic_write_json
-from eval.energy import load_table, parse_shape
+from jaxfault.energy.inputs import input_shape_flag, load_table
+from jaxfault.io import atomic_write_json, check_output_path
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m eval.tradeoff", description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", help="eval JSON files (see the schema in docs/energy.md)")
     p.add_argument("--network", default=None, help="network for the energy model (default: each file's 'model', else lenet)")
-    p.add_argument("--input", type=parse_shape, default=None, help="H,W,C (default: the file's input_shape or the network's default)")
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--input", type=input_shape_flag, default=None, help="H,W,C (default: the file's input_shape or the network's default)")
+    p.add_argument("--num-classes", type=positive_int, default=None)
     p.add_argument("--qw", default="16")
     p.add_argument("--qa", default="16")
     p.add_argument("--pw", default="0")
-    p.add_argument("--refresh-pj-per-bit", type=float, default=P.REFRESH_PJ_PER_BIT)
-    p.add_argument("--ecc-read-scaling", type=float, default=P.ECC_READ_SCALING)
-    p.add_argument("--inference-period", type=float, default=P.INFERENCE_PERIOD_S)
-    p.add_argument("--pj-per-unit", type=float, default=P.PJ_PER_UNIT)
+    p.add_argument("--refresh-pj-per-bit", type=nonneg_float, default=P.REFRESH_PJ_PER_BIT)
+    p.add_argument("--ecc-read-scaling", type=probability, default=P.ECC_READ_SCALING)
+    p.add_argument("--inference-period", type=positive_float, default=P.INFERENCE_PERIOD_S)
+    p.add_argument("--pj-per-unit", type=positive_float, default=P.PJ_PER_UNIT)
     p.add_argument("--retention-table", default=None, help="JSON [[interval_s, ber], ...]")
     p.add_argument("--voltage-table", default=None, help="JSON [[voltage, ber], ...]")
-    p.add_argument("--v-nominal", type=float, default=P.NOMINAL_VOLTAGE)
-    p.add_argument("--verify-iterations", type=float, default=P.VERIFY_ITERATIONS)
-    p.add_argument("--weight-bits", type=int, default=P.WEIGHT_BITS)
-    p.add_argument("--bits-per-device", type=int, default=P.BITS_PER_DEVICE)
+    p.add_argument("--v-nominal", type=positive_float, default=P.NOMINAL_VOLTAGE)
+    p.add_argument("--verify-iterations", type=positive_float, default=P.VERIFY_ITERATIONS)
+    p.add_argument("--weight-bits", type=positive_int, default=P.WEIGHT_BITS)
+    p.add_argument("--bits-per-device", type=positive_int, default=P.BITS_PER_DEVICE)
     p.add_argument("--json", default=None, help="write all points with energies and Pareto flags here")
     p.add_argument("--plot", default=None, help="write the accuracy-vs-energy PNG here")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json and --plot files")
     return p
 
 
 def _one(text: str, name: str):
-    v = parse_float_list(text, name)
+    v = parse_float_list(text, name, allow_duplicates=True)
     return v[0] if len(v) == 1 else v
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not 0 <= args.ecc_read_scaling <= 1:
-        raise JaxfaultError(f"--ecc-read-scaling must be in [0, 1], got {args.ecc_read_scaling}")
-    if args.inference_period <= 0 or args.pj_per_unit <= 0 or args.refresh_pj_per_bit < 0 or args.v_nominal <= 0:
-        raise JaxfaultError("--inference-period, --pj-per-unit, --v-nominal must be > 0 and --refresh-pj-per-bit >= 0")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            check_output_path(path, overwrite=args.overwrite, flag=flag)
+    retention_table = load_table(args.retention_table, "--retention-table", P.RETENTION_BER_TABLE)
+    voltage_table = load_table(args.voltage_table, "--voltage-table", P.VOLTAGE_BER_TABLE)
     records = T.load_records(args.results)
 
     def layers_for(model, shape):
@@ -65,8 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records, layers_for,
         qw=_one(args.qw, "--qw"), qa=_one(args.qa, "--qa"), pw=_one(args.pw, "--pw"), hw=Hardware(),
         dram_kw=dict(pj_per_bit=args.refresh_pj_per_bit, period_s=args.inference_period, pj_per_unit=args.pj_per_unit),
-        retention_table=load_table(args.retention_table, "--retention-table", P.RETENTION_BER_TABLE),
-        voltage_table=load_table(args.voltage_table, "--voltage-table", P.VOLTAGE_BER_TABLE),
+        retention_table=retention_table, voltage_table=voltage_table,
         v_nominal=args.v_nominal, ecc_read_scaling=args.ecc_read_scaling,
         write_verify=P.WriteVerify(args.weight_bits, args.bits_per_device, args.verify_iterations),
     )

@@ -291,6 +291,25 @@ def is_checkpoint(directory) -> bool:
     return (Path(directory) / META_FILE).is_file()
 
 
+def check_checkpoint_output(directory, *, overwrite: bool = False, flag: str = "--out") -> Path:
+    """Validate, before any work, a directory that a checkpoint will be saved into.
+
+    Refused with a one-line JaxfaultError: a path that is a file or lies under one, an unwritable
+    location, an existing checkpoint (unless overwrite: it is then replaced atomically at save
+    time), and an existing non-empty folder that is not a checkpoint (unless overwrite: the save
+    then adds its files and touches nothing else there).
+    """
+    from jaxfault.io import check_output_path
+
+    p = Path(directory)
+    if is_checkpoint(p) and not overwrite:
+        raise JaxfaultError(f"{flag} {p} already holds a checkpoint (pass --overwrite to replace it)")
+    if p.is_dir() and not overwrite and any(p.iterdir()):
+        raise JaxfaultError(f"{flag} {p} is a non-empty folder that is not a checkpoint "
+                            f"(pass --overwrite to save into it anyway)")
+    return check_output_path(p, overwrite=True, kind="dir", flag=flag)
+
+
 def checkpoint_digest(directory) -> str:
     """A SHA-256 identifying a checkpoint's contents: of its arrays' checksums (format 2) or of its
     jaxfault.json (format 1), for recording which checkpoint produced a result."""

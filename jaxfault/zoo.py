@@ -58,6 +58,20 @@ def cache_entry_name(model: str, dataset: str = DEFAULT_DATASET, qat: bool = Fal
     return f"{model}-{dataset}-{'qat8' if qat else 'fp32'}-e{epochs or DEFAULTS['epochs']}-s{DEFAULTS['seed']}"
 
 
+def remove_stale_temporaries(root: Path, name: str) -> list[Path]:
+    """Remove the temporary training folders `.NAME.*` that killed runs left in the cache.
+
+    Call only while holding NAME's lock: every cache training of NAME happens under that lock, so
+    no live process can be writing into one of these folders. Returns the folders removed.
+    """
+    removed = []
+    for child in root.glob(f".{name}.*"):
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed
+
+
 def default_classifier(model: str = "lenet", dataset: str = DEFAULT_DATASET, qat: bool = False,
                        cache_dir_override=None, data_dir=None, epochs: int | None = None,
                        log: Callable[[str], None] = print) -> Path:
@@ -80,6 +94,7 @@ def default_classifier(model: str = "lenet", dataset: str = DEFAULT_DATASET, qat
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / META_FILE).is_file():
             return target
+        remove_stale_temporaries(root, name)
         log(f"no cached {name} in {root}: training it once (later runs reuse it)")
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
         try:

@@ -94,7 +94,7 @@ def test_train_base_cli_bad_input(capsys):
     code, _, err = run_cli(mod, ["--epochs", "0", "--data-dir", "/nonexistent"], capsys)
     assert code == 2 and err.count("\n") == 1
     code, _, err = run_cli(mod, ["--epochs", "x"], capsys)
-    assert code == 2 and "invalid int value" in err
+    assert code == 2 and "--epochs: must be an integer, got 'x'" in err
 
 
 def test_default_classifier_uses_cache(default_cache):

@@ -1,8 +1,9 @@
 """Train a base classifier: python -m train.base --model lenet --dataset fashion_mnist --epochs 10."""
 from __future__ import annotations
 
-from jaxfault.cli import ArgumentParser, run_main
-from jaxfault.errors import JaxfaultError
+from jaxfault.checkpoints import check_checkpoint_output
+from jaxfault.cli import ArgumentParser, nonneg_float, nonneg_int, positive_float, positive_int, run_main
+from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
 from jaxfault.zoo import DEFAULTS, train_and_save
 
@@ -12,26 +13,31 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--model", default=DEFAULTS["model"], help=f"one of {', '.join(MODEL_NAMES)}")
     p.add_argument("--dataset", default=DEFAULTS["dataset"], help="TFDS name or local IDX dataset")
     p.add_argument("--data-dir", default=None, help="folder with IDX files or the TFDS data_dir")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["learning_rate"], help="peak Adam learning rate (cosine decay)")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"])
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
+    p.add_argument("--lr", type=positive_float, default=DEFAULTS["learning_rate"],
+                   help="peak Adam learning rate (cosine decay)")
+    p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"])
     p.add_argument("--qat", action="store_true", help="8-bit symmetric per-tensor weight fake-quantization (SPEC 3.1)")
-    p.add_argument("--quant-bits", type=int, default=DEFAULTS["quant_bits"], help="precision for --qat: 4, 8 or 16")
-    p.add_argument("--train-var", type=float, default=None,
+    p.add_argument("--quant-bits", type=positive_int, default=DEFAULTS["quant_bits"], help="precision for --qat: 4, 8 or 16")
+    p.add_argument("--train-var", type=nonneg_float, default=None,
                    help="SWIM noise-aware training: fresh SPEC 2.1 device variation (this sigma) every step")
     p.add_argument("--out", default="runs/base", help="checkpoint directory (default runs/base)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a checkpoint already in --out (atomically, once the new one is saved)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.model not in MODEL_NAMES:
-        raise JaxfaultError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
-    if args.epochs <= 0:
-        raise JaxfaultError(f"--epochs must be positive, got {args.epochs}")
-    if args.batch_size <= 0:
-        raise JaxfaultError(f"--batch-size must be positive, got {args.batch_size}")
+        raise JaxfaultError(f"unknown model {args.model!r}{nearest_hint(args.model, MODEL_NAMES)}; "
+                            f"choose one of {', '.join(MODEL_NAMES)}")
+    if args.qat:
+        from jaxfault.quant import check_bits
+
+        check_bits(args.quant_bits)
+    check_checkpoint_output(args.out, overwrite=args.overwrite)  # before a single epoch is spent
     noise_fn, extra = None, None
     if args.train_var is not None:
         from jaxfault.swim.variation import make_training_noise_fn

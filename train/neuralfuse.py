@@ -4,8 +4,9 @@ python -m train.neuralfuse --ber 0.01 [--generator ConvL] [--n-models 10] [--lam
 model cache is used (trained once on the offline default data if missing)."""
 from __future__ import annotations
 
-from jaxfault.cli import ArgumentParser, run_main
-from jaxfault.errors import JaxfaultError, check_probability
+from jaxfault.cli import (ArgumentParser, finite_float, nonneg_float, nonneg_int, positive_float, positive_int,
+                          probability, run_main)
+from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
 from jaxfault.models.generators import GENERATOR_NAMES, create_generator
 from jaxfault.neuralfuse.faults import PLACEMENTS
@@ -14,49 +15,74 @@ from jaxfault.quant import check_bits
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m train.neuralfuse", description=__doc__)
-    p.add_argument("--ber", type=float, default=0.01, help="bit error rate of the SRAM cells (default 0.01)")
-    p.add_argument("--ber0", type=float, default=0.5, help="share of faulty cells stuck at 1 (default 0.5)")
-    p.add_argument("--bits", type=int, default=None, help="weight precision 4/8/16 (default: the base's QAT bits)")
+    p.add_argument("--ber", type=probability, default=0.01, help="bit error rate of the SRAM cells (default 0.01)")
+    p.add_argument("--ber0", type=probability, default=0.5, help="share of faulty cells stuck at 1 (default 0.5)")
+    p.add_argument("--bits", type=positive_int, default=None, help="weight precision 4/8/16 (default: the base's QAT bits)")
     p.add_argument("--placement", default="independent", help=f"fault placement: {', '.join(PLACEMENTS)}")
     p.add_argument("--generator", default="ConvL", help=f"one of {', '.join(GENERATOR_NAMES)}")
-    p.add_argument("--n-models", type=int, default=10, help="perturbed models per step (N)")
-    p.add_argument("--lam", type=float, default=5.0, help="weight of the perturbed loss (lambda)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (b1=0.5, b2=0.999)")
-    p.add_argument("--decay-rate", type=float, default=0.5, help="step decay factor")
-    p.add_argument("--decay-every", type=int, default=None, help="steps between decays (default: a third of the run)")
-    p.add_argument("--train-subset", type=int, default=None, help="train on a random subset of this many images")
+    p.add_argument("--n-models", type=positive_int, default=10, help="perturbed models per step (N)")
+    p.add_argument("--lam", type=nonneg_float, default=5.0, help="weight of the perturbed loss (lambda)")
+    p.add_argument("--epochs", type=positive_int, default=1)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (b1=0.5, b2=0.999)")
+    p.add_argument("--decay-rate", type=finite_float, default=0.5, help="step decay factor")
+    p.add_argument("--decay-every", type=positive_int, default=None, help="steps between decays (default: a third of the run)")
+    p.add_argument("--train-subset", type=positive_int, default=None, help="train on a random subset of this many images")
     p.add_argument("--checkpoint", default=None, help="base classifier checkpoint (default: cached QAT --model)")
     p.add_argument("--model", default="lenet", help="base model from the cache when no --checkpoint")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--strategy", default="auto", help="batching of the N models: auto, map, vmap, map:B")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=50, help="steps between resumable state saves")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--save-every", type=positive_int, default=50, help="steps between resumable state saves")
     p.add_argument("--out", default="runs/neuralfuse", help="output folder (generator/ and state/)")
     p.add_argument("--init-generator", default=None, metavar="DIR",
                    help="fine-tune the generator checkpoint DIR of an earlier run instead of a random start")
     p.add_argument("--resume", action="store_true", help="continue a killed run from OUT/state")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an OUT that holds an earlier run's state/ or generator/ "
+                        "(each is replaced atomically when the new run saves its own)")
     return p
+
+
+def check_outputs(out, *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any work, an --out that cannot be written or whose earlier run would be lost:
+    OUT/state or OUT/generator of an earlier run need --resume (to continue it) or --overwrite."""
+    from pathlib import Path
+
+    from jaxfault.checkpoints import is_checkpoint
+    from jaxfault.io import check_output_path
+
+    out = Path(out)
+    check_output_path(out, overwrite=True, kind="dir", flag="--out")
+    state, generator = out / "state", out / "generator"
+    for sub in (state, generator):
+        if sub.exists() and not sub.is_dir():
+            raise JaxfaultError(f"--out: {sub} is a file, expected a checkpoint folder")
+    if overwrite:
+        return
+    if not resume and (state.exists() or generator.exists()):
+        found = state if state.exists() else generator
+        raise JaxfaultError(f"--out {out} holds an earlier run ({found}); pass --resume to continue it or "
+                            f"--overwrite to start a new run there")
+    if resume and not is_checkpoint(state) and generator.exists():
+        raise JaxfaultError(f"--out {out} holds a generator ({generator}) but no state to resume; pass "
+                            f"--overwrite to train a new one there")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    check_probability("--ber", args.ber)
-    check_probability("--ber0", args.ber0)
+    check_outputs(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.bits is not None:
         check_bits(args.bits)
     create_generator(args.generator)  # validates the name before any expensive work
     if args.placement not in PLACEMENTS:
         raise JaxfaultError(f"unknown fault placement {args.placement!r}; choose one of {', '.join(PLACEMENTS)}")
-    if args.n_models < 1:
-        raise JaxfaultError(f"--n-models must be >= 1, got {args.n_models}")
     from jaxfault.neuralfuse.train import train_neuralfuse
 
     base = args.checkpoint
     if base is None:
         if args.model not in MODEL_NAMES:
-            raise JaxfaultError(f"unknown model {args.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+            raise JaxfaultError(f"unknown model {args.model!r}{nearest_hint(args.model, MODEL_NAMES)}; choose one of {', '.join(MODEL_NAMES)}")
         from jaxfault.zoo import default_classifier
 
         base = default_classifier(model=args.model, qat=True, data_dir=args.data_dir)

@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxfault.energy.core import LEVELS, TYPES, Energy, Hardware, check_design, energy_core
 from jaxfault.energy.layers import Layer, to_arrays
-from jaxfault.errors import JaxfaultError
+from jaxfault.errors import JaxfaultError, plain
 
 ROW_KEYS = ("computation", "weights", "inputs", "psums", "DRAM", "GLB", "NoC", "RF", "total")
 HW_FIELDS = Hardware._fields
@@ -125,7 +125,7 @@ def expand_grid(grid: dict, num_layers: int, base: dict) -> tuple[dict[str, np.n
     axes = []
     for k, vals in grid.items():
         if not isinstance(vals, (list, tuple)) or not vals:
-            raise JaxfaultError(f"grid[{k!r}] must be a non-empty list of values, got {vals!r}")
+            raise JaxfaultError(f"grid[{k!r}] must be a non-empty list of values, got {plain(vals)!r}")
         axes.append((k, list(vals)))
     names = [k for k, _ in axes]
     points = []
@@ -138,7 +138,7 @@ def expand_grid(grid: dict, num_layers: int, base: dict) -> tuple[dict[str, np.n
         for k in HW_FIELDS:
             v = d.get(k, base[k])
             if np.ndim(v) != 0:
-                raise JaxfaultError(f"grid[{k!r}] values must be scalars, got {v!r}")
+                raise JaxfaultError(f"grid[{k!r}] values must be scalars, got {plain(v)!r}")
             cols[k].append(v)
     arrays = {k: np.asarray(cols[k], np.float32) for k in ("qw", "qa", "pw")}
     for k in HW_FIELDS:
@@ -181,6 +181,10 @@ def pareto_mask(objectives: np.ndarray, minimize: Sequence[bool]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ plots like the reference
+
+
+BREAKDOWN_PLOTS = ("bars_by_type.png", "bars_by_level.png", "pie_by_level.png", "pie_by_type.png", "pie_by_layer.png")
+SWEEP_PLOT = "sweep.png"
 
 
 def plot_breakdown(rows: Sequence[dict], outdir, title: str) -> list[Path]:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.errors import JaxfaultError, plain
 
 REF_BITS = 16.0  # unit energies are normalised to 16-bit operands (SPEC 4)
 TYPES = ("weights", "inputs", "psums")
@@ -214,11 +214,11 @@ def check_design(qw, qa, pw, num_layers: int | None = None, hw: Hardware | None 
         a = np.asarray(v, dtype=np.float64)
         bad = ~(a > 0) | ~np.isfinite(a)
         if bad.any():
-            raise JaxfaultError(f"{name} (bit width) must be > 0, got {a[bad].ravel()[0]!r}")
+            raise JaxfaultError(f"{name} (bit width) must be > 0, got {a[bad].ravel()[0].item()!r}")
     a = np.asarray(pw, dtype=np.float64)
     bad = ~((a >= 0) & (a < 1))
     if bad.any():
-        raise JaxfaultError(f"pw (pruning ratio) must be in [0, 1), got {a[bad].ravel()[0]!r}")
+        raise JaxfaultError(f"pw (pruning ratio) must be in [0, 1), got {a[bad].ravel()[0].item()!r}")
     if num_layers is not None:
         for name, v in (("qw", qw), ("qa", qa), ("pw", pw)):
             s = np.shape(v)
@@ -228,8 +228,8 @@ def check_design(qw, qa, pw, num_layers: int | None = None, hw: Hardware | None 
         for name in ("mac", "rf", "noc", "glb", "dram"):
             a = np.asarray(getattr(hw, name), dtype=np.float64)
             if not (np.isfinite(a).all() and (a >= 0).all()):
-                raise JaxfaultError(f"unit energy {name} must be finite and >= 0, got {getattr(hw, name)!r}")
+                raise JaxfaultError(f"unit energy {name} must be finite and >= 0, got {plain(getattr(hw, name))!r}")
         for name in ("pe_rows", "pe_cols"):
             a = np.asarray(getattr(hw, name))
             if not (np.all(a == np.round(a)) and (a >= 1).all()):
-                raise JaxfaultError(f"{name} must be an integer >= 1, got {getattr(hw, name)!r}")
+                raise JaxfaultError(f"{name} must be an integer >= 1, got {plain(getattr(hw, name))!r}")

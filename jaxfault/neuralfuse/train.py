@@ -113,11 +113,12 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
         gen_vars = _warm_start(init_generator_checkpoint, generator, data.input_shape, gen_vars)
         log(f"fine-tuning the generator of {init_generator_checkpoint}")
     state = init_train_state(gen_vars, optimizer)
-    start_step, history = 0, []
+    start_step, history, resumed_sums = 0, [], None
     if resume:
         if (out / "state").exists():
             state, meta = _load_state(out / "state", state, config)
             start_step, history = int(meta["global_step"]), list(meta.get("history", []))
+            resumed_sums = meta.get("epoch_sums")
             log(f"resuming {out} at step {start_step}/{total}")
         else:
             log(f"nothing to resume in {out}: starting a new run")
@@ -126,8 +127,11 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
     log(f"NeuralFuse {generator} on {base.config.get('model')} ({base.path}), {data.name}: BER {ber}, "
         f"{n_models} perturbed models/step, lambda {lam}, {epochs} epoch(s) x {steps_per_epoch} steps of {batch_size}")
 
+    running = {"sums": np.zeros(3)}  # the current epoch's running sums, saved so a resume continues them
+
     def save(global_step, done):
-        info = {"global_step": global_step, "history": history}
+        info = {"global_step": global_step, "history": history,
+                "epoch_sums": [float(v) for v in running["sums"]]}
         _save_state(out / "state", state, config, info)
         if done:
             gen_vars = {"params": state["params"], "batch_stats": state["batch_stats"]}
@@ -138,6 +142,10 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
     for epoch in range(start_step // steps_per_epoch, epochs):
         first = global_step - epoch * steps_per_epoch
         sums = np.zeros(3)
+        if first > 0 and resumed_sums is not None:  # continue the killed run's running epoch metrics
+            sums = np.asarray(resumed_sums, np.float64)
+        counted_from = 0 if first == 0 or resumed_sums is not None else first
+        running["sums"] = sums
         bar = progress(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
         it = batches(x_train, y_train, batch_size, key=jax.random.fold_in(k_data, epoch), drop_last=True)
         for i, (x, y) in enumerate(it):
@@ -146,13 +154,14 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
             state, m = step(state, base_vars, x, y, jax.random.fold_in(k_steps, global_step))
             sums += np.array([float(m["loss"]), float(m["clean_acc"]), float(m["perturbed_acc"])])
             global_step += 1
-            n = i + 1 - first
+            n = i + 1 - counted_from
             bar.update(1)
             bar.set_postfix(loss=f"{sums[0] / n:.3f}", clean=f"{sums[1] / n:.3f}", perturbed=f"{sums[2] / n:.3f}")
             if global_step % save_every == 0 and global_step < total:
                 save(global_step, done=False)
         bar.close()
-        n = max(1, steps_per_epoch - first)
+        n = max(1, steps_per_epoch - counted_from)
+        running["sums"] = np.zeros(3)  # the epoch is in the history; saves after it start the next one
         rec = {"epoch": epoch + 1, "loss": sums[0] / n, "clean_acc": sums[1] / n, "perturbed_acc": sums[2] / n,
                "seconds": time.time() - t0}
         history.append(rec)
