@@ -2,7 +2,7 @@
 
 python -m eval.swim [--checkpoint DIR] [--mask-p 0.05] [--method SM] [--dev-var 0.1]
     [--write-var 0.03] [--noise-instances 100] [--curvature becker-lecun|exact|ggn|hutchinson]
-    [--curvature-examples 4096|all] [--selection-batch 128] [--no-gradient-term]
+    [--curvature-examples all|N] [--selection-batch 128] [--no-gradient-term]
     [--threshold count|quantile] [--sweep-mask-p 0.01,0.05,0.1,0.2] [--strategy auto|map|vmap|loop]
     [--out DIR]
 
@@ -34,8 +34,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--m-bits", type=int, default=1, help="bits per device m (N must be a multiple)")
     p.add_argument("--noise-instances", type=int, default=100, help="Monte Carlo noise draws")
     p.add_argument("--curvature", default="becker-lecun", help=f"d2L/dw2 estimator: {', '.join(CURVATURES)}")
-    p.add_argument("--curvature-examples", default="4096",
-                   help="training images of the selection pass (first N, or 'all' as the SWIM code)")
+    p.add_argument("--curvature-examples", default="all",
+                   help="training images of the selection pass: 'all' (as the SWIM code) or the first N")
     p.add_argument("--selection-batch", type=int, default=128, help="batch size of the gradient term")
     p.add_argument("--no-gradient-term", action="store_true", help="score with s^2 * curvature only")
     p.add_argument("--threshold", default="count", help=f"mask threshold rule: {', '.join(THRESHOLDS)}")

@@ -59,7 +59,7 @@ class SwimConfig:
     m_bits: int = 1
     noise_instances: int = 100
     curvature: str = "becker-lecun"
-    curvature_examples: int | None = 4096
+    curvature_examples: int | None = None
     selection_batch: int = 128
     gradient_term: bool = True
     threshold: str = "count"
