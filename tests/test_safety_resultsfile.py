@@ -8,7 +8,7 @@ import time
 import pytest
 
 from jaxfault.errors import JaxfaultError
-from jaxfault.resultsfile import ResultsFile
+from jaxfault.resultsfile import ResultsFile, row_id
 
 IDENTITY = {"model": "lenet", "checkpoint": "ab12", "eval_examples": 1000, "seed": 0, "trials": 4,
             "precision": "bf16"}
@@ -176,3 +176,11 @@ def test_missing_file_without_create_and_non_regular_paths(tmp_path):
         ResultsFile.open(tmp_path / "none.jsonl", IDENTITY, create=False)
     with pytest.raises(JaxfaultError, match="not a regular file"):
         ResultsFile.open(tmp_path, IDENTITY)
+
+
+def test_row_id_is_canonical():
+    import numpy as np
+
+    a = row_id({"ber": 1e-3, "scheme": "sparrow"})
+    assert a == row_id({"scheme": "sparrow", "ber": np.float64(1e-3)}) and len(a) == 16
+    assert a != row_id({"ber": 1e-3, "scheme": "secded"})

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from jaxfault.checkpoints import check_checkpoint_output
-from jaxfault.cli import ArgumentParser, nonneg_float, nonneg_int, positive_float, positive_int, run_main
+from jaxfault.cli import ArgumentParser, nonneg_int, positive_float, positive_int, run_main
 from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
 from jaxfault.zoo import DEFAULTS, train_and_save
@@ -20,7 +20,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"])
     p.add_argument("--qat", action="store_true", help="8-bit symmetric per-tensor weight fake-quantization (SPEC 3.1)")
     p.add_argument("--quant-bits", type=positive_int, default=DEFAULTS["quant_bits"], help="precision for --qat: 4, 8 or 16")
-    p.add_argument("--train-var", type=nonneg_float, default=None,
+    p.add_argument("--train-var", type=float, default=None,  # checked (finite, >= 0) by make_training_noise_fn
                    help="SWIM noise-aware training: fresh SPEC 2.1 device variation (this sigma) every step")
     p.add_argument("--out", default="runs/base", help="checkpoint directory (default runs/base)")
     p.add_argument("--overwrite", action="store_true",

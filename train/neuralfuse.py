@@ -77,6 +77,12 @@ def main(argv=None) -> int:
     create_generator(args.generator)  # validates the name before any expensive work
     if args.placement not in PLACEMENTS:
         raise JaxfaultError(f"unknown fault placement {args.placement!r}; choose one of {', '.join(PLACEMENTS)}")
+    from jaxfault.checkpoints import read_metadata
+
+    for flag, path, kind in (("--checkpoint", args.checkpoint, "classifier"),
+                             ("--init-generator", args.init_generator, "neuralfuse_generator")):
+        if path is not None and read_metadata(path)["kind"] != kind:  # one line now, not after data loading
+            raise JaxfaultError(f"{flag} {path} holds a {read_metadata(path)['kind']!r}, expected a {kind!r}")
     from jaxfault.neuralfuse.train import train_neuralfuse
 
     base = args.checkpoint
