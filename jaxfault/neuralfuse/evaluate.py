@@ -11,7 +11,7 @@ import numpy as np
 from jaxfault.checkpoints import load_checkpoint
 from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.models.generators import create_generator
-from jaxfault.neuralfuse.eopm import batch_over, eval_seeds, to_base_range
+from jaxfault.neuralfuse.eopm import batch_over, eval_seeds, perturbed_model_key, to_base_range
 from jaxfault.neuralfuse.faults import check_placement, perturb_variables
 from jaxfault.neuralfuse.train import GENERATOR_KIND
 from jaxfault.quant import check_bits
@@ -49,7 +49,7 @@ def make_perturbed_eval(model, *, ber: float, ber0: float, bits: int, placement:
         xb, xgb = to_base_range(x, base_range), to_base_range(x_gen, base_range)
 
         def one(seed):
-            pv = perturb_variables(base_vars, jax.random.PRNGKey(seed.astype(jnp.uint32)), ber, ber0, bits, placement)
+            pv = perturb_variables(base_vars, perturbed_model_key(seed), ber, ber0, bits, placement)
             return acc(pv, xb, y)["top1"], acc(pv, xgb, y)["top1"]
 
         return batch_over(one, seeds, strategy)
