@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxfault.engine import map_over, parse_strategy
 from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.keys import stream
 from jaxfault.models.generators import BN_MOMENTUM
@@ -57,7 +58,6 @@ from jaxfault.quant import check_bits
 
 TRAIN_SEED_HIGH = 30000
 EVAL_SEED_BASE = 50000
-STRATEGIES = ("auto", "map", "vmap")
 BATCH_STATS_UPDATES = ("reference", "once")
 PERTURBED_MODELS_ROOT = stream(jax.random.key(0), "neuralfuse/perturbed_models")
 
@@ -84,35 +84,16 @@ class EOPMConfig:
         check_placement(self.placement)
         check(isinstance(self.n_models, int) and self.n_models >= 1, f"n_models must be >= 1, got {self.n_models!r}")
         check(self.lam >= 0, f"lam must be >= 0, got {self.lam!r}")
-        resolve_strategy(self.strategy)
+        parse_strategy(self.strategy)
         check(self.base_range in ("symmetric", "unit"), f"unknown value range {self.base_range!r}")
         check(self.batch_stats_update in BATCH_STATS_UPDATES,
               f"unknown batch_stats_update {self.batch_stats_update!r}; choose {', '.join(BATCH_STATS_UPDATES)}")
         return self
 
 
-def resolve_strategy(strategy: str) -> tuple[str, int | None]:
-    """'auto' | 'map' | 'vmap' | 'map:B' -> (kind, chunk size)."""
-    if strategy == "auto":
-        return ("map" if jax.default_backend() == "cpu" else "vmap"), None
-    if strategy in ("map", "vmap"):
-        return strategy, None
-    if strategy.startswith("map:"):
-        try:
-            b = int(strategy[4:])
-        except ValueError:
-            b = 0
-        if b >= 1:
-            return "map", b
-    raise JaxfaultError(f"unknown batching strategy {strategy!r}; choose auto, map, vmap or map:B")
-
-
 def batch_over(fn: Callable, xs: jax.Array, strategy: str) -> Any:
     """Stack fn(x) over the leading axis of xs with the chosen strategy (inside a jit)."""
-    kind, chunk = resolve_strategy(strategy)
-    if kind == "vmap":
-        return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=chunk)
+    return map_over(fn, xs, strategy)
 
 
 def perturbed_model_key(seed) -> jax.Array:

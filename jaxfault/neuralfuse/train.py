@@ -14,6 +14,7 @@ from jaxfault.checkpoints import load_checkpoint, read_metadata, save_checkpoint
 from jaxfault.cli import progress
 from jaxfault.data import batches, load_dataset
 from jaxfault.errors import JaxfaultError, check
+from jaxfault.keys import root_key, stream
 from jaxfault.models.generators import create_generator, init_generator
 from jaxfault.neuralfuse.eopm import EOPMConfig, init_train_state, make_eopm_step, make_optimizer
 
@@ -90,7 +91,7 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
     x_train, y_train = data.train_images, data.train_labels
     if train_subset is not None:
         check(1 <= train_subset <= len(x_train), f"--train-subset must be in [1, {len(x_train)}], got {train_subset}")
-        idx = np.asarray(jax.random.permutation(jax.random.PRNGKey(seed + 1), len(x_train)))[:train_subset]
+        idx = np.asarray(jax.random.permutation(stream(root_key(seed), "subset"), len(x_train)))[:train_subset]
         x_train, y_train = x_train[idx], y_train[idx]
     check(len(x_train) >= batch_size, f"--batch-size {batch_size} exceeds the {len(x_train)} training images")
     steps_per_epoch = len(x_train) // batch_size
@@ -106,8 +107,7 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
               "train_subset": train_subset, "strategy": strategy,
               "init_generator": None if init_generator_checkpoint is None
               else str(Path(init_generator_checkpoint).absolute())}
-    key = jax.random.PRNGKey(seed)
-    k_init, k_data, k_steps = jax.random.split(key, 3)
+    k_init, k_data, k_steps = jax.random.split(root_key(seed), 3)
     gen_vars = init_generator(gen, k_init, data.input_shape)
     if init_generator_checkpoint is not None:
         gen_vars = _warm_start(init_generator_checkpoint, generator, data.input_shape, gen_vars)
