@@ -65,7 +65,7 @@ def _load_state(directory: Path, template: dict, config: dict) -> tuple[dict, di
     return jax.tree_util.tree_unflatten(treedef, restored), meta
 
 
-def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: float = 0.01, ber0: float = 0.5,
+def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "ConvL", ber: float = 0.01, ber0: float = 0.5,
                      bits: int | None = None, placement: str = "independent", n_models: int = 10, lam: float = 5.0,
                      epochs: int = 1, batch_size: int = 128, learning_rate: float = 1e-3, decay_rate: float = 0.5,
                      decay_every: int | None = None, seed: int = 0, train_subset: int | None = None,
@@ -172,3 +172,19 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
     if global_step >= total and not (out / "generator").exists():
         save(global_step, done=True)
     return {"history": history, "generator_checkpoint": str(out / "generator"), "steps": global_step}
+
+
+def train_neuralfuse(base_checkpoint, out, *, precision: str = "default", **kwargs) -> dict:
+    """Train a generator against base_checkpoint's perturbed models; write out/generator (kind
+    neuralfuse_generator) and out/state (for --resume); returns the final metrics.
+
+    Keyword arguments are those of the training loop (generator, ber, ber0, bits, placement,
+    n_models, lam, epochs, batch_size, learning_rate, decay_rate, decay_every, seed,
+    train_subset, strategy, data_dir, save_every, resume, init_generator_checkpoint, log), plus
+    precision: the float32 matmul/conv precision of the EOPM steps ('default': the backend's fast
+    mode, e.g. TF32 on NVIDIA GPUs; 'highest': full float32).
+    """
+    from jaxfault.engine import precision_scope
+
+    with precision_scope(precision):
+        return _train_neuralfuse_body(base_checkpoint, out, **kwargs)
