@@ -5,8 +5,8 @@ model cache is used (trained once on the offline default data if missing)."""
 from __future__ import annotations
 
 from jaxfault.cli import (ArgumentParser, finite_float, nonneg_float, nonneg_int, positive_float, positive_int,
-from jaxfault.engine import PRECISIONS
                           probability, run_main)
+from jaxfault.engine import PRECISIONS
 from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
 from jaxfault.models.generators import GENERATOR_NAMES, create_generator
