@@ -157,7 +157,9 @@ def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "ConvL", be
             n = i + 1 - counted_from
             bar.update(1)
             bar.set_postfix(loss=f"{sums[0] / n:.3f}", clean=f"{sums[1] / n:.3f}", perturbed=f"{sums[2] / n:.3f}")
-            if global_step % save_every == 0 and global_step < total:
+            # an epoch's last step is saved below, with the epoch in the history (a state saved here
+            # would resume at the next epoch without this epoch's record)
+            if global_step % save_every == 0 and global_step < total and i + 1 < steps_per_epoch:
                 save(global_step, done=False)
         bar.close()
         n = max(1, steps_per_epoch - counted_from)
