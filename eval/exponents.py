@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from jaxfault.cli import ArgumentParser, run_main
+from jaxfault.cli import ArgumentParser, positive_int, run_main
 from jaxfault.ecc.exponents import checkpoint_histogram, write_outputs
 from jaxfault.errors import check
 
@@ -18,12 +18,13 @@ from jaxfault.errors import check
 def build_parser() -> ArgumentParser:
     ap = ArgumentParser(prog="python -m eval.exponents", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default=None, help="classifier checkpoint dir, optional (default: the cached default LeNet)")
-    ap.add_argument("--block-size", type=int, default=64, help="weights per block, >= 2 (default: 64)")
+    ap.add_argument("--block-size", type=positive_int, default=64, help="weights per block, >= 2 (default: 64)")
     ap.add_argument("--exclude-zeros", action="store_true", help="ignore zeros for max/min instead of the "
                     "reference's exponent 255 (default: off)")
     ap.add_argument("--include-partial", action="store_true", help="also count the last partial block (default: off)")
     ap.add_argument("--params", choices=("kernels", "all"), default="kernels", help="leaves counted (default: kernels)")
     ap.add_argument("--out", default="runs/exponents", help="output directory (default: runs/exponents)")
+    ap.add_argument("--overwrite", action="store_true", help="replace existing result files (default: refuse)")
     return ap
 
 
@@ -33,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.checkpoint is not None:
         check(Path(a.checkpoint).is_dir(), f"--checkpoint {a.checkpoint!r} is not a directory")
     from jaxfault.checkpoints import load_checkpoint
+    from jaxfault.ecc.exponents import output_paths
+    from jaxfault.io import check_output_path
+
+    for path in output_paths(a.out, a.block_size, "exclude-zeros" if a.exclude_zeros else "reference"):
+        check_output_path(path, overwrite=a.overwrite, flag="--out")
 
     ck_dir = a.checkpoint
     if ck_dir is None:

@@ -11,23 +11,23 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxfault import engine
-from jaxfault.cli import ArgumentParser, parse_float_list, run_main
+from jaxfault.cli import ArgumentParser, nonneg_int, parse_float_list, positive_int, probability, run_main
 from jaxfault.ecc import scheme_names
 from jaxfault.ecc.evaluate import SparrowEvalConfig, format_row, plot_sweep, run, sweep_table
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES
 from jaxfault.errors import check
-from jaxfault.io import atomic_write_json, atomic_write_text
+from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
 
 
 def build_parser() -> ArgumentParser:
     ap = ArgumentParser(prog="python -m eval.sparrow", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ber", type=float, help="bit error rate of the stored cells (give this or --sweep)")
+    ap.add_argument("--ber", type=probability, help="bit error rate of the stored cells (give this or --sweep)")
     ap.add_argument("--sweep", default=None, help="comma-separated BERs: every scheme, table + JSON + PNG (default: none)")
     ap.add_argument("--scheme", default="sparrow", help=f"one of {', '.join(scheme_names())} (default: sparrow)")
-    ap.add_argument("--zero-to-one", type=float, default=0.01, help="share of faults stuck at 1 (default: 0.01)")
-    ap.add_argument("--block-size", type=int, default=64, help="Sparrow block size: 16, 32 or 64 (default: 64)")
-    ap.add_argument("--trials", type=int, default=20, help="fault draws per BER (default: 20)")
-    ap.add_argument("--seed", type=int, default=0, help="root seed of the trial keys (default: 0)")
+    ap.add_argument("--zero-to-one", type=probability, default=0.01, help="share of faults stuck at 1 (default: 0.01)")
+    ap.add_argument("--block-size", type=positive_int, default=64, help="Sparrow block size: 16, 32 or 64 (default: 64)")
+    ap.add_argument("--trials", type=positive_int, default=20, help="fault draws per BER (default: 20)")
+    ap.add_argument("--seed", type=nonneg_int, default=0, help="root seed of the trial keys (default: 0)")
     ap.add_argument("--checkpoint", default=None, help="classifier checkpoint dir (default: the cached default LeNet)")
     ap.add_argument("--out", default="runs/sparrow", help="output directory (default: runs/sparrow)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing result file (default: refuse)")
@@ -38,8 +38,8 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--params", choices=tuple(LEAF_SELECTORS), default="kernels",
                     help="protected leaves: conv/dense kernels or all float parameters (default: kernels)")
     ap.add_argument("--compat", action="store_true", help="bit-compatible zero-word quirk of the reference (default: off)")
-    ap.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size (default: 1000)")
-    ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images (default: all)")
+    ap.add_argument("--batch-size", type=positive_int, default=1000, help="evaluation batch size (default: 1000)")
+    ap.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N test images (default: all)")
     return ap
 
 
@@ -54,21 +54,26 @@ def result_path(out: Path, config: SparrowEvalConfig, sweep: bool) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     check((a.ber is None) != (a.sweep is None), "give exactly one of --ber or --sweep")
+    sweep = a.sweep is not None
     if a.checkpoint is not None:
         check(Path(a.checkpoint).is_dir(), f"--checkpoint {a.checkpoint!r} is not a directory")
     config = SparrowEvalConfig(
-        bers=tuple(parse_float_list(a.sweep, "--sweep")) if a.sweep else (a.ber,),
-        schemes=scheme_names() if a.sweep else (a.scheme,), zero_to_one=a.zero_to_one, block_size=a.block_size,
+        bers=tuple(parse_float_list(a.sweep, "--sweep", check=lambda v: 0 <= v <= 1, requirement="in [0, 1]"))
+        if sweep else (a.ber,),
+        schemes=scheme_names() if sweep else (a.scheme,), zero_to_one=a.zero_to_one, block_size=a.block_size,
         trials=a.trials, seed=a.seed, mode=a.fault_model, leaves=a.params, compat=a.compat, strategy=a.strategy,
         precision=a.precision, batch_size=a.batch_size, limit=a.limit, checkpoint=a.checkpoint)
-    path = result_path(Path(a.out), config, bool(a.sweep))
-    check(a.overwrite or not path.exists(), f"{path} exists; pass --overwrite to replace it or choose another --out")
+    path = result_path(Path(a.out), config, sweep)
+    check_output_path(path, overwrite=a.overwrite, flag="--out")
+    if sweep:
+        for extra in (".md", ".png"):
+            check_output_path(path.with_suffix(extra), overwrite=a.overwrite, flag="--out")
     report = run(config)
     clean = report["clean_bf16"]
     print(f"clean bf16: top1 {100 * clean['top1']:.2f}%" + (f"  top5 {100 * clean['top5']:.2f}%" if "top5" in clean else ""))
     for r in report["rows"]:
         print(format_row(r))
-    if a.sweep:
+    if sweep:
         atomic_write_json(path, report)
         atomic_write_text(path.with_suffix(".md"), sweep_table(report))
         plot_sweep(report, path.with_suffix(".png"))

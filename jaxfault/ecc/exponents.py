@@ -79,6 +79,14 @@ def checkpoint_histogram(variables, block_size: int = 64, *, leaves: str = "kern
     return r
 
 
+def output_paths(out, block_size: int, zero_policy: str) -> list:
+    """The files write_outputs writes (JSON, CSV, XLSX, PNG) for a block size and zero policy."""
+    from pathlib import Path
+
+    stem = Path(out) / f"exponents_B{block_size}_{zero_policy}"
+    return [stem.with_suffix(ext) for ext in (".json", ".csv", ".xlsx", ".png")]
+
+
 def write_outputs(out, name: str, r: dict) -> list:
     """JSON, CSV, XLSX (when openpyxl is installed) and PNG of one histogram; the paths written."""
     from pathlib import Path
@@ -86,7 +94,7 @@ def write_outputs(out, name: str, r: dict) -> list:
     from jaxfault.io import atomic_write_json, atomic_write_text
 
     out = Path(out)
-    stem = f"exponents_B{r['block_size']}_{r['zero_policy']}"
+    stem = output_paths(out, r["block_size"], r["zero_policy"])[0].stem
     atomic_write_json(out / f"{stem}.json", r)
     atomic_write_text(out / f"{stem}.csv", "diff,count,proportion\n"
                       + "".join(f"{d},{c},{p:.8g}\n" for d, (c, p) in enumerate(zip(r["counts"], r["proportions"]))))
