@@ -202,3 +202,40 @@ def test_two_processes_equal_one(tmp_path, lenet_checkpoint):
     assert a[0] == b[0]                                                # same identity header
     assert [strip(r) for r in a[1:]] == [strip(r) for r in b[1:]] and len(b) == 4
     assert all(r["devices"] == 8 for r in b[1:])
+
+
+def _run_cli(argv):
+    import eval.campaign as mod
+    from jaxfault.cli import run_main
+
+    with pytest.raises(SystemExit) as e:
+        run_main(mod.main, argv)
+    return e.value.code
+
+
+def test_results_file_safety(tmp_path, lenet_checkpoint, capsys):
+    """Issue gaps: a file that is not a results file is never touched (--dry-run included), dry runs
+    create nothing, a corrupt middle row is an error naming its line, and rows computed under
+    another seed or trial count are refused, not reused."""
+    cfg_path, out = _config(tmp_path, lenet_checkpoint, "safe", bers=(1e-5, 1e-4))
+    readme = (ROOT / "README.md").read_bytes()
+    foreign = tmp_path / "v.md"
+    foreign.write_bytes(readme)
+    for extra in (["--dry-run"], []):
+        assert _run_cli([str(cfg_path), "--output", str(foreign), *extra]) == 2
+        assert "not a jaxfault results file" in capsys.readouterr().err
+        assert foreign.read_bytes() == readme
+    assert _run_cli([str(cfg_path), "--dry-run"]) == 0 and not out.exists()      # a dry run writes nothing
+    assert _run_cli([str(cfg_path)]) == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3
+    # another trial count (or seed) is another identity: refused with what differs
+    assert _run_cli([str(cfg_path), "--trials", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "trials: file has 4, this run has 2" in err and err.count("\n") == 1
+    # a corrupt middle row: an error naming the line, and nothing after it is dropped
+    lines[1] = lines[1][:20] + "#" + lines[1][21:]
+    out.write_text("\n".join(lines) + "\n")
+    assert _run_cli([str(cfg_path)]) == 2
+    assert "line 2" in capsys.readouterr().err
+    assert out.read_text().splitlines() == lines

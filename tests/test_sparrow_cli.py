@@ -17,21 +17,36 @@ def run(main, argv):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--ber", "2"], "--ber must be in [0, 1], got 2.0"),
-    (["--ber", "nan"], "--ber must be in [0, 1], got nan"),
-    (["--ber=-1e-3"], "got -0.001"),
-    (["--ber", "1e-3", "--zero-to-one", "1.5"], "--zero-to-one must be in [0, 1], got 1.5"),
-    (["--ber", "1e-3", "--block-size", "48"], "block_size must be one of 16, 32, 64, got 48"),
+    (["--ber", "2"], "argument --ber: must be in [0, 1], got '2'"),
+    (["--ber", "nan"], "argument --ber: must be a finite number, got 'nan'"),
+    (["--ber", "-1e-3"], "argument --ber: must be in [0, 1], got '-1e-3'"),
+    (["--ber=-1e-3"], "got '-1e-3'"),
+    (["--ber", "1e-3", "--zero-to-one", "1.5"], "argument --zero-to-one: must be in [0, 1], got '1.5'"),
+    (["--ber", "1e-3", "--block-size", "48"], "block_size for scheme 'sparrow' must be one of 16, 32, 64, got 48"),
     (["--ber", "1e-3", "--sweep", "1e-3"], "exactly one of --ber or --sweep"),
     (["--sweep", "1e-3,abc"], "'abc' is not a number"),
-    (["--sweep", "1e-3,3"], "got 3.0"),
-    (["--ber", "1e-3", "--trials", "0"], "--trials must be >= 1, got 0"),
+    (["--sweep", "1e-3,3"], "got '3'"),
+    (["--sweep", "1e-3,1e-3"], "listed twice"),
+    (["--sweep", ""], "--sweep"),
+    (["--ber", "1e-3", "--trials", "0"], "argument --trials: must be >= 1, got '0'"),
+    (["--ber", "1e-3", "--seed", "-1"], "argument --seed: must be >= 0, got '-1'"),
+    (["--ber", "1e-3", "--limit", "0"], "argument --limit: must be >= 1, got '0'"),
+    (["--ber", "1e-3", "--batch-size", "1.5"], "argument --batch-size"),
     (["--ber", "1e-3", "--checkpoint", "/nonexistent/ck"], "/nonexistent/ck"),
-    (["--ber", "1e-3", "--scheme", "parity"], "parity"),
+    (["--ber", "1e-3", "--scheme", "parity"], "unknown ECC scheme 'parity'"),
+    (["--ber", "1e-3", "--scheme", "sparow"], "did you mean 'sparrow'"),
+    (["--ber", "1e-3", "--strategy", "vamp"], "argument --strategy"),
+    (["--ber", "1e-3", "--precision", "fp64"], "argument --precision"),
+    (["--ber", "1e-3", "--out", "/etc/passwd/x"], "/etc/passwd"),
 ])
-def test_sparrow_cli_bad_input_exit_2(argv, needle, capsys):
+def test_sparrow_cli_bad_input_exit_2(argv, needle, capsys, monkeypatch):
+    """One line, exit 2, before any model is loaded (loading would raise here)."""
+    import jaxfault.ecc.evaluate as ev
+
+    monkeypatch.setattr(ev, "load_model_and_data", lambda *a, **k: pytest.fail("work started"))
     assert run(sp_cli.main, argv) == 2
-    assert needle in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
 
 
 def test_sparrow_cli_single_run(lenet_checkpoint, tmp_path, capsys):
@@ -41,12 +56,22 @@ def test_sparrow_cli_single_run(lenet_checkpoint, tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "clean bf16: top1" in text and "sparrow" in text
-    r = json.loads((out / "sparrow_ber0.01_q0.01_B32.json").read_text())
+    r = json.loads((out / "sparrow_ber0.01_q0.01_B32_T2_s0_n100.json").read_text())
     assert r["trials"] == 2 and len(r["top1"]["values"]) == 2 and "top5" in r
     assert 0.005 < r["realised_ber"]["mean"] < 0.02 and 0 < r["changed_fraction"]["mean"] < 0.2
     assert r["stored_bits_per_weight"] == 18 and r["evaluation_dtype"] == "bfloat16"
     assert r["top1"]["min"] <= r["top1"]["mean"] <= r["top1"]["max"]
     assert abs(r["fault_free"]["top1"] - r["clean_bf16"]["top1"]) <= 0.02   # encoding alone costs little
+    # the same run again does not replace the result (issue: results silently replaced) ...
+    before = (out / "sparrow_ber0.01_q0.01_B32_T2_s0_n100.json").read_bytes()
+    argv = ["--ber", "1e-2", "--zero-to-one", "0.01", "--block-size", "32", "--trials", "2",
+            "--checkpoint", str(lenet_checkpoint), "--out", str(out), "--limit", "100"]
+    assert run(sp_cli.main, argv) == 2
+    assert "already exists (pass --overwrite" in capsys.readouterr().err
+    assert (out / "sparrow_ber0.01_q0.01_B32_T2_s0_n100.json").read_bytes() == before
+    # ... and another trial count, seed or image limit gets its own file
+    assert run(sp_cli.main, argv[:-1] + ["200"]) == 0
+    assert (out / "sparrow_ber0.01_q0.01_B32_T2_s0_n200.json").exists()
 
 
 @pytest.mark.slow
@@ -55,14 +80,14 @@ def test_sparrow_cli_sweep(lenet_checkpoint, tmp_path, capsys):
     code = run(sp_cli.main, ["--sweep", "0,0.3", "--trials", "2", "--checkpoint", str(lenet_checkpoint),
                              "--out", str(out), "--limit", "100", "--strategy", "loop"])
     assert code == 0
-    s = json.loads((out / "sweep.json").read_text())
-    assert [(r["scheme"], r["ber"]) for r in s["sweep"]] == [(n, b) for b in (0.0, 0.3) for n in ("sparrow", "secded", "none")]
+    s = json.loads((out / "sweep_T2_s0_n100.json").read_text())
+    assert sorted((r["scheme"], r["ber"]) for r in s["rows"]) == sorted((n, b) for b in (0.0, 0.3) for n in ("sparrow", "secded", "none"))
     clean = s["clean_bf16"]["top1"]
-    none0 = next(r for r in s["sweep"] if r["scheme"] == "none" and r["ber"] == 0.0)
+    none0 = next(r for r in s["rows"] if r["scheme"] == "none" and r["ber"] == 0.0)
     assert none0["top1"]["mean"] == clean                            # no faults, no ECC: the clean model
-    worst = [r["top1"]["mean"] for r in s["sweep"] if r["ber"] == 0.3]
+    worst = [r["top1"]["mean"] for r in s["rows"] if r["ber"] == 0.3]
     assert max(worst) < clean                                        # 30 % of cells stuck: all schemes suffer
-    assert (out / "sweep.png").stat().st_size > 1000 and "| BER |" in (out / "sweep.md").read_text()
+    assert (out / "sweep_T2_s0_n100.png").stat().st_size > 1000 and "| BER |" in (out / "sweep_T2_s0_n100.md").read_text()
 
 
 def test_exponents_cli(lenet_checkpoint, tmp_path, capsys):
