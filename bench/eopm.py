@@ -1,4 +1,4 @@
-"""Time per EOPM step (SPEC 3.3) for N perturbed models:
+"""Time per EOPM step for N perturbed models:
 (a) the project's step: G(x) once, the N perturbed models batched inside one jitted step
     (strategy auto/map/vmap/map:B), one Adam update;
 (b) the reference's algorithm in the same process: a Python loop of N jitted full steps, each
@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxfault.cli import ArgumentParser, parse_float_list, run_main
 from jaxfault.io import atomic_write_json
+from jaxfault.keys import stream
 from jaxfault.models import create_model, init_variables
 from jaxfault.models.generators import create_generator, init_generator
 from jaxfault.neuralfuse.eopm import (EOPMConfig, init_train_state, make_eopm_step, make_optimizer,
@@ -58,11 +59,13 @@ def main(argv=None) -> int:
 
     shape = (28, 28, 1)
     model = create_model(args.model, 10, 8)
-    base = init_variables(model, jax.random.key(0), shape)
+    root = jax.random.key(0)
+    base = init_variables(model, stream(root, "base"), shape)
     gen = create_generator(args.generator)
-    gv = init_generator(gen, jax.random.key(1), shape)
-    x = jax.random.uniform(jax.random.key(2), (args.batch_size, *shape), minval=-1.0, maxval=1.0)
-    y = jax.random.randint(jax.random.key(3), (args.batch_size,), 0, 10)
+    gv = init_generator(gen, stream(root, "generator"), shape)
+    x = jax.random.uniform(stream(root, "images"), (args.batch_size, *shape), minval=-1.0, maxval=1.0)
+    y = jax.random.randint(stream(root, "labels"), (args.batch_size,), 0, 10)
+    step_key = stream(root, "step")
     opt = make_optimizer(1e-3, 1000)
     state = init_train_state(gv, opt)
     print(f"EOPM step timing: {args.model} (QAT 8-bit) + {args.generator}, batch {args.batch_size}, BER {args.ber}, "
@@ -73,14 +76,14 @@ def main(argv=None) -> int:
         for s in strategies:
             cfg = EOPMConfig(ber=args.ber, n_models=n, strategy=s)
             step = make_eopm_step(gen, model, cfg, opt)
-            first, med = _time(lambda: step(state, base, x, y, jax.random.key(7))[0]["params"], args.repeats)
+            first, med = _time(lambda: step(state, base, x, y, step_key)[0]["params"], args.repeats)
             row[f"project_{s}_s"] = med
             row[f"project_{s}_first_call_s"] = first
         if n <= args.skip_reference_above:
             cfg = EOPMConfig(ber=args.ber, n_models=n, strategy="map")
             ref = reference_step_grads(gen, model, cfg)
             update = jax.jit(lambda g, st: opt.update(g, st["opt_state"], st["params"]))
-            seeds = train_seeds(jax.random.key(7), n)
+            seeds = train_seeds(step_key, n)
 
             def ref_step():
                 (_, _), grads = ref(state["params"], state["batch_stats"], base, x, y, seeds)

@@ -1,5 +1,5 @@
-"""Evaluate a NeuralFuse generator (SPEC 3.4):
-python -m eval.neuralfuse --generator-checkpoint DIR [--ber 0.01] [--models M] [--sweep 0.001,0.005,0.01,0.02]
+"""Evaluate a NeuralFuse generator:
+python -m eval.neuralfuse --generator-checkpoint RUN_DIR [--ber 0.01] [--models M] [--sweep 0.001,0.005,0.01,0.02]
 Clean accuracy and the accuracy of M unseen perturbed models (seeds 50000..) without and with
 the generator (mean, std, recovery); JSON + table, and a plot for a sweep."""
 from __future__ import annotations
@@ -12,7 +12,8 @@ from jaxfault.io import atomic_write_json
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m eval.neuralfuse", description=__doc__)
-    p.add_argument("--generator-checkpoint", required=True, help="folder written by train.neuralfuse (OUT/generator)")
+    p.add_argument("--generator-checkpoint", required=True, metavar="DIR",
+                   help="the run folder train.neuralfuse wrote (its --out, e.g. runs/neuralfuse) or its generator/")
     p.add_argument("--ber", type=float, default=None, help="bit error rate (default: the one trained for)")
     p.add_argument("--sweep", default=None, help="comma-separated BERs to evaluate instead of --ber (adds a plot)")
     p.add_argument("--ber0", type=float, default=None, help="share stuck at 1 (default: as trained)")
@@ -42,6 +43,10 @@ def main(argv=None) -> int:
     if args.sweep:
         plot_sweep(report, out / "neuralfuse_sweep.png")
         print(f"wrote {out / 'neuralfuse_sweep.png'}")
+        print(f"next: accuracy vs SRAM energy of these BERs: python -m eval.tradeoff {out / 'neuralfuse_eval.json'}")
+    else:
+        print(f"next: accuracy vs BER, with a plot: python -m eval.neuralfuse --generator-checkpoint "
+              f"{args.generator_checkpoint} --sweep 0.005,0.01,0.02 --out {out}")
     return 0
 
 

@@ -74,7 +74,7 @@ def test_eval_reports_unseen_models_and_recovery(trained, tmp_path, capsys):
     from eval.neuralfuse import main
 
     out = tmp_path / "ev"
-    code = _exit_code(main, ["--generator-checkpoint", str(trained / "generator"), "--models", "3",
+    code = _exit_code(main, ["--generator-checkpoint", str(trained), "--models", "3",  # the run folder
                              "--test-subset", "200", "--sweep", "0.01,0.05", "--out", str(out)])
     assert code == 0
     rep = json.loads((out / "neuralfuse_eval.json").read_text())
@@ -89,7 +89,10 @@ def test_eval_reports_unseen_models_and_recovery(trained, tmp_path, capsys):
     hi = rep["results"][1]["perturbed_without"]
     assert len(set(hi["per_model"])) > 1 and hi["mean"] < rep["clean"]["without"]
     assert (out / "neuralfuse_sweep.png").stat().st_size > 1000
-    assert "recovery" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "recovery" in printed and f"wrote {out / 'neuralfuse_eval.json'}" in printed
+    assert f"next: accuracy vs SRAM energy of these BERs: python -m eval.tradeoff {out / 'neuralfuse_eval.json'}" in printed
+    assert rep["generator_checkpoint"] == str((trained / "generator").absolute())
 
 
 @pytest.mark.slow
@@ -119,8 +122,8 @@ def test_warm_start_loads_matching_generator_and_refuses_others(tmp_path):
     from jaxfault.models.generators import create_generator, init_generator
 
     gen = create_generator("ConvS")
-    earlier = init_generator(gen, jax.random.PRNGKey(3), (28, 28, 1))
-    fresh = init_generator(gen, jax.random.PRNGKey(0), (28, 28, 1))
+    earlier = init_generator(gen, jax.random.key(3), (28, 28, 1))
+    fresh = init_generator(gen, jax.random.key(0), (28, 28, 1))
     save_checkpoint(tmp_path / "g", earlier, {"kind": "neuralfuse_generator", "generator": "ConvS",
                                               "input_shape": [28, 28, 1]})
     got = nftrain._warm_start(tmp_path / "g", "ConvS", (28, 28, 1), fresh)
@@ -165,3 +168,14 @@ def test_wrong_checkpoint_kinds_exit_2(tmp_path, capsys):
     assert "ber must be in [0, 1]" in capsys.readouterr().err
     assert _exit_code(eval_main, ["--generator-checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_refuses_a_folder_without_a_generator(tmp_path, capsys):
+    """Neither a generator checkpoint nor a run folder holding one: one error line, exit 2."""
+    from eval.neuralfuse import main
+
+    (tmp_path / "run" / "state").mkdir(parents=True)
+    assert _exit_code(main, ["--generator-checkpoint", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no NeuralFuse generator checkpoint in") and "--resume" in err
+

@@ -1,4 +1,5 @@
-"""EOPM (SPEC 3.3): the batched step equals the reference's per-model loop; seeds; optimizer."""
+"""EOPM: the batched step equals the reference's per-model loop (loss, gradients, batch-norm running
+statistics); typed per-seed keys; seeds; optimizer."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,9 +7,13 @@ import pytest
 
 from jaxfault.errors import JaxfaultError
 from jaxfault.models.generators import create_generator, init_generator
-from jaxfault.neuralfuse.eopm import (EVAL_SEED_BASE, TRAIN_SEED_HIGH, EOPMConfig, eopm_loss_and_grads, eval_seeds,
-                                      init_train_state, make_eopm_step, make_optimizer, reference_step_grads,
-                                      train_seeds)
+from jaxfault.keys import stream
+from jaxfault.models.generators import BN_MOMENTUM
+from jaxfault.neuralfuse.eopm import (EVAL_SEED_BASE, PERTURBED_MODELS_ROOT, TRAIN_SEED_HIGH, EOPMConfig,
+                                      eopm_loss_and_grads, eval_seeds, init_train_state, make_eopm_step,
+                                      make_optimizer, perturbed_model_key, reference_step_grads,
+                                      seeds_to_keys, train_seeds)
+from jaxfault.neuralfuse.faults import perturb_variables
 from jaxfault.engine import parse_strategy
 from tests._nf_tiny import TinyNet
 
@@ -40,6 +45,58 @@ def test_batched_loss_and_grads_equal_per_model_loop(setup, strategy):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-5 * scale, rtol=1e-4)
     # perturbation matters: the perturbed loss differs from the clean one
     assert abs(float(aux["perturbed_ce"]) - float(aux["clean_ce"])) > 1e-4
+    # running statistics: N sequential train-mode updates in the loop, the N-fold update in one step
+    for a, b in zip(jax.tree_util.tree_leaves(aux["batch_stats"]), jax.tree_util.tree_leaves(raux["batch_stats"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def _batch_moments(gen, gv, x):
+    """(running stats after one train-mode call, the batch statistics s it moved towards)."""
+    _, upd = gen.apply(gv, x, train=True, mutable=["batch_stats"])
+    m = BN_MOMENTUM
+    s = jax.tree_util.tree_map(lambda new, old: (new - m * old) / (1 - m), upd["batch_stats"], gv["batch_stats"])
+    return upd["batch_stats"], s
+
+
+@pytest.mark.parametrize("update", ["reference", "once"])
+def test_batch_stats_update_reference_and_once(setup, update):
+    """reference: r_N = m^N r + (1 - m^N) s (the reference's N generator calls per batch);
+    once: r_1 = m r + (1 - m) s (jaxfault's earlier single update)."""
+    model, base, gen, gv, x, y = setup
+    n = 4
+    cfg = EOPMConfig(ber=0.05, n_models=n, lam=5.0, strategy="map", batch_stats_update=update)
+    seeds = jnp.array([3, 17, 29999, 123])
+    (_, aux), _ = eopm_loss_and_grads(gen, model, cfg)(gv["params"], gv["batch_stats"], base, x, y, seeds)
+    one, s = _batch_moments(gen, gv, x)
+    k = n if update == "reference" else 1
+    want = jax.tree_util.tree_map(lambda r, s: BN_MOMENTUM ** k * r + (1 - BN_MOMENTUM ** k) * s, gv["batch_stats"], s)
+    moved = 0.0
+    for got, w, r in zip(*(jax.tree_util.tree_leaves(t) for t in (aux["batch_stats"], want, gv["batch_stats"]))):
+        # s is recovered from a float32 update, (new - m old) / (1 - m): ~10 ulp of the statistics
+        np.testing.assert_allclose(np.asarray(got), np.asarray(w), rtol=1e-4, atol=1e-5)
+        moved = max(moved, float(jnp.max(jnp.abs(got - r))))
+    assert moved > 1e-2  # the statistics do move
+    if update == "once":
+        for got, w in zip(jax.tree_util.tree_leaves(aux["batch_stats"]), jax.tree_util.tree_leaves(one)):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(w), rtol=1e-6, atol=1e-7)
+
+
+def test_perturbed_model_keys_are_typed_fold_ins_of_one_root(setup):
+    """Seed s -> fold_in(stream(key(0), "neuralfuse/perturbed_models"), s), the same key whether
+    derived alone or batched; one key, one perturbed model; different seeds, different models."""
+    _, base, *_ = setup
+    assert jnp.issubdtype(PERTURBED_MODELS_ROOT.dtype, jax.dtypes.prng_key)
+    want = jax.random.fold_in(stream(jax.random.key(0), "neuralfuse/perturbed_models"), 50003)
+    assert np.array_equal(jax.random.key_data(perturbed_model_key(50003)), jax.random.key_data(want))
+    batched = seeds_to_keys(jnp.array([7, 50003]))
+    assert np.array_equal(jax.random.key_data(batched[1]), jax.random.key_data(want))
+    a = perturb_variables(base, perturbed_model_key(7), 0.05)
+    b = perturb_variables(base, batched[0], 0.05)
+    c = perturb_variables(base, perturbed_model_key(8), 0.05)
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    assert any(not np.array_equal(np.asarray(u), np.asarray(v))
+               for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(c)))
 
 
 def test_step_trains_generator_only_and_is_deterministic(setup):
@@ -52,9 +109,14 @@ def test_step_trains_generator_only_and_is_deterministic(setup):
     s1b, m1b = step(state, base, x, y, jax.random.key(5))
     assert float(m1["loss"]) == float(m1b["loss"])
     assert int(s1["step"]) == 1
-    changed = [not np.array_equal(np.asarray(a), np.asarray(b))
-               for a, b in zip(jax.tree_util.tree_leaves(s1["params"]), jax.tree_util.tree_leaves(gv["params"]))]
-    assert all(changed)
+    # every parameter moves except those of the innermost level: on 8x8 images down3's output is
+    # 1x1, and up1's 2x2 stride-2 transposed conv with padding 1 turns it into an empty map (then
+    # zero-padded to 2x2), so down3 and up1_deconv never reach the output
+    flat_new = dict(jax.tree_util.tree_flatten_with_path(s1["params"])[0])
+    for path, old in jax.tree_util.tree_flatten_with_path(gv["params"])[0]:
+        name = jax.tree_util.keystr(path)
+        same = np.array_equal(np.asarray(flat_new[path]), np.asarray(old))
+        assert same == ("up1_deconv" in name or "down3_" in name), name
     # step decay: lr 1e-2 then 5e-3 (decay_steps=1, rate 0.5)
     assert np.isclose(float(opt.init(gv["params"])[-1].count), 0)
 
@@ -74,6 +136,8 @@ def test_bad_config():
         EOPMConfig(bits=5).validate()
     with pytest.raises(JaxfaultError, match="n_models"):
         EOPMConfig(n_models=0).validate()
+    with pytest.raises(JaxfaultError, match="batch_stats_update"):
+        EOPMConfig(batch_stats_update="twice").validate()
     with pytest.raises(JaxfaultError, match="strategy"):
         parse_strategy("map:x")
     assert parse_strategy("map:4") == ("map", 4)

@@ -1,5 +1,6 @@
-"""NeuralFuse evaluation: clean accuracy and the accuracy of M unseen perturbed models
-(seeds 50000.., never drawn in training), without and with the generator, in one jitted call."""
+"""NeuralFuse evaluation: clean accuracy and the accuracy of M unseen perturbed models (seeds
+50000.., never drawn in training; seed s's fault map is drawn with
+jaxfault.neuralfuse.eopm.perturbed_model_key(s)), without and with the generator, in one jitted call."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault import engine
-from jaxfault.checkpoints import load_checkpoint
+from jaxfault.checkpoints import META_FILE, load_checkpoint
 from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.models.generators import create_generator
 from jaxfault.neuralfuse.eopm import eval_seeds, seeds_to_keys, to_base_range
@@ -19,11 +20,33 @@ from jaxfault.quant import check_bits
 from jaxfault.training import make_accuracy_fn
 
 
+def resolve_generator_checkpoint(path) -> Path:
+    """The generator checkpoint folder for `path`: the run folder train.neuralfuse writes (its
+    generator/ subfolder is used) or that generator/ folder itself."""
+    path = Path(path)
+    if not path.exists():
+        raise JaxfaultError(f"generator checkpoint {str(path)!r} does not exist")
+    if (path / META_FILE).is_file():
+        return path
+    if (path / "generator" / META_FILE).is_file():
+        return path / "generator"
+    hint = " (the run has no generator yet: finish it with --resume)" if (path / "state").is_dir() else ""
+    raise JaxfaultError(f"no NeuralFuse generator checkpoint in {str(path)!r}: pass the folder train.neuralfuse "
+                        f"wrote (--out) or its generator/ subfolder{hint}")
+
+
 def load_generator(directory):
-    """(generator module, variables, config) of a neuralfuse_generator checkpoint."""
-    ck = load_checkpoint(directory, kind=GENERATOR_KIND)
+    """(generator module, variables, config) of a neuralfuse_generator checkpoint (or of the run
+    folder holding it)."""
+    ck = load_checkpoint(resolve_generator_checkpoint(directory), kind=GENERATOR_KIND)
     gen = create_generator(ck.config.get("generator", "?"))
     variables = jax.tree_util.tree_map(jnp.asarray, ck.variables)
+    want = jax.eval_shape(lambda k: gen.init(k, jnp.zeros((1, *ck.config.get("input_shape", (28, 28, 1)))),
+                                             train=False), jax.random.key(0))
+    if jax.tree_util.tree_structure(dict(want)) != jax.tree_util.tree_structure(variables):
+        raise JaxfaultError(f"the variables in {ck.path} do not match the {ck.config.get('generator')} generator "
+                            f"(a checkpoint written before the reference generators? its name is now "
+                            f"{ck.config.get('generator')}-tanh)")
     return gen, variables, ck.config
 
 
@@ -52,6 +75,7 @@ def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=
 
     for b in bers or []:
         check_probability("ber", b)
+    generator_checkpoint = resolve_generator_checkpoint(generator_checkpoint)
     gen, gen_vars, cfg = load_generator(generator_checkpoint)
     bers = list(bers) if bers is not None else [cfg["ber"]]
     ber0 = cfg.get("ber0", 0.5) if ber0 is None else check_probability("ber0", ber0)
