@@ -15,13 +15,17 @@ trial is keyed ``fold_in(trial_key, i)`` (jaxfault.keys).
 * **Trials.** Every configuration uses the same trial keys (common random numbers: differences
   between configurations are not blurred by different draws):
   ``trial_keys(stream(root_key(seed), "plan"), trials)``.
-* **Fault-free trials.** When no stage adds noise to every weight (no CiM stage) and
-  ``skip_fault_free`` is on, a trial whose perturbed weights are bit-identical to the group's
-  fault-free weights (no fault drawn, or every fault masked by the stored value or corrected by
-  the ECC) is not run again: ``lax.cond`` returns the group's fault-free accuracy, computed once
-  from the fault models' own fault-free output (e.g. Sparrow's fault-free decode at rate 0, the
-  quantized kernels for SRAM). Under ``lax.map`` (CPU) the forward pass is skipped; under
-  ``vmap`` the condition becomes a select and both are computed (same numbers).
+* **Weights already evaluated.** When no stage adds noise to every weight (no CiM stage) and
+  ``skip_fault_free`` is on, each trial first fingerprints its perturbed weights (two 32-bit
+  linear hashes of their bit patterns; see ``params_fingerprint``) and looks them up in a memo of
+  weights already evaluated on the same images, seeded with the fault models' own fault-free
+  output (e.g. Sparrow's fault-free decode at rate 0, the quantized kernels for SRAM). A hit
+  (no fault drawn; every fault masked by the stored value or corrected by the ECC; or the same
+  faulty weights as an earlier configuration, e.g. the SRAM faults of one voltage under two
+  refresh intervals whose HBM words drew no effective fault, since all configurations share
+  their trial keys) returns the stored accuracy through ``lax.cond``; a miss runs the forward
+  pass and enters the memo after the call. Under ``lax.map`` (CPU) the forward pass is skipped;
+  under ``vmap`` the condition becomes a select and both are computed (same numbers).
 * **Resumable.** Each configuration's row is appended to a ResultsFile as soon as its call
   finishes, under an identity (checkpoint digest, data, examples, seed, trials, precision,
   evaluation dtype, stages); rows already there are not recomputed.
@@ -44,7 +48,7 @@ from jaxfault.plan.config import active_stages
 from jaxfault.plan.knobs import Configuration
 from jaxfault.protocol import FaultModel
 
-FAULT_FREE = "plan_fault_free"      # variables collection: the group's fault-free params and accuracy
+MEMO = "plan_memo"                  # variables collection: fingerprints and accuracies of evaluated weights
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -187,28 +191,48 @@ def row_id(config: Configuration, plan: dict, identity: dict | None = None) -> s
                        "generator_digest": digest})
 
 
-def params_identical(a, b) -> jax.Array:
-    """True when two parameter trees hold bit-identical values (NaN patterns and -0 included)."""
-    def bits(x):
+MEMO_SIZE = 8192                    # known (fingerprint, accuracy) pairs carried into a call
+
+
+def fingerprint_multipliers(params, seed: int = 0x5EED) -> tuple:
+    """Two fixed odd uint32 multipliers per parameter value (from a fixed key: the same in every
+    program, so fingerprints compare across schemes and calls)."""
+    leaves = jax.tree_util.tree_leaves(params)
+    base = jax.random.key(seed)
+    return tuple(tuple(jax.random.bits(jax.random.fold_in(base, 2 * i + j), jnp.shape(x), jnp.uint32) | jnp.uint32(1)
+                       for j in range(2)) for i, x in enumerate(leaves))
+
+
+def params_fingerprint(params, multipliers) -> jax.Array:
+    """(2,) uint32: two linear hashes mod 2^32 of the parameters' bit patterns with independent
+    random odd multipliers. Two parameter sets that differ in one value never share a fingerprint
+    (an odd multiplier keeps any nonzero difference nonzero mod 2^32); sets that differ in more
+    values share one with probability about 2^-64."""
+    h = [jnp.uint32(0), jnp.uint32(0)]
+    for x, (m1, m2) in zip(jax.tree_util.tree_leaves(params), multipliers):
         x = jnp.asarray(x)
-        width = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}.get(x.dtype.itemsize)
-        return jax.lax.bitcast_convert_type(x, width) if jnp.issubdtype(x.dtype, jnp.floating) and width else x
+        width = {2: jnp.uint16, 4: jnp.uint32}.get(x.dtype.itemsize)
+        b = (jax.lax.bitcast_convert_type(x, width) if width else x).astype(jnp.uint32)
+        h[0] = h[0] + jnp.sum(b * m1, dtype=jnp.uint32)
+        h[1] = h[1] + jnp.sum((b ^ (b >> 16) ^ jnp.uint32(0x9E3779B9)) * m2, dtype=jnp.uint32)
+    return jnp.stack(h)
 
-    eq = [jnp.all(bits(x) == bits(y)) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
-    return jnp.all(jnp.stack(eq))
 
-
-def skipping_metric(base: Callable) -> Callable:
-    """metric(variables, images, labels) that returns the group's fault-free accuracy (carried in
-    variables[FAULT_FREE]) when the perturbed params equal the fault-free params, and runs the
-    forward pass otherwise; 'forward_pass' says which (1.0 = run)."""
+def memo_metric(base: Callable) -> Callable:
+    """metric(variables, images, labels) that looks the perturbed params' fingerprint up in the
+    table of already evaluated weights carried in variables[MEMO] (same images), returns the
+    stored accuracy on a hit and runs the forward pass otherwise; 'forward_pass' says which
+    (1.0 = run), 'fp_lo'/'fp_hi' return the fingerprint so the caller can extend the table."""
     def metric(variables, images, labels):
-        ref = variables[FAULT_FREE]
-        same = params_identical(variables["params"], ref["params"])
+        memo = variables[MEMO]
+        fp = params_fingerprint(variables["params"], memo["multipliers"])
+        match = jnp.all(memo["fingerprints"] == fp[None], axis=1) & (jnp.arange(MEMO_SIZE) < memo["n"])
+        found = jnp.any(match)
+        idx = jnp.argmax(match)
         run = lambda: {k: jnp.asarray(v, jnp.float32) for k, v in base(variables, images, labels).items()}  # noqa: E731
-        keep = lambda: {k: jnp.asarray(v, jnp.float32) for k, v in ref["metric"].items()}  # noqa: E731
-        out = jax.lax.cond(same, keep, run)
-        return {**out, "forward_pass": 1.0 - same.astype(jnp.float32)}
+        keep = lambda: {k: v[idx] for k, v in memo["metric"].items()}  # noqa: E731
+        out = jax.lax.cond(found, keep, run)
+        return {**out, "forward_pass": 1.0 - found.astype(jnp.float32), "fp_lo": fp[0], "fp_hi": fp[1]}
 
     return metric
 
@@ -218,6 +242,26 @@ def counting_metric(base: Callable) -> Callable:
         return {**base(variables, images, labels), "forward_pass": jnp.float32(1.0)}
 
     return metric
+
+
+class Memo:
+    """Accuracies of already evaluated weights, by fingerprint, for one set of images."""
+
+    def __init__(self):
+        self.table: dict[tuple, float] = {}
+
+    def add(self, fps, top1) -> None:
+        for (lo, hi), a in zip(np.asarray(fps).reshape(-1, 2), np.asarray(top1).reshape(-1)):
+            if len(self.table) < MEMO_SIZE:
+                self.table.setdefault((int(lo), int(hi)), float(a))
+
+    def arrays(self, multipliers) -> dict:
+        fps = np.zeros((MEMO_SIZE, 2), np.uint32)
+        acc = np.zeros((MEMO_SIZE,), np.float32)
+        for i, (k, v) in enumerate(self.table.items()):
+            fps[i], acc[i] = k, v
+        return {"fingerprints": jnp.asarray(fps), "metric": {"top1": jnp.asarray(acc)},
+                "n": jnp.int32(len(self.table)), "multipliers": multipliers}
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -245,6 +289,8 @@ class Planner:
         self.masks: dict = {}
         self.keys = plan_trial_keys(plan["seed"], plan["trials"])
         self.clean_accuracy: float | None = None
+        self.memos: dict = {}            # generator (images) -> Memo
+        self.multipliers = None
 
     @property
     def compiled(self) -> int:
@@ -258,7 +304,7 @@ class Planner:
             eval_model, prepared, _ = engine.prepare(self.data.model, self.data.variables, self.data.images[:1], fm)
             y = self.data.labels
             base = engine.make_metric_fn(eval_model, batch_size=min(self.plan["batch_size"], int(y.shape[0])))
-            metric = skipping_metric(base) if self.skip else counting_metric(base)
+            metric = memo_metric(base) if self.skip else counting_metric(base)
             prog = engine.make_trial_program(metric, fm, strategy=self.plan["strategy"],
                                              precision=self.plan["precision"], mesh=self.mesh)
             self.programs[pk] = _Program(prog, fm, eval_model, prepared, base)
@@ -288,8 +334,9 @@ class Planner:
         return self.masks[fraction]
 
     def group_inputs(self, config: Configuration):
-        """(variables, images) of a configuration's group: prepared weights, write-verify mask,
-        and (when skipping) the group's fault-free params and accuracy."""
+        """(variables, images) of a configuration's group: prepared weights and write-verify mask;
+        when reusing results, the group's fault-free weights (the fault models' own output at rate
+        0) and their accuracy enter the memo of the group's images."""
         p = self.program_for(config)
         dtype = p.fault_model.eval_dtype
         variables = dict(p.prepared)
@@ -305,10 +352,13 @@ class Planner:
                 plain_x = jnp.asarray(self.data.images).astype(dtype) if dtype is not None else self.data.images
                 self.clean_accuracy = float(jax.jit(p.base_metric)(p.prepared, plain_x, y)["top1"])
             if self.skip:
+                if self.multipliers is None:
+                    self.multipliers = fingerprint_multipliers(p.prepared["params"])
                 zeros = jnp.zeros(len(self.stages), jnp.float32)
                 ref_vars = jax.jit(lambda v: p.fault_model.perturb(jax.random.key(0), v, zeros)[0])(variables)
                 ref_metric = jax.jit(p.base_metric)(ref_vars, x, y)
-                variables[FAULT_FREE] = {"params": ref_vars["params"], "metric": ref_metric}
+                fp = jax.jit(params_fingerprint)(ref_vars["params"], self.multipliers)
+                self.memos.setdefault(config.knobs.get("generator"), Memo()).add(fp[None], ref_metric["top1"])
         return variables, x
 
     def run_chunk(self, configs: list[Configuration], variables, x) -> list[dict]:
@@ -318,9 +368,16 @@ class Planner:
         rates = np.zeros((C, S), np.float32)
         rates[:len(configs)] = np.asarray([c.rates for c in configs], np.float32)
         keys = engine.shard_keys(jnp.broadcast_to(self.keys[None], (C, T)), self.mesh)
+        memo = self.memos.get(configs[0].knobs.get("generator")) if self.skip else None
+        if memo is not None:
+            variables = {**variables, MEMO: memo.arrays(self.multipliers)}
         t0 = time.perf_counter()
         metrics, stats = jax.device_get(p.program.run(variables, x, self.data.labels, jnp.asarray(rates), keys))
         seconds = time.perf_counter() - t0
+        if memo is not None:
+            run = np.asarray(metrics["forward_pass"])[:len(configs), :T] > 0
+            fps = np.stack([metrics["fp_lo"], metrics["fp_hi"]], -1)[:len(configs), :T]
+            memo.add(fps[run], np.asarray(metrics["top1"])[:len(configs), :T][run])
         rows = []
         for i, c in enumerate(configs):
             acc = np.asarray(metrics["top1"], np.float64)[i, :T]
