@@ -172,9 +172,37 @@ def test_single_stage_plan_equals_the_engine_with_the_same_keys(lenet_checkpoint
     assert ref.accuracy.min() < ref.accuracy.max()   # faults changed something: the comparison is not vacuous
 
 
-def test_fault_free_skipping_changes_no_number(two_stage):
-    """Trials whose weights equal the fault-free ones return the group's fault-free accuracy:
-    identical per-trial results with skipping off, and fewer forward passes with it on."""
+def test_fingerprints_separate_weights_that_differ_in_one_value():
+    from jaxfault.plan.planner import fingerprint_multipliers, params_fingerprint
+
+    rng = np.random.default_rng(0)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        params = {"a": {"kernel": jnp.asarray(rng.standard_normal((30, 20)), dtype)},
+                  "b": {"bias": jnp.asarray(rng.standard_normal(7), dtype)}}
+        mult = fingerprint_multipliers(params)
+        assert all(bool(jnp.all(m & 1)) for pair in mult for m in pair)
+        fp = jax.jit(params_fingerprint)
+        ref = np.asarray(fp(params, mult))
+        np.testing.assert_array_equal(np.asarray(fp(jax.tree_util.tree_map(jnp.copy, params), mult)), ref)
+        nbits = 32 if dtype == jnp.float32 else 16
+        ui = jnp.uint32 if dtype == jnp.float32 else jnp.uint16
+        seen = {tuple(ref)}
+        for leaf, idx in (("a", (0, 0)), ("a", (29, 19)), ("b", (3,))):
+            for bit in (0, nbits - 1, nbits // 2):
+                tree = jax.tree_util.tree_map(jnp.copy, params)
+                name = "kernel" if leaf == "a" else "bias"
+                x = tree[leaf][name]
+                u = jax.lax.bitcast_convert_type(x, ui)
+                u = u.at[idx].set(u[idx] ^ ui(1 << bit))
+                tree[leaf][name] = jax.lax.bitcast_convert_type(u, dtype)
+                got = tuple(np.asarray(fp(tree, mult)))
+                assert got not in seen
+                seen.add(got)
+
+
+def test_reusing_evaluated_weights_changes_no_number(two_stage):
+    """Trials whose weights were evaluated before (the fault-free ones included) reuse that
+    accuracy: identical per-trial results with reuse off, and fewer forward passes with it on."""
     from jaxfault.plan.planner import evaluate_configurations
 
     plan, data, _ = two_stage
