@@ -22,7 +22,8 @@ from jaxfault.io import atomic_write_json
 from jaxfault.models import create_model, init_variables
 from jaxfault.models.generators import create_generator, init_generator
 from jaxfault.neuralfuse.eopm import (EOPMConfig, init_train_state, make_eopm_step, make_optimizer,
-                                      reference_step_grads, resolve_strategy, train_seeds)
+                                      reference_step_grads, train_seeds)
+from jaxfault.engine import parse_strategy
 
 
 def _time(fn, repeats: int) -> tuple[float, float]:
@@ -53,15 +54,15 @@ def main(argv=None) -> int:
     ns = [int(n) for n in parse_float_list(args.ns, "--ns")]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     for s in strategies:
-        resolve_strategy(s)
+        parse_strategy(s)
 
     shape = (28, 28, 1)
     model = create_model(args.model, 10, 8)
-    base = init_variables(model, jax.random.PRNGKey(0), shape)
+    base = init_variables(model, jax.random.key(0), shape)
     gen = create_generator(args.generator)
-    gv = init_generator(gen, jax.random.PRNGKey(1), shape)
-    x = jax.random.uniform(jax.random.PRNGKey(2), (args.batch_size, *shape), minval=-1.0, maxval=1.0)
-    y = jax.random.randint(jax.random.PRNGKey(3), (args.batch_size,), 0, 10)
+    gv = init_generator(gen, jax.random.key(1), shape)
+    x = jax.random.uniform(jax.random.key(2), (args.batch_size, *shape), minval=-1.0, maxval=1.0)
+    y = jax.random.randint(jax.random.key(3), (args.batch_size,), 0, 10)
     opt = make_optimizer(1e-3, 1000)
     state = init_train_state(gv, opt)
     print(f"EOPM step timing: {args.model} (QAT 8-bit) + {args.generator}, batch {args.batch_size}, BER {args.ber}, "
@@ -72,14 +73,14 @@ def main(argv=None) -> int:
         for s in strategies:
             cfg = EOPMConfig(ber=args.ber, n_models=n, strategy=s)
             step = make_eopm_step(gen, model, cfg, opt)
-            first, med = _time(lambda: step(state, base, x, y, jax.random.PRNGKey(7))[0]["params"], args.repeats)
+            first, med = _time(lambda: step(state, base, x, y, jax.random.key(7))[0]["params"], args.repeats)
             row[f"project_{s}_s"] = med
             row[f"project_{s}_first_call_s"] = first
         if n <= args.skip_reference_above:
             cfg = EOPMConfig(ber=args.ber, n_models=n, strategy="map")
             ref = reference_step_grads(gen, model, cfg)
             update = jax.jit(lambda g, st: opt.update(g, st["opt_state"], st["params"]))
-            seeds = train_seeds(jax.random.PRNGKey(7), n)
+            seeds = train_seeds(jax.random.key(7), n)
 
             def ref_step():
                 (_, _), grads = ref(state["params"], state["batch_stats"], base, x, y, seeds)

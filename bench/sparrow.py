@@ -21,13 +21,14 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxfault.bits import BF16_MASK
 from jaxfault.cli import ArgumentParser, parse_float_list, run_main
 from jaxfault.errors import check, check_probability
 
 
 # ------------------------------------------ numpy baseline ------------------------------------------
 def np_encode(w: np.ndarray, B: int) -> np.ndarray:
-    w = (w & np.uint32(0xFFFF0000)).reshape(-1, B)
+    w = (w & BF16_MASK).reshape(-1, B)
     e = ((w >> 23) & 0xFF).astype(np.int32)
     max_e = e.max(1, keepdims=True)
     min_e = np.where(e != 0, e, 255).min(1, keepdims=True)
@@ -77,7 +78,7 @@ def np_decode(c: np.ndarray, B: int) -> np.ndarray:
     d = np.where(wide, (d4 << 1) | bit(24), d4)
     m6 = (c >> 15) & 0x3F
     mant = np.where(wide, m6 << 17, (bit(24) << 22) | (m6 << 16))
-    return (((sign << 31) | ((max_e - d) << 23) | mant) & np.uint32(0xFFFF0000)).astype(np.uint32).reshape(-1)
+    return (((sign << 31) | ((max_e - d) << 23) | mant) & BF16_MASK).astype(np.uint32).reshape(-1)
 
 
 def np_inject(rng, w: np.ndarray, ber: float, q: float, mask: int) -> np.ndarray:

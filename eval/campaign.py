@@ -16,6 +16,7 @@ from jaxfault import campaign as cp
 from jaxfault.campaign import distributed
 from jaxfault.campaign.report import format_table, plot_records, point_label
 from jaxfault.cli import ArgumentParser, positive_int, run_main
+from jaxfault.errors import JaxfaultError
 from jaxfault.io import check_output_path
 from jaxfault.resultsfile import ResultsFile
 
@@ -38,11 +39,12 @@ def build_parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # joining the other processes comes before anything that could start JAX's backend
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed_auto)
     config = cp.load_config(args.config, {"output": args.output, "trials": args.trials})
     output = Path(config["output"])
     if args.plot:
         check_output_path(args.plot, overwrite=True, flag="--plot")
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed_auto)
     writer = distributed.is_writer()
     say = print if writer else (lambda *a, **k: None)
     points = cp.expand_grid(config["grid"])
@@ -61,6 +63,10 @@ def main(argv=None) -> int:
         return 0
     if writer:
         check_output_path(output, overwrite=True, flag="output")
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise JaxfaultError(f"output: cannot create {output.parent}: {e.strerror}") from None
     data, identity = cp.load_eval_data(config)
     campaign = cp.Campaign(points=points, trials=config["trials"], seed=config["seed"],
                            strategy=config["strategy"], precision=config["precision"])

@@ -181,6 +181,12 @@ def format_pareto(sweep: dict, max_rows: int = 24) -> str:
     return "\n".join(lines)
 
 
+LIST_FLAGS = (("--refresh-interval", "refresh_interval", lambda v: v > 0, "> 0"),
+              ("--voltage", "voltage", lambda v: v > 0, "> 0"),
+              ("--ber", "ber", lambda v: 0 < v <= 1, "in (0, 1]"),
+              ("--verify-fraction", "verify_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"))
+
+
 def check_outputs(args) -> None:
     """Every output path checked before any work: not under a file, writable, and no existing file
     replaced without --overwrite (for --plot: the plot files this run would write)."""
@@ -203,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_table(args.voltage_table, "--voltage-table", None)
     if args.grid is not None:
         load_grid(args.grid, ("qw", "qa", "pw", *A.HW_FIELDS))
+    if args.ecc is not None:
+        P.ecc_stored_bits(args.ecc)
+    for flag, text, check, requirement in LIST_FLAGS:  # checked here too, so no table is printed first
+        if getattr(args, text) is not None:
+            parse_float_list(getattr(args, text), flag, check=check, requirement=requirement)
     net = get_network(args.network, args.input, args.num_classes)
     n = len(net.layers)
     qw = A.per_layer(parse_per_layer(args.qw, "qw", args.network), n, "qw")

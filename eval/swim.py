@@ -2,7 +2,7 @@
 
 python -m eval.swim [--checkpoint DIR] [--mask-p 0.05] [--method SM] [--dev-var 0.1]
     [--write-var 0.03] [--noise-instances 100] [--curvature becker-lecun|exact|ggn|hutchinson]
-    [--curvature-examples 4096|all] [--selection-batch 128] [--no-gradient-term]
+    [--curvature-examples all|N] [--selection-batch 128] [--no-gradient-term]
     [--threshold count|quantile] [--sweep-mask-p 0.01,0.05,0.1,0.2] [--strategy auto|map|vmap|loop]
     [--out DIR]
 
@@ -15,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxfault.cli import ArgumentParser, parse_float_list, run_main
+from jaxfault.engine import PRECISIONS
 from jaxfault.errors import JaxfaultError
-from jaxfault.io import atomic_write_json, atomic_write_text
+from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
 from jaxfault.swim.run import SwimConfig, format_table, plot_sweep, run
 from jaxfault.swim.selection import CURVATURES, METHODS, THRESHOLDS
 
@@ -34,8 +35,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--m-bits", type=int, default=1, help="bits per device m (N must be a multiple)")
     p.add_argument("--noise-instances", type=int, default=100, help="Monte Carlo noise draws")
     p.add_argument("--curvature", default="becker-lecun", help=f"d2L/dw2 estimator: {', '.join(CURVATURES)}")
-    p.add_argument("--curvature-examples", default="4096",
-                   help="training images of the selection pass (first N, or 'all' as the SWIM code)")
+    p.add_argument("--curvature-examples", default="all",
+                   help="training images of the selection pass: 'all' (as the SWIM code) or the first N")
     p.add_argument("--selection-batch", type=int, default=128, help="batch size of the gradient term")
     p.add_argument("--no-gradient-term", action="store_true", help="score with s^2 * curvature only")
     p.add_argument("--threshold", default="count", help=f"mask threshold rule: {', '.join(THRESHOLDS)}")
@@ -43,13 +44,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--sweep-mask-p", default=None,
                    help="comma list of mask_p: compare all methods (or --methods) at each, with a plot")
     p.add_argument("--methods", default=None, help="comma list of methods (default: --method; all for a sweep)")
-    p.add_argument("--strategy", default="auto", help="noise-instance batching: auto, map, vmap, loop")
-    p.add_argument("--instance-batch", type=int, default=None,
-                   help="noise instances evaluated together inside lax.map (bounds memory)")
+    p.add_argument("--strategy", default="auto", help="noise-instance batching: auto, map, map:B, vmap, loop")
+    p.add_argument("--precision", default="highest", choices=PRECISIONS,
+                   help="float32 matmul/conv precision of the evaluation")
     p.add_argument("--eval-batch", type=int, default=1000, help="test images per forward pass")
     p.add_argument("--test-examples", type=int, default=None, help="evaluate on the first N test images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/swim", help="folder for swim.json, swim.txt and the sweep plot")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing swim.json in --out")
     return p
 
 
@@ -77,14 +79,16 @@ def config_from_args(args) -> SwimConfig:
                       curvature_examples=curvature_examples, selection_batch=args.selection_batch,
                       gradient_term=not args.no_gradient_term, threshold=args.threshold,
                       hutchinson_samples=args.hutchinson_samples, strategy=args.strategy,
-                      instance_batch=args.instance_batch, eval_batch=args.eval_batch,
+                      precision=args.precision, eval_batch=args.eval_batch,
                       test_examples=args.test_examples, seed=args.seed)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    report = run(config_from_args(args))
+    config = config_from_args(args)
     out = Path(args.out)
+    check_output_path(out / "swim.json", overwrite=args.overwrite, flag="--out")
+    report = run(config)
     table = format_table(report)
     atomic_write_json(out / "swim.json", report)
     atomic_write_text(out / "swim.txt", table)
@@ -93,6 +97,7 @@ def main(argv=None) -> int:
     if args.sweep_mask_p is not None:
         print(f"plot: {plot_sweep(report, out / 'swim_sweep.png')}")
     print(f"results: {out / 'swim.json'}")
+    print(f"next: python -m eval.tradeoff {out / 'swim.json'}   (write-verify cycles saved vs accuracy)")
     return 0
 
 

@@ -21,6 +21,7 @@ Format 1 (orbax tree in DIR/variables/, no checksums) is still read.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import io as _io
 import json
@@ -123,6 +124,18 @@ def save_checkpoint(directory, variables, config: dict, metrics: dict | None = N
         directory.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise JaxfaultError(f"cannot save a checkpoint to {directory}: a parent of it is a file") from None
+    # concurrent saves into one folder take turns (flock on the folder itself), so that one save's
+    # clean-up can never remove the arrays that another save's jaxfault.json is about to name
+    lock_fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        _save_locked(directory, pairs, config, metrics)
+    finally:
+        os.close(lock_fd)
+    return directory
+
+
+def _save_locked(directory: Path, pairs, config: dict, metrics: dict | None) -> None:
     old = _read_meta_quiet(directory)
     arrays_dir = f"{ARRAYS_PREFIX}{uuid.uuid4().hex[:12]}"
     target = directory / arrays_dir
@@ -145,7 +158,6 @@ def save_checkpoint(directory, variables, config: dict, metrics: dict | None = N
             shutil.rmtree(child, ignore_errors=True)
     if old is not None and old.get("format") == 1 and (directory / LEGACY_VARIABLES).is_dir():
         shutil.rmtree(directory / LEGACY_VARIABLES, ignore_errors=True)
-    return directory
 
 
 def jax_to_host(tree):

@@ -11,8 +11,8 @@ Both are true IEEE divisions. XLA rewrites a division by a broadcast scalar (or 
 into a multiplication by its reciprocal, which is one ulp off the quotient for some weights and
 moves exact ties such as -82.5 to -82.500008 (so the weight rounds to -83 instead of -82). The
 divisor is therefore passed through an optimisation barrier, which keeps the division a
-division. An all-zero tensor (or one whose maximum is below the smallest normal float32) uses
-that smallest normal as max|W|, so q = 0 instead of the reference's 0/0 = NaN.
+division. Where delta is zero (an all-zero tensor, or one so small that delta underflows) delta
+is 1, so q = 0 instead of the reference's 0/0 = NaN.
 """
 from __future__ import annotations
 
@@ -38,10 +38,10 @@ def _true_divide(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def quant_step(w: jax.Array, bits: int = 8) -> jax.Array:
-    """delta = max|W| / (2^(bits-1) - 1); a tiny floor keeps all-zero tensors finite."""
+    """delta = max|W| / (2^(bits-1) - 1); 1 where that is zero (all-zero tensors quantize to 0)."""
     qmax = 2 ** (bits - 1) - 1
-    m = jnp.maximum(jnp.max(jnp.abs(w)).astype(jnp.float32), jnp.finfo(jnp.float32).tiny)
-    return _true_divide(m, jnp.float32(qmax))
+    delta = _true_divide(jnp.max(jnp.abs(w)).astype(jnp.float32), jnp.float32(qmax))
+    return jnp.where(delta > 0, delta, jnp.float32(1.0))
 
 
 def quantize(w: jax.Array, bits: int = 8) -> tuple[jax.Array, jax.Array]:

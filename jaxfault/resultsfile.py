@@ -41,6 +41,14 @@ def _canonical(obj: Any) -> Any:
     return json.loads(json.dumps(to_jsonable(obj), sort_keys=True))
 
 
+def row_id(params: Mapping) -> str:
+    """A stable id for a row from the parameters that distinguish it within one identity (e.g. a
+    grid point): the first 16 hex digits of the SHA-256 of their canonical JSON."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(_canonical(dict(params)), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def identity_differences(stored: Mapping, wanted: Mapping) -> list[str]:
     """'field: file has X, this run has Y' for every field where two identities differ."""
     out = []

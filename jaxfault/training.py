@@ -108,12 +108,12 @@ def make_indexed_step(step: Callable) -> Callable:
     return run
 
 
-def train_classifier(model, dataset: Dataset, *, epochs: int = 10, batch_size: int = 128,
+def _train_classifier_body(model, dataset: Dataset, *, epochs: int = 10, batch_size: int = 128,
                      learning_rate: float = 1e-3, key: jax.Array,
                      weight_noise_fn: Callable[[PyTree, jax.Array], PyTree] | None = None,
                      log: Callable[[str], None] = print,
                      show_progress: bool = True) -> tuple[PyTree, list[dict]]:
-    """Train with Adam and a cosine learning-rate decay; return (variables, per-epoch history).
+    """The training loop of train_classifier (which sets the precision around it).
 
     History entries: epoch, train_loss, train_accuracy, test_accuracy, seconds.
     """
@@ -166,3 +166,17 @@ def train_classifier(model, dataset: Dataset, *, epochs: int = 10, batch_size: i
         log(f"epoch {epoch}/{epochs}: loss {entry['train_loss']:.4f}  train acc {entry['train_accuracy']:.4f}  "
             f"test acc {test_acc:.4f}  ({seconds:.1f} s)")
     return variables, history
+
+
+def train_classifier(model, dataset: Dataset, *, precision: str = "default", **kwargs) -> tuple[PyTree, list[dict]]:
+    """Train with Adam and a cosine learning-rate decay; return (variables, per-epoch history).
+
+    History entries: epoch, train_loss, train_accuracy, test_accuracy, seconds. Keyword arguments:
+    epochs, batch_size, learning_rate, key (typed), weight_noise_fn, log, show_progress, and
+    precision, the float32 matmul/conv precision of the training steps ('default': the backend's
+    fast mode, e.g. TF32 on NVIDIA GPUs; 'highest': full float32).
+    """
+    from jaxfault.engine import precision_scope
+
+    with precision_scope(precision):
+        return _train_classifier_body(model, dataset, **kwargs)

@@ -26,7 +26,7 @@ def train_and_save(out, *, model: str = DEFAULTS["model"], dataset: str = DEFAUL
                    epochs: int = DEFAULTS["epochs"], batch_size: int = DEFAULTS["batch_size"],
                    learning_rate: float = DEFAULTS["learning_rate"], seed: int = DEFAULTS["seed"],
                    qat: bool = False, quant_bits: int = DEFAULTS["quant_bits"], data_dir=None,
-                   weight_noise_fn=None, extra_config: dict | None = None,
+                   weight_noise_fn=None, extra_config: dict | None = None, precision: str = "default",
                    log: Callable[[str], None] = print) -> dict:
     """Train a classifier and save it as a checkpoint in `out`; return the saved metrics."""
     data = load_dataset(dataset, data_dir=data_dir)
@@ -36,7 +36,7 @@ def train_and_save(out, *, model: str = DEFAULTS["model"], dataset: str = DEFAUL
         f"({len(data.train_images)} train / {len(data.test_images)} test, from {data.source})")
     variables, history = train_classifier(net, data, epochs=epochs, batch_size=batch_size,
                                           learning_rate=learning_rate, key=jax.random.key(seed),
-                                          weight_noise_fn=weight_noise_fn, log=log)
+                                          weight_noise_fn=weight_noise_fn, log=log, precision=precision)
     config = {"kind": "classifier", "model": model, "num_classes": data.num_classes, "quant_bits": qbits,
               "dataset": data.name, "input_shape": list(data.input_shape), "value_range": data.value_range,
               "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed,

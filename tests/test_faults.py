@@ -156,3 +156,82 @@ def test_bad_arrays_named():
         faults.inject_stuck_at(jax.random.key(0), jnp.zeros(10, jnp.int32), 0.1)
     with pytest.raises(JaxfaultError, match="stored_mask"):
         faults.stuck_at_maps(jax.random.key(0), 10, 0.1, 0.0, 0)
+
+
+def test_traced_rate_equals_static_rate_and_sweep_equals_loop():
+    """A rate traced inside one compiled program (any rate_bound >= it) gives exactly the faults of
+    the same rate given as a Python number; a vmapped sweep over rates equals a loop."""
+    k = jax.random.key(5)
+    w = jnp.asarray(np.random.default_rng(1).integers(0, 2 ** 32, N, dtype=np.uint64).astype(np.uint32))
+    static = faults.inject_stuck_at(k, w, 1e-2, 0.2, MASK18)
+    for bound in (1e-2, 0.05, 1.0):
+        traced = jax.jit(lambda b, q: faults.inject_stuck_at(k, w, b, q, MASK18, rate_bound=bound))(
+            jnp.float32(1e-2), jnp.float32(0.2))
+        for a, b in zip(jax.tree_util.tree_leaves(static), jax.tree_util.tree_leaves(traced)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    flips = faults.inject_flips(k, w, 1e-2, MASK18)
+    flips_t = jax.jit(lambda b: faults.inject_flips(k, w, b, MASK18, rate_bound=0.05))(jnp.float32(1e-2))
+    np.testing.assert_array_equal(np.asarray(flips[0]), np.asarray(flips_t[0]))
+    rates = [0.0, 1e-3, 1e-2, 0.05, 1.0]
+    sweep = jax.jit(jax.vmap(lambda b: faults.stuck_at_maps(k, N, b, 0.3, MASK18, rate_bound=0.05)))(
+        jnp.asarray(rates, jnp.float32))
+    for i, p in enumerate(rates):
+        one = faults.stuck_at_maps(k, N, p, 0.3, MASK18)
+        for a, b in zip(jax.tree_util.tree_leaves(sweep), jax.tree_util.tree_leaves(one)):
+            np.testing.assert_array_equal(np.asarray(a)[i], np.asarray(b))
+        ok, info = within(int(sweep[2].n_faults[i]), N * 18, p)
+        assert ok, info
+    assert float(sweep[2].realised_ber[-1]) == 1.0
+
+
+def test_vmap_over_keys_equals_loop():
+    keys = jax.random.split(jax.random.key(6), 4)
+    batched = jax.jit(jax.vmap(lambda kk: faults.stuck_at_maps(kk, N, 1e-2, 0.3, MASK18)))(keys)
+    for i, kk in enumerate(keys):
+        one = faults.stuck_at_maps(kk, N, 1e-2, 0.3, MASK18)
+        for a, b in zip(jax.tree_util.tree_leaves(batched), jax.tree_util.tree_leaves(one)):
+            np.testing.assert_array_equal(np.asarray(a)[i], np.asarray(b))
+
+
+def test_traced_rate_validation_and_out_of_range_traced_rates_give_no_faults():
+    with pytest.raises(JaxfaultError, match="rate_bound"):
+        jax.jit(lambda b: faults.stuck_at_maps(jax.random.key(0), 10, b))(jnp.float32(0.1))
+    with pytest.raises(JaxfaultError, match="ber 0.2 exceeds rate_bound 0.1"):
+        faults.stuck_at_maps(jax.random.key(0), 10, 0.2, rate_bound=0.1)
+    with pytest.raises(JaxfaultError, match="rate_bound"):
+        faults.stuck_at_maps(jax.random.key(0), 10, 0.1, rate_bound=1.5)
+    with pytest.raises(JaxfaultError, match="scalar"):
+        jax.jit(lambda b: faults.stuck_at_maps(jax.random.key(0), 10, b, rate_bound=0.1))(jnp.zeros(2))
+    f = jax.jit(lambda b: faults.stuck_at_maps(jax.random.key(0), 1000, b, 0.5, rate_bound=0.1)[2].n_faults)
+    for bad in (float("nan"), -0.5, 1.5):
+        assert int(f(jnp.float32(bad))) == 0
+
+
+@pytest.mark.parametrize("bits", [4, 8, 16])
+def test_integer_words_of_any_width(bits):
+    """bits-bit two's-complement words: only the low bits are cells; stuck-at on them equals Python
+    integer arithmetic; the realised rate is over bits cells per word."""
+    rng = np.random.default_rng(bits)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    q = rng.integers(lo, hi + 1, N)
+    u = faults.int_to_words(jnp.asarray(q), bits)
+    np.testing.assert_array_equal(np.asarray(faults.words_to_int(u, bits)), q)
+    mask = faults.int_stored_mask(bits)
+    out, st = faults.inject_stuck_at(jax.random.key(2), u, 0.02, 0.5, mask)
+    assert not np.any(np.asarray(out) & ~np.uint32(mask))
+    assert int(st.n_cells) == N * bits
+    ok, info = within(int(st.n_faults), N * bits, 0.02)
+    assert ok, info
+    m10, m01, _ = faults.stuck_at_maps(jax.random.key(2), N, 0.02, 0.5, mask)
+    got = np.asarray(faults.apply_stuck_at_int(jnp.asarray(q), m10, m01, bits))
+    want_u = (q.astype(np.int64) & mask & ~np.asarray(m10).astype(np.int64)) | np.asarray(m01).astype(np.int64)
+    np.testing.assert_array_equal(got, np.where(want_u > hi, want_u - (1 << bits), want_u))
+    np.testing.assert_array_equal(np.asarray(faults.words_to_int(out, bits)), got)
+
+
+def test_merge_stats():
+    a = faults.fault_stats(3, 1, 100)
+    b = faults.fault_stats(5, 4, 300)
+    m = faults.merge_stats([a, b])
+    assert (int(m.n_faults), int(m.n_zero_to_one), float(m.n_cells)) == (8, 5, 400.0)
+    assert float(m.realised_ber) == pytest.approx(0.02) and float(m.zero_to_one_share) == pytest.approx(5 / 8)

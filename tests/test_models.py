@@ -82,24 +82,30 @@ def test_shift_add_conv_equals_xla_conv_values_gradients_hessian_vmap(shape, ker
     ws = jax.random.normal(jax.random.key(2), (3, *kernel))
     np.testing.assert_allclose(jax.vmap(lambda w: conv2d(x, w, strides, padding, "shift_add"))(ws),
                                jax.vmap(lambda w: conv2d(x, w, strides, padding, "xla"))(ws), atol=1e-4)
-    with pytest.raises(JaxfaultError, match="unknown convolution method"):
+    with pytest.raises(JaxfaultError, match="unknown convolution implementation"):
         conv2d(x, w, strides, padding, "fft")
 
 
-def test_conv_method_override_shows_in_the_traced_program():
-    from jaxfault.models.layers import conv_method
+def test_conv_impl_is_a_model_field_and_jit_keeps_implementations_apart():
+    """No ambient state: the implementation is the model's conv_impl field (every zoo model has
+    it); xla and shift_add agree within float32 rounding and compile to different programs."""
+    from jaxfault.models import MODEL_NAMES
+    from jaxfault.models.layers import with_conv_impl
 
+    for name in MODEL_NAMES:
+        assert create_model(name).conv_impl == "auto"
     model = create_model("lenet")
     v = init_variables(model, jax.random.key(0), (28, 28, 1))
-    count = lambda: str(jax.make_jaxpr(lambda x: model.apply(v, x))(jnp.zeros((2, 28, 28, 1)))).count("conv_general_dilated")
-    with conv_method("xla"):
-        assert count() == 2
-    with conv_method("shift_add"):
-        assert count() == 0
-    assert count() == (1 if jax.default_backend() == "cpu" else 2)  # auto: one-input-channel layer on CPU
-    with pytest.raises(JaxfaultError, match="unknown convolution method 'fft'"):
-        with conv_method("fft"):
-            pass
+    x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+    apply = jax.jit(lambda m, v, x: m.apply(v, x), static_argnums=0)
+    count = lambda m: str(jax.make_jaxpr(lambda x: m.apply(v, x))(x)).count("conv_general_dilated")
+    xla, shift = with_conv_impl(model, "xla"), with_conv_impl(model, "shift_add")
+    assert (count(xla), count(shift)) == (2, 0)
+    assert count(model) == (1 if jax.default_backend() == "cpu" else 2)  # auto: one-input-channel layer on CPU
+    np.testing.assert_allclose(apply(xla, v, x), apply(shift, v, x), atol=1e-5, rtol=1e-5)
+    assert apply._cache_size() == 2
+    with pytest.raises(JaxfaultError, match="unknown convolution implementation 'fft'"):
+        with_conv_impl(model, "fft")
 
 
 def test_shift_add_conv_accumulates_low_precision_inputs_in_fp32():

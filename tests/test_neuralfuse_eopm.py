@@ -8,17 +8,18 @@ from jaxfault.errors import JaxfaultError
 from jaxfault.models.generators import create_generator, init_generator
 from jaxfault.neuralfuse.eopm import (EVAL_SEED_BASE, TRAIN_SEED_HIGH, EOPMConfig, eopm_loss_and_grads, eval_seeds,
                                       init_train_state, make_eopm_step, make_optimizer, reference_step_grads,
-                                      resolve_strategy, train_seeds)
+                                      train_seeds)
+from jaxfault.engine import parse_strategy
 from tests._nf_tiny import TinyNet
 
 
 @pytest.fixture(scope="module")
 def setup():
     model = TinyNet()
-    base = jax.jit(lambda k, x: model.init(k, x))(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+    base = jax.jit(lambda k, x: model.init(k, x))(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
     gen = create_generator("UNetS")
-    gv = init_generator(gen, jax.random.PRNGKey(1), (8, 8, 1))
-    x = jax.random.uniform(jax.random.PRNGKey(2), (6, 8, 8, 1), minval=-1.0, maxval=1.0)
+    gv = init_generator(gen, jax.random.key(1), (8, 8, 1))
+    x = jax.random.uniform(jax.random.key(2), (6, 8, 8, 1), minval=-1.0, maxval=1.0)
     y = jnp.arange(6) % 10
     return model, base, gen, gv, x, y
 
@@ -47,8 +48,8 @@ def test_step_trains_generator_only_and_is_deterministic(setup):
     opt = make_optimizer(1e-2, decay_steps=1)
     step = make_eopm_step(gen, model, cfg, opt)
     state = init_train_state(gv, opt)
-    s1, m1 = step(state, base, x, y, jax.random.PRNGKey(5))
-    s1b, m1b = step(state, base, x, y, jax.random.PRNGKey(5))
+    s1, m1 = step(state, base, x, y, jax.random.key(5))
+    s1b, m1b = step(state, base, x, y, jax.random.key(5))
     assert float(m1["loss"]) == float(m1b["loss"])
     assert int(s1["step"]) == 1
     changed = [not np.array_equal(np.asarray(a), np.asarray(b))
@@ -59,7 +60,7 @@ def test_step_trains_generator_only_and_is_deterministic(setup):
 
 
 def test_seeds_training_and_evaluation_disjoint():
-    s = np.asarray(train_seeds(jax.random.PRNGKey(0), 10000))
+    s = np.asarray(train_seeds(jax.random.key(0), 10000))
     assert s.min() >= 0 and s.max() < TRAIN_SEED_HIGH
     e = np.asarray(eval_seeds(10))
     np.testing.assert_array_equal(e, np.arange(EVAL_SEED_BASE, EVAL_SEED_BASE + 10))
@@ -74,5 +75,5 @@ def test_bad_config():
     with pytest.raises(JaxfaultError, match="n_models"):
         EOPMConfig(n_models=0).validate()
     with pytest.raises(JaxfaultError, match="strategy"):
-        resolve_strategy("map:x")
-    assert resolve_strategy("map:4") == ("map", 4)
+        parse_strategy("map:x")
+    assert parse_strategy("map:4") == ("map", 4)

@@ -179,3 +179,35 @@ def test_format1_orbax_checkpoints_load_and_damaged_ones_print_one_line(tmp_path
     # replacing a format-1 checkpoint removes its orbax folder once the new one is in force
     save_checkpoint(legacy, {"params": {"w": np.zeros(2, np.float32)}}, {"kind": "other"})
     assert not (legacy / "variables").exists() and json.loads((legacy / META_FILE).read_text())["format"] == 2
+
+
+
+def test_concurrent_saves_into_one_folder_leave_a_complete_checkpoint(tmp_path, monkeypatch):
+    """Save B starts while save A has written its arrays but not yet its jaxfault.json (the worst
+    instant: B's clean-up would remove A's arrays). Saves take turns, so the result is complete."""
+    import threading
+
+    import jaxfault.checkpoints as C
+
+    d = tmp_path / "ck"
+    save_checkpoint(d, {"params": {"w": np.zeros(4, np.float32)}}, {"kind": "k", "v": 0})
+    real = C.atomic_write_json
+    b_done = threading.Event()
+
+    def b_save():
+        save_checkpoint(d, {"params": {"w": np.full(4, 2, np.float32)}}, {"kind": "k", "v": 2})
+        b_done.set()
+
+    def a_json_after_b_started(*args, **kw):
+        if threading.current_thread() is threading.main_thread() and not hasattr(b_save, "thread"):
+            b_save.thread = threading.Thread(target=b_save)
+            b_save.thread.start()
+            b_done.wait(1.0)  # without turn-taking B finishes here, deleting A's arrays
+        return real(*args, **kw)
+
+    monkeypatch.setattr(C, "atomic_write_json", a_json_after_b_started)
+    save_checkpoint(d, {"params": {"w": np.ones(4, np.float32)}}, {"kind": "k", "v": 1})
+    b_save.thread.join(10)
+    ck = load_checkpoint(d, kind="k")
+    assert ck.config["v"] == 2 and np.all(ck.variables["params"]["w"] == 2)
+    assert len(list(d.glob("arrays-*"))) == 1

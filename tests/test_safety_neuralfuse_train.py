@@ -90,7 +90,7 @@ def test_state_saves_killed_at_random_instants_stay_resumable(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     rng = np.random.default_rng(0)
     steps = set()
-    for _ in range(8):
+    for _ in range(5):
         proc = subprocess.Popen([sys.executable, "-c", STATE_SAVER, str(out)], stdout=subprocess.PIPE, env=env,
                                 cwd=REPO)
         assert proc.stdout.readline().strip() == b"ready"
@@ -143,3 +143,13 @@ def test_existing_outputs_refused_without_overwrite_or_resume(tmp_path, capsys):
                     {"kind": "neuralfuse_generator"})
     code, _, err = _code(["--checkpoint", "/nonexistent", "--out", str(only_generator), "--resume"], capsys)
     assert code == 2 and "generator" in err and "--overwrite" in err
+
+
+def test_checkpoint_paths_checked_before_any_work(tmp_path, capsys):
+    clf = save_checkpoint(tmp_path / "clf", {"params": {"w": np.zeros(2, np.float32)}}, {"kind": "classifier"})
+    code, out, err = _code(["--checkpoint", str(clf), "--init-generator", str(tmp_path / "nogen"),
+                            "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "nogen does not exist" in err and err.count("\n") == 1 and out == ""
+    code, out, err = _code(["--checkpoint", str(clf), "--init-generator", str(clf), "--out", str(tmp_path / "o")],
+                           capsys)
+    assert code == 2 and "--init-generator" in err and "expected a 'neuralfuse_generator'" in err

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from jaxfault.errors import JaxfaultError
-from jaxfault.resultsfile import ResultsFile
+from jaxfault.resultsfile import ResultsFile, row_id
 
 IDENTITY = {"model": "lenet", "checkpoint": "ab12", "eval_examples": 1000, "seed": 0, "trials": 4,
             "precision": "bf16"}
@@ -121,9 +121,14 @@ def _hold(path, ready, release):
         release.wait(20)
 
 
+def _release_later(release):
+    time.sleep(0.5)
+    release.set()
+
+
 def test_gap4_a_second_run_is_refused_while_the_first_holds_the_file(tmp_path):
     path = tmp_path / "r.jsonl"
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may run JAX threads
     ready, release = ctx.Event(), ctx.Event()
     child = ctx.Process(target=_hold, args=(path, ready, release))
     child.start()
@@ -142,13 +147,13 @@ def test_gap4_a_second_run_is_refused_while_the_first_holds_the_file(tmp_path):
 
 def test_wait_blocks_until_the_lock_is_released(tmp_path):
     path = tmp_path / "r.jsonl"
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may run JAX threads
     ready, release = ctx.Event(), ctx.Event()
     child = ctx.Process(target=_hold, args=(path, ready, release))
     child.start()
     assert ready.wait(20)
     t0 = time.monotonic()
-    ctx.Process(target=lambda: (time.sleep(0.5), release.set())).start()
+    ctx.Process(target=_release_later, args=(release,)).start()
     with ResultsFile.open(path, IDENTITY, wait=True) as rf:
         assert time.monotonic() - t0 >= 0.4 and "from-child" in rf
         rf.append("after", {"x": 2})
@@ -176,3 +181,11 @@ def test_missing_file_without_create_and_non_regular_paths(tmp_path):
         ResultsFile.open(tmp_path / "none.jsonl", IDENTITY, create=False)
     with pytest.raises(JaxfaultError, match="not a regular file"):
         ResultsFile.open(tmp_path, IDENTITY)
+
+
+def test_row_id_is_canonical():
+    import numpy as np
+
+    a = row_id({"ber": 1e-3, "scheme": "sparrow"})
+    assert a == row_id({"scheme": "sparrow", "ber": np.float64(1e-3)}) and len(a) == 16
+    assert a != row_id({"ber": 1e-3, "scheme": "secded"})

@@ -31,11 +31,16 @@ def _run(argv, capsys):
     ("--lr", "nan", "must be a finite number, got 'nan'"), ("--lr", "-1e-3", "must be > 0, got '-1e-3'"),
     ("--lr", "0", "must be > 0, got '0'"), ("--epochs", "0", "must be >= 1, got '0'"),
     ("--batch-size", "-1", "must be >= 1, got '-1'"), ("--seed", "-1", "must be >= 0, got '-1'"),
-    ("--train-var", "-0.1", "must be >= 0, got '-0.1'"), ("--train-var", "inf", "must be a finite number"),
     ("--quant-bits", "x", "must be an integer, got 'x'")])
 def test_numeric_flags_one_line(flag, value, match, capsys):
     code, out, err = _run([flag, value], capsys)
     assert code == 2 and err.count("\n") == 1 and f"argument {flag}: {match}" in err and out == ""
+
+
+@pytest.mark.parametrize("value", ["-1e-3", "inf", "nan"])
+def test_train_var_checked_before_any_work(value, capsys):
+    code, out, err = _run(["--train-var", value], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"train_var must be a finite number >= 0, got {float(value)!r}" in err
 
 
 def test_bad_names_and_quant_bits_before_any_work(tmp_path, capsys):

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from jaxfault.checkpoints import check_checkpoint_output
-from jaxfault.cli import ArgumentParser, nonneg_float, nonneg_int, positive_float, positive_int, run_main
+from jaxfault.cli import ArgumentParser, nonneg_int, positive_float, positive_int, run_main
+from jaxfault.engine import PRECISIONS
 from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
 from jaxfault.zoo import DEFAULTS, train_and_save
@@ -18,9 +19,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--lr", type=positive_float, default=DEFAULTS["learning_rate"],
                    help="peak Adam learning rate (cosine decay)")
     p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"])
+    p.add_argument("--precision", choices=PRECISIONS, default="default",
+                   help="float32 matmul/conv precision of the training steps ('default': the backend's fast mode)")
     p.add_argument("--qat", action="store_true", help="8-bit symmetric per-tensor weight fake-quantization (SPEC 3.1)")
     p.add_argument("--quant-bits", type=positive_int, default=DEFAULTS["quant_bits"], help="precision for --qat: 4, 8 or 16")
-    p.add_argument("--train-var", type=nonneg_float, default=None,
+    p.add_argument("--train-var", type=float, default=None,  # checked (finite, >= 0) by make_training_noise_fn
                    help="SWIM noise-aware training: fresh SPEC 2.1 device variation (this sigma) every step")
     p.add_argument("--out", default="runs/base", help="checkpoint directory (default runs/base)")
     p.add_argument("--overwrite", action="store_true",
@@ -46,9 +49,10 @@ def main(argv=None) -> int:
     metrics = train_and_save(args.out, model=args.model, dataset=args.dataset, epochs=args.epochs,
                              batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed, qat=args.qat,
                              quant_bits=args.quant_bits, data_dir=args.data_dir, weight_noise_fn=noise_fn,
-                             extra_config=extra)
+                             extra_config=extra, precision=args.precision)
     print(f"final test accuracy {metrics['test_accuracy']:.4f}  "
           f"({metrics['seconds_per_epoch']:.1f} s/epoch)  checkpoint: {args.out}")
+    print(f"next: python -m eval.sparrow --ber 1e-3 --checkpoint {args.out}   (or eval.swim / eval.accuracy)")
     return 0
 
 

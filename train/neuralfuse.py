@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from jaxfault.cli import (ArgumentParser, finite_float, nonneg_float, nonneg_int, positive_float, positive_int,
                           probability, run_main)
+from jaxfault.engine import PRECISIONS
 from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
 from jaxfault.models.generators import GENERATOR_NAMES, create_generator
@@ -33,6 +34,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--strategy", default="auto", help="batching of the N models: auto, map, vmap, map:B")
     p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--precision", choices=PRECISIONS, default="default",
+                   help="float32 matmul/conv precision of the EOPM steps ('default': the backend's fast mode)")
     p.add_argument("--save-every", type=positive_int, default=50, help="steps between resumable state saves")
     p.add_argument("--out", default="runs/neuralfuse", help="output folder (generator/ and state/)")
     p.add_argument("--init-generator", default=None, metavar="DIR",
@@ -77,6 +80,12 @@ def main(argv=None) -> int:
     create_generator(args.generator)  # validates the name before any expensive work
     if args.placement not in PLACEMENTS:
         raise JaxfaultError(f"unknown fault placement {args.placement!r}; choose one of {', '.join(PLACEMENTS)}")
+    from jaxfault.checkpoints import read_metadata
+
+    for flag, path, kind in (("--checkpoint", args.checkpoint, "classifier"),
+                             ("--init-generator", args.init_generator, "neuralfuse_generator")):
+        if path is not None and read_metadata(path)["kind"] != kind:  # one line now, not after data loading
+            raise JaxfaultError(f"{flag} {path} holds a {read_metadata(path)['kind']!r}, expected a {kind!r}")
     from jaxfault.neuralfuse.train import train_neuralfuse
 
     base = args.checkpoint
@@ -91,7 +100,8 @@ def main(argv=None) -> int:
                            batch_size=args.batch_size, learning_rate=args.lr, decay_rate=args.decay_rate,
                            decay_every=args.decay_every, seed=args.seed, train_subset=args.train_subset,
                            strategy=args.strategy, data_dir=args.data_dir, save_every=args.save_every,
-                           resume=args.resume, init_generator_checkpoint=args.init_generator)
+                           resume=args.resume, init_generator_checkpoint=args.init_generator,
+                           precision=args.precision)
     print(f"generator checkpoint: {res['generator_checkpoint']}  ({res['steps']} steps)")
     return 0
 

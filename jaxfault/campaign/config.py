@@ -68,10 +68,10 @@ def validate_config(config: dict) -> dict:
     engine.resolve_strategy(config["strategy"])
     engine.check_precision(config["precision"])
     for point in expand_grid(config["grid"]):
+        methods.validate_point(point.params)
         for k, v in point.params.items():
             if isinstance(v, float) and not math.isfinite(v):
                 raise JaxfaultError(f"grid field {k!r} must be finite, got {v!r}")
-        methods.validate_point(point.params)
     return config
 
 

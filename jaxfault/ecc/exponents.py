@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxfault.bits import BF16_MASK
 from jaxfault.errors import check
 from jaxfault.io import atomic_savefig, atomic_write_bytes
 
@@ -25,7 +26,7 @@ def block_differences(words, block_size: int = 64, *, exclude_zeros: bool = Fals
           f"block_size must be an integer >= 2, got {block_size!r}")
     w = np.asarray(words)
     check(w.dtype == np.uint32 and w.ndim == 1, f"words must be a 1-D uint32 array, got {w.dtype} {w.shape}")
-    w = w & np.uint32(0xFFFF0000)
+    w = w & BF16_MASK
     n = (w.size // block_size) * block_size
     rest = w.size - n
     blocks = w[:n].reshape(-1, block_size)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfault.bits import BF16_MASK
+
 
 GROUP = 4
 STORED_BITS = 18
@@ -42,8 +44,8 @@ for _j, _p in enumerate(_DATA_POS):
 
 
 def _pack(g):
-    lo = (g[..., 0] >> 16) | (g[..., 1] & U32(0xFFFF0000))
-    hi = (g[..., 2] >> 16) | (g[..., 3] & U32(0xFFFF0000))
+    lo = (g[..., 0] >> 16) | (g[..., 1] & BF16_MASK)
+    hi = (g[..., 2] >> 16) | (g[..., 3] & BF16_MASK)
     return lo, hi
 
 
@@ -60,7 +62,7 @@ def _hamming_checks(lo, hi):
 def encode_words(words: jax.Array) -> jax.Array:
     """Encode uint32 fp32 words (length a multiple of 4) into stored words; no checks (jittable)."""
     shape = words.shape
-    g = (words & U32(0xFFFF0000)).reshape(shape[:-1] + (-1, GROUP))
+    g = (words & BF16_MASK).reshape(shape[:-1] + (-1, GROUP))
     lo, hi = _pack(g)
     c = _hamming_checks(lo, hi)                                     # (..., n, 7)
     overall = _parity32(lo) ^ _parity32(hi) ^ (jnp.sum(c, axis=-1, dtype=U32) & U32(1))
@@ -74,7 +76,7 @@ def decode_with_status(words: jax.Array):
     """(decoded bf16-in-fp32 words, per-group status: 0 ok, 1 corrected, 2 detected uncorrectable)."""
     shape = words.shape
     g = words.reshape(shape[:-1] + (-1, GROUP))
-    data = g & U32(0xFFFF0000)
+    data = g & BF16_MASK
     lo, hi = _pack(data)
     stored = jnp.stack([(g >> 15) & U32(1), (g >> 14) & U32(1)], axis=-1).reshape(g.shape[:-1] + (8,))
     c = _hamming_checks(lo, hi)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.bits import check_finite_words
+from jaxfault.bits import BF16_MASK, check_finite_words
 from jaxfault.ecc import hamming
 from jaxfault.errors import JaxfaultError, check
 
@@ -72,7 +72,7 @@ def encode_blocks(words: jax.Array, block_size: int, compat: bool = False) -> ja
     """Sparrow-encode uint32 fp32 words of shape (..., n_blocks * B); no input checks (jittable)."""
     B = block_size
     shape = words.shape
-    w = words.reshape(shape[:-1] + (-1, B)) & _u(0xFFFF0000)
+    w = words.reshape(shape[:-1] + (-1, B)) & BF16_MASK
     e8 = ((w >> 23) & _u(0xFF)).astype(jnp.uint8)
     # uint8 reductions: XLA CPU vectorises these ~20x better than 32-bit ones over short rows
     max_e = jnp.max(e8, axis=-1, keepdims=True).astype(jnp.int32)
@@ -140,7 +140,7 @@ def decode_blocks(words: jax.Array, block_size: int) -> jax.Array:
     expo = (max_e - d) << 23                             # uint32 wrap-around = 32-bit two's complement
     mant6 = (c >> 15) & _u(0x3F)
     mant = jnp.where(wide, mant6 << 17, (_bit(c, 24) << 22) | (mant6 << 16))
-    out = ((sign << 31) | expo | mant) & _u(0xFFFF0000)
+    out = ((sign << 31) | expo | mant) & BF16_MASK
     return out.reshape(shape)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxfault.energy.core import LayerArrays, output_size
 from jaxfault.errors import JaxfaultError
-from jaxfault.models.layers import conv_method
+from jaxfault.models.layers import with_conv_impl
 from jaxfault.pytree import path_to_str
 
 
@@ -315,9 +315,10 @@ def layers_from_model(
     variables = _abstract(variables)
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
 
+    model = with_conv_impl(model, "xla")  # every convolution as the conv primitive this walker reads
+
     def trace(kwargs):
-        with conv_method("xla"):  # every convolution as the conv primitive this walker reads
-            return jax.make_jaxpr(lambda v, xx: model.apply(v, xx, **kwargs))(variables, x)
+        return jax.make_jaxpr(lambda v, xx: model.apply(v, xx, **kwargs))(variables, x)
 
     if apply_kwargs is None:
         try:

@@ -28,10 +28,10 @@ from jaxfault.errors import JaxfaultError
 PJ_PER_UNIT = 1.6
 
 # ------------------------------------------------------------------ (a) DRAM refresh and ECC
-# stored bits per 16-bit weight. sparrow: SPEC 1.1/1.4 (18 stored bits for B = 32/64; 19 for
-# B = 16); secded: conventional (72, 64) SEC-DED / on-die ECC, 8 check bits per 64 data bits =
-# the same 12.5 % (SPEC 1: "the same 12.5 % storage overhead as conventional on-die ECC").
-ECC_STORED_BITS = {"none": 16, "secded": 18, "sparrow": 18, "sparrow-b16": 19}
+# Stored bits per 16-bit weight come from the ECC scheme registry (jaxfault.ecc): each scheme
+# carries its own stored_mask, so a newly registered scheme is priced without edits here.
+# Sparrow stores 18 bits for blocks of 32/64 weights and 19 for blocks of 16 ("sparrow-b16");
+# SEC-DED (72, 64) spends the same 12.5 % overhead (8 check bits per 64 data bits).
 
 # Refresh energy per stored bit per refresh, in pJ. Derived with the Micron TN-40-07 method from
 # DDR4 8 Gb JEDEC timing (tRFC = 350 ns, 8192 REF commands per 64 ms -> 2^20 bits per REF,
@@ -58,16 +58,27 @@ def _retention_default():
 RETENTION_BER_TABLE = _retention_default()
 
 
+def ecc_names() -> tuple[str, ...]:
+    """ECC names the energy model prices: every registered scheme, plus sparrow-b16 (B = 16)."""
+    from jaxfault.ecc import scheme_names
+
+    return (*scheme_names(), "sparrow-b16")
+
+
 def ecc_stored_bits(ecc: str | int) -> int:
-    """Stored bits per 16-bit weight for an ECC name (none/secded/sparrow/sparrow-b16) or a number."""
+    """Stored bits per 16-bit weight for a registered ECC name (or sparrow-b16), or a number."""
+    from jaxfault.ecc import SCHEMES, get_scheme
+
     if isinstance(ecc, (int, np.integer)) or (isinstance(ecc, str) and ecc.isdigit()):
         b = int(ecc)
         if b < 16:
             raise JaxfaultError(f"ECC stored bits per 16-bit weight must be >= 16, got {ecc!r}")
         return b
-    if ecc not in ECC_STORED_BITS:
-        raise JaxfaultError(f"unknown ECC scheme {ecc!r}; choose from {', '.join(ECC_STORED_BITS)} or a bit count")
-    return ECC_STORED_BITS[ecc]
+    if ecc == "sparrow-b16":
+        return get_scheme("sparrow", 16).stored_bits
+    if not isinstance(ecc, str) or ecc not in SCHEMES:
+        raise JaxfaultError(f"unknown ECC scheme {ecc!r}; choose from {', '.join(ecc_names())} or a bit count")
+    return get_scheme(ecc).stored_bits
 
 
 def weight_storage_bits(num_weights, qw=16, pw=0.0, stored_bits=16):

@@ -31,7 +31,7 @@ ACC_KEYS = ("accuracy_mean", "acc_mean", "mean_accuracy", "top1_mean", "accuracy
 DATASET_INPUTS = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
                   "gtsrb": (32, 32, 3)}
 POINT_KEYS = ("ber", "voltage", "refresh_interval_s", "mask_p", "fraction")
-DRAM_METHODS = {"sparrow", "secded", "none", "unprotected", "ecc", "dram", "sparrow-b16"}
+DRAM_METHODS = {"unprotected", "ecc", "dram"}  # plus every registered ECC scheme name (P.ecc_names())
 FAMILIES = {"dram": "DRAM refresh (Sparrow / SEC-DED)", "sram": "SRAM voltage (NeuralFuse)", "verify": "write-verify (SWIM)"}
 
 
@@ -108,8 +108,8 @@ def load_records(paths: Sequence[str]) -> list[dict]:
 
 def family(rec: dict) -> str:
     m = str(rec.get("method", "")).lower()
-    if m in DRAM_METHODS or "refresh_interval_s" in rec or m.startswith("sparrow") or "stored_bits_per_weight" in rec \
-            or str(rec.get("scheme", rec.get("ecc", ""))).lower() in P.ECC_STORED_BITS:
+    if m in DRAM_METHODS or m in P.ecc_names() or "refresh_interval_s" in rec or "stored_bits_per_weight" in rec \
+            or str(rec.get("scheme", rec.get("ecc", ""))).lower() in P.ecc_names():
         return "dram"
     if m.startswith("neuralfuse") or "voltage" in rec:
         return "sram"
@@ -126,7 +126,7 @@ def point_energy(rec: dict, net_layers, energy, qw, pw, *, dram_kw: dict, retent
     base = float(energy.total)
     if fam == "dram":
         m = str(rec.get("method", "")).lower()
-        scheme = rec.get("ecc") or rec.get("scheme") or (m if m in P.ECC_STORED_BITS else ("none" if m == "unprotected" else "sparrow"))
+        scheme = rec.get("ecc") or rec.get("scheme") or (m if m in P.ecc_names() else ("none" if m == "unprotected" else "sparrow"))
         bits = int(rec["stored_bits_per_weight"]) if "stored_bits_per_weight" in rec else P.ecc_stored_bits(scheme)
         if bits < 16:
             raise JaxfaultError(f"stored bits per weight must be >= 16, got {bits}")

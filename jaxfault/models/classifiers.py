@@ -1,5 +1,6 @@
-"""Image classifiers (NHWC, any input size and channel count): LeNet-5, the SWIM code's LeNet, a small ConvNet,
-ResNet-18/50 and VGG-11/16/19 (CIFAR-style stems, batch norm), each optionally QAT."""
+"""Image classifiers (NHWC, any input size and channel count): LeNet-5, the SWIM code's LeNet, a small
+ConvNet, ResNet-18/50 and VGG-11/16/19 (CIFAR-style stems, batch norm), each optionally QAT. Every
+model has a ``conv_impl`` field (see jaxfault.models.layers) passed down to its convolutions."""
 from __future__ import annotations
 
 from functools import partial
@@ -21,13 +22,15 @@ class LeNet5(nn.Module):
 
     num_classes: int = 10
     quant_bits: int | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         q = self.quant_bits
-        x = nn.relu(Conv(6, (5, 5), padding=((2, 2), (2, 2)), quant_bits=q)(x))
+        x = nn.relu(Conv(6, (5, 5), padding=((2, 2), (2, 2)), quant_bits=q, conv_impl=self.conv_impl)(x))
         x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
-        x = nn.relu(Conv(16, (5, 5), padding="VALID" if min(x.shape[1:3]) >= 5 else "SAME", quant_bits=q)(x))
+        x = nn.relu(Conv(16, (5, 5), padding="VALID" if min(x.shape[1:3]) >= 5 else "SAME", quant_bits=q,
+                         conv_impl=self.conv_impl)(x))
         x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(Dense(120, quant_bits=q)(x))
@@ -45,12 +48,13 @@ class LeNetSWIM(nn.Module):
 
     num_classes: int = 10
     quant_bits: int | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         q = self.quant_bits
         for features in (6, 16):
-            x = nn.relu(Conv(features, (3, 3), padding=((1, 1), (1, 1)), quant_bits=q)(x))
+            x = nn.relu(Conv(features, (3, 3), padding=((1, 1), (1, 1)), quant_bits=q, conv_impl=self.conv_impl)(x))
             x = nn.max_pool(x, (2, 2), (2, 2), padding="VALID")
         x = x.reshape((x.shape[0], -1))
         x = nn.relu(Dense(120, quant_bits=q)(x))
@@ -64,12 +68,13 @@ class ConvNet(nn.Module):
     num_classes: int = 10
     widths: Sequence[int] = (32, 64, 128)
     quant_bits: int | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         for w in self.widths:
             for _ in range(2):
-                x = Conv(w, (3, 3), use_bias=False, quant_bits=self.quant_bits)(x)
+                x = Conv(w, (3, 3), use_bias=False, quant_bits=self.quant_bits, conv_impl=self.conv_impl)(x)
                 x = nn.relu(_bn(train)(x))
             x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
         x = x.reshape((x.shape[0], -1))
@@ -81,10 +86,11 @@ class BasicBlock(nn.Module):
     features: int
     strides: int = 1
     quant_bits: int | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = partial(Conv, use_bias=False, quant_bits=self.quant_bits)
+        conv = partial(Conv, use_bias=False, quant_bits=self.quant_bits, conv_impl=self.conv_impl)
         y = nn.relu(_bn(train)(conv(self.features, (3, 3), (self.strides,) * 2)(x)))
         y = _bn(train)(conv(self.features, (3, 3))(y))
         if self.strides != 1 or x.shape[-1] != self.features:
@@ -96,11 +102,12 @@ class Bottleneck(nn.Module):
     features: int
     strides: int = 1
     quant_bits: int | None = None
+    conv_impl: str = "auto"
     expansion: int = 4
 
     @nn.compact
     def __call__(self, x, train: bool):
-        conv = partial(Conv, use_bias=False, quant_bits=self.quant_bits)
+        conv = partial(Conv, use_bias=False, quant_bits=self.quant_bits, conv_impl=self.conv_impl)
         out = self.features * self.expansion
         y = nn.relu(_bn(train)(conv(self.features, (1, 1))(x)))
         y = nn.relu(_bn(train)(conv(self.features, (3, 3), (self.strides,) * 2)(y)))
@@ -118,15 +125,17 @@ class ResNet(nn.Module):
     num_classes: int = 10
     width: int = 64
     quant_bits: int | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = Conv(self.width, (3, 3), use_bias=False, quant_bits=self.quant_bits)(x)
+        x = Conv(self.width, (3, 3), use_bias=False, quant_bits=self.quant_bits, conv_impl=self.conv_impl)(x)
         x = nn.relu(_bn(train)(x))
         for i, n in enumerate(self.stage_sizes):
             for j in range(n):
                 strides = 2 if i > 0 and j == 0 else 1
-                x = self.block(self.width * 2 ** i, strides, quant_bits=self.quant_bits)(x, train)
+                x = self.block(self.width * 2 ** i, strides, quant_bits=self.quant_bits,
+                               conv_impl=self.conv_impl)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return Dense(self.num_classes, quant_bits=self.quant_bits)(x)
 
@@ -145,6 +154,7 @@ class VGG(nn.Module):
     config: Sequence = VGG_CONFIGS["vgg11"]
     num_classes: int = 10
     quant_bits: int | None = None
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -152,7 +162,7 @@ class VGG(nn.Module):
             if v == "M":
                 x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
             else:
-                x = Conv(v, (3, 3), use_bias=False, quant_bits=self.quant_bits)(x)
+                x = Conv(v, (3, 3), use_bias=False, quant_bits=self.quant_bits, conv_impl=self.conv_impl)(x)
                 x = nn.relu(_bn(train)(x))
         x = jnp.mean(x, axis=(1, 2))
         return Dense(self.num_classes, quant_bits=self.quant_bits)(x)

@@ -1,14 +1,19 @@
-"""Conv and Dense layers with optional weight fake-quantization (QAT, SPEC 3.1).
+"""Conv, ConvTranspose and Dense layers with optional weight fake-quantization (QAT).
 
 They create the same parameters as flax.linen.Conv / Dense ('kernel', 'bias'), so every fault
 method finds the weights by name and a model with quant_bits=None runs the same params unquantized.
+
+The convolution implementation is an explicit module field, ``conv_impl`` ("auto", "xla" or
+"shift_add"), never ambient state: a model built with ``conv_impl="xla"`` is a different (hashable)
+module value, so jit caches keyed on the module, or closures over it, never mix implementations.
+Models that contain these layers carry the same field and pass it down;
+``with_conv_impl(model, impl)`` returns the model with another implementation.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import math
 from functools import partial
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -83,44 +88,56 @@ def _shift_add_conv_jvp(strides, pads, primals, tangents):
 shift_add_conv.defjvp(_shift_add_conv_jvp, symbolic_zeros=True)
 
 
-_METHOD_OVERRIDE = contextvars.ContextVar("jaxfault_conv_method", default=None)
-CONV_METHODS = ("auto", "xla", "shift_add")
+CONV_IMPLS = ("auto", "xla", "shift_add")
 
 
-def _check_method(method: str) -> str:
-    if method not in CONV_METHODS:
-        raise JaxfaultError(f"unknown convolution method {method!r}; choose {', '.join(CONV_METHODS)}")
-    return method
+def check_conv_impl(impl: str) -> str:
+    """Validate a convolution implementation name."""
+    if impl not in CONV_IMPLS:
+        raise JaxfaultError(f"unknown convolution implementation {impl!r}; choose {', '.join(CONV_IMPLS)}")
+    return impl
 
 
-@contextlib.contextmanager
-def conv_method(method: str) -> Iterator[None]:
-    """Within the block (at trace time), every conv2d uses `method`; e.g. 'xla' for tools that
-    read convolutions off a jaxpr (the energy model's layer-shape extraction)."""
-    _check_method(method)
-    token = _METHOD_OVERRIDE.set(method)
-    try:
-        yield
-    finally:
-        _METHOD_OVERRIDE.reset(token)
-
-
-def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", method: str = "auto") -> jax.Array:
-    """NHWC x HWIO convolution; method 'xla', 'shift_add', or 'auto' (shift_add for one input
-    channel on the CPU backend, where it is measured faster, else XLA's convolution). A
-    surrounding `conv_method(...)` block overrides the method."""
-    method = _check_method(_METHOD_OVERRIDE.get() or method)
+def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", impl: str = "auto") -> jax.Array:
+    """NHWC x HWIO convolution; impl 'xla', 'shift_add', or 'auto' (shift_add for one input
+    channel on the CPU backend, where it is measured faster, else XLA's convolution)."""
+    check_conv_impl(impl)
     strides = tuple(int(s) for s in strides)
     kh, kw = kernel.shape[:2]
     if isinstance(padding, str):
         pads = tuple(jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding))
     else:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if method == "auto":
-        method = "shift_add" if kernel.shape[2] == 1 and jax.default_backend() == "cpu" else "xla"
-    if method == "shift_add":
+    if impl == "auto":
+        impl = "shift_add" if kernel.shape[2] == 1 and jax.default_backend() == "cpu" else "xla"
+    if impl == "shift_add":
         return shift_add_conv(x, kernel, strides, pads)
     return _xla_conv(x, kernel, strides, pads)
+
+
+def with_conv_impl(module: nn.Module, impl: str) -> nn.Module:
+    """`module` with convolution implementation `impl` (a clone; the original is unchanged).
+
+    Modules without a ``conv_impl`` field (plain flax models) are returned as they are: their
+    convolutions are flax's own, i.e. XLA's."""
+    check_conv_impl(impl)
+    if "conv_impl" in getattr(module, "__dataclass_fields__", {}):
+        return module.clone(conv_impl=impl)
+    return module
+
+
+def uniform_init(bound: float) -> nn.initializers.Initializer:
+    """U(-bound, bound): PyTorch's default bias initialisation with bound = 1/sqrt(fan_in)."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def torch_default_inits(fan_in: int) -> dict:
+    """kernel_init / bias_init of PyTorch's Conv2d / ConvTranspose2d defaults: both uniform in
+    +-1/sqrt(fan_in) (kaiming_uniform with a = sqrt(5) gives exactly that bound for the weight)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return {"kernel_init": uniform_init(bound), "bias_init": uniform_init(bound)}
 
 
 class Conv(nn.Module):
@@ -133,16 +150,54 @@ class Conv(nn.Module):
     use_bias: bool = True
     quant_bits: int | None = None
     kernel_init: nn.initializers.Initializer = nn.initializers.kaiming_normal()
-    conv_method: str = "auto"
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
         if self.quant_bits is not None:
             kernel = fake_quant(kernel, self.quant_bits)
-        y = conv2d(x, kernel.astype(x.dtype), self.strides, self.padding, self.conv_method)
+        y = conv2d(x, kernel.astype(x.dtype), self.strides, self.padding, self.conv_impl)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(x.dtype)
+            y = y + self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)
+        return y
+
+
+class ConvTranspose(nn.Module):
+    """Transposed 2-D convolution with PyTorch's ConvTranspose2d geometry, kernel fake-quantized
+    when quant_bits is set.
+
+    Kernel layout (kh, kw, in, out): ``kernel[i, j, c, o]`` is PyTorch's ``weight[c, o, i, j]``.
+    Output pixel ``(y, x)`` receives ``in[n, a, b, c] * kernel[i, j, c, o]`` for every input pixel
+    with ``y = a * stride - padding + i`` (same for x), so the output size is
+    ``(H - 1) * stride - 2 * padding + kh``. Computed as XLA's convolution of the stride-dilated
+    input, padded by ``k - 1 - padding``, with the spatially flipped kernel.
+    """
+
+    features: int
+    kernel_size: Sequence[int] = (2, 2)
+    strides: Sequence[int] = (2, 2)
+    padding: int = 0
+    use_bias: bool = True
+    quant_bits: int | None = None
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        if not 0 <= self.padding <= min(kh, kw) - 1:
+            raise JaxfaultError(f"transposed-conv padding must be in [0, {min(kh, kw) - 1}], got {self.padding}")
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
+        if self.quant_bits is not None:
+            kernel = fake_quant(kernel, self.quant_bits)
+        pads = ((kh - 1 - self.padding,) * 2, (kw - 1 - self.padding,) * 2)
+        y = jax.lax.conv_general_dilated(x, kernel[::-1, ::-1].astype(x.dtype), window_strides=(1, 1),
+                                         padding=pads, lhs_dilation=tuple(int(s) for s in self.strides),
+                                         dimension_numbers=_DIMENSION_NUMBERS)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)
         return y
 
 

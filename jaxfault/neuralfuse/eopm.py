@@ -1,4 +1,4 @@
-"""EOPM training of a NeuralFuse generator (SPEC 3.3).
+"""EOPM (expectation over perturbed models) training of a NeuralFuse generator.
 
 Per batch: ``loss = CE(f(G(x)), y) + lam * mean_k CE(f_k(G(x)), y)`` with f the clean (QAT,
 fake-quantized) base model and f_1..f_N perturbed models drawn fresh every step. Only the
@@ -18,12 +18,29 @@ strategy is a measured per-backend choice (see bench/eopm.py):
 recomputing G(x) and backpropagating separately, gradients averaged): it gives the same loss
 and gradient and is used by the tests and the benchmark.
 
-Perturbed models draw integer seeds uniformly in [0, TRAIN_SEED_HIGH) like the reference;
-evaluation uses seeds from EVAL_SEED_BASE on, which can never collide with training's.
+Perturbed models are identified by integer seeds, like the reference's: training draws N seeds
+uniformly in [0, TRAIN_SEED_HIGH) per step, evaluation uses seeds from EVAL_SEED_BASE on, which can
+never collide with training's. Seed s's fault map is drawn with the typed key
+
+    perturbed_model_key(s) = fold_in(PERTURBED_MODELS_ROOT, s),
+    PERTURBED_MODELS_ROOT  = jaxfault.keys.stream(jax.random.key(0), "neuralfuse/perturbed_models"),
+
+so a seed names the same perturbed model in every run, process and CLI, and no other stream of
+the project (run roots ``key(seed)``, named streams) coincides with it.
+
+Generator batch-norm statistics. The reference calls G(x) once per perturbed model, N times per
+batch in train mode, and each call moves the running statistics towards the same batch statistics
+s: r <- m r + (1 - m) s, N times, i.e. r_N = m^N r + (1 - m^N) s (m = 0.9 in flax's convention).
+jaxfault computes G(x) once; with ``batch_stats_update="reference"`` (default) it applies that
+N-fold update, with ``"once"`` a single update r <- m r + (1 - m) s (jaxfault's earlier behaviour,
+(1 - m^N)/(1 - m) times smaller a step: 6.5x at N = 10).
+
+Convolutions: the generator and the base model are traced with ``conv_impl="xla"`` (module clones,
+see jaxfault.models.layers): in these backprop-heavy steps XLA's convolution is faster on CPU than
+the shift-add path that ``auto`` picks for one-input-channel layers (see docs/neuralfuse.md).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,14 +48,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxfault.engine import map_over, parse_strategy
 from jaxfault.errors import JaxfaultError, check, check_probability
-from jaxfault.models.layers import conv_method
+from jaxfault.keys import stream
+from jaxfault.models.generators import BN_MOMENTUM
+from jaxfault.models.layers import with_conv_impl
 from jaxfault.neuralfuse.faults import check_placement, perturb_variables
 from jaxfault.quant import check_bits
 
 TRAIN_SEED_HIGH = 30000
 EVAL_SEED_BASE = 50000
-STRATEGIES = ("auto", "map", "vmap")
+BATCH_STATS_UPDATES = ("reference", "once")
+PERTURBED_MODELS_ROOT = stream(jax.random.key(0), "neuralfuse/perturbed_models")
 
 PyTree = Any
 
@@ -54,6 +75,7 @@ class EOPMConfig:
     lam: float = 5.0
     strategy: str = "auto"
     base_range: str = "symmetric"  # value range the base model expects: "symmetric" [-1,1] or "unit" [0,1]
+    batch_stats_update: str = "reference"  # generator BN running stats: N updates per step, or "once"
 
     def validate(self) -> "EOPMConfig":
         check_probability("ber", self.ber)
@@ -62,42 +84,30 @@ class EOPMConfig:
         check_placement(self.placement)
         check(isinstance(self.n_models, int) and self.n_models >= 1, f"n_models must be >= 1, got {self.n_models!r}")
         check(self.lam >= 0, f"lam must be >= 0, got {self.lam!r}")
-        resolve_strategy(self.strategy)
+        parse_strategy(self.strategy)
         check(self.base_range in ("symmetric", "unit"), f"unknown value range {self.base_range!r}")
+        check(self.batch_stats_update in BATCH_STATS_UPDATES,
+              f"unknown batch_stats_update {self.batch_stats_update!r}; choose {', '.join(BATCH_STATS_UPDATES)}")
         return self
-
-
-def resolve_strategy(strategy: str) -> tuple[str, int | None]:
-    """'auto' | 'map' | 'vmap' | 'map:B' -> (kind, chunk size)."""
-    if strategy == "auto":
-        return ("map" if jax.default_backend() == "cpu" else "vmap"), None
-    if strategy in ("map", "vmap"):
-        return strategy, None
-    if strategy.startswith("map:"):
-        try:
-            b = int(strategy[4:])
-        except ValueError:
-            b = 0
-        if b >= 1:
-            return "map", b
-    raise JaxfaultError(f"unknown batching strategy {strategy!r}; choose auto, map, vmap or map:B")
 
 
 def batch_over(fn: Callable, xs: jax.Array, strategy: str) -> Any:
     """Stack fn(x) over the leading axis of xs with the chosen strategy (inside a jit)."""
-    kind, chunk = resolve_strategy(strategy)
-    if kind == "vmap":
-        return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=chunk)
+    return map_over(fn, xs, strategy)
+
+
+def perturbed_model_key(seed) -> jax.Array:
+    """The typed key of perturbed model `seed` (an integer, traced or not; see the module docstring)."""
+    return jax.random.fold_in(PERTURBED_MODELS_ROOT, jnp.asarray(seed, jnp.uint32))
 
 
 def seeds_to_keys(seeds: jax.Array) -> jax.Array:
-    """Integer seeds -> PRNG keys (one perturbed model per seed, like the reference's seeds)."""
-    return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
+    """Integer seeds -> typed keys, one perturbed model per seed."""
+    return jax.vmap(perturbed_model_key)(jnp.asarray(seeds))
 
 
 def train_seeds(step_key: jax.Array, n: int) -> jax.Array:
-    """N fresh training seeds in [0, TRAIN_SEED_HIGH)."""
+    """N fresh training seeds in [0, TRAIN_SEED_HIGH) drawn with the step's key."""
     return jax.random.randint(step_key, (n,), 0, TRAIN_SEED_HIGH)
 
 
@@ -120,9 +130,18 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def _models(model):
-    clean = model
-    faulty = model.clone(quant_bits=None) if hasattr(model, "quant_bits") else model
+    clean = with_conv_impl(model, "xla")
+    faulty = clean.clone(quant_bits=None) if hasattr(clean, "quant_bits") else clean
     return clean, faulty
+
+
+def n_fold_update(old: PyTree, once: PyTree, n: int, momentum: float = BN_MOMENTUM) -> PyTree:
+    """Running statistics after n identical updates, from the state after one.
+
+    One update is once = m * old + (1 - m) * s; n of them give m^n * old + (1 - m^n) * s
+    = old + (once - old) * (1 - m^n) / (1 - m)."""
+    factor = (1.0 - momentum ** n) / (1.0 - momentum)
+    return jax.tree_util.tree_map(lambda o, u: o + (u - o) * jnp.asarray(factor, o.dtype), old, once)
 
 
 def make_loss_fns(generator, model, cfg: EOPMConfig):
@@ -130,18 +149,20 @@ def make_loss_fns(generator, model, cfg: EOPMConfig):
 
     eopm_loss(gparams, gstats, base_vars, x, y, seeds) -> (loss, aux) computes G(x) once and all
     len(seeds) perturbed models batched; single_loss(..., seed) is one reference step's loss
-    CE(f(G(x))) + lam * CE(f_seed(G(x))) (its mean over seeds equals eopm_loss).
+    CE(f(G(x))) + lam * CE(f_seed(G(x))) (its mean over seeds equals eopm_loss); its batch_stats
+    are one train-mode update of gstats. eopm_loss's batch_stats follow cfg.batch_stats_update.
+    Both trace the generator and the base model with XLA's convolution.
     """
     cfg.validate()
     clean_model, faulty_model = _models(model)
+    generator = with_conv_impl(generator, "xla")
 
     def gen(gparams, gstats, x):
         return generator.apply({"params": gparams, "batch_stats": gstats}, x, train=True,
                                mutable=["batch_stats"])
 
     def perturbed_ce(base_vars, xb, y, seed):
-        pv = perturb_variables(base_vars, jax.random.PRNGKey(seed.astype(jnp.uint32)), cfg.ber,
-                               cfg.ber0, cfg.bits, cfg.placement)
+        pv = perturb_variables(base_vars, perturbed_model_key(seed), cfg.ber, cfg.ber0, cfg.bits, cfg.placement)
         logits = faulty_model.apply(pv, xb, train=False)
         return cross_entropy(logits, y), accuracy(logits, y)
 
@@ -153,7 +174,10 @@ def make_loss_fns(generator, model, cfg: EOPMConfig):
         clean_ce = cross_entropy(clean_logits, y)
         pce, pacc = batch_over(lambda s: perturbed_ce(base_vars, xb, y, s), seeds, cfg.strategy)
         loss = clean_ce + cfg.lam * jnp.mean(pce)
-        aux = {"batch_stats": new_state["batch_stats"], "clean_ce": clean_ce, "perturbed_ce": jnp.mean(pce),
+        stats = new_state["batch_stats"]
+        if cfg.batch_stats_update == "reference":
+            stats = n_fold_update(gstats, stats, seeds.shape[0])
+        aux = {"batch_stats": stats, "clean_ce": clean_ce, "perturbed_ce": jnp.mean(pce),
                "clean_acc": accuracy(clean_logits, y), "perturbed_acc": jnp.mean(pacc)}
         return loss, aux
 
@@ -186,16 +210,6 @@ def init_train_state(gen_variables: dict, optimizer: optax.GradientTransformatio
             "opt_state": optimizer.init(gen_variables["params"]), "step": jnp.zeros((), jnp.int32)}
 
 
-def _with_xla_convs(fn: Callable) -> Callable:
-    """fn traced with XLA's convolution for every conv2d: in these backprop-heavy steps the CPU
-    shift-add path of one-input-channel convs is slower (bench.eopm, N = 10: 0.815 s vs 1.011 s)."""
-    @functools.wraps(fn)
-    def traced(*args, **kwargs):
-        with conv_method("xla"):
-            return fn(*args, **kwargs)
-    return traced
-
-
 def make_eopm_step(generator, model, cfg: EOPMConfig, optimizer: optax.GradientTransformation):
     """Jitted step(state, base_vars, x, y, key) -> (state, metrics): N fresh seeds from key,
     G(x) once, the N perturbed models batched, one Adam update of G."""
@@ -203,7 +217,6 @@ def make_eopm_step(generator, model, cfg: EOPMConfig, optimizer: optax.GradientT
     grad_fn = jax.value_and_grad(eopm_loss, has_aux=True)
 
     @jax.jit
-    @_with_xla_convs
     def step(state, base_vars, x, y, key):
         seeds = train_seeds(key, cfg.n_models)
         (loss, aux), grads = grad_fn(state["params"], state["batch_stats"], base_vars, x, y, seeds)
@@ -218,27 +231,32 @@ def make_eopm_step(generator, model, cfg: EOPMConfig, optimizer: optax.GradientT
 def eopm_loss_and_grads(generator, model, cfg: EOPMConfig):
     """Jitted (gparams, gstats, base_vars, x, y, seeds) -> ((loss, aux), grads) of the batched step."""
     eopm_loss, _ = make_loss_fns(generator, model, cfg)
-    return jax.jit(_with_xla_convs(jax.value_and_grad(eopm_loss, has_aux=True)))
+    return jax.jit(jax.value_and_grad(eopm_loss, has_aux=True))
 
 
 def reference_step_grads(generator, model, cfg: EOPMConfig):
     """The reference's algorithm: fn(gparams, gstats, base_vars, x, y, seeds) -> ((loss, aux), grads)
-    as a Python loop of len(seeds) jitted full steps (each recomputes G(x) and backpropagates
-    through G separately), losses and gradients averaged."""
+    as a Python loop of len(seeds) jitted full steps (each recomputes G(x) in train mode and
+    backpropagates through G separately), losses and gradients averaged. Each call starts from the
+    previous call's running statistics, as the reference's N generator calls do, so aux's
+    batch_stats hold N updates (with cfg.batch_stats_update="once": the first call's single one)."""
     _, single_loss = make_loss_fns(generator, model, cfg)
-    one = jax.jit(_with_xla_convs(jax.value_and_grad(single_loss, has_aux=True)))
+    one = jax.jit(jax.value_and_grad(single_loss, has_aux=True))
 
     def fn(gparams, gstats, base_vars, x, y, seeds):
         losses, auxes, grads = [], [], None
+        stats = gstats
         for s in list(seeds):
-            (loss, aux), g = one(gparams, gstats, base_vars, x, y, s)
+            (loss, aux), g = one(gparams, stats, base_vars, x, y, s)
+            if cfg.batch_stats_update == "reference" or not auxes:
+                stats = aux["batch_stats"]
             losses.append(loss)
             auxes.append(aux)
             grads = g if grads is None else jax.tree_util.tree_map(jnp.add, grads, g)
         n = len(losses)
         grads = jax.tree_util.tree_map(lambda g: g / n, grads)
         aux = {k: jnp.mean(jnp.stack([a[k] for a in auxes])) for k in auxes[0] if k != "batch_stats"}
-        aux["batch_stats"] = auxes[-1]["batch_stats"]
+        aux["batch_stats"] = stats
         return (jnp.mean(jnp.stack(losses)), aux), grads
 
     return fn

@@ -1,4 +1,4 @@
-"""NeuralFuse evaluation (SPEC 3.4): clean accuracy and the accuracy of M unseen perturbed models
+"""NeuralFuse evaluation: clean accuracy and the accuracy of M unseen perturbed models
 (seeds 50000.., never drawn in training), without and with the generator, in one jitted call."""
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfault import engine
 from jaxfault.checkpoints import load_checkpoint
 from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.models.generators import create_generator
-from jaxfault.neuralfuse.eopm import batch_over, eval_seeds, to_base_range
-from jaxfault.neuralfuse.faults import check_placement, perturb_variables
+from jaxfault.neuralfuse.eopm import eval_seeds, seeds_to_keys, to_base_range
+from jaxfault.neuralfuse.faults import SRAMBitErrors, check_placement
 from jaxfault.neuralfuse.train import GENERATOR_KIND
 from jaxfault.quant import check_bits
 from jaxfault.training import make_accuracy_fn
@@ -37,34 +38,15 @@ def apply_generator(gen, gen_vars, images: np.ndarray, batch_size: int = 1000) -
     return out.reshape((nb * bs,) + images.shape[1:])[:n]
 
 
-def make_perturbed_eval(model, *, ber: float, ber0: float, bits: int, placement: str, base_range: str,
-                        batch_size: int = 1000, strategy: str = "auto"):
-    """Jitted fn(base_vars, x, x_gen, y, seeds) -> (acc_without[M], acc_with[M]): M perturbed models
-    (one per seed) evaluated on the plain and on the generator-transformed test images."""
-    faulty = model.clone(quant_bits=None) if hasattr(model, "quant_bits") else model
-    acc = make_accuracy_fn(faulty, batch_size)
-
-    @jax.jit
-    def run(base_vars, x, x_gen, y, seeds):
-        xb, xgb = to_base_range(x, base_range), to_base_range(x_gen, base_range)
-
-        def one(seed):
-            pv = perturb_variables(base_vars, jax.random.PRNGKey(seed.astype(jnp.uint32)), ber, ber0, bits, placement)
-            return acc(pv, xb, y)["top1"], acc(pv, xgb, y)["top1"]
-
-        return batch_over(one, seeds, strategy)
-
-    return run
-
-
 def _stats(values) -> dict:
-    v = np.asarray(values, np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std()), "per_model": v.tolist()}
+    s = engine.summarize(values)
+    return {"mean": s["mean"], "std": s["std"], "min": s["min"], "ci95": s["ci95"],
+            "per_model": [float(v) for v in np.asarray(values)]}
 
 
 def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=None, models: int = 10,
                        base_checkpoint=None, test_subset: int | None = None, batch_size: int = 1000,
-                       strategy: str = "auto", data_dir=None) -> dict:
+                       strategy: str = "auto", precision: str = "highest", data_dir=None) -> dict:
     """Evaluate a trained generator at one or more BERs; returns a JSON-ready dict."""
     from jaxfault.data import load_dataset
 
@@ -95,14 +77,23 @@ def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=
     clean = {"without": float(clean_acc(base_vars, to_base_range(xj, base_range), yj)["top1"]),
              "with": float(clean_acc(base_vars, to_base_range(x_gen, base_range), yj)["top1"])}
     seeds = eval_seeds(models)
+    # the engine evaluates the M perturbed models (one key per seed) at every BER, once on the plain
+    # and once on the generator's images: the same compiled program and the same faulty models
+    fm = SRAMBitErrors(ber0=ber0, bits=bits, placement=placement).with_rate_bound(max(bers))
+    keys = seeds_to_keys(seeds)
+    program = engine.make_trial_program(
+        engine.make_metric_fn(engine.evaluation_form(base.model, base_vars)[0], min(batch_size, len(y))), fm,
+        strategy=strategy, precision=precision)
+    without = engine.evaluate(base.model, base_vars, to_base_range(xj, base_range), yj, fm, bers, keys,
+                              strategy=strategy, precision=precision, batch_size=batch_size, program=program)
+    with_g = engine.evaluate(base.model, base_vars, to_base_range(x_gen, base_range), yj, fm, bers, keys,
+                             strategy=strategy, precision=precision, batch_size=batch_size, program=program)
     results = []
-    for b in bers:
-        run = make_perturbed_eval(base.model, ber=float(b), ber0=ber0, bits=bits, placement=placement,
-                                  base_range=base_range, batch_size=batch_size, strategy=strategy)
-        without, with_g = run(base_vars, xj, x_gen, yj, seeds)
-        w0, w1 = _stats(without), _stats(with_g)
+    for i, b in enumerate(bers):
+        w0, w1 = _stats(without.accuracy[i]), _stats(with_g.accuracy[i])
         results.append({"ber": float(b), "perturbed_without": w0, "perturbed_with": w1,
-                        "recovery": w1["mean"] - w0["mean"]})
+                        "recovery": w1["mean"] - w0["mean"],
+                        "realised_ber": float(np.mean(without.stats["realised_ber"][i]))})
     return {"generator_checkpoint": str(Path(generator_checkpoint).absolute()), "generator": cfg.get("generator"),
             "base_checkpoint": str(Path(base_path).absolute()), "base_model": base.config.get("model"),
             "dataset": data.name, "test_images": int(len(x)), "trained_ber": cfg.get("ber"), "ber0": ber0,

@@ -14,6 +14,7 @@ from jaxfault.checkpoints import load_checkpoint, read_metadata, save_checkpoint
 from jaxfault.cli import progress
 from jaxfault.data import batches, load_dataset
 from jaxfault.errors import JaxfaultError, check
+from jaxfault.keys import root_key, stream
 from jaxfault.models.generators import create_generator, init_generator
 from jaxfault.neuralfuse.eopm import EOPMConfig, init_train_state, make_eopm_step, make_optimizer
 
@@ -64,7 +65,7 @@ def _load_state(directory: Path, template: dict, config: dict) -> tuple[dict, di
     return jax.tree_util.tree_unflatten(treedef, restored), meta
 
 
-def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: float = 0.01, ber0: float = 0.5,
+def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "ConvL", ber: float = 0.01, ber0: float = 0.5,
                      bits: int | None = None, placement: str = "independent", n_models: int = 10, lam: float = 5.0,
                      epochs: int = 1, batch_size: int = 128, learning_rate: float = 1e-3, decay_rate: float = 0.5,
                      decay_every: int | None = None, seed: int = 0, train_subset: int | None = None,
@@ -90,7 +91,7 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
     x_train, y_train = data.train_images, data.train_labels
     if train_subset is not None:
         check(1 <= train_subset <= len(x_train), f"--train-subset must be in [1, {len(x_train)}], got {train_subset}")
-        idx = np.asarray(jax.random.permutation(jax.random.PRNGKey(seed + 1), len(x_train)))[:train_subset]
+        idx = np.asarray(jax.random.permutation(stream(root_key(seed), "subset"), len(x_train)))[:train_subset]
         x_train, y_train = x_train[idx], y_train[idx]
     check(len(x_train) >= batch_size, f"--batch-size {batch_size} exceeds the {len(x_train)} training images")
     steps_per_epoch = len(x_train) // batch_size
@@ -106,8 +107,7 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
               "train_subset": train_subset, "strategy": strategy,
               "init_generator": None if init_generator_checkpoint is None
               else str(Path(init_generator_checkpoint).absolute())}
-    key = jax.random.PRNGKey(seed)
-    k_init, k_data, k_steps = jax.random.split(key, 3)
+    k_init, k_data, k_steps = jax.random.split(root_key(seed), 3)
     gen_vars = init_generator(gen, k_init, data.input_shape)
     if init_generator_checkpoint is not None:
         gen_vars = _warm_start(init_generator_checkpoint, generator, data.input_shape, gen_vars)
@@ -157,7 +157,9 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
             n = i + 1 - counted_from
             bar.update(1)
             bar.set_postfix(loss=f"{sums[0] / n:.3f}", clean=f"{sums[1] / n:.3f}", perturbed=f"{sums[2] / n:.3f}")
-            if global_step % save_every == 0 and global_step < total:
+            # an epoch's last step is saved below, with the epoch in the history (a state saved here
+            # would resume at the next epoch without this epoch's record)
+            if global_step % save_every == 0 and global_step < total and i + 1 < steps_per_epoch:
                 save(global_step, done=False)
         bar.close()
         n = max(1, steps_per_epoch - counted_from)
@@ -172,3 +174,19 @@ def train_neuralfuse(base_checkpoint, out, *, generator: str = "ConvL", ber: flo
     if global_step >= total and not (out / "generator").exists():
         save(global_step, done=True)
     return {"history": history, "generator_checkpoint": str(out / "generator"), "steps": global_step}
+
+
+def train_neuralfuse(base_checkpoint, out, *, precision: str = "default", **kwargs) -> dict:
+    """Train a generator against base_checkpoint's perturbed models; write out/generator (kind
+    neuralfuse_generator) and out/state (for --resume); returns the final metrics.
+
+    Keyword arguments are those of the training loop (generator, ber, ber0, bits, placement,
+    n_models, lam, epochs, batch_size, learning_rate, decay_rate, decay_every, seed,
+    train_subset, strategy, data_dir, save_every, resume, init_generator_checkpoint, log), plus
+    precision: the float32 matmul/conv precision of the EOPM steps ('default': the backend's fast
+    mode, e.g. TF32 on NVIDIA GPUs; 'highest': full float32).
+    """
+    from jaxfault.engine import precision_scope
+
+    with precision_scope(precision):
+        return _train_neuralfuse_body(base_checkpoint, out, **kwargs)

@@ -1,6 +1,6 @@
 """SWIM (DAC 2022): compute-in-memory device variation and selective write-verify.
 
-- ``variation``: the programming-noise model (``apply_variation``, ``monte_carlo``) and the
+- ``variation``: the programming-noise model (``apply_variation``) and the
   fault model ``CiMVariation`` / ``cim_variation`` (rate: dev_var; the write-verify mask travels
   as the variables collection ``"write_verify"``).
 - ``curvature``: diagonal curvature estimators (Becker-LeCun as the SWIM code computes it, exact
@@ -12,10 +12,10 @@
 from jaxfault.swim.selection import (CURVATURES, METHODS, full_mask, mask_fraction, protection_mask,
                                      second_order_buffer, select_top_fraction, selection_buffer,
                                      sensitivity_scores, write_verify_mask)
-from jaxfault.swim.variation import (WRITE_VERIFY, CiMVariation, apply_variation, cim_variation, monte_carlo,
+from jaxfault.swim.variation import (WRITE_VERIFY, CiMVariation, apply_variation, cim_variation,
                                      variation_std, with_write_verify)
 
 __all__ = ["CURVATURES", "METHODS", "WRITE_VERIFY", "CiMVariation", "apply_variation", "cim_variation",
-           "full_mask", "mask_fraction", "monte_carlo", "protection_mask", "second_order_buffer",
+           "full_mask", "mask_fraction", "protection_mask", "second_order_buffer",
            "select_top_fraction", "selection_buffer", "sensitivity_scores", "variation_std", "with_write_verify",
            "write_verify_mask"]

@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault import keys as jkeys
-from jaxfault.batching import resolve_strategy
+from jaxfault.engine import check_precision, resolve_strategy
 from jaxfault.errors import JaxfaultError, check_probability
 from jaxfault.pytree import count_kernel_weights, map_kernels
 from jaxfault.swim.selection import (CURVATURES, NEEDS_CURVATURE, THRESHOLDS, canonical_method, full_mask,
                                      protection_mask, selection_buffer)
-from jaxfault.swim.variation import check_bits_per_device, check_variances, monte_carlo
+from jaxfault.swim.variation import WRITE_VERIFY, CiMVariation, check_bits_per_device, check_variances
 
 STD_DDOF = 0
 
@@ -59,13 +59,13 @@ class SwimConfig:
     m_bits: int = 1
     noise_instances: int = 100
     curvature: str = "becker-lecun"
-    curvature_examples: int | None = 4096
+    curvature_examples: int | None = None
     selection_batch: int = 128
     gradient_term: bool = True
     threshold: str = "count"
     hutchinson_samples: int = 200
     strategy: str = "auto"
-    instance_batch: int | None = None
+    precision: str = "highest"
     eval_batch: int = 1000
     test_examples: int | None = None
     seed: int = 0
@@ -89,21 +89,22 @@ class SwimConfig:
             raise JaxfaultError(f"unknown threshold rule {self.threshold!r}; choose one of {', '.join(THRESHOLDS)}")
         for name in ("noise_instances", "selection_batch", "hutchinson_samples", "eval_batch"):
             _positive_int(name.replace("_", "-"), getattr(self, name))
-        for name in ("curvature_examples", "instance_batch", "test_examples"):
+        for name in ("curvature_examples", "test_examples"):
             _positive_int(name.replace("_", "-"), getattr(self, name), allow_none=True)
         if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
             raise JaxfaultError(f"alpha must be finite, got {self.alpha!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise JaxfaultError(f"seed must be an integer, got {self.seed!r}")
         resolve_strategy(self.strategy)
+        check_precision(self.precision)
 
 
 def load_model(checkpoint: str | None = None, data_dir: str | None = None):
-    """(model, variables, checkpoint config, path). QAT checkpoints come back with their kernels
-    fake-quantized once and quantization switched off in the model: the variation perturbs the
-    stored (quantized) weights."""
+    """(model, variables, checkpoint config, path) in the form faults see them
+    (jaxfault.engine.evaluation_form: a QAT model's kernels fake-quantized once, quantization
+    off), so the variation perturbs the stored weights."""
     from jaxfault.checkpoints import load_checkpoint
-    from jaxfault.quant import fake_quant
+    from jaxfault.engine import evaluation_form
 
     if checkpoint is None:
         from jaxfault.zoo import default_classifier
@@ -112,29 +113,29 @@ def load_model(checkpoint: str | None = None, data_dir: str | None = None):
     else:
         path = checkpoint
     ckpt = load_checkpoint(path)
-    model, variables = ckpt.model, dict(ckpt.variables)
-    bits = ckpt.config.get("quant_bits")
-    if bits:
-        variables["params"] = map_kernels(lambda w: fake_quant(w, bits), variables["params"])
-        model = model.clone(quant_bits=None)
+    model, variables = evaluation_form(ckpt.model, dict(ckpt.variables))
     return model, variables, ckpt.config, str(path)
 
 
 def make_monte_carlo(model, variables, images, labels, noise_keys, *, dev_var: float, write_var: float = 0.03,
-                     n_bits: int = 8, m_bits: int = 1, strategy: str = "auto", instance_batch: int | None = None,
+                     n_bits: int = 8, m_bits: int = 1, strategy: str = "auto", precision: str = "highest",
                      eval_batch: int = 1000) -> Callable[[Any], np.ndarray]:
-    """fn(mask) -> per-instance top-1 accuracies (float64 numpy), all instances in one batched call."""
-    from jaxfault.training import make_accuracy_fn
+    """fn(mask) -> per-instance top-1 accuracies (float64 numpy): the engine's evaluation of the
+    CiM variation fault model at dev_var, one compiled program for every mask (the mask travels
+    as data in the variables' "write_verify" collection)."""
+    from jaxfault import engine
 
-    acc_fn = make_accuracy_fn(model, batch_size=min(eval_batch, len(images)))
-    rest = {k: v for k, v in variables.items() if k != "params"}
+    fm = CiMVariation(write_var=write_var, n_bits=n_bits, m_bits=m_bits)
+    check_variances(dev_var, write_var)
     x, y = jnp.asarray(images), jnp.asarray(labels)
-    metric = lambda p, rest, x, y: acc_fn({"params": p, **rest}, x, y)["top1"]  # one object: compiled once
+    metric = engine.make_metric_fn(model, batch_size=min(eval_batch, len(images)))
+    program = engine.make_trial_program(metric, fm, strategy=strategy, precision=precision)
+    rates = jnp.asarray([dev_var], jnp.float32)
+    keys = jnp.asarray(noise_keys)[None]
 
     def evaluate_mask(mask):
-        accs = monte_carlo(metric, variables["params"], mask, noise_keys, dev_var, write_var, n_bits, m_bits,
-                           strategy=strategy, batch_size=instance_batch, data=(rest, x, y))
-        return np.asarray(accs, np.float64)
+        metrics, _ = program.run({**variables, WRITE_VERIFY: mask}, x, y, rates, keys)
+        return np.asarray(metrics["top1"][0], np.float64)
 
     return evaluate_mask
 
@@ -169,7 +170,7 @@ def run(config: SwimConfig, *, log: Callable[[str], None] = print) -> dict:
     clean = float(evaluate(model, variables, test_x, test_y, batch_size=min(c.eval_batch, len(test_x)))["top1"])
     log(f"clean accuracy {100 * clean:.2f} %  ({ckpt_path})")
     mc = make_monte_carlo(model, variables, test_x, test_y, noise_keys, dev_var=c.dev_var, write_var=c.write_var,
-                          n_bits=c.n_bits, m_bits=c.m_bits, strategy=c.strategy, instance_batch=c.instance_batch,
+                          n_bits=c.n_bits, m_bits=c.m_bits, strategy=c.strategy, precision=c.precision,
                           eval_batch=c.eval_batch)
     timings = {}
     t0 = time.perf_counter()

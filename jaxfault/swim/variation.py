@@ -23,7 +23,6 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxfault.batching import map_over_keys, resolve_strategy
 from jaxfault.errors import JaxfaultError
 from jaxfault.protocol import FaultModel
 from jaxfault.pytree import count_kernel_weights, flatten_kernels, is_kernel, map_kernels_with_index
@@ -135,44 +134,6 @@ def check_masks_like(params: PyTree, mask: PyTree) -> None:
     for got, want in jax.tree_util.tree_leaves(pairs, is_leaf=lambda v: isinstance(v, tuple)):
         if got != want:
             raise JaxfaultError(f"mask leaf has shape {got}, kernel has shape {want}")
-
-
-def monte_carlo(metric_fn: Callable[..., Any], params: PyTree, mask: PyTree | None, keys: jax.Array,
-                dev_var, write_var, n_bits: int = 8, m_bits: int = 1, strategy: str = "auto",
-                batch_size: int | None = None, data: tuple = ()) -> Any:
-    """metric_fn(noisy_params, *data) for every noise key, stacked along a leading axis.
-
-    All instances run in one compiled call through jaxfault.batching.map_over_keys (strategy
-    'vmap', 'map' or 'loop'; batch_size bounds how many instances are live at once). params,
-    mask and data are passed to the compiled function as arguments, not baked in as constants.
-    """
-    check_variances(dev_var, write_var)
-    n_bits, m_bits = check_bits_per_device(n_bits, m_bits)
-    if mask is not None:
-        check_masks_like(params, mask)
-    strategy = resolve_strategy(strategy)
-    dev_var, write_var, data = jnp.float32(dev_var), jnp.float32(write_var), tuple(data)
-    if strategy == "loop":  # the reference: a Python loop of one compiled single-instance call
-        outs = [_one_instance(metric_fn, params, mask, k, dev_var, write_var, data, n_bits, m_bits) for k in keys]
-        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
-    return _all_instances(metric_fn, params, mask, keys, dev_var, write_var, data, n_bits, m_bits, strategy,
-                          batch_size)
-
-
-def _instance(metric_fn, params, mask, key, dev_var, write_var, data, n_bits, m_bits):
-    """metric_fn on one noise draw: the unit both the loop and the batched path evaluate."""
-    return metric_fn(_apply_variation(params, mask, key, dev_var, write_var, n_bits, m_bits), *data)
-
-
-# Both are jitted with metric_fn static, so repeated calls with the same metric reuse the compiled
-# program (a fresh closure per call would recompile every time).
-_one_instance = jax.jit(_instance, static_argnums=(0, 7, 8))
-
-
-@partial(jax.jit, static_argnums=(0, 7, 8, 9, 10))
-def _all_instances(metric_fn, params, mask, keys, dev_var, write_var, data, n_bits, m_bits, strategy, batch_size):
-    one = lambda k: _instance(metric_fn, params, mask, k, dev_var, write_var, data, n_bits, m_bits)
-    return map_over_keys(one, keys, strategy=strategy, batch_size=batch_size)
 
 
 def make_training_noise_fn(train_var: float, n_bits: int = 8, m_bits: int = 1) -> Callable[[PyTree, jax.Array], PyTree]:
