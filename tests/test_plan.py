@@ -350,3 +350,66 @@ def test_unreachable_target_is_reported_with_the_best_configuration(two_stage, t
     with pytest.raises(SystemExit):
         run_main(cli.main, [str(f), "--overwrite"])
     assert "resuming: 4 row(s)" in capsys.readouterr().out
+
+
+def test_cim_stage_uses_the_write_verify_mask_and_counts_programming_energy(lenet_checkpoint):
+    """A CiM-only plan equals the engine's CiMVariation with the magnitude mask of each fraction
+    as variables["write_verify"], for the plan's keys; full write-verify is the nominal design."""
+    from jaxfault.swim import WRITE_VERIFY, full_mask, write_verify_mask
+
+    plan = _validated(lenet_checkpoint, cim={"write_verify": [0.0, 0.3, 1.0], "dev_var": 0.3})
+    data = load_plan_data(plan, log=lambda s: None)
+    report = run_plan(plan, data=data, log=lambda s: None)
+    cfgs = report["configurations"]
+    assert [c["knobs"]["write_verify"] for c in cfgs] == [0.0, 0.3, 1.0]
+    assert cfgs[report["nominal"]]["knobs"] == {"write_verify": 1.0}
+    keys = plan_trial_keys(plan["seed"], plan["trials"])
+    model, variables = engine.evaluation_form(data.model, data.variables)
+    fm = compose(stage_fault_model("cim", plan))
+    for c in cfgs:
+        f = c["knobs"]["write_verify"]
+        mask = (full_mask(variables["params"], f == 1.0) if f in (0.0, 1.0) else
+                write_verify_mask(model, variables, data.images[:1], data.labels[:1], method="magnitude", mask_p=f))
+        ref = engine.evaluate(model, {**variables, WRITE_VERIFY: mask}, data.images, data.labels, fm, [[0.3]], keys,
+                              strategy="loop", batch_size=100)
+        assert c["accuracy"]["mean"] == pytest.approx(float(ref.accuracy.mean()), abs=1e-6)
+        assert c["forward_passes"] == TRIALS           # CiM noise touches every weight: no reuse
+    e = [c["energy"]["write_verify"] for c in cfgs]
+    assert 0 < e[0] < e[1] < e[2]
+    nw = sum(l.num_weights for l in __import__("jaxfault.energy.layers", fromlist=["x"]).layers_from_model(
+        model, data.input_shape, variables))
+    em_cycles = float(P.write_verify_cycles(nw, 1.0))
+    assert e[2] == pytest.approx(em_cycles * 10.0 / P.PJ_PER_UNIT * plan["inference_period_s"] / 3600.0, rel=1e-5)
+    assert cfgs[0]["accuracy"]["mean"] < cfgs[2]["accuracy"]["mean"]   # verifying helps at dev_var 0.3
+
+
+@pytest.mark.slow
+def test_generator_images_are_transformed_once_and_charged(qat_lenet_checkpoint, tmp_path):
+    """An SRAM plan with a (tiny, briefly trained) NeuralFuse generator: the generator
+    configuration's accuracies are the engine's on G(x) for the plan's keys, and its energy adds
+    the generator network at the same voltage."""
+    from jaxfault.cli import run_main
+    from jaxfault.neuralfuse.eopm import to_base_range
+    from jaxfault.neuralfuse.evaluate import apply_generator, load_generator
+    from train.neuralfuse import main as train_main
+
+    out = tmp_path / "nf"
+    with pytest.raises(SystemExit) as e:
+        run_main(train_main, ["--checkpoint", str(qat_lenet_checkpoint), "--generator", "UNetS", "--n-models", "2",
+                              "--train-subset", "64", "--batch-size", "16", "--epochs", "1", "--out", str(out)])
+    assert e.value.code == 0
+    gen_path = str(out / "generator")
+    plan = _validated(qat_lenet_checkpoint, sram={"voltage": [1.0, 0.9], "generator": [None, gen_path]})
+    data = load_plan_data(plan, log=lambda s: None)
+    gen, gen_vars, _ = load_generator(gen_path)
+    gx = to_base_range(apply_generator(gen, gen_vars, np.asarray(data.images)), "symmetric")
+    np.testing.assert_array_equal(np.asarray(data.generator_images[gen_path]), np.asarray(gx))
+    report = run_plan(plan, data=data, log=lambda s: None)
+    keys = plan_trial_keys(plan["seed"], plan["trials"])
+    fm = compose(stage_fault_model("sram", plan))
+    for c in report["configurations"]:
+        x = data.images if c["knobs"]["generator"] is None else gx
+        ref = engine.evaluate(data.model, data.variables, x, data.labels, fm, [c["rates"]], keys, strategy="loop",
+                              batch_size=100)
+        assert c["accuracy"]["mean"] == pytest.approx(float(ref.accuracy.mean()), abs=1e-6)
+        assert (c["energy"]["generator"] > 0) == (c["knobs"]["generator"] is not None)
