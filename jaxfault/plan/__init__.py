@@ -1,0 +1,63 @@
+"""The protection planner: the least-energy mix of protections that keeps a target accuracy.
+
+    from jaxfault.plan import load_plan, run_plan
+    report = run_plan(load_plan("examples/plan_lenet.json"), results_path="runs/plan/results.jsonl")
+    report["configurations"][report["chosen"]]
+
+Each stage of the memory hierarchy is driven by a physical knob (HBM refresh interval and ECC
+scheme, SRAM supply voltage with or without a NeuralFuse generator, CiM write-verify fraction);
+the knobs give the rates of the composed fault model (``knobs``), the energy per inference
+(``energy``), and every configuration is evaluated with the engine (``planner``), few compiled
+programs for many configurations. ``report`` finds the Pareto fronts and the cheapest
+configuration meeting the target. Format and worked example: docs/plan.md.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from jaxfault.plan.config import STAGES, active_stages, load_plan, validate_plan
+from jaxfault.plan.knobs import Configuration, expand, nominal_knobs, retention_ber, voltage_ber
+
+__all__ = ["STAGES", "Configuration", "active_stages", "expand", "load_plan", "nominal_knobs", "retention_ber",
+           "run_plan", "validate_plan", "voltage_ber"]
+
+
+def run_plan(plan: dict, *, results_path=None, log: Callable[[str], None] = print, data=None, mesh=None) -> dict:
+    """Evaluate every configuration of a validated plan and build its report (jaxfault.plan.report).
+
+    results_path: a ResultsFile (JSON lines) that makes the run resumable; rows already in it
+    (same identity) are not recomputed. data: a PlanData to use instead of loading the plan's
+    checkpoint and data (tests, benchmarks).
+    """
+    import contextlib
+
+    import jax
+
+    from jaxfault.engine import evaluation_form
+    from jaxfault.plan.energy import build_energy_model
+    from jaxfault.plan.planner import evaluate_configurations, load_plan_data
+    from jaxfault.plan.report import build_report
+    from jaxfault.resultsfile import ResultsFile
+
+    stages = active_stages(plan)
+    configs = expand(plan, stages)
+    data = data or load_plan_data(plan, log)
+    model, variables = evaluation_form(data.model, data.variables)
+    energy_model = build_energy_model(model, variables, data.input_shape, plan, stages,
+                                      {g: gv for g, gv in data.generators.items()})
+    if mesh is None and jax.device_count() > 1:
+        from jaxfault.campaign.runner import trial_mesh
+
+        mesh = trial_mesh()
+    t0 = time.perf_counter()
+    with (ResultsFile.open(results_path, data.identity) if results_path else contextlib.nullcontext()) as rf:
+        done = rf.rows() if rf is not None else {}
+        if done:
+            log(f"resuming: {len(done)} row(s) already in {results_path}")
+        record = (lambda rid, row: rf.append(rid, row)) if rf is not None else (lambda rid, row: None)
+        rows, planner = evaluate_configurations(plan, data, configs, done=done, record=record, log=log, mesh=mesh)
+    rows = [{**r, "nominal": c.nominal} for r, c in zip(rows, configs)]
+    block = plan["hbm"]["block_size"] if plan.get("hbm") else 64
+    return build_report(plan, rows, energy_model, planner.clean_accuracy, compiled=planner.compiled,
+                        seconds=time.perf_counter() - t0, block_size=block)

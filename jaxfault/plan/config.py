@@ -1,0 +1,201 @@
+"""Plan files: read and validate strictly, before any model, data or compilation is touched.
+
+A plan names the model and data, the knob grids of up to three protection stages, the trials,
+the energy settings and a target (format and meaning: docs/plan.md):
+
+    {"output": "runs/plan", "checkpoint": null, "eval_examples": 10000, "seed": 0, "trials": 20,
+     "eval_dtype": "float32", "inference_period_s": 0.0333,
+     "target": {"metric": "p5", "max_drop_points": 1.0},
+     "hbm":  {"scheme": ["none", "secded", "sparrow"], "refresh_interval_s": [0.064, 0.256, 1.024]},
+     "sram": {"voltage": [1.0, 0.96, 0.92], "generator": [null, "runs/neuralfuse/generator"]},
+     "cim":  {"write_verify": [0.0, 0.05, 1.0], "selection": "magnitude", "dev_var": 0.1}}
+
+A stage that is absent (or null) is not part of the design. Every problem is one line naming the
+section, the field and the value: unknown fields with the nearest known name, wrong types,
+knob values outside a relation table's range (unless the stage sets "extrapolate": true),
+repeated knob values, an empty grid.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from jaxfault import engine
+from jaxfault.config import Field, validate
+from jaxfault.errors import JaxfaultError, plain
+from jaxfault.plan import knobs
+
+STAGES = ("hbm", "sram", "cim")          # the order data flows through the memory hierarchy
+EVAL_DTYPES = ("auto", "float32", "bfloat16")
+TARGET_METRICS = ("mean", "p5")
+TARGET_REFERENCES = ("clean", "nominal")
+SELECTIONS = ("magnitude", "random", "SM", "second", "saliency")
+
+TOP_FIELDS = [
+    Field("output", str, "runs/plan", check=bool, requirement="a non-empty path"),
+    Field("checkpoint", str, None, nullable=True),
+    Field("data_dir", str, None, nullable=True),
+    Field("eval_examples", int, 10000, min=1),
+    Field("seed", int, 0, min=0),
+    Field("trials", int, 20, min=1),
+    Field("strategy", str, "auto", choices=engine.STRATEGIES),
+    Field("precision", str, "highest", choices=engine.PRECISIONS),
+    Field("eval_dtype", str, "auto", choices=EVAL_DTYPES),
+    Field("batch_size", int, 1000, min=1),
+    Field("configs_per_call", int, 8, min=1),
+    Field("skip_fault_free", bool, True),
+    Field("inference_period_s", float, 1.0 / 30.0, min=0, min_open=True),
+    Field("target", dict, None, nullable=True),
+    Field("energy", dict, None, nullable=True),
+    Field("hbm", dict, None, nullable=True),
+    Field("sram", dict, None, nullable=True),
+    Field("cim", dict, None, nullable=True),
+]
+
+TARGET_FIELDS = [
+    Field("metric", str, "p5", choices=TARGET_METRICS),
+    Field("max_drop_points", float, None, nullable=True, min=0),
+    Field("min_accuracy", float, None, nullable=True, min=0, max=1),
+    Field("reference", str, "clean", choices=TARGET_REFERENCES),
+]
+
+HBM_FIELDS = [
+    Field("scheme", list, ["none", "secded", "sparrow"], items=str, nonempty=True, unique=True),
+    Field("refresh_interval_s", list, items=float, nonempty=True, unique=True, min=0, min_open=True),
+    Field("zero_to_one", float, 0.01, min=0, max=1),
+    Field("block_size", int, 64),
+    Field("extrapolate", bool, False),
+    Field("retention_table", list, None, nullable=True),
+]
+
+SRAM_FIELDS = [
+    Field("voltage", list, items=float, nonempty=True, unique=True, min=0, min_open=True),
+    Field("generator", list, [None], nonempty=True),
+    Field("bits", int, 8, choices=(4, 8, 16)),
+    Field("ber0", float, 0.5, min=0, max=1),
+    Field("extrapolate", bool, False),
+    Field("voltage_table", list, None, nullable=True),
+]
+
+CIM_FIELDS = [
+    Field("write_verify", list, items=float, nonempty=True, unique=True, min=0, max=1),
+    Field("selection", str, "magnitude", choices=SELECTIONS),
+    Field("dev_var", float, 0.1, min=0),
+    Field("write_var", float, 0.03, min=0),
+    Field("selection_examples", int, 2000, min=1),
+]
+
+ENERGY_FIELDS = [
+    Field("qw", int, 16, min=1, max=32),
+    Field("qa", int, 16, min=1, max=32),
+    Field("refresh_pj_per_bit", float, None, nullable=True, min=0),
+    Field("pj_per_unit", float, None, nullable=True, min=0, min_open=True),
+    Field("ecc_read_scaling", float, None, nullable=True, min=0),
+    Field("v_nominal", float, 1.0, min=0, min_open=True),
+    Field("verify_iterations", float, None, nullable=True, min=1),
+    Field("cim_pulse_pj", float, None, nullable=True, min=0),
+    Field("cim_reprogram_period_s", float, None, nullable=True, min=0, min_open=True),
+]
+
+KNOB_FIELDS = {"hbm": ("scheme", "refresh_interval_s"), "sram": ("voltage", "generator"), "cim": ("write_verify",)}
+STAGE_FIELDS = {"hbm": HBM_FIELDS, "sram": SRAM_FIELDS, "cim": CIM_FIELDS}
+
+
+def _as_list(section: dict, names) -> dict:
+    """Knob values given as one value are read as a one-item list."""
+    return {k: ([v] if k in names and not isinstance(v, list) else v) for k, v in section.items()}
+
+
+def _check_generators(values: list) -> list:
+    out = []
+    for i, g in enumerate(values):
+        if g is not None and not (isinstance(g, str) and g):
+            raise JaxfaultError(f"plan: sram: generator[{i}] must be a checkpoint folder path or null, got {plain(g)!r}")
+        if g in out:
+            raise JaxfaultError(f"plan: sram: generator {g!r} is listed twice")
+        if g is not None and not (Path(g) / "jaxfault.json").is_file():
+            raise JaxfaultError(f"plan: sram: generator {g!r} is not a checkpoint folder (no jaxfault.json in it)")
+        out.append(g)
+    return out
+
+
+def _stage(name: str, section) -> dict:
+    where = f"plan: {name}"
+    if not isinstance(section, dict):
+        raise JaxfaultError(f"{where} must be an object of knob grids and settings, got {plain(section)!r}")
+    cfg = validate(_as_list(section, KNOB_FIELDS[name]), STAGE_FIELDS[name], where)
+    if name == "hbm":
+        from jaxfault.ecc import SCHEMES, check_scheme_block_size
+
+        for s in cfg["scheme"]:
+            if s not in SCHEMES:
+                SCHEMES.get(s)  # one-line error with the nearest name
+            check_scheme_block_size(s, cfg["block_size"])
+        table = knobs.retention_table(cfg["retention_table"], where)
+        cfg["retention_table"] = [list(r) for r in table]
+        for v in cfg["refresh_interval_s"]:
+            knobs.check_in_range(v, table, "refresh_interval_s", "s", "retention table", cfg["extrapolate"], where)
+    elif name == "sram":
+        cfg["generator"] = _check_generators(cfg["generator"])
+        table = knobs.voltage_table(cfg["voltage_table"], where)
+        cfg["voltage_table"] = [list(r) for r in table]
+        for v in cfg["voltage"]:
+            knobs.check_in_range(v, table, "voltage", "V_nom", "voltage table", cfg["extrapolate"], where)
+    return cfg
+
+
+def _target(section) -> dict:
+    cfg = validate(section or {}, TARGET_FIELDS, "plan: target")
+    if (cfg["max_drop_points"] is None) == (cfg["min_accuracy"] is None):
+        if cfg["max_drop_points"] is None and cfg["min_accuracy"] is None:
+            cfg["max_drop_points"] = 1.0
+        else:
+            raise JaxfaultError("plan: target: give either max_drop_points or min_accuracy, not both")
+    return cfg
+
+
+def validate_plan(plan) -> dict:
+    """The plan with defaults filled in and every field checked (one-line JaxfaultError)."""
+    cfg = validate(plan, TOP_FIELDS, "plan")
+    active = [s for s in STAGES if cfg[s] is not None]
+    if not active:
+        raise JaxfaultError(f"plan: no stage to plan: give at least one of {', '.join(STAGES)}")
+    for s in active:
+        cfg[s] = _stage(s, cfg[s])
+    cfg["target"] = _target(cfg["target"])
+    cfg["energy"] = validate(cfg["energy"] or {}, ENERGY_FIELDS, "plan: energy")
+    return cfg
+
+
+def active_stages(plan: dict) -> tuple[str, ...]:
+    """The stages of a validated plan, in hierarchy order (hbm, sram, cim)."""
+    return tuple(s for s in STAGES if plan.get(s) is not None)
+
+
+def load_plan(path, overrides: dict | None = None) -> dict:
+    """Read a plan file, apply non-None top-level overrides, validate."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise JaxfaultError(f"plan file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise JaxfaultError(f"cannot read plan file {str(path)!r}: {e}") from None
+    try:
+        plan = json.loads(text, parse_constant=lambda c: _non_finite(c))
+    except json.JSONDecodeError as e:
+        raise JaxfaultError(f"plan file {str(path)!r} is not valid JSON: {e}") from None
+    if not isinstance(plan, dict):
+        raise JaxfaultError(f"plan file {str(path)!r} must hold a JSON object")
+    plan.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return validate_plan(plan)
+
+
+def _non_finite(name):
+    raise JaxfaultError(f"plan: {name} is not a finite number")
+
+
+def is_finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and not np.isnan(v)

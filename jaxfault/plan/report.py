@@ -1,0 +1,178 @@
+"""A plan's answer: energy and accuracy of every configuration, the Pareto fronts, the cheapest
+configuration meeting the target, as JSON, a Markdown table and a plot.
+
+Accuracy statistics over the trials of a configuration: ``mean`` and ``p5``, the 5th percentile
+(numpy's linear interpolation between order statistics; with 20 trials it lies between the
+lowest and the second-lowest accuracy). Drops are in percentage points against the target's
+reference: ``clean`` (the deployed model without any fault: bf16 words / quantized kernels,
+no generator) or ``nominal`` (the unprotected nominal design's own statistic).
+
+A configuration is on the front of a metric when no other configuration has lower or equal
+energy and higher or equal accuracy with one of them strict.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from jaxfault.energy.analysis import pareto_mask
+
+
+def accuracy_stats(acc) -> dict:
+    a = np.asarray(acc, np.float64)
+    return {"mean": float(a.mean()), "p5": float(np.percentile(a, 5)), "std": float(a.std()),
+            "min": float(a.min()), "max": float(a.max())}
+
+
+def build_report(plan: dict, rows: list[dict], energy_model, clean_accuracy: float, *,
+                 compiled: int | None = None, seconds: float | None = None, block_size: int = 64) -> dict:
+    """The JSON-ready report of a plan run (see the module docstring)."""
+    entries = []
+    for r in rows:
+        e = energy_model.breakdown(r["knobs"], block_size)
+        entries.append({"knobs": r["knobs"], "rates": r["rates"], "nominal": bool(r.get("nominal")),
+                        "energy": e, "accuracy": accuracy_stats(r["accuracy"]),
+                        "realised_rates": r.get("realised_rates", {}), "forward_passes": r.get("forward_passes")})
+    nominal = next(e for e in entries if e["nominal"])
+    e_ref = nominal["energy"]["total"]
+    target = plan["target"]
+    metric = target["metric"]
+    reference = clean_accuracy if target["reference"] == "clean" else nominal["accuracy"][metric]
+    if target["min_accuracy"] is not None:
+        threshold = target["min_accuracy"]
+        rule = f"top-1 {metric} >= {100 * threshold:.2f} %"
+    else:
+        threshold = reference - target["max_drop_points"] / 100.0
+        rule = (f"top-1 drop <= {target['max_drop_points']:g} point(s) at the {'5th percentile' if metric == 'p5' else 'mean'}"
+                f" over trials, against the {target['reference']} accuracy {100 * reference:.2f} %")
+    for e in entries:
+        e["relative_energy"] = e["energy"]["total"] / e_ref
+        e["saving"] = 1.0 - e["relative_energy"]
+        e["drop_points"] = {m: 100.0 * (reference - e["accuracy"][m]) for m in ("mean", "p5")}
+        # tolerance: accuracies are means over the evaluation images in float32/float64
+        e["meets_target"] = bool(e["accuracy"][metric] >= threshold - 1e-9)
+    fronts = {}
+    for m in ("mean", "p5"):
+        obj = np.array([[e["energy"]["total"], e["accuracy"][m]] for e in entries])
+        mask = pareto_mask(obj, [True, False])
+        for e, on in zip(entries, mask):
+            e[f"pareto_{m}"] = bool(on)
+        fronts[m] = sorted((i for i, on in enumerate(mask) if on), key=lambda i: entries[i]["energy"]["total"])
+    meeting = [i for i, e in enumerate(entries) if e["meets_target"]]
+    chosen = min(meeting, key=lambda i: (entries[i]["energy"]["total"], -entries[i]["accuracy"][metric])) if meeting else None
+    best = max(range(len(entries)), key=lambda i: (entries[i]["accuracy"][metric], -entries[i]["energy"]["total"]))
+    return {"target": {**target, "rule": rule, "threshold_accuracy": threshold, "reference_accuracy": reference},
+            "reachable": chosen is not None, "chosen": chosen, "best": best,
+            "clean_accuracy": clean_accuracy, "nominal": entries.index(nominal), "nominal_energy": e_ref,
+            "energy_unit": "normalised energy per inference (one 16-bit MAC = 1)",
+            "inference_period_s": plan["inference_period_s"], "fronts": fronts, "configurations": entries,
+            "compiled_programs": compiled, "seconds": seconds, "trials": plan["trials"]}
+
+
+def knob_text(knobs: dict) -> str:
+    parts = []
+    if "scheme" in knobs:
+        parts.append(f"{knobs['scheme']} @ {1000 * knobs['refresh_interval_s']:g} ms")
+    if "voltage" in knobs:
+        g = knobs.get("generator")
+        parts.append(f"{knobs['voltage']:g} V_nom" + (f" + G({Path(g).name})" if g else ""))
+    if "write_verify" in knobs:
+        parts.append(f"verify {100 * knobs['write_verify']:g} %")
+    return ", ".join(parts)
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The answer in a few lines: target, chosen configuration and saving (or unreachable, best)."""
+    c = report["configurations"]
+    t = report["target"]
+    out = [f"target: {t['rule']} (threshold {100 * t['threshold_accuracy']:.2f} %)",
+           f"nominal design (unprotected, 64 ms, nominal voltage{', full write-verify' if 'write_verify' in c[report['nominal']]['knobs'] else ''}): "
+           f"{_line(c[report['nominal']])}"]
+    if report["reachable"]:
+        ch = c[report["chosen"]]
+        out.append(f"chosen: {knob_text(ch['knobs'])}: {_line(ch)}; saves {100 * ch['saving']:.2f} % of the nominal "
+                   f"design's energy per inference")
+    else:
+        b = c[report["best"]]
+        out.append(f"unreachable: no configuration meets the target; best found: {knob_text(b['knobs'])}: {_line(b)}")
+    return out
+
+
+def _line(e: dict) -> str:
+    a = e["accuracy"]
+    return (f"mean {100 * a['mean']:.2f} %, p5 {100 * a['p5']:.2f} %, energy {e['energy']['total']:.4g} "
+            f"({e['relative_energy']:.4f} x nominal)")
+
+
+def format_table(report: dict, only_front: bool = False) -> str:
+    """Markdown table of the configurations (or of those on either front), cheapest first."""
+    c = report["configurations"]
+    idx = sorted(range(len(c)), key=lambda i: c[i]["energy"]["total"])
+    if only_front:
+        idx = [i for i in idx if c[i]["pareto_mean"] or c[i]["pareto_p5"]]
+    lines = ["| configuration | BER / rates | energy (x nominal) | mean % | p5 % | drop p5 (pts) | front | target |",
+             "|---|---|---|---|---|---|---|---|"]
+    for i in idx:
+        e = c[i]
+        mark = "chosen" if i == report["chosen"] else ("nominal" if i == report["nominal"] else "")
+        front = "/".join(m for m in ("mean", "p5") if e[f"pareto_{m}"])
+        lines.append(f"| {knob_text(e['knobs'])} | {', '.join(f'{r:.2g}' for r in e['rates'])} | "
+                     f"{e['relative_energy']:.4f} | {100 * e['accuracy']['mean']:.2f} | {100 * e['accuracy']['p5']:.2f} | "
+                     f"{e['drop_points']['p5']:+.2f} | {front} | {'yes' if e['meets_target'] else 'no'} {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_report(report: dict, path) -> Path:
+    """Two panels (mean, 5th percentile): accuracy vs energy relative to the nominal design, all
+    configurations coloured by their discrete knobs, the Pareto front as a step line, the target
+    threshold dashed, the nominal design and the chosen configuration marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxfault.io import atomic_savefig
+
+    c = report["configurations"]
+
+    def family(e):
+        k = e["knobs"]
+        parts = [k["scheme"]] if "scheme" in k else []
+        if k.get("generator"):
+            parts.append("NeuralFuse")
+        return " + ".join(parts) or "configurations"
+
+    fams = list(dict.fromkeys(family(e) for e in c))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    for ax, m, title in zip(axes, ("mean", "p5"), ("mean over trials", "5th percentile over trials")):
+        for j, f in enumerate(fams):
+            pts = [e for e in c if family(e) == f]
+            ax.scatter([e["relative_energy"] for e in pts], [100 * e["accuracy"][m] for e in pts], s=14, alpha=0.55,
+                       color=f"C{j}", label=f)
+        front = [c[i] for i in report["fronts"][m]]
+        xs = [e["relative_energy"] for e in front]
+        ys = [100 * e["accuracy"][m] for e in front]
+        ax.step(xs, ys, where="post", color="k", lw=1.2, label="Pareto front")
+        nom = c[report["nominal"]]
+        ax.scatter([nom["relative_energy"]], [100 * nom["accuracy"][m]], marker="s", s=60, facecolor="none",
+                   edgecolor="k", lw=1.5, label="nominal design", zorder=5)
+        if m == report["target"]["metric"]:
+            ax.axhline(100 * report["target"]["threshold_accuracy"], color="C3", ls="--", lw=1, label="target")
+        if report["reachable"]:
+            ch = c[report["chosen"]]
+            ax.scatter([ch["relative_energy"]], [100 * ch["accuracy"][m]], marker="*", s=260, color="C3",
+                       edgecolor="k", zorder=6, label=f"chosen: {knob_text(ch['knobs'])}")
+        ax.set_xlabel("energy per inference relative to the nominal design")
+        ax.set_title(f"top-1 accuracy, {title}", fontsize=10)
+        ax.grid(alpha=0.3)
+    accs = [100 * e["accuracy"][m] for e in c for m in ("mean", "p5")]
+    top = max(accs)
+    low = max(min(accs), top - 25)
+    axes[0].set_ylim(low - 1, top + 1)
+    axes[0].set_ylabel("top-1 accuracy (%)")
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    p = atomic_savefig(fig, path, dpi=110)
+    plt.close(fig)
+    return p
