@@ -323,7 +323,7 @@ def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys:
     whose arrays have shape (R, T); ``clean`` is the prepared model without faults.
     """
     rates = _as_rates(rates)
-    keys = _as_keys(keys, rates.size)
+    keys = _as_keys(keys, rates.shape[0])
     bound = rates.max(axis=0)
     fm = (fault_model.with_rate_bound(float(bound) if bound.ndim == 0 else bound)
           if program is None else program.fault_model)

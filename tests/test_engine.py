@@ -151,3 +151,17 @@ def test_qat_evaluation_form_fake_quantizes_kernels():
     # and the faulty-free evaluation of the prepared model equals the QAT model's own output
     x = jax.random.normal(jax.random.key(2), (4, 28, 28, 1))
     np.testing.assert_allclose(np.asarray(m2.apply(v2, x)), np.asarray(model.apply(v, x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_rates,n_trials", [(2, 4), (3, 2), (2, 2)])
+def test_composed_rate_grid_with_shared_keys(setup, n_rates, n_trials):
+    """rates (R, S) with keys (T,): every rate row sees the same T trials, whatever R, S and T
+    (regression: the keys were broadcast to R*S rows, so R*S != R failed inside lax.map)."""
+    model, variables, x, y = setup
+    fm = compose(Noise(scale=1.0), Noise(scale=2.0))
+    rates = [[0.01 * (i + 1), 0.02] for i in range(n_rates)]
+    keys = jax.random.split(jax.random.key(3), n_trials)
+    res = engine.evaluate(model, variables, x, y, fm, rates, keys, strategy="map")
+    assert res.accuracy.shape == (n_rates, n_trials)
+    one = engine.evaluate(model, variables, x, y, fm, rates[-1:], keys, strategy="map")
+    np.testing.assert_allclose(res.accuracy[-1], one.accuracy[0], atol=1.5 / len(y))
