@@ -6,25 +6,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxfault.cli import ArgumentParser, parse_float_list, run_main
-from jaxfault.io import atomic_write_json
+from jaxfault import engine
+from jaxfault.cli import (ArgumentParser, parse_float_list, positive_int, probability, run_main, strategy_flag)
+from jaxfault.io import atomic_write_json, check_output_path
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m eval.neuralfuse", description=__doc__)
     p.add_argument("--generator-checkpoint", required=True, metavar="DIR",
                    help="the run folder train.neuralfuse wrote (its --out, e.g. runs/neuralfuse) or its generator/")
-    p.add_argument("--ber", type=float, default=None, help="bit error rate (default: the one trained for)")
+    p.add_argument("--ber", type=probability, default=None, help="bit error rate (default: the one trained for)")
     p.add_argument("--sweep", default=None, help="comma-separated BERs to evaluate instead of --ber (adds a plot)")
-    p.add_argument("--ber0", type=float, default=None, help="share stuck at 1 (default: as trained)")
+    p.add_argument("--ber0", type=probability, default=None, help="share stuck at 1 (default: as trained)")
     p.add_argument("--placement", default=None, help="independent or memory_array (default: as trained)")
-    p.add_argument("--models", type=int, default=10, help="unseen perturbed models per BER (M)")
+    p.add_argument("--models", type=positive_int, default=10, help="unseen perturbed models per BER (M)")
     p.add_argument("--checkpoint", default=None, help="base classifier (default: the one the generator was trained on)")
-    p.add_argument("--test-subset", type=int, default=None, help="evaluate on the first N test images")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--strategy", default="auto", help="batching of the M models: auto, map, vmap, map:B")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--test-subset", type=positive_int, default=None, help="evaluate on the first N test images (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=1000, help="evaluation batch size")
+    p.add_argument("--strategy", type=strategy_flag, default="auto", help="batching of the M models: auto, vmap, map, map:B or loop")
+    p.add_argument("--precision", choices=engine.PRECISIONS, default="highest", help="float32 matmul/conv precision")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: TFDS / the local IDX files)")
     p.add_argument("--out", default="runs/neuralfuse_eval", help="folder for neuralfuse_eval.json (+ sweep plot)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing result files (default: refuse)")
     return p
 
 
@@ -32,21 +35,27 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from jaxfault.neuralfuse.evaluate import evaluate_generator, format_table, plot_sweep
 
-    bers = parse_float_list(args.sweep, "--sweep") if args.sweep else ([args.ber] if args.ber is not None else None)
+    sweep = args.sweep is not None
+    bers = (parse_float_list(args.sweep, "--sweep", check=lambda v: 0 <= v <= 1, requirement="in [0, 1]") if sweep
+            else ([args.ber] if args.ber is not None else None))
+    out = Path(args.out)
+    check_output_path(out / "neuralfuse_eval.json", overwrite=args.overwrite, flag="--out")
+    if sweep:
+        check_output_path(out / "neuralfuse_sweep.png", overwrite=args.overwrite, flag="--out")
     report = evaluate_generator(args.generator_checkpoint, bers=bers, ber0=args.ber0, placement=args.placement,
                                 models=args.models, base_checkpoint=args.checkpoint, test_subset=args.test_subset,
-                                batch_size=args.batch_size, strategy=args.strategy, data_dir=args.data_dir)
-    out = Path(args.out)
+                                batch_size=args.batch_size, strategy=args.strategy, precision=args.precision,
+                                data_dir=args.data_dir)
     atomic_write_json(out / "neuralfuse_eval.json", report)
     print(format_table(report))
     print(f"wrote {out / 'neuralfuse_eval.json'}")
-    if args.sweep:
+    if sweep:
         plot_sweep(report, out / "neuralfuse_sweep.png")
         print(f"wrote {out / 'neuralfuse_sweep.png'}")
         print(f"next: accuracy vs SRAM energy of these BERs: python -m eval.tradeoff {out / 'neuralfuse_eval.json'}")
     else:
         print(f"next: accuracy vs BER, with a plot: python -m eval.neuralfuse --generator-checkpoint "
-              f"{args.generator_checkpoint} --sweep 0.005,0.01,0.02 --out {out}")
+              f"{args.generator_checkpoint} --sweep 0.005,0.01,0.02 --out {out}_sweep")
     return 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxfault import engine
-from jaxfault.cli import ArgumentParser, nonneg_int, parse_float_list, positive_int, probability, run_main
+from jaxfault.cli import ArgumentParser, nonneg_int, parse_float_list, positive_int, probability, run_main, strategy_flag
 from jaxfault.ecc import scheme_names
 from jaxfault.ecc.evaluate import SparrowEvalConfig, format_row, plot_sweep, run, sweep_table
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES
@@ -31,7 +31,7 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--checkpoint", default=None, help="classifier checkpoint dir (default: the cached default LeNet)")
     ap.add_argument("--out", default="runs/sparrow", help="output directory (default: runs/sparrow)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing result file (default: refuse)")
-    ap.add_argument("--strategy", choices=engine.STRATEGIES, default="auto", help="trial batching (default: auto)")
+    ap.add_argument("--strategy", type=strategy_flag, default="auto", help="trial batching: auto, vmap, map, map:B or loop")
     ap.add_argument("--precision", choices=engine.PRECISIONS, default="highest",
                     help="float32 matmul/conv precision (default: highest)")
     ap.add_argument("--fault-model", choices=MODES, default="stuck-at", help="stuck-at or XOR flips (default: stuck-at)")

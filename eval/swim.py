@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxfault.cli import ArgumentParser, parse_float_list, run_main
+from jaxfault.cli import ArgumentParser, parse_float_list, run_main, strategy_flag
 from jaxfault.engine import PRECISIONS
 from jaxfault.errors import JaxfaultError
 from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
@@ -44,7 +44,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--sweep-mask-p", default=None,
                    help="comma list of mask_p: compare all methods (or --methods) at each, with a plot")
     p.add_argument("--methods", default=None, help="comma list of methods (default: --method; all for a sweep)")
-    p.add_argument("--strategy", default="auto", help="noise-instance batching: auto, map, map:B, vmap, loop")
+    p.add_argument("--strategy", type=strategy_flag, default="auto", help="noise-instance batching: auto, map, map:B, vmap, loop")
     p.add_argument("--precision", default="highest", choices=PRECISIONS,
                    help="float32 matmul/conv precision of the evaluation")
     p.add_argument("--eval-batch", type=int, default=1000, help="test images per forward pass")

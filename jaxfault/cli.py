@@ -141,6 +141,18 @@ nonneg_int = _flag_type("nonneg_int", lambda v: v >= 0, ">= 0", integer=True)
 any_int = _flag_type("any_int", lambda v: True, "an integer", integer=True)
 
 
+def strategy_flag(text):
+    """argparse type: a batching strategy (auto, vmap, map, loop or map:B), validated up front."""
+    from jaxfault.engine import parse_strategy
+    from jaxfault.errors import JaxfaultError
+
+    try:
+        parse_strategy(str(text))
+    except JaxfaultError as e:
+        raise FlagValueError(str(e)) from None
+    return str(text)
+
+
 def bounded_float(low: float | None = None, high: float | None = None, *, low_open: bool = False,
                   high_open: bool = False):
     """argparse type for a finite float in an interval, e.g. bounded_float(0, 1, high_open=True)."""

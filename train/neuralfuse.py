@@ -4,7 +4,7 @@ python -m train.neuralfuse --ber 0.01 [--generator ConvL] [--n-models 10] [--lam
 model cache is used (trained once on the offline default data if missing)."""
 from __future__ import annotations
 
-from jaxfault.cli import (ArgumentParser, finite_float, nonneg_float, nonneg_int, positive_float, positive_int,
+from jaxfault.cli import (ArgumentParser, finite_float, nonneg_float, nonneg_int, positive_float, positive_int, strategy_flag,
                           probability, run_main)
 from jaxfault.engine import PRECISIONS
 from jaxfault.errors import JaxfaultError, nearest_hint
@@ -32,7 +32,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="base classifier checkpoint (default: cached QAT --model)")
     p.add_argument("--model", default="lenet", help="base model from the cache when no --checkpoint")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--strategy", default="auto", help="batching of the N models: auto, map, vmap, map:B")
+    p.add_argument("--strategy", type=strategy_flag, default="auto", help="batching of the N models: auto, map, vmap, map:B")
     p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--precision", choices=PRECISIONS, default="default",
                    help="float32 matmul/conv precision of the EOPM steps ('default': the backend's fast mode)")
