@@ -13,7 +13,7 @@ from jaxfault.energy import protection as P
 from jaxfault.errors import JaxfaultError
 from jaxfault.fault_models import BitFlips, compose
 from jaxfault.plan import expand, knobs, load_plan, run_plan, validate_plan
-from jaxfault.plan.planner import load_plan_data, plan_trial_keys, stage_fault_model
+from jaxfault.plan.planner import InDtype, load_plan_data, plan_trial_keys, stage_fault_model
 
 N_IMAGES = 200
 TRIALS = 4
@@ -222,10 +222,9 @@ def test_two_stages_together_equal_the_stages_one_after_the_other(two_stage):
     plan, data, report = two_stage
     hbm, sram = stage_fault_model("hbm", plan, "none"), stage_fault_model("sram", plan)
     fm = compose(hbm, sram).with_rate_bound([1e-3, 1e-2])
-    eval_model, prepared, x = engine.prepare(data.model, data.variables, data.images, fm)
-    x = x.astype(jnp.float32)
-    prepared = engine.cast_floats(prepared, jnp.float32)
-    metric = jax.jit(engine.make_metric_fn(eval_model, batch_size=100))
+    # prepared as the plan prepares it (plan_fault_model: the composition in the plan's eval dtype)
+    eval_model, prepared, x = engine.prepare(data.model, data.variables, data.images, InDtype(fm, plan["eval_dtype"]))
+    metric = jax.jit(engine.make_metric_fn(eval_model, batch_size=min(plan["batch_size"], N_IMAGES)))
     keys = plan_trial_keys(plan["seed"], plan["trials"])
     i = next(j for j, c in enumerate(report["configurations"])
              if c["knobs"]["refresh_interval_s"] == 1.024 and c["knobs"]["voltage"] == 0.92)
@@ -238,7 +237,8 @@ def test_two_stages_together_equal_the_stages_one_after_the_other(two_stage):
         a, b = together(k), second(k, first(k))
         for u, w in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
             np.testing.assert_array_equal(np.asarray(u), np.asarray(w))
-        accs.append(float(metric(b, x, data.labels)["top1"]))
+        with engine.precision_scope(plan["precision"]):
+            accs.append(float(metric(b, x, data.labels)["top1"]))
     from jaxfault.plan.planner import evaluate_configurations
 
     rows, _ = evaluate_configurations(plan, data, expand(plan, ("hbm", "sram")), log=lambda s: None)
@@ -327,6 +327,7 @@ def test_unreachable_target_is_reported_with_the_best_configuration(two_stage, t
     from eval import plan as cli
     from jaxfault.cli import run_main
     from jaxfault.plan import planner
+    from jaxfault.plan.report import knob_text
 
     plan, data, _ = two_stage
     monkeypatch.setattr(planner, "load_plan_data", lambda *a, **k: data)
@@ -340,10 +341,14 @@ def test_unreachable_target_is_reported_with_the_best_configuration(two_stage, t
     assert e.value.code == 2
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and captured.err.startswith("error: target unreachable")
-    assert "best configuration found: none @ 64 ms, 1 V_nom" in captured.err
     assert "unreachable: no configuration meets the target" in captured.out
     out = json.loads((tmp_path / "out" / "plan.json").read_text())
     assert out["reachable"] is False and out["chosen"] is None
+    # the best configuration: highest mean accuracy, ties broken by the lower energy
+    cfgs = out["configurations"]
+    best = max(range(len(cfgs)), key=lambda i: (cfgs[i]["accuracy"]["mean"], -cfgs[i]["energy"]["total"]))
+    assert out["best"] == best
+    assert f"best configuration found: {knob_text(cfgs[best]['knobs'])}" in captured.err
     assert (tmp_path / "out" / "plan.png").stat().st_size > 0
     # resumed: the same command computes nothing new (rows come from results.jsonl)
     monkeypatch.setattr(planner.Planner, "run_chunk", lambda *a, **k: pytest.fail("row recomputed"))
