@@ -87,9 +87,10 @@ def test_conv_transpose_matches_numpy_transcription(kernel, stride, padding):
 def test_unet_up_block_shrinks_by_two_then_pads():
     """2x2 stride-2 transposed conv with padding 1: 4x4 -> 6x6, zero-padded to the 8x8 skip."""
     gen = create_generator("UNetS")
-    x = jax.random.uniform(jax.random.key(0), (1, 32, 32, 3), minval=-1, maxval=1)
-    v = gen.init(jax.random.key(1), x)
-    _, inter = gen.apply(v, x, capture_intermediates=lambda m, _: m.name and "deconv" in m.name)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    # shapes only: jax.eval_shape traces init and apply without compiling or running them
+    v = jax.eval_shape(gen.init, jax.random.key(1), x)
+    _, inter = jax.eval_shape(lambda v, x: gen.apply(v, x, capture_intermediates=lambda m, _: m.name and "deconv" in m.name), v, x)
     shapes = {k: inter["intermediates"][k]["__call__"][0].shape for k in ("up1_deconv", "up2_deconv", "up3_deconv")}
     assert shapes == {"up1_deconv": (1, 6, 6, 32), "up2_deconv": (1, 14, 14, 16), "up3_deconv": (1, 30, 30, 8)}
 
@@ -130,15 +131,16 @@ def test_output_clamp_with_tanh_for_conv_and_without_for_unet():
 
 # ---- any input size; batch norm modes ----
 
-FAST_CASES = [("ConvL", (28, 28, 1)), ("ConvS", (32, 32, 3)), ("DeConvL", (32, 32, 3)), ("DeConvS", (28, 28, 1)),
-              ("UNetL", (28, 28, 1)), ("UNetS", (32, 32, 3)), ("UNetS-tanh", (28, 28, 1))]
+# one generator of each family in the default suite (UNetS also runs on an odd size below); the
+# other pairings compile for 10-30 s each on a 2-core CPU and run with -m slow
+FAST_CASES = [("ConvL", (28, 28, 1)), ("ConvS", (32, 32, 3)), ("DeConvS", (28, 28, 1))]
 ALL_CASES = [(n, s) for n in GENERATOR_NAMES for s in [(28, 28, 1), (32, 32, 3)]]
 SLOW_CASES = [pytest.param(n, s, marks=pytest.mark.slow) for n, s in ALL_CASES if (n, s) not in FAST_CASES]
 
 
 @pytest.mark.parametrize("name,shape", FAST_CASES + SLOW_CASES)
 def test_shape_and_range_preserved(name, shape):
-    """Every generator on 28x28x1 or 32x32x3 (the other pairings run with -m slow: one compile each)."""
+    """Every generator on 28x28x1 and 32x32x3 (most pairings run with -m slow: one compile each)."""
     gen = create_generator(name)
     x = jax.random.uniform(jax.random.key(1), (2, *shape), minval=-1.0, maxval=1.0)
     x = x.at[0, 0, 0, 0].set(1.0).at[1, 0, 0, 0].set(-1.0)
