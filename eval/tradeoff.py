@@ -14,7 +14,7 @@ from jaxfault.cli import (ArgumentParser, nonneg_float, parse_float_list, positi
 from jaxfault.energy import protection as P
 from jaxfault.energy import tradeoff as T
 from jaxfault.energy.core import Hardware
-from jaxfault.energy.networks import get_network
+from jaxfault.energy.networks import DEFAULT_INPUTS, GENERIC_INPUT, get_network
 from jaxfault.energy.inputs import input_shape_flag, load_table
 from jaxfault.io import atomic_write_json, check_output_path
 
@@ -63,18 +63,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         shp = args.input or (tuple(shape) if shape else None)
         return get_network(name, shp, args.num_classes).layers
 
+    def generator_layers_for(name, shape, model):
+        # a NeuralFuse generator in front of the classifier: --network names the classifier only,
+        # and the generator sees the classifier's input
+        net = args.network or (model if model not in (None, "None") else None) or "lenet"
+        shp = args.input or (tuple(shape) if shape else None) or DEFAULT_INPUTS.get(net, GENERIC_INPUT)
+        return get_network(name, shp).layers
+
     rows = T.tradeoff(
-        records, layers_for,
+        records, layers_for, generator_layers_for=generator_layers_for,
         qw=_one(args.qw, "--qw"), qa=_one(args.qa, "--qa"), pw=_one(args.pw, "--pw"), hw=Hardware(),
         dram_kw=dict(pj_per_bit=args.refresh_pj_per_bit, period_s=args.inference_period, pj_per_unit=args.pj_per_unit),
         retention_table=retention_table, voltage_table=voltage_table,
         v_nominal=args.v_nominal, ecc_read_scaling=args.ecc_read_scaling,
         write_verify=P.WriteVerify(args.weight_bits, args.bits_per_device, args.verify_iterations),
     )
-    print(f"{'method':<12}{'label':<18}{'point':<22}{'accuracy':>9}{'energy':>12}{'relative':>9}  pareto")
-    for r in sorted(rows, key=lambda r: (r["family"], r["label"], r["relative_energy"])):
-        pt = ", ".join(f"{k}={float(v):.3g}" for k, v in r["operating_point"].items())
-        print(f"{str(r['method'])[:11]:<12}{r['label'][:17]:<18}{pt[:21]:<22}{r['accuracy_mean']:>9.4f}{r['energy']:>12.4g}{r['relative_energy']:>9.4f}  {'*' if r['pareto'] else ''}")
+    print(T.format_rows(rows))
     if args.json:
         atomic_write_json(args.json, {"points": rows})
         print(f"wrote {args.json}")
