@@ -1,9 +1,9 @@
-"""Accuracy vs energy of protection for every operating point of the protection methods' eval
-JSONs (eval.sparrow, eval.swim, eval.neuralfuse, or any file in the minimal schema of
-jaxfault/energy/tradeoff.py), with the Pareto front per method.
+"""Accuracy vs energy of protection for every operating point of the protection methods' results
+(eval.sparrow, eval.swim and eval.neuralfuse JSONs, eval.campaign results files, or any file in
+the minimal schema of jaxfault/energy/tradeoff.py), with the Pareto front per method family.
 
-  python -m eval.tradeoff runs/sparrow.json runs/neuralfuse.json runs/swim.json \
-      --network lenet --json runs/tradeoff.json --plot docs/img/tradeoff.png
+  python -m eval.tradeoff runs/sparrow/sweep_T10_s0.json runs/nf_eval/neuralfuse_eval.json \
+      runs/swim/swim.json --network lenet --json runs/tradeoff.json --plot runs/tradeoff.png
 """
 from __future__ import annotations
 
@@ -56,7 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_output_path(path, overwrite=args.overwrite, flag=flag)
     retention_table = load_table(args.retention_table, "--retention-table", P.RETENTION_BER_TABLE)
     voltage_table = load_table(args.voltage_table, "--voltage-table", P.VOLTAGE_BER_TABLE)
-    records = T.load_records(args.results)
+    skipped: list = []
+    records = T.load_records(args.results, skipped=skipped)
+    if skipped:
+        methods = sorted({str(r.get("method")) for r in skipped})
+        print(f"skipped {len(skipped)} campaign row(s) of {', '.join(methods)}: no energy model for that method")
 
     def layers_for(model, shape):
         name = args.network or model or "lenet"

@@ -82,3 +82,24 @@ def test_explicit_label_wins_and_table_never_cuts(tmp_path):
     lines = table.splitlines()
     col = lines[0].index("accuracy")
     assert all(line[col:col + 8].strip() in ("accuracy", "0.8000", "0.7000") for line in lines)
+
+
+def test_campaign_results_file(tmp_path):
+    """eval.campaign suggests eval.tradeoff on its JSON-lines results: header, rows, a torn last line."""
+    header = {"jaxfault_results": 1, "identity": {"dataset": "fashion_mnist", "seed": 0, "trials": 2}}
+    rows = [{"config": {"method": "sparrow", "scheme": s, "ber": b, "zero_to_one": 0.01, "block_size": 64},
+             "accuracy": [0.8, 0.9], "accuracy_mean": 0.85, "accuracy_std": 0.05, "fault_rate_mean": b}
+            for s in ("sparrow", "secded", "none") for b in (1e-4, 1e-3)]
+    rows.append({"config": {"method": "bitflip", "ber": 1e-3}, "accuracy_mean": 0.5, "accuracy_std": 0.1})
+    rows.append({"config": {"method": "swim", "dev_var": 0.1, "mask_p": 0.05, "selection": "magnitude"},
+                 "accuracy_mean": 0.8, "accuracy_std": 0.01})
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(json.dumps(o) for o in [header, *rows]) + '\n{"config": {"meth')
+    skipped = []
+    recs = T.load_records([str(path)], skipped=skipped)
+    assert [r["method"] for r in skipped] == ["bitflip"]
+    out = T.tradeoff(recs, lambda model, shape: NET, **KW)
+    assert sorted({r["label"] for r in out}) == ["none", "secded", "sparrow B64", "swim magnitude"]
+    assert all(r["source"] == str(path) for r in out)
+    with pytest.raises(Exception):
+        T.load_records([str(path)])  # without a list for them, rows without an energy model are an error

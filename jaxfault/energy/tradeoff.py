@@ -153,15 +153,65 @@ def _file_method(obj: Any, path: str) -> str:
     return Path(path).stem
 
 
-def load_records(paths: Sequence[str]) -> list[dict]:
+def _read(path: str):
+    """A JSON file, or a JSON-lines file (a campaign's results: a header line, then one row per
+    line; a torn last line is ignored) as a list of its objects."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise JaxfaultError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        objs = []
+        for i, ln in enumerate(lines):
+            try:
+                objs.append(json.loads(ln))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1 and objs:  # a run killed during an append
+                    break
+                raise JaxfaultError(f"cannot read {path}: {e}") from None
+        if len(objs) < 2:
+            raise JaxfaultError(f"cannot read {path}: {e}") from None
+        return objs
+
+
+def _campaign_rows(objs: list, source: str, skipped: list | None) -> list[dict] | None:
+    """Rows of a campaign results file (header {"jaxfault_results": ..., "identity": ...}, then rows
+    {"config": {"method", <fields>, <rate>}, "accuracy_mean", ...}), or None for another file.
+    Rows of methods without an energy model (bitflip) go to `skipped` (an error without it)."""
+    if not (objs and isinstance(objs[0], dict) and "jaxfault_results" in objs[0]):
+        return None
+    ident = objs[0].get("identity") or {}
+    inherited = {k: ident[k] for k in ("dataset", "model") if isinstance(ident.get(k), str)}
+    out = []
+    for row in objs[1:]:
+        if not (isinstance(row, dict) and isinstance(row.get("config"), dict) and _accuracy(row) is not None):
+            continue
+        rec = {**inherited, **row["config"], "accuracy_mean": _accuracy(row), "accuracy_std": _accuracy_std(row),
+               "source": source}
+        try:
+            family(rec)
+        except JaxfaultError:
+            if skipped is None:
+                raise
+            skipped.append(rec)
+            continue
+        out.append(rec)
+    return out
+
+
+def load_records(paths: Sequence[str], skipped: list | None = None) -> list[dict]:
+    """Records of every file. Campaign rows of methods without an energy model are appended to
+    `skipped` when a list is given (else they are an error)."""
     recs = []
     for p in paths:
-        try:
-            obj = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise JaxfaultError(f"cannot read {p}: {e}") from None
-        has_method = isinstance(obj, dict) and "method" in obj
-        found = find_records(obj, None if has_method else {"method": _file_method(obj, str(p))}, str(p))
+        obj = _read(str(p))
+        found = _campaign_rows(obj, str(p), skipped) if isinstance(obj, list) else None
+        if found is None:
+            has_method = isinstance(obj, dict) and "method" in obj
+            found = find_records(obj, None if has_method else {"method": _file_method(obj, str(p))}, str(p))
         if not found:
             raise JaxfaultError(f"{p}: no records with an accuracy ({'/'.join(ACC_KEYS[:4])}) and an operating point ({'/'.join(POINT_KEYS)})")
         recs.extend(found)
