@@ -1,6 +1,6 @@
 """Benchmark: AlexNet energy design points per second, vmapped in one jitted call (after
 compilation), against a per-point Python loop over the jitted single-point estimator and against a plain-Python
-scalar transcription of SPEC 4 (as the reference script computes it).
+scalar transcription of the model in docs/energy.md (as the reference script computes it).
 
 Three ways are timed: jit(vmap(energy_core)) with the full per-layer breakdown, jit(vmap(...))
 returning totals only, and total_energy_layer_major (the same formulas broadcast over a (layers,
@@ -40,7 +40,7 @@ def design_points(n: int, num_layers: int, seed: int = 0):
 
 
 def scalar_total(layers, qw, qa, pw, hw) -> float:
-    """Plain-Python SPEC 4 total of one design point (square shapes), like the reference script:
+    """Plain-Python total (docs/energy.md) of one design point (square shapes), like the reference script:
     the fairest 'per-point Python loop' baseline (no JAX dispatch)."""
     mac, rf, noc, glb, dram, pe_r, pe_c = (float(v) for v in hw)
     pe_r, pe_c = int(pe_r), int(pe_c)

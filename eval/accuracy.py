@@ -7,11 +7,15 @@ from jaxfault.data import load_dataset
 from jaxfault.training import evaluate
 
 
-def main(argv=None) -> int:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m eval.accuracy", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="directory written by train.base")
-    p.add_argument("--data-dir", default=None)
-    args = p.parse_args(argv)
+    p.add_argument("--data-dir", default=None, help="folder with IDX files or the TFDS data_dir")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     ckpt = load_checkpoint(args.checkpoint)
     data = load_dataset(ckpt.config["dataset"], data_dir=args.data_dir,
                         value_range=ckpt.config.get("value_range", "symmetric"))

@@ -1,4 +1,4 @@
-"""Eyeriss-like energy of a network (SPEC 4): per-layer table, totals, JSON, plots, design-point
+"""Eyeriss-like energy of a network (docs/energy.md): per-layer table, totals, JSON, plots, design-point
 sweeps in one vmapped call with a Pareto table, and the energy of protection (DRAM refresh with
 ECC, SRAM voltage scaling, write-verify cycles).
 
@@ -25,17 +25,23 @@ from jaxfault.errors import JaxfaultError
 from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
 
 
+HARDWARE_HELP = {"mac": "energy of one 16-bit MAC", "rf": "register-file access energy", "noc": "NoC transfer energy",
+                 "glb": "global-buffer access energy", "dram": "DRAM access energy",
+                 "pe_rows": "PE array rows", "pe_cols": "PE array columns"}
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m eval.energy", description=__doc__.split("\n\n")[0])
     p.add_argument("--network", default="alexnet", help=f"one of {', '.join(network_names())}, or package.module:attribute (a Flax module or factory)")
     p.add_argument("--input", type=input_shape_flag, default=None, help="H,W,C of one input image (default: the network's dataset shape; alexnet 227,227,3)")
-    p.add_argument("--num-classes", type=positive_int, default=None)
+    p.add_argument("--num-classes", type=positive_int, default=None, help="classifier outputs (default: 1000 for alexnet, else 10)")
     p.add_argument("--qw", default="16", help="weight bits: one value, a per-layer comma list, or 'reference' (alexnet)")
     p.add_argument("--qa", default="16", help="activation bits (same forms as --qw)")
     p.add_argument("--pw", default="0", help="weight pruning ratio in [0, 1) (same forms as --qw)")
-    g = p.add_argument_group("hardware (SPEC 4 defaults)")
+    g = p.add_argument_group("hardware: unit energies per 16-bit access and the PE array (Eyeriss defaults, docs/energy.md)")
     for f, d in zip(Hardware._fields, Hardware()):
-        g.add_argument(f"--{f.replace('_', '-')}", type=(positive_int if f.startswith("pe_") else nonneg_float), default=d)
+        g.add_argument(f"--{f.replace('_', '-')}", type=(positive_int if f.startswith("pe_") else nonneg_float), default=d,
+                       help=HARDWARE_HELP[f])
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--plot", default=None, help="write PNG plots into this directory")
     p.add_argument("--overwrite", action="store_true", help="replace existing --json, --pareto-csv and plot files")
@@ -46,19 +52,19 @@ def build_parser() -> ArgumentParser:
     e = p.add_argument_group("energy of protection (constants: docs/energy.md)")
     e.add_argument("--ecc", default=None, help="DRAM ECC: none, secded, sparrow, sparrow-b16 or stored bits per 16-bit weight")
     e.add_argument("--refresh-interval", default=None, help="refresh intervals in s, comma list (default 0.064)")
-    e.add_argument("--refresh-pj-per-bit", type=nonneg_float, default=P.REFRESH_PJ_PER_BIT)
+    e.add_argument("--refresh-pj-per-bit", type=nonneg_float, default=P.REFRESH_PJ_PER_BIT, help="DRAM refresh energy per stored bit and refresh, pJ")
     e.add_argument("--ecc-read-scaling", type=probability, default=P.ECC_READ_SCALING, help="share of DRAM weight-read energy that grows with the ECC's stored bits (1: check bits move with the data)")
     e.add_argument("--inference-period", type=positive_float, default=P.INFERENCE_PERIOD_S, help="seconds of DRAM residency charged to one inference")
-    e.add_argument("--pj-per-unit", type=positive_float, default=P.PJ_PER_UNIT)
+    e.add_argument("--pj-per-unit", type=positive_float, default=P.PJ_PER_UNIT, help="pJ per normalised energy unit (one 16-bit MAC)")
     e.add_argument("--retention-table", default=None, help="JSON [[interval_s, ber], ...]")
     e.add_argument("--voltage", default=None, help="SRAM supply voltages (relative to --v-nominal), comma list")
     e.add_argument("--ber", default=None, help="SRAM BERs to map to voltages through the voltage table, comma list")
-    e.add_argument("--v-nominal", type=positive_float, default=P.NOMINAL_VOLTAGE)
+    e.add_argument("--v-nominal", type=positive_float, default=P.NOMINAL_VOLTAGE, help="nominal SRAM supply voltage")
     e.add_argument("--voltage-table", default=None, help="JSON [[voltage, ber], ...]")
     e.add_argument("--verify-fraction", default=None, help="fractions of weights write-verified (SWIM), comma list")
-    e.add_argument("--verify-iterations", type=positive_float, default=P.VERIFY_ITERATIONS)
-    e.add_argument("--weight-bits", type=positive_int, default=P.WEIGHT_BITS)
-    e.add_argument("--bits-per-device", type=positive_int, default=P.BITS_PER_DEVICE)
+    e.add_argument("--verify-iterations", type=positive_float, default=P.VERIFY_ITERATIONS, help="mean program-and-verify pulses per verified device")
+    e.add_argument("--weight-bits", type=positive_int, default=P.WEIGHT_BITS, help="bits per weight in the CiM array (N)")
+    e.add_argument("--bits-per-device", type=positive_int, default=P.BITS_PER_DEVICE, help="bits per CiM device (m)")
     return p
 
 

@@ -37,20 +37,42 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
+def format_default(value) -> str:
+    """A default as --help shows it: floats in %g form (0.0600815, not 0.06008148193359374)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_default(v) for v in value)
+    return str(value)
+
+
 class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Help that states every option's default (appended when the help text does not say it)."""
+    """Help that states every option's default (appended when the help text does not say it),
+    also for options declared without help text."""
 
     def _get_help_string(self, action):
         text = action.help or ""
         if (action.default is not argparse.SUPPRESS and action.option_strings and "default" not in text
+                and not action.required
                 and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
             default = action.default
             if isinstance(action, argparse._StoreTrueAction):
                 default = "off"
             elif default is None:
                 default = "none"
+            default = format_default(default).replace("%", "%%")
             text = f"{text} (default: {default})" if text else f"(default: {default})"
         return text
+
+    def _format_action(self, action):
+        # argparse prints no help column for an action without help text: give it one, so that
+        # its default is shown too
+        if not action.help and action.option_strings:
+            import copy
+
+            action = copy.copy(action)
+            action.help = self._get_help_string(action) or None
+        return super()._format_action(action)
 
 
 def import_plugins() -> list[str]:

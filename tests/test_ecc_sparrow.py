@@ -1,4 +1,5 @@
-"""Sparrow ECC vs a plain numpy reference written from SPEC.md 1.2-1.3, bit for bit."""
+"""Sparrow ECC vs a plain numpy reference written from docs/sparrow.md ("The encoding, bit by bit"),
+bit for bit."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from jaxfault.errors import JaxfaultError
 NBLOCKS = 2   # fixed shapes: one compilation per block size
 
 
-# ------------------------------ reference, straight from the SPEC text ------------------------------
+# --------------------- reference, straight from the bit layout in docs/sparrow.md ---------------------
 def ref_encode_block(words, B, compat):
     ws = [int(w) & 0xFFFF0000 for w in words]
     es = [(w >> 23) & 0xFF for w in ws]
@@ -152,7 +153,7 @@ def test_encode_decode_match_reference_bit_for_bit(B, compat):
 
 @pytest.mark.parametrize("B", [16, 32, 64])
 def test_round_trip_rules(B):
-    """SPEC 1.3: exact for F = 0 blocks (E = 0 words become the smallest 4-bit-mode magnitude when
+    """Round trip (docs/sparrow.md): exact for F = 0 blocks (E = 0 words become the smallest 4-bit-mode magnitude when
     max_e >= 16), F = 1 loses the last mantissa bit, > 31 steps below max -> smallest 5-bit magnitude."""
     @settings(max_examples=25, deadline=None, derandomize=True)
     @given(blocks_strategy(B))

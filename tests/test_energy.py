@@ -1,4 +1,4 @@
-"""Estimator core: SPEC 4 values worked out by hand, scaling identities, monotonicity, jit/vmap
+"""Estimator core: values of docs/energy.md's model worked out by hand, scaling identities, monotonicity, jit/vmap
 equal to the per-point loop, bad input."""
 import math
 
@@ -11,7 +11,7 @@ from jaxfault.energy.analysis import evaluate, make_sweep_fn
 from jaxfault.energy.core import check_design
 from jaxfault.errors import JaxfaultError
 
-UNITS = (200.0, 6.0, 2.0, 1.0)  # DRAM, GLB, NoC, RF (SPEC 4)
+UNITS = (200.0, 6.0, 2.0, 1.0)  # DRAM, GLB, NoC, RF (docs/energy.md)
 
 
 def _one(layer, qw, qa, pw):
@@ -57,8 +57,8 @@ def test_fc_hand_computed():
     assert comp + d.sum() == pytest.approx(8449.25, rel=1e-6)
 
 
-def spec4_reference(layers, qw, qa, pw, pe=(12, 14), u=(1, 1, 2, 6, 200)):
-    """Independent scalar transcription of SPEC 4 (square shapes only) for whole networks."""
+def scalar_reference(layers, qw, qa, pw, pe=(12, 14), u=(1, 1, 2, 6, 200)):
+    """Independent scalar transcription of docs/energy.md's tables (square shapes only) for whole networks."""
     mac, rf, noc, glb, dram = u
     out = []
     for l, bw, ba, p in zip(layers, qw, qa, pw):
@@ -106,7 +106,7 @@ def test_random_networks_match_independent_transcription():
         qa = rng.integers(1, 17, len(layers)).astype(float)
         pw = rng.uniform(0, 0.9, len(layers))
         got = np.asarray(evaluate(layers, qw, qa, pw).per_layer, np.float64)
-        np.testing.assert_allclose(got, spec4_reference(layers, qw, qa, pw), rtol=2e-5)
+        np.testing.assert_allclose(got, scalar_reference(layers, qw, qa, pw), rtol=2e-5)
 
 
 def test_unpruned_16bit_scaling_identities():

@@ -275,7 +275,8 @@ def test_tradeoff_reads_eval_sparrow_and_eval_swim_shaped_reports(tmp_path):
     assert e[("sparrow", 1e-5)] > e[("secded", 1e-5)] > e[("none", 1e-5)]
     assert e[("none", 1e-3)] < e[("none", 1e-5)]  # a higher tolerated BER -> longer refresh interval
     verify = sorted((r for r in rows if r["family"] == "verify"), key=lambda r: r["relative_energy"])
-    assert [r["label"] for r in verify] == ["none verified", "SM", "all verified"]
+    assert [r["label"] for r in verify] == ["swim none", "swim SM", "swim all"]
+    assert {r["method"] for r in verify} == {"swim"}
     assert [r["accuracy_mean"] for r in verify] == [0.4, 0.85, 0.89] and verify[1]["accuracy_std"] == 0.02
     assert verify[0]["relative_energy"] == pytest.approx(0.1) and verify[2]["relative_energy"] == pytest.approx(1.0)
 

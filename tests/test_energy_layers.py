@@ -51,7 +51,7 @@ def test_small_cnn_shapes():
     assert b == Layer("b", "conv", (3, 3), 8, 16, (28, 28), ((0, 1), (0, 1)), (2, 2))
     assert b.output_size == (14, 14)
     assert q == Layer("q_kernel", "conv", (5, 5), 16, 4, (7, 7))
-    assert f == Layer("fc", "fc", (3, 3), 4, 32, (3, 3))  # flatten of 3x3x4 -> SPEC's K x K x C input
+    assert f == Layer("fc", "fc", (3, 3), 4, 32, (3, 3))  # flatten of 3x3x4 -> the model's K x K x C FC input
     assert o == Layer("out", "fc", (1, 1), 32, 10, (1, 1))
 
 

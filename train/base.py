@@ -14,17 +14,20 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--model", default=DEFAULTS["model"], help=f"one of {', '.join(MODEL_NAMES)}")
     p.add_argument("--dataset", default=DEFAULTS["dataset"], help="TFDS name or local IDX dataset")
     p.add_argument("--data-dir", default=None, help="folder with IDX files or the TFDS data_dir")
-    p.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"])
-    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"])
+    p.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"], help="training epochs")
+    p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"], help="training batch size")
     p.add_argument("--lr", type=positive_float, default=DEFAULTS["learning_rate"],
                    help="peak Adam learning rate (cosine decay)")
-    p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"])
+    p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"], help="seed of the initialisation and the data order")
     p.add_argument("--precision", choices=PRECISIONS, default="default",
                    help="float32 matmul/conv precision of the training steps ('default': the backend's fast mode)")
-    p.add_argument("--qat", action="store_true", help="8-bit symmetric per-tensor weight fake-quantization (SPEC 3.1)")
+    p.add_argument("--qat", action="store_true",
+                   help="weight fake-quantization while training: symmetric per tensor, straight-through gradient "
+                        "(docs/faults.md, 'The quantizer'; --quant-bits sets the precision)")
     p.add_argument("--quant-bits", type=positive_int, default=DEFAULTS["quant_bits"], help="precision for --qat: 4, 8 or 16")
     p.add_argument("--train-var", type=float, default=None,  # checked (finite, >= 0) by make_training_noise_fn
-                   help="SWIM noise-aware training: fresh SPEC 2.1 device variation (this sigma) every step")
+                   help="SWIM noise-aware training: a fresh device-variation draw of this sigma every step "
+                        "(docs/swim.md, 'The model of device variation')")
     p.add_argument("--out", default="runs/base", help="checkpoint directory (default runs/base)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a checkpoint already in --out (atomically, once the new one is saved)")

@@ -1,5 +1,5 @@
-"""Train a NeuralFuse generator with EOPM (SPEC 3.3):
-python -m train.neuralfuse --ber 0.01 [--generator ConvL] [--n-models 10] [--lam 5] [--epochs E]
+"""Train a NeuralFuse generator with EOPM (docs/neuralfuse.md, "EOPM training"):
+python -m train.neuralfuse --ber 0.01 [--generator UNetS] [--n-models 5] [--lam 5] [--epochs E]
 [--checkpoint BASE_DIR] [--out DIR] [--resume] [--init-generator DIR]. Without --checkpoint a QAT base model from the
 model cache is used (trained once on the offline default data if missing)."""
 from __future__ import annotations
@@ -23,17 +23,17 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--generator", default="UNetS", help=f"one of {', '.join(GENERATOR_NAMES)}")
     p.add_argument("--n-models", type=positive_int, default=5, help="perturbed models per step (N)")
     p.add_argument("--lam", type=nonneg_float, default=5.0, help="weight of the perturbed loss (lambda)")
-    p.add_argument("--epochs", type=positive_int, default=1)
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--epochs", type=positive_int, default=1, help="training epochs")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per EOPM step")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate (b1=0.5, b2=0.999)")
     p.add_argument("--decay-rate", type=finite_float, default=0.5, help="step decay factor")
     p.add_argument("--decay-every", type=positive_int, default=None, help="steps between decays (default: a third of the run)")
     p.add_argument("--train-subset", type=positive_int, default=None, help="train on a random subset of this many images")
     p.add_argument("--checkpoint", default=None, help="base classifier checkpoint (default: cached QAT --model)")
     p.add_argument("--model", default="lenet", help="base model from the cache when no --checkpoint")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None, help="folder with IDX files or the TFDS data_dir")
     p.add_argument("--strategy", type=strategy_flag, default="auto", help="batching of the N models: auto, map, vmap, map:B")
-    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the data order and the per-step perturbed models")
     p.add_argument("--precision", choices=PRECISIONS, default="default",
                    help="float32 matmul/conv precision of the EOPM steps ('default': the backend's fast mode)")
     p.add_argument("--save-every", type=positive_int, default=50, help="steps between resumable state saves")

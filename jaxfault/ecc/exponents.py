@@ -1,4 +1,5 @@
-"""Exponent-difference analysis of SPEC 1.5: how many exponent steps a block of B weights spans.
+"""Exponent-difference analysis (docs/sparrow.md, "Exponent analysis"): how many exponent steps a
+block of B weights spans.
 
 The weights (bf16 view) are concatenated leaf after leaf (a partial block carries over into the
 next leaf, as the reference does) and cut into blocks of B; the last partial block is dropped

@@ -1,4 +1,4 @@
-"""Hamming(7,4) single-error correction as used by Sparrow (SPEC 1.2/1.3).
+"""Hamming(7,4) single-error correction as used by Sparrow (docs/sparrow.md, "The encoding, bit by bit").
 
 Data bits b0..b3, parity p1 = b0^b1^b3, p2 = b0^b2^b3, p3 = b1^b2^b3. The syndrome
 s = s1 | s2<<1 | s3<<2 names the flipped data bit: 0b011 -> b0, 0b101 -> b1, 0b110 -> b2,

@@ -1,4 +1,4 @@
-"""Sparrow ECC (ISLPED 2024), bit for bit as SPEC.md 1.2-1.3.
+"""Sparrow ECC (ISLPED 2024), bit for bit as docs/sparrow.md, "The encoding, bit by bit", states it.
 
 Blocks of B in {16, 32, 64} bf16 weights (held as fp32 words) share one maximum exponent max_e.
 Each weight stores 3 sign copies, its exponent as the difference d = max_e - E(w) (4 bits, or 5 in
@@ -6,7 +6,7 @@ the wide mode F = 1 for blocks spanning >= 16 exponent steps) protected by Hammi
 or 6 (F = 1) mantissa bits, and one (B = 16: two) bits of replicated block metadata (max_e, F).
 Stored bits per weight: 18 (bits 31..14) for B = 32/64, 19 (bits 31..13) for B = 16.
 
-Zero words (SPEC 1.2 quirk). A zero (or any E = 0 word) in an F = 0 block whose max_e >= 16 gets a
+Zero words (the reference's quirk). A zero (or any E = 0 word) in an F = 0 block whose max_e >= 16 gets a
 difference d >= 16 that does not fit the 4-bit field. The reference ORs d << 25 anyway (for d = 31:
 bit 29, a sign copy, becomes 1; d reads back as d & 15). jaxfault's default (compat=False) stores
 such a word cleanly as the smallest 4-bit-mode magnitude (d = 15, mantissa 0, sign copies intact);

@@ -1,4 +1,4 @@
-"""Energy: Eyeriss-like estimator (SPEC 4), layer extraction from Flax models, protection energy."""
+"""Energy: Eyeriss-like estimator (docs/energy.md), layer extraction from Flax models, protection energy."""
 from jaxfault.energy.core import (  # noqa: F401
     LEVELS,
     TYPES,

@@ -187,6 +187,24 @@ BREAKDOWN_PLOTS = ("bars_by_type.png", "bars_by_level.png", "pie_by_level.png", 
 SWEEP_PLOT = "sweep.png"
 
 
+PIE_OTHER_BELOW = 0.03     # slices under 3 % of the total are merged into one "other" slice
+PIE_PERCENT_INSIDE = 4.0   # percentages printed on slices of at least 4 %
+
+
+def pie_slices(vals, labels, min_share: float = PIE_OTHER_BELOW) -> tuple[np.ndarray, list[str]]:
+    """The slices a pie draws: values under min_share of the total merged into one "other (N)"
+    slice at the end, when at least two are that small (one small slice keeps its own name)."""
+    vals = np.asarray(vals, float)
+    labels = [str(lab) for lab in labels]
+    frac = vals / max(vals.sum(), 1e-30)
+    small = frac < min_share
+    if small.sum() < 2:
+        return vals, labels
+    keep = ~small
+    return (np.append(vals[keep], vals[small].sum()),
+            [lab for lab, k in zip(labels, keep) if k] + [f"other ({int(small.sum())}, each < {100 * min_share:g}%)"])
+
+
 def plot_breakdown(rows: Sequence[dict], outdir, title: str) -> list[Path]:
     """Stacked bars per layer by data type and by level; pies by level, type and layer (PNG)."""
     import matplotlib
@@ -221,14 +239,20 @@ def plot_breakdown(rows: Sequence[dict], outdir, title: str) -> list[Path]:
     bars(LEVELS, ("DRAM", "Global buffer", "NoC", "RF"), "bars_by_level.png", "per layer by memory level (data only)")
 
     def pie(vals, labels, fname, ttl):
-        fig, ax = plt.subplots(figsize=(5, 4.2))
-        vals = np.asarray(vals, float)
+        vals, labels = pie_slices(vals, labels)
+        fig, ax = plt.subplots(figsize=(7.2, 4.4))
         frac = vals / max(vals.sum(), 1e-30)
-        labels = [lab if f >= 0.02 else "" for lab, f in zip(labels, frac)]  # no clutter from tiny slices
-        ax.pie(vals, labels=labels, autopct=lambda q: f"{q:.1f}%" if q >= 2 else "", textprops={"fontsize": 8})
+        cmap = plt.get_cmap("tab10" if len(vals) <= 10 else "tab20")  # no two slices of one colour
+        colors = [cmap(i % cmap.N) for i in range(len(vals))]
+        wedges, _, _ = ax.pie(vals, startangle=90, counterclock=False, pctdistance=0.75, colors=colors,
+                              autopct=lambda q: f"{q:.1f}%" if q >= PIE_PERCENT_INSIDE else "",
+                              wedgeprops={"linewidth": 0.8, "edgecolor": "white"}, textprops={"fontsize": 8})
+        ax.set_aspect("equal")
+        # names (with their share) in a legend beside the pie: never clipped, never on top of each other
+        ax.legend(wedges, [f"{lab}  {100 * f:.1f}%" for lab, f in zip(labels, frac)], loc="center left",
+                  bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
         ax.set_title(f"{title}: {ttl}", fontsize=10)
-        fig.tight_layout()
-        paths.append(atomic_savefig(fig, outdir / fname, dpi=90))
+        paths.append(atomic_savefig(fig, outdir / fname, dpi=90, bbox_inches="tight"))
         plt.close(fig)
 
     pie([tot[k] for k in LEVELS], ["DRAM", "Buffer", "NoC", "RF"], "pie_by_level.png", "by memory level")

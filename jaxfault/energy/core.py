@@ -1,15 +1,17 @@
-"""Eyeriss-like row-stationary energy estimator (SPEC section 4) as a pure, jittable function.
+"""Eyeriss-like row-stationary energy estimator as a pure, jittable function. The model (access
+counts per level and data type, unit energies, bit scaling) is written out in docs/energy.md,
+"The model, exactly".
 
 Everything here is a function of arrays: the layer shapes (`LayerArrays`, one entry per conv/FC
 layer), the per-layer bit widths and pruning ratios, and the hardware table (`Hardware`, a
 pytree). Because PE-array sizes and unit energies are traced values, the estimator can be vmapped
 over design points (bit widths, pruning, unit energies, PE-array size) in one XLA call.
 
-Conventions (SPEC 4, generalised to non-square shapes, see docs/energy.md):
+Conventions (the square-shape model generalised to non-square shapes, see docs/energy.md):
   K^2 -> kh*kw, O^2 -> oh*ow, I^2 -> ih*iw (padded input), "K O I" -> kh*oh*iw.
   Filter rows map onto PE rows (replic = pe_rows // kh), output rows onto PE columns
   (fold = ceil(oh / pe_cols)); psum NoC hops run along filter rows ((kh - 1) ...), RF psum
-  accumulation along filter columns (2 (kw - 1) kh ...). For square shapes this is SPEC 4 exactly.
+  accumulation along filter columns (2 (kw - 1) kh ...). Square shapes give the square-shape formulas.
   Grouped convs (groups G) are G independent convs with C/G inputs and M/G outputs each.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from jaxfault.errors import JaxfaultError, plain
 
-REF_BITS = 16.0  # unit energies are normalised to 16-bit operands (SPEC 4)
+REF_BITS = 16.0  # unit energies are normalised to 16-bit operands (docs/energy.md)
 TYPES = ("weights", "inputs", "psums")
 LEVELS = ("DRAM", "GLB", "NoC", "RF")
 
@@ -30,7 +32,7 @@ LEVELS = ("DRAM", "GLB", "NoC", "RF")
 class Hardware(NamedTuple):
     """Unit energies per 16-bit access (normalised to one MAC) and the PE array (rows, cols).
 
-    Defaults are SPEC 4 / Eyeriss (Chen et al., ISCA 2016, Fig. 7 normalised costs; 12x14 PEs).
+    Defaults are Eyeriss' (Chen et al., ISCA 2016, Fig. 7 normalised costs; 12x14 PEs), docs/energy.md.
     All fields may be arrays (one value per design point) so the estimator vmaps over them.
     """
 
@@ -45,8 +47,8 @@ class Hardware(NamedTuple):
 
 class LayerArrays(NamedTuple):
     """Per-layer shapes as int32 arrays of shape (L,). `pad_h`/`pad_w` are TOTAL padding (both
-    sides added; SPEC's symmetric `pad` is 2*pad here). For FC layers (is_fc=1) kh, kw are the
-    input's spatial size (SPEC: input K x K x C) and ih = kh, iw = kw, pads 0, strides 1."""
+    sides added; a symmetric per-side `pad` is 2*pad here). For FC layers (is_fc=1) kh, kw are the
+    input's spatial size (input K x K x C) and ih = kh, iw = kw, pads 0, strides 1."""
 
     is_fc: jax.Array
     kh: jax.Array
@@ -104,12 +106,12 @@ class Counts(NamedTuple):
 
 
 def output_size(i, k, pad_total, stride):
-    """floor((I + pad_total - K) / stride) + 1 (SPEC 4 with pad_total = 2 pad); int arrays."""
+    """floor((I + pad_total - K) / stride) + 1 (pad_total = 2 pad for symmetric padding); int arrays."""
     return (i + pad_total - k) // stride + 1
 
 
 def _terms(layers: LayerArrays, pw, pe_rows, pe_cols):
-    """SPEC 4 counts as (macs, [[4 levels] x 3 types]) of broadcastable arrays (no stacking).
+    """Access counts as (macs, [[4 levels] x 3 types]) of broadcastable arrays (no stacking).
 
     Shapes broadcast: layer fields (L,) with pw (..., L) and PE dims (..., 1) or scalars, or
     layer fields (L, 1) with pw (L, P) and PE dims (P,) (layer-major batches).
@@ -138,13 +140,13 @@ def _terms(layers: LayerArrays, pw, pe_rows, pe_cols):
     KOI = kh * oh * iw_p
     cm = c * m
 
-    # conv layer (SPEC 4, "Conv layer"), times the number of groups
+    # conv layer (docs/energy.md, "Conv layer"), times the number of groups
     w_base = K2 * cm * keep
     conv_macs = w_base * O2
     conv_w = (w_base, w_base, jnp.where(rep_ge, oh, replic * pe_cols) * w_base, w_base * O2)
     conv_i = (I2 * c, jnp.where(rep_ge, I2 * c, I2 * cm), jnp.where(rep_ge, rep_div_fold * KOI * c, KOI * cm), KOI * cm)
     conv_p = (O2 * m, 2.0 * O2 * (c - 1.0) * m, (kh - 1.0) * O2 * cm, 2.0 * (kw - 1.0) * kh * O2 * cm)
-    # fully connected layer (SPEC 4, "Fully connected layer"; O = 1)
+    # fully connected layer (docs/energy.md, "Fully connected layer"; O = 1)
     blocks = pe_cols * replic
     fc_w = (w_base,) * 4
     fc_i = (K2 * c, K2 * c, K2 * blocks * c, K2 * m * c)
@@ -157,7 +159,7 @@ def _terms(layers: LayerArrays, pw, pe_rows, pe_cols):
 
 
 def access_counts(layers: LayerArrays, pw, pe_rows=12, pe_cols=14) -> Counts:
-    """SPEC 4 access counts per layer for pruning ratios pw (L,); PE dims may be traced."""
+    """Access counts per layer for pruning ratios pw (L,); PE dims may be traced."""
     macs, data = _terms(layers, pw, pe_rows, pe_cols)
     shape = jnp.broadcast_shapes(macs.shape, *(jnp.shape(x) for t in data for x in t))
     data = jnp.stack([jnp.stack([jnp.broadcast_to(x, shape) for x in t], -1) for t in data], -2)
@@ -173,7 +175,7 @@ def _scales(qw, qa, hw: Hardware):
 
 
 def energy_core(layers: LayerArrays, qw, qa, pw, hw: Hardware = Hardware()) -> Energy:
-    """Per-layer SPEC 4 energy. qw, qa, pw: (L,) (or scalars, broadcast). Pure and jittable;
+    """Per-layer energy (docs/energy.md, "The model, exactly"). qw, qa, pw: (L,) (or scalars, broadcast). Pure and jittable;
     vmap it over any of qw, qa, pw, hw to evaluate many design points in one call."""
     n = jnp.shape(layers.kh)[-1]
     f = jnp.float32

@@ -6,8 +6,9 @@ values (jax.eval_shape, so no weights are materialised) and collects every
 `conv_general_dilated` (transposed convs as convs over the zero-inserted input) and `dot_general`
 whose one operand depends only on the parameters (a
 weight) and whose other depends on the input (an activation). Pooling, normalisation, ReLU,
-residual adds cost nothing (SPEC 4). A dense layer fed by a reshape of an N,H,W,C feature map
-is an FC layer with a H x W x C input (SPEC's "input K x K x C", as for AlexNet's FC1 on 6x6x256);
+residual adds cost nothing in the energy model (docs/energy.md, "The model, exactly"). A dense
+layer fed by a reshape of an N,H,W,C feature map is an FC layer with a H x W x C input (the model's
+FC input of K x K x C, as for AlexNet's FC1 on 6x6x256);
 otherwise its input is 1 x 1 x features. A dense layer applied to an N,H,W,C tensor is a 1x1 conv.
 """
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _pair(v, name) -> tuple[int, int]:
 
 
 def conv(name: str, kernel, in_channels: int, out_channels: int, input_size, padding=0, stride=1, groups=1) -> Layer:
-    """Conv layer with SPEC-style symmetric `padding` (per side) or ((lo, hi), (lo, hi))."""
+    """Conv layer with symmetric `padding` (per side, as in docs/energy.md) or ((lo, hi), (lo, hi))."""
     if isinstance(padding, (int, np.integer)) or (len(padding) == 2 and isinstance(padding[0], (int, np.integer))):
         ph, pw_ = _pair(padding, "padding")
         pad = ((ph, ph), (pw_, pw_))
@@ -77,7 +78,7 @@ def conv(name: str, kernel, in_channels: int, out_channels: int, input_size, pad
 
 
 def fc(name: str, in_channels: int, out_channels: int, input_size=1) -> Layer:
-    """FC layer on an input_size x input_size x in_channels input (SPEC: K x K x C)."""
+    """FC layer on an input_size x input_size x in_channels input (K x K x C in docs/energy.md)."""
     k = _pair(input_size, "input_size")
     layer = Layer(name, "fc", k, int(in_channels), int(out_channels), k)
     validate(layer)
@@ -230,7 +231,7 @@ def _record_conv(eqn, ins, param_names, out, mult):
     c = int(xs[lhs_spec[1]])
     m = int(ws[rhs_spec[0]])
     # a transposed conv (lhs_dilation d) runs as a conv over the zero-inserted input of size
-    # (I - 1) d + 1; its MACs on the inserted zeros are counted (no zero gating, as in SPEC 4)
+    # (I - 1) d + 1; its MACs on the inserted zeros are counted (no zero gating: docs/energy.md)
     sp_in = [(int(xs[d]) - 1) * dl + 1 for d, dl in zip(lhs_spec[2:], lhs_dil)]
     sp_k = [int(ws[d]) for d in rhs_spec[2:]]
     pads = [tuple(int(a) for a in pp) for pp in p["padding"]]
@@ -244,7 +245,7 @@ def _record_conv(eqn, ins, param_names, out, mult):
     oshape = eqn.outvars[0].aval.shape
     osp = tuple(int(oshape[d]) for d in dn.out_spec[2:]) + ((1,) if nsp == 1 else ())
     if layer.output_size != osp:
-        raise JaxfaultError(f"layer {name}: SPEC output size {layer.output_size} != traced {osp}")
+        raise JaxfaultError(f"layer {name}: model output size {layer.output_size} != traced {osp}")
     out.extend([layer] * mult)
 
 

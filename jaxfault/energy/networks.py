@@ -1,4 +1,4 @@
-"""Named networks for the estimator: the AlexNet reference preset (SPEC 4) and the project's
+"""Named networks for the estimator: the AlexNet reference preset (docs/energy.md) and the project's
 models (jaxfault.models), plus user models given as 'package.module:attribute'.
 
 Every network is a Flax module; its layer list always comes from `layers_from_model` (a traced
@@ -15,7 +15,8 @@ import flax.linen as nn
 from jaxfault.energy.layers import Layer, layers_from_model
 from jaxfault.errors import JaxfaultError
 
-# SPEC 4 reference example: per-layer bit widths and pruning ratios of AlexNet.
+# The reference example (docs/energy.md, "The reference example: AlexNet"): per-layer bit widths
+# and pruning ratios of AlexNet.
 ALEXNET_REFERENCE = {
     "qw": (5, 3, 3, 6, 4, 4, 7, 4),
     "qa": (5, 6, 5, 7, 4, 7, 7, 6),
@@ -24,8 +25,8 @@ ALEXNET_REFERENCE = {
 
 
 class AlexNet(nn.Module):
-    """AlexNet as in SPEC 4 (single tower, no LRN/dropout since they cost nothing):
-    conv 11x11/4 96, pool 3/2, conv 5x5 pad 2 256, pool, conv 3x3 pad 1 384, 384, 256, pool,
+    """AlexNet of docs/energy.md's reference example (single tower, no LRN/dropout: they cost
+    nothing): conv 11x11/4 96, pool 3/2, conv 5x5 pad 2 256, pool, conv 3x3 pad 1 384, 384, 256, pool,
     FC 4096, 4096, num_classes."""
 
     num_classes: int = 1000

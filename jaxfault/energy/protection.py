@@ -22,7 +22,7 @@ from jaxfault.energy.core import LEVELS, Energy
 from jaxfault.errors import JaxfaultError
 
 # ------------------------------------------------------------------ units
-# pJ per normalised unit: SPEC 4's DRAM access (200 units per 16-bit word) set equal to half of
+# pJ per normalised unit: the model's DRAM access (200 units per 16-bit word) set equal to half of
 # the 640 pJ 32-bit DRAM read of Horowitz (ISSCC 2014 keynote, as tabulated in Han et al.,
 # "Learning both Weights and Connections", NeurIPS 2015, Table 1): 320 pJ / 200 = 1.6 pJ.
 PJ_PER_UNIT = 1.6
@@ -155,7 +155,7 @@ NOMINAL_VOLTAGE = 1.0  # voltages are relative to nominal VDD unless the user pa
 
 
 def _voltage_default():
-    # ANCHOR: NeuralFuse (SPEC 3.4) reports up to 24 % SRAM access energy saved at 1 % BER; with
+    # ANCHOR: the NeuralFuse paper reports up to 24 % SRAM access energy saved at 1 % BER; with
     # E ~ V^2 that is V/Vnom = sqrt(0.76) = 0.872 at BER 1e-2. SLOPE: ASSUMED one decade of BER per
     # 0.03 Vnom (SRAM bit-error rates rise exponentially as VDD drops below Vmin, cf. the
     # low-voltage SRAM measurements cited by NeuralFuse; the slope is not a measured value).
@@ -198,7 +198,7 @@ def voltage_for_ber(ber, table=VOLTAGE_BER_TABLE):
 
 
 # ------------------------------------------------------------------ (c) write-verify (SWIM)
-# SPEC 2.1 defaults: N = 8 bits per weight on devices of m = 1 bit -> 8 devices per weight.
+# SWIM's defaults (docs/swim.md): N = 8 bits per weight on devices of m = 1 bit -> 8 devices per weight.
 WEIGHT_BITS = 8
 BITS_PER_DEVICE = 1
 # ASSUMED mean program-and-verify iterations per verified device (iterative write-verify of

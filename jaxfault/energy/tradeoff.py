@@ -9,10 +9,19 @@ operating point: "ber" (sparrow/secded/none: retention BER -> refresh interval; 
 BER -> voltage), "refresh_interval_s", "voltage", "mask_p" / "fraction" (swim: fraction verified).
 accuracy: "accuracy_mean" | "acc_mean" | "mean_accuracy" | "top1_mean" | "accuracy" | "acc" | "top1"
 | "mean" (a number, {"mean": x}, or a list of per-trial values); optional "accuracy_std".
-Also read as they are: eval.sparrow sweeps (records with scheme, stored_bits_per_weight, ber,
-top1.mean) and eval.swim reports (selected[*] with mask_p and mean; "none"/"all" -> fraction 0/1).
-"dataset" (mnist, fashion_mnist, cifar10, ...) sets the input shape when input_shape is absent. Optional "ecc"/"scheme" (none/secded/sparrow/...) and, for
-NeuralFuse, "generator" (a network name whose energy is added at the same voltage).
+Also read as they are: eval.sparrow results and sweeps (records with scheme, block_size,
+stored_bits_per_weight, ber, top1.mean), eval.swim reports (selected[*] with method, mask_p and
+mean; "none"/"all" -> fraction 0/1) and eval.neuralfuse reports (results[*] with ber and
+perturbed_without / perturbed_with; base_model, generator).
+"dataset" (mnist, fashion_mnist, cifar10, ...) sets the input shape when input_shape is absent.
+Optional "ecc"/"scheme" (none/secded/sparrow/...), "block_size", for SWIM "selection" (SM,
+magnitude, ...), and for NeuralFuse "generator" (a network name whose energy is added at the same
+voltage).
+
+Every row gets a label naming its method and the configuration that tells it apart from the
+other rows of its family (the operating point is a column of its own): "sparrow B64", "secded",
+"none" (DRAM); "neuralfuse UNetS", "neuralfuse none" (SRAM, with and without a generator);
+"swim SM", "swim none", "swim all" (write-verify). A record's own "label" replaces it.
 """
 from __future__ import annotations
 
@@ -33,6 +42,7 @@ DATASET_INPUTS = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10":
 POINT_KEYS = ("ber", "voltage", "refresh_interval_s", "mask_p", "fraction")
 DRAM_METHODS = {"unprotected", "ecc", "dram"}  # plus every registered ECC scheme name (P.ecc_names())
 FAMILIES = {"dram": "DRAM refresh (Sparrow / SEC-DED)", "sram": "SRAM voltage (NeuralFuse)", "verify": "write-verify (SWIM)"}
+FAMILY_NAMES = {"dram": "DRAM refresh", "sram": "SRAM voltage", "verify": "write-verify"}
 
 
 def _accuracy(rec: dict):
@@ -62,20 +72,56 @@ def _accuracy_std(rec: dict):
     return None
 
 
+def _swim_report(obj: dict, inherited: dict, source: str) -> list[dict]:
+    """Rows of an eval.swim report: "none" / "all" verified (fractions 0 and 1) and every
+    selected (method, mask_p); the selection method is the row's "selection", the method "swim"."""
+    base = {**inherited, "method": "swim", "source": source}
+    out = []
+    for key, frac in (("none", 0.0), ("all", 1.0)):
+        if isinstance(obj.get(key), dict) and _accuracy(obj[key]) is not None:
+            out.append({**base, "selection": key, "fraction": frac, "accuracy_mean": _accuracy(obj[key]),
+                        "accuracy_std": _accuracy_std(obj[key])})
+    for sel in obj.get("selected") or []:
+        if isinstance(sel, dict) and _accuracy(sel) is not None and any(k in sel for k in ("mask_p", "fraction")):
+            rec = {**base, **{k: v for k, v in sel.items() if not isinstance(v, (dict, list))}}
+            rec.update(method="swim", selection=sel.get("method", sel.get("selection")),
+                       accuracy_mean=_accuracy(sel), accuracy_std=_accuracy_std(sel))
+            out.append(rec)
+    return out
+
+
+def _neuralfuse_report(obj: dict, inherited: dict, source: str) -> list[dict]:
+    """Rows of an eval.neuralfuse report: for every BER the perturbed models without the generator
+    ("generator": None) and with it (its energy is added)."""
+    base = {**inherited, "method": "neuralfuse", "source": source}
+    if obj.get("base_model"):
+        base["model"] = obj["base_model"]
+    out = []
+    for r in obj.get("results") or []:
+        if not isinstance(r, dict) or "ber" not in r:
+            continue
+        for key, gen in (("perturbed_without", None), ("perturbed_with", obj.get("generator"))):
+            if isinstance(r.get(key), dict) and _accuracy(r[key]) is not None:
+                out.append({**base, "ber": r["ber"], "generator": gen, "accuracy_mean": _accuracy(r[key]),
+                            "accuracy_std": _accuracy_std(r[key])})
+    return out
+
+
 def find_records(obj: Any, inherited: dict | None = None, source: str = "") -> list[dict]:
     """Every dict holding an accuracy and an operating point, with method/model/... inherited
     from enclosing objects."""
     inherited = dict(inherited or {})
     out = []
     if isinstance(obj, dict):
-        for k in ("method", "model", "dataset", "input_shape", "ecc", "scheme", "generator", "label"):
+        for k in ("method", "model", "dataset", "input_shape", "ecc", "scheme", "block_size", "generator",
+                  "selection", "label"):
             if k in obj and not isinstance(obj[k], (dict, list)) or (k == "input_shape" and k in obj):
                 inherited[k] = obj[k]
-        if "selected" in obj:  # an eval.swim report: "none" / "all" verified are fractions 0 and 1
-            for key, frac in (("none", 0.0), ("all", 1.0)):
-                if isinstance(obj.get(key), dict) and _accuracy(obj[key]) is not None:
-                    out.append({**inherited, "method": "swim", "fraction": frac, "label": f"{key} verified",
-                                "accuracy_mean": _accuracy(obj[key]), "accuracy_std": obj[key].get("std"), "source": source})
+        if "selected" in obj:  # an eval.swim report
+            return out + _swim_report(obj, inherited, source)
+        if isinstance(obj.get("results"), list) and any(isinstance(r, dict) and "perturbed_with" in r
+                                                        for r in obj["results"]):  # an eval.neuralfuse report
+            return out + _neuralfuse_report(obj, inherited, source)
         acc = _accuracy(obj)
         if acc is not None and any(k in obj for k in POINT_KEYS):
             rec = {**inherited, **{k: v for k, v in obj.items() if not isinstance(v, (dict, list)) or k == "input_shape"}}
@@ -92,14 +138,80 @@ def find_records(obj: Any, inherited: dict | None = None, source: str = "") -> l
     return out
 
 
-def load_records(paths: Sequence[str]) -> list[dict]:
+def _file_method(obj: Any, path: str) -> str:
+    """The method of a file without a top-level "method": known report shapes by their keys
+    (eval.swim: "selected"; eval.neuralfuse: "results" with "perturbed_with"; eval.sparrow: a
+    "scheme" or rows with one), else the file's name."""
+    if isinstance(obj, dict):
+        if "selected" in obj:
+            return "swim"
+        if any(isinstance(r, dict) and "perturbed_with" in r for r in obj.get("results") or []):
+            return "neuralfuse"
+        rows = obj.get("rows") or obj.get("sweep") or []
+        if "scheme" in obj or "ecc" in obj or any(isinstance(r, dict) and "scheme" in r for r in rows):
+            return "dram"
+    return Path(path).stem
+
+
+def _read(path: str):
+    """A JSON file, or a JSON-lines file (a campaign's results: a header line, then one row per
+    line; a torn last line is ignored) as a list of its objects."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise JaxfaultError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        objs = []
+        for i, ln in enumerate(lines):
+            try:
+                objs.append(json.loads(ln))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1 and objs:  # a run killed during an append
+                    break
+                raise JaxfaultError(f"cannot read {path}: {e}") from None
+        if len(objs) < 2:
+            raise JaxfaultError(f"cannot read {path}: {e}") from None
+        return objs
+
+
+def _campaign_rows(objs: list, source: str, skipped: list | None) -> list[dict] | None:
+    """Rows of a campaign results file (header {"jaxfault_results": ..., "identity": ...}, then rows
+    {"config": {"method", <fields>, <rate>}, "accuracy_mean", ...}), or None for another file.
+    Rows of methods without an energy model (bitflip) go to `skipped` (an error without it)."""
+    if not (objs and isinstance(objs[0], dict) and "jaxfault_results" in objs[0]):
+        return None
+    ident = objs[0].get("identity") or {}
+    inherited = {k: ident[k] for k in ("dataset", "model") if isinstance(ident.get(k), str)}
+    out = []
+    for row in objs[1:]:
+        if not (isinstance(row, dict) and isinstance(row.get("config"), dict) and _accuracy(row) is not None):
+            continue
+        rec = {**inherited, **row["config"], "accuracy_mean": _accuracy(row), "accuracy_std": _accuracy_std(row),
+               "source": source}
+        try:
+            family(rec)
+        except JaxfaultError:
+            if skipped is None:
+                raise
+            skipped.append(rec)
+            continue
+        out.append(rec)
+    return out
+
+
+def load_records(paths: Sequence[str], skipped: list | None = None) -> list[dict]:
+    """Records of every file. Campaign rows of methods without an energy model are appended to
+    `skipped` when a list is given (else they are an error)."""
     recs = []
     for p in paths:
-        try:
-            obj = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise JaxfaultError(f"cannot read {p}: {e}") from None
-        found = find_records(obj, {"method": Path(p).stem}, str(p)) if not (isinstance(obj, dict) and "method" in obj) else find_records(obj, None, str(p))
+        obj = _read(str(p))
+        found = _campaign_rows(obj, str(p), skipped) if isinstance(obj, list) else None
+        if found is None:
+            has_method = isinstance(obj, dict) and "method" in obj
+            found = find_records(obj, None if has_method else {"method": _file_method(obj, str(p))}, str(p))
         if not found:
             raise JaxfaultError(f"{p}: no records with an accuracy ({'/'.join(ACC_KEYS[:4])}) and an operating point ({'/'.join(POINT_KEYS)})")
         recs.extend(found)
@@ -168,14 +280,48 @@ def point_energy(rec: dict, net_layers, energy, qw, pw, *, dram_kw: dict, retent
             "reference_energy": float(P.write_verify_cycles(nw, 1.0, write_verify)), "unit": "programming cycles (write-verify)"}
 
 
-def tradeoff(records: Sequence[dict], layers_for, *, qw=16, qa=16, pw=0.0, hw: Hardware = Hardware(), **kw) -> list[dict]:
-    """Energy and Pareto flag for every record. layers_for(model, input_shape) -> layer list."""
-    cache: dict = {}
+def _takes_block_size(scheme: str) -> bool:
+    from jaxfault.ecc import SCHEMES
 
-    def energy_of(model, shape):
-        key = (model, tuple(shape) if shape else None)
+    try:
+        return SCHEMES.get(scheme).info.get("block_sizes") is not None
+    except JaxfaultError:
+        return False
+
+
+def method_and_label(rec: dict, fam: str, scheme: str | None = None) -> tuple[str, str]:
+    """(method, label) of a row: the method of its family (DRAM rows: the ECC scheme) and the method
+    with the configuration that tells the row apart from the others of its family; the operating
+    point (BER, voltage, fraction) is not part of it. A record's own "label" wins."""
+    if fam == "dram":
+        method = "none" if str(scheme).lower() in ("none", "unprotected") else str(scheme)
+        bs = rec.get("block_size")
+        label = f"{method} B{bs}" if bs is not None and method != "none" and _takes_block_size(method) else method
+    elif fam == "sram":
+        method = "neuralfuse"
+        label = f"neuralfuse {rec.get('generator') or 'none'}"
+    else:
+        method = "swim"
+        sel = rec.get("selection")
+        label = f"swim {sel}" if sel else "swim"
+    if rec.get("label"):
+        label = str(rec["label"])
+    return method, label
+
+
+def tradeoff(records: Sequence[dict], layers_for, *, qw=16, qa=16, pw=0.0, hw: Hardware = Hardware(),
+             generator_layers_for=None, **kw) -> list[dict]:
+    """Energy and Pareto flag for every record. layers_for(model, input_shape) -> layer list of a
+    classifier; generator_layers_for(name, input_shape, model) that of a NeuralFuse generator in
+    front of classifier `model` (input_shape None: the classifier's input; default: layers_for)."""
+    cache: dict = {}
+    generator_layers_for = generator_layers_for or (lambda name, shape, model: layers_for(name, shape))
+
+    def energy_of(model, shape, in_front_of=None):
+        key = (model, tuple(shape) if shape else None, in_front_of)
         if key not in cache:
-            layers = layers_for(model, shape)
+            layers = (generator_layers_for(model, shape, in_front_of) if in_front_of is not None
+                      else layers_for(model, shape))
             cache[key] = (layers, evaluate(layers, qw, qa, pw, hw))
         return cache[key]
 
@@ -186,11 +332,11 @@ def tradeoff(records: Sequence[dict], layers_for, *, qw=16, qa=16, pw=0.0, hw: H
         n = len(layers)
         qwv = np.broadcast_to(np.asarray(qw, float), (n,))
         pwv = np.broadcast_to(np.asarray(pw, float), (n,))
-        gen = (lambda name, shape=shape: energy_of(name, shape)[1])
+        gen = (lambda name, shape=shape, model=rec.get("model"): energy_of(name, shape, in_front_of=str(model))[1])
         info = point_energy(rec, layers, e, qwv, pwv, generator_energy=gen, **kw)
         info["relative_energy"] = info["energy"] / info["reference_energy"]
-        label = rec.get("label") or (rec.get("scheme") if info["family"] == "dram" else None) or rec.get("method")
-        rows.append({"method": rec.get("method"), "label": str(label),
+        method, label = method_and_label(rec, info["family"], info.get("scheme"))
+        rows.append({"method": method, "label": label,
                      "model": rec.get("model"), "accuracy_mean": rec["accuracy_mean"], "accuracy_std": rec.get("accuracy_std"),
                      "operating_point": {k: rec[k] for k in POINT_KEYS if k in rec}, **info, "source": rec.get("source")})
     for fam in {r["family"] for r in rows}:
@@ -200,6 +346,22 @@ def tradeoff(records: Sequence[dict], layers_for, *, qw=16, qa=16, pw=0.0, hw: H
         for i, m in zip(idx, mask):
             rows[i]["pareto"] = bool(m)
     return rows
+
+
+def format_rows(rows: Sequence[dict]) -> str:
+    """The table eval.tradeoff prints: family, label, operating point, accuracy, energy, energy
+    relative to the family's reference, Pareto flag; columns as wide as their longest entry."""
+    rows = sorted(rows, key=lambda r: (r["family"], r["label"], r["relative_energy"]))
+    fams = [FAMILY_NAMES.get(r["family"], r["family"]) for r in rows]
+    points = [", ".join(f"{k}={float(v):g}" for k, v in r["operating_point"].items()) for r in rows]
+    wf = max([len("family")] + [len(s) for s in fams])
+    wl = max([len("label")] + [len(r["label"]) for r in rows])
+    wp = max([len("point")] + [len(s) for s in points])
+    lines = [f"{'family':<{wf}}  {'label':<{wl}}  {'point':<{wp}}  {'accuracy':>8}  {'energy':>10}  {'relative':>8}  pareto"]
+    for r, f, p in zip(rows, fams, points):
+        lines.append(f"{f:<{wf}}  {r['label']:<{wl}}  {p:<{wp}}  {r['accuracy_mean']:>8.4f}  {r['energy']:>10.4g}  "
+                     f"{r['relative_energy']:>8.4f}  {'*' if r['pareto'] else ''}".rstrip())
+    return "\n".join(lines)
 
 
 def plot_tradeoff(rows: Sequence[dict], path) -> Path:

@@ -1,4 +1,4 @@
-"""The NeuralFuse training loop behind ``python -m train.neuralfuse`` (SPEC 3.3): EOPM steps over
+"""The NeuralFuse training loop behind ``python -m train.neuralfuse`` (docs/neuralfuse.md, "EOPM training"): EOPM steps over
 epochs with running clean/perturbed accuracy, periodic resumable state and a generator checkpoint."""
 from __future__ import annotations
 
