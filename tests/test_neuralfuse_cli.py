@@ -45,7 +45,7 @@ def trained(tmp_path_factory, qat_lenet_checkpoint):
         nftrain.make_eopm_step = real
     assert read_metadata(out / "state")["config"]["global_step"] == 2
     assert not (out / "generator").exists()
-    assert _exit_code(main, argv + ["--resume"]) == 0
+    assert _exit_code(main, argv + ["--resume", "--eval-models", "2"]) == 0
     return out
 
 
@@ -57,6 +57,9 @@ def test_resume_finishes_killed_run_and_writes_generator(trained):
     assert ck.config["generator"] == "UNetS" and ck.config["ber"] == 0.01 and ck.config["bits"] == 8
     assert ck.metrics["history"][-1]["epoch"] == 1
     assert set(ck.variables) == {"params", "batch_stats"}
+    # the run ends with the evaluation on unseen perturbed models, as eval.neuralfuse reports it
+    rep = json.loads((trained / "neuralfuse_eval.json").read_text())
+    assert rep["seeds"] == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1] and rep["results"][0]["ber"] == 0.01
 
 
 @pytest.mark.slow

@@ -401,7 +401,8 @@ def test_generator_images_are_transformed_once_and_charged(qat_lenet_checkpoint,
     out = tmp_path / "nf"
     with pytest.raises(SystemExit) as e:
         run_main(train_main, ["--checkpoint", str(qat_lenet_checkpoint), "--generator", "UNetS", "--n-models", "2",
-                              "--train-subset", "64", "--batch-size", "16", "--epochs", "1", "--out", str(out)])
+                              "--train-subset", "64", "--batch-size", "16", "--epochs", "1", "--eval-models", "0",
+                              "--out", str(out)])
     assert e.value.code == 0
     gen_path = str(out / "generator")
     plan = _validated(qat_lenet_checkpoint, sram={"voltage": [1.0, 0.9], "generator": [None, gen_path]})

@@ -1,7 +1,8 @@
 """Train a NeuralFuse generator with EOPM (docs/neuralfuse.md, "EOPM training"):
 python -m train.neuralfuse --ber 0.01 [--generator UNetS] [--n-models 5] [--lam 5] [--epochs E]
 [--checkpoint BASE_DIR] [--out DIR] [--resume] [--init-generator DIR]. Without --checkpoint a QAT base model from the
-model cache is used (trained once on the offline default data if missing)."""
+model cache is used (trained once on the offline default data if missing). At the end the generator
+is evaluated on unseen perturbed models, as eval.neuralfuse does (--eval-models, 0 to skip)."""
 from __future__ import annotations
 
 from jaxfault.cli import (ArgumentParser, finite_float, nonneg_float, nonneg_int, positive_float, positive_int, strategy_flag,
@@ -40,6 +41,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", default="runs/neuralfuse", help="output folder (generator/ and state/)")
     p.add_argument("--init-generator", default=None, metavar="DIR",
                    help="fine-tune the generator checkpoint DIR of an earlier run instead of a random start")
+    p.add_argument("--eval-models", type=nonneg_int, default=10,
+                   help="unseen perturbed models of the final evaluation (OUT/neuralfuse_eval.json; 0: skip it)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from OUT/state")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an OUT that holds an earlier run's state/ or generator/ "
@@ -61,6 +64,7 @@ def check_outputs(out, *, resume: bool, overwrite: bool) -> None:
     for sub in (state, generator):
         if sub.exists() and not sub.is_dir():
             raise JaxfaultError(f"--out: {sub} is a file, expected a checkpoint folder")
+    check_output_path(out / "neuralfuse_eval.json", overwrite=overwrite or resume, flag="--out")
     if overwrite:
         return
     if not resume and (state.exists() or generator.exists()):
@@ -103,6 +107,23 @@ def main(argv=None) -> int:
                            resume=args.resume, init_generator_checkpoint=args.init_generator,
                            precision=args.precision)
     print(f"generator checkpoint: {res['generator_checkpoint']}  ({res['steps']} steps)")
+    eval_command = f"python -m eval.neuralfuse --generator-checkpoint {args.out} --models 10"
+    if args.eval_models == 0:
+        print(f"next: evaluate it on unseen perturbed models: {eval_command}")
+        return 0
+    from pathlib import Path
+
+    from jaxfault.io import atomic_write_json
+    from jaxfault.neuralfuse.evaluate import evaluate_generator, format_table
+
+    print(f"evaluating on {args.eval_models} unseen perturbed models (as {eval_command.replace('10', str(args.eval_models))})",
+          flush=True)
+    report = evaluate_generator(res["generator_checkpoint"], models=args.eval_models, data_dir=args.data_dir)
+    path = atomic_write_json(Path(args.out) / "neuralfuse_eval.json", report)
+    print(format_table(report))
+    print(f"wrote {path}")
+    print(f"next: accuracy vs BER: python -m eval.neuralfuse --generator-checkpoint {args.out} "
+          f"--sweep 0.005,0.01,0.02 --out {args.out}_sweep")
     return 0
 
 
