@@ -35,6 +35,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from jaxfault.neuralfuse.evaluate import evaluate_generator, format_table, plot_sweep
 
+    if args.placement is not None:
+        from jaxfault.neuralfuse.faults import check_placement
+
+        check_placement(args.placement)
     sweep = args.sweep is not None
     bers = (parse_float_list(args.sweep, "--sweep", check=lambda v: 0 <= v <= 1, requirement="in [0, 1]") if sweep
             else ([args.ber] if args.ber is not None else None))
