@@ -112,10 +112,64 @@ def enable_compilation_cache(path=None) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+class CacheReport:
+    """Counts this process's persistent-cache lookups (JAX's monitoring events) for the one line a
+    CLI prints at its end, so that a user sees whether a run compiled or loaded its programs."""
+
+    HIT, REQUEST, SAVED = ("/jax/compilation_cache/cache_hits", "/jax/compilation_cache/compile_requests_use_cache",
+                           "/jax/compilation_cache/compile_time_saved_sec")
+
+    def __init__(self, path):
+        self.path, self.hits, self.requests, self.saved = path, 0, 0, 0.0
+
+    def __enter__(self):
+        import jax
+
+        jax.monitoring.register_event_listener(self._event)
+        jax.monitoring.register_event_duration_secs_listener(self._duration)
+        return self
+
+    def __exit__(self, *exc):
+        import jax
+
+        jax.monitoring.unregister_event_listener(self._event)
+        jax.monitoring.unregister_event_duration_listener(self._duration)
+        return False
+
+    def _event(self, event, **kwargs):
+        if event == self.HIT:
+            self.hits += 1
+        elif event == self.REQUEST:
+            self.requests += 1
+
+    def _duration(self, event, duration, **kwargs):
+        if event == self.SAVED:
+            self.saved += float(duration)
+
+    def line(self) -> str | None:
+        """'compilation cache: ...' or None when nothing was looked up."""
+        if self.requests == 0:
+            return None
+        if self.hits:
+            saved = f", about {self.saved:.0f} s of compilation saved" if self.saved >= 0.5 else ""
+            return (f"compilation cache: {self.hits} of {self.requests} program(s) loaded from {self.path}"
+                    f"{saved}")
+        return (f"compilation cache: {self.requests} program(s) compiled; those taking over 0.2 s are stored in "
+                f"{self.path} for the next run")
+
+
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Run a CLI main(argv); JaxfaultError becomes 'error: ...' on stderr and exit code 2."""
+    import contextlib
+
     try:
-        code = main(argv)
+        cached = sys.argv if argv is None else argv
+        report = (CacheReport(compilation_cache_dir()) if "--no-compile-cache" not in cached and "-h" not in cached
+                  and "--help" not in cached else None)
+        with report if report is not None else contextlib.nullcontext():
+            code = main(argv)
+        if report is not None and (line := report.line()) is not None:
+            print(line)
     except JaxfaultError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
