@@ -297,10 +297,13 @@ def test_sram_fault_model_perturb(config):
     key = jax.random.key(3)
     prepared = model.prepare(variables)
     out, st = jax.jit(model.perturb)(key, prepared, jnp.float32(0.02))
-    out_static, st_static = model.perturb(key, prepared, 0.02)
+    # a Python rate: a constant while tracing (jit with the rate static, rather than op-by-op eager
+    # execution of the sampler's while_loop, which is slow and computes the same thing)
+    static = jax.jit(model.perturb, static_argnums=2)
+    out_static, st_static = static(key, prepared, 0.02)
     leaves_equal((out, st), (out_static, st_static))
-    direct = perturb_params(prepared["params"], key, 0.02, ber0, bits, model.placement, straight_through=False,
-                            layout=model.layout, compat=model.compat)
+    direct = jax.jit(lambda k, p: perturb_params(p, k, 0.02, ber0, bits, model.placement, straight_through=False,
+                                                 layout=model.layout, compat=model.compat))(key, prepared["params"])
     leaves_equal(out["params"], direct)
     np.testing.assert_array_equal(np.asarray(out["batch_stats"]["m"]), [0.0, 1.0, 2.0])
     np.testing.assert_array_equal(np.asarray(out["params"]["c"]["bias"]), np.ones(32))
@@ -310,7 +313,7 @@ def test_sram_fault_model_perturb(config):
         assert within_binomial(int(st.n_faults), n_cells, 0.02)
         assert within_binomial(int(st.n_zero_to_one), int(st.n_faults), ber0)
     assert float(st.realised_ber) == pytest.approx(int(st.n_faults) / n_cells, rel=1e-6)
-    clean, st0 = model.perturb(key, prepared, 0.0)                # ber 0: the prepared (clean quantized) model
+    clean, st0 = static(key, prepared, 0.0)                       # ber 0: the prepared (clean quantized) model
     leaves_equal(clean, prepared)
     assert int(st0.n_faults) == 0
 
