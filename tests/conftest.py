@@ -1,11 +1,15 @@
 """Shared fixtures: small real data, tiny trained checkpoints, and an isolated model cache."""
 from __future__ import annotations
 
+import os
 import shutil
 
-import numpy as np
-import pytest
+# On a GPU, JAX preallocates 75 % of its memory per process by default, so a second pytest-xdist
+# worker would fail with out-of-memory: allocate on demand instead (set before jax is imported).
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def pytest_configure(config):

@@ -24,7 +24,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--generator", default="UNetS", help=f"one of {', '.join(GENERATOR_NAMES)}")
     p.add_argument("--n-models", type=positive_int, default=5, help="perturbed models per step (N)")
     p.add_argument("--lam", type=nonneg_float, default=5.0, help="weight of the perturbed loss (lambda)")
-    p.add_argument("--epochs", type=positive_int, default=1, help="training epochs")
+    p.add_argument("--epochs", type=positive_int, default=3, help="training epochs")
     p.add_argument("--batch-size", type=positive_int, default=128, help="images per EOPM step")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate (b1=0.5, b2=0.999)")
     p.add_argument("--decay-rate", type=finite_float, default=0.5, help="step decay factor")

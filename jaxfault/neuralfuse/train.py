@@ -67,7 +67,7 @@ def _load_state(directory: Path, template: dict, config: dict) -> tuple[dict, di
 
 def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "UNetS", ber: float = 0.01, ber0: float = 0.5,
                      bits: int | None = None, placement: str = "memory_array", n_models: int = 5, lam: float = 5.0,
-                     epochs: int = 1, batch_size: int = 128, learning_rate: float = 2e-3, decay_rate: float = 0.5,
+                     epochs: int = 3, batch_size: int = 128, learning_rate: float = 2e-3, decay_rate: float = 0.5,
                      decay_every: int | None = None, seed: int = 0, train_subset: int | None = None,
                      strategy: str = "auto", data_dir=None, save_every: int = 50, resume: bool = False,
                      init_generator_checkpoint=None, log: Callable[[str], None] = print) -> dict:
