@@ -34,7 +34,8 @@ class ArgumentParser(argparse.ArgumentParser):
         return ns
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+        # the same one-line form as every other bad input ('error: ...'); the usage text stays in --help
+        self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def format_default(value) -> str:

@@ -97,19 +97,20 @@ def test_unet_up_block_shrinks_by_two_then_pads():
 
 # ---- quantized weights, float biases; the output forms ----
 
-@pytest.mark.parametrize("name", ["ConvS", "UNetS"])
+@pytest.mark.parametrize("name", ["ConvS", pytest.param("UNetS", marks=pytest.mark.slow)])
 def test_weights_are_8bit_fake_quantized_biases_float(name):
     x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
     q8, fp = create_generator(name), create_generator(name, quant_bits=None)
-    v = q8.init(jax.random.key(1), x)
+    v = jax.jit(q8.init)(jax.random.key(1), x)
 
     def quantize_kernels(tree):
         return {k: quantize_kernels(t) if isinstance(t, dict) else (fake_quant(t, 8) if k == "kernel" else t)
                 for k, t in tree.items()}
 
     vq = {"params": quantize_kernels(v["params"]), "batch_stats": v["batch_stats"]}
-    np.testing.assert_array_equal(np.asarray(q8.apply(v, x)), np.asarray(fp.apply(vq, x)))
-    assert not np.array_equal(np.asarray(q8.apply(v, x)), np.asarray(fp.apply(v, x)))
+    q8_apply, fp_apply = jax.jit(q8.apply), jax.jit(fp.apply)
+    np.testing.assert_array_equal(np.asarray(q8_apply(v, x)), np.asarray(fp_apply(vq, x)))
+    assert not np.array_equal(np.asarray(q8_apply(v, x)), np.asarray(fp_apply(v, x)))
 
 
 def test_output_clamp_with_tanh_for_conv_and_without_for_unet():

@@ -168,7 +168,7 @@ def test_wrong_checkpoint_kinds_exit_2(tmp_path, capsys):
     assert "expected a 'classifier'" in capsys.readouterr().err
     assert _exit_code(eval_main, ["--generator-checkpoint", str(generator), "--sweep", "0.01,2",
                                   "--out", str(tmp_path)]) == 2
-    assert "ber must be in [0, 1]" in capsys.readouterr().err
+    assert "--sweep values must be in [0, 1], got '2'" in capsys.readouterr().err
     assert _exit_code(eval_main, ["--generator-checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
 
