@@ -26,5 +26,5 @@ __all__ = ["ARRAY_COLS", "ARRAY_ROWS", "BLOCK", "CHUNK_CAP", "LAYOUTS", "MAX_SEG
            "FaultStats", "apply_flips", "apply_stuck_at", "apply_stuck_at_int", "check_layout", "check_placement",
            "chunk_blocks", "fault_stats", "flip_map", "from_layout_order", "geometric_gaps", "inject_flips",
            "inject_maps", "inject_stuck_at", "inject_stuck_at_each", "int_stored_mask", "int_to_words",
-           "memory_array_maps", "memory_array_rows_slots", "memory_array_word_maps", "merge_stats", "pack_cells", "resolve_rate",
-           "stored_positions", "stuck_at_maps", "to_layout_order", "unpack_cells", "words_to_int"]
+           "memory_array_maps", "memory_array_rows_slots", "memory_array_word_maps", "merge_stats", "pack_cells",
+           "resolve_rate", "stored_positions", "stuck_at_maps", "to_layout_order", "unpack_cells", "words_to_int"]
