@@ -8,7 +8,7 @@ compile times (independent / memory_array). Weights are random (the numbers do n
     python -m bench.eopm_compile [--model lenet] [--generator UNetS] [--n-models 2] [--batch-size 8]
                                  [--strategy vmap] [--placements independent,memory_array] [--json FILE]
 
-ResNet-18 (the issue's case; several minutes on a 2-core CPU):
+ResNet-18 (the issue's case; about a minute per placement on a 2-core CPU):
     python -m bench.eopm_compile --model resnet18 --n-models 10 --batch-size 128
 """
 from __future__ import annotations
