@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=None, help="comma-separated script names (default: all)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per script")
     args = p.parse_args(argv)
-    scripts = sorted(f for f in (ROOT / "bench").glob("*.py") if f.stem not in ("run_all", "__init__"))
+    scripts = sorted(f for f in (ROOT / "bench").glob("*.py")
+                     if f.stem not in ("run_all", "__init__", "accelerator_check"))
     if args.only:
         wanted = set(args.only.split(","))
         scripts = [s for s in scripts if s.stem in wanted]

@@ -96,6 +96,42 @@ def test_small_ber_across_keys_and_chunk_continuation():
     assert np.all(per_seg > 0)
 
 
+def test_many_arrays_in_one_loop_equal_one_loop_per_array():
+    """inject_stuck_at_each (one sampler loop for several arrays, as a model's kernels use) gives
+    each array exactly the faults of its own inject_stuck_at, whatever the chunking and segments;
+    its stats are the sum; one compiled loop, not one per array."""
+    sizes = (3000, 7, 1, 1200)
+    ws = [jax.random.bits(jax.random.key(20 + i), (n,), jnp.uint32) for i, n in enumerate(sizes)]
+    ks = [jax.random.key(30 + i) for i in range(len(sizes))]
+    each, st = faults.inject_stuck_at_each(ks, ws, 0.02, 0.3, MASK18)
+    alone = [faults.inject_stuck_at(k, w, 0.02, 0.3, MASK18) for k, w in zip(ks, ws)]
+    for a, (b, _) in zip(each, alone):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(st.n_faults) == sum(int(s.n_faults) for _, s in alone) > 0
+    assert int(st.n_zero_to_one) == sum(int(s.n_zero_to_one) for _, s in alone)
+    assert float(st.n_cells) == 18 * sum(sizes)
+    key_array = jnp.stack(ks)  # a key array works like a list of keys
+    p32, q32 = jnp.float32(0.02), jnp.float32(0.3)
+    for cap, seg in ((sampler.BLOCK, 18 * 500 + 5),):  # small chunks, several segments per array
+        out, nf, _ = words._inject_each(key_array, ws, p32, q32, stored_mask=MASK18, rate_bound=0.02, chunk_cap=cap,
+                                        segment_cells=seg)
+        ref = [words._inject(k, w, p32, q32, stored_mask=MASK18, flip=False, rate_bound=0.02, segment_cells=seg)
+               for k, w in zip(ks, ws)]
+        for a, (b, _) in zip(out, ref):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert int(nf) == sum(int(s.n_faults) for _, s in ref)
+    assert sampler.stream_chunk_blocks([18 * 3000], 0.02) == [sampler.chunk_blocks(18 * 3000, 0.02)]
+    blocks = sampler.stream_chunk_blocks([18 * n for n in sizes], 0.02, chunk_cap=4 * sampler.BLOCK)
+    assert sum(blocks) <= 4 + len(sizes) and min(blocks) >= 1
+    many = jax.jit(lambda ks: faults.inject_stuck_at_each(ks, ws, 0.02, 0.3, MASK18)[0]).lower(ks).as_text()
+    one = jax.jit(lambda k: faults.inject_stuck_at(k, ws[0], 0.02, 0.3, MASK18)[0]).lower(ks[0]).as_text()
+    assert many.count("stablehlo.while") == one.count("stablehlo.while")  # the sampler's loop (and PRNG's)
+    with pytest.raises(JaxfaultError, match="one key per word array"):
+        faults.inject_stuck_at_each(ks[:2], ws, 0.02)
+    same, st0 = faults.inject_stuck_at_each(ks, ws, 0.0)
+    assert all(a is b for a, b in zip(same, ws)) and int(st0.n_faults) == 0
+
+
 def test_edge_rates():
     w = jnp.arange(1000, dtype=jnp.uint32) * jnp.uint32(2654435761)
     out, st = faults.inject_stuck_at(jax.random.key(0), w, 0.0, 0.5, MASK18)

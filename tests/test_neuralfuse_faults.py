@@ -164,6 +164,23 @@ def test_memory_array_map_shared_across_layers_independent_not():
     assert within_binomial(both, n * 8, p * p), (both, n * 8 * p * p)
 
 
+@pytest.mark.parametrize("bits,layout,compat", [(8, "flax", False), (4, "torch", True), (16, "torch", False)])
+def test_independent_placement_is_per_kernel_draws_in_one_loop(bits, layout, compat):
+    """The independent placement draws all kernels in one sampler loop (one compiled sampler per
+    model), with exactly the faults of kernel i drawn alone from fold_in(key, i)."""
+    params = {"c": {"kernel": jax.random.normal(jax.random.key(0), (3, 3, 2, 8)), "bias": jnp.ones(8)},
+              "d": {"kernel": jax.random.normal(jax.random.key(1), (72, 5))},
+              "e": {"kernel": jax.random.normal(jax.random.key(2), (1, 3))}}
+    key = jax.random.key(7)
+    out = perturb_params(params, key, 0.03, 0.5, bits, layout=layout, compat=compat, straight_through=False)
+    for i, name in enumerate(("c", "d", "e")):
+        alone = perturb_kernel(params[name]["kernel"], jax.random.fold_in(key, i), 0.03, 0.5, bits,
+                               straight_through=False, layout=layout, compat=compat)
+        np.testing.assert_array_equal(np.asarray(out[name]["kernel"]), np.asarray(alone))
+    assert np.any(np.asarray(out["d"]["kernel"]) != np.asarray(perturb_kernel(params["d"]["kernel"], key, 0.03, 0.5,
+                                                                               bits, straight_through=False)))
+
+
 def test_same_key_same_model_vmap_equals_loop_and_only_kernels_change():
     params = {"conv": {"kernel": jax.random.normal(jax.random.key(0), (3, 3, 2, 4)), "bias": jnp.ones(4)},
               "dense": {"kernel": jax.random.normal(jax.random.key(1), (32, 10)), "bias": jnp.zeros(10)}}

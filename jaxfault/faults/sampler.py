@@ -137,45 +137,123 @@ def for_each_fault_group(key, n_words: int, positions: np.ndarray, p, q, apply: 
     ``p`` and ``q`` are float32 scalars (static or traced); ``rate_bound`` (static) sizes the
     chunks. Returns (state, n_faults, n_zero_to_one) with int32 counts.
     """
+    return for_each_fault_group_streams([key], [n_words], positions, p, q, apply, state, rate_bound=rate_bound,
+                                        chunk_cap=chunk_cap, segment_cells=segment_cells)
+
+
+def stream_chunk_blocks(cells, rate_bound: float, chunk_cap: int = CHUNK_CAP) -> list[int]:
+    """Blocks per loop iteration of several streams drawn together: each stream's own
+    :func:`chunk_blocks` without the cap, scaled down in proportion (at least one block each) when
+    together they exceed ``chunk_cap`` faults, so that the streams finish in about as many
+    iterations. For one stream this is ``chunk_blocks(cells[0], rate_bound, chunk_cap)``."""
+    want = [chunk_blocks(c, rate_bound, chunk_cap=max(int(c), 1)) for c in cells]
+    cap = max(1, -(-int(chunk_cap) // BLOCK))
+    total = sum(want)
+    if total <= cap:
+        return want
+    return [max(1, b * cap // total) for b in want]
+
+
+def for_each_fault_group_streams(keys, sizes, positions: np.ndarray, p, q, apply: Callable, state, *,
+                                 rate_bound: float, chunk_cap: int = CHUNK_CAP,
+                                 segment_cells: int = MAX_SEGMENT_CELLS):
+    """:func:`for_each_fault_group` for several word arrays at once, in one loop.
+
+    Array i has ``sizes[i]`` words and draws its faults from ``keys[i]`` (a sequence of keys or a
+    key array with one row per array): exactly the faults of
+    ``for_each_fault_group(keys[i], sizes[i], ...)``. Its words are numbered after those of arrays
+    0..i-1 in ``apply``'s word_index (one state over the concatenated words). Every array's chunk
+    is drawn in the same loop iteration (sizes from :func:`stream_chunk_blocks`, ``chunk_cap``
+    faults per iteration in all), so a model with many kernels compiles one sampler, not one per
+    kernel. Returns (state, n_faults, n_zero_to_one) summed over the arrays.
+    """
     S = len(positions)
     nf = jnp.int32(0)
     n01 = jnp.int32(0)
-    if n_words == 0 or S == 0:
+    sizes = [int(n) for n in sizes]
+    total_words = sum(sizes)
+    if total_words == 0 or S == 0:
         return state, nf, n01
     table = jnp.asarray(positions, U32)
     lam = _lam(p)
     thr, always01 = _type_threshold(q)
     seg_words = max(1, segment_cells // S)
-    for s_i, w0 in enumerate(range(0, n_words, seg_words)):
-        nw = min(seg_words, n_words - w0)
-        L = nw * S
-        nb = chunk_blocks(L, rate_bound, chunk_cap)
-        k = nb * BLOCK
-        seg_key = jax.random.fold_in(key, s_i)
+    streams = []  # (array, segment, first word in the concatenation, words)
+    offset = 0
+    for i, n in enumerate(sizes):
+        for s_i, w0 in enumerate(range(0, n, seg_words)):
+            streams.append((i, s_i, offset + w0, min(seg_words, n - w0)))
+        offset += n
+    ns = len(streams)
+    cells = [nw * S for _, _, _, nw in streams]
+    nbs = stream_chunk_blocks(cells, rate_bound, chunk_cap)
+    nb_all = sum(nbs)
+    k = nb_all * BLOCK
+    if ns > 1:  # one vectorised fold_in for every stream's key
+        key_array = keys if isinstance(keys, jax.Array) else jnp.stack(list(keys))
+        seg_keys = jax.vmap(jax.random.fold_in)(key_array[jnp.asarray([i for i, _, _, _ in streams])],
+                                                jnp.asarray([s_i for _, s_i, _, _ in streams], U32))
+    length = jnp.asarray(np.array(cells, np.uint32))
+    first_word = jnp.asarray(np.array([w0 for _, _, w0, _ in streams], np.uint32))
+    nb_vec = jnp.asarray(np.array(nbs, np.uint32))
+    ends = np.cumsum(np.array(nbs) * BLOCK)          # one past each stream's last entry
+    last = jnp.asarray(ends - 1)
+    first = jnp.asarray(ends - np.array(nbs) * BLOCK)
+    if ns == 1:
+        seg_key = jax.random.fold_in(keys[streams[0][0]], 0)
 
-        def body(carry, seg_key=seg_key, nw=nw, L=L, k=k, nb=nb, w0=w0):
-            state, start, blk, nf, n01 = carry
-            r = _block_bits(seg_key, blk, nb)
-            # end = start + cumulative steps. Steps are <= 2^30 + 1 and start < L < 2^30, so every
-            # end up to the first one past L is exact in uint32; later ones may wrap, but the
-            # running max of the "past L" flag marks them invalid anyway.
-            end = start + jnp.cumsum(_gaps_from_bits(r[0], r[1], lam) + U32(1), dtype=U32)
-            valid = jax.lax.cummax((end > U32(L)).astype(jnp.int32), axis=0) == 0
-            pos = end - U32(1)
-            is01 = ((r[2] < thr) | always01) & valid
-            word = jnp.where(valid, pos // U32(S), U32(nw)).astype(jnp.int32)
-            mask = U32(1) << table[jnp.where(valid, pos % U32(S), 0).astype(jnp.int32)]
-            new = jnp.concatenate([jnp.ones((1,), bool), word[1:] != word[:-1]])
-            gid = jnp.cumsum(new.astype(jnp.int32)) - 1
-            g10 = jax.ops.segment_sum(jnp.where(valid & ~is01, mask, U32(0)), gid, k, indices_are_sorted=True)
-            g01 = jax.ops.segment_sum(jnp.where(is01, mask, U32(0)), gid, k, indices_are_sorted=True)
-            gword = jnp.full((k,), nw, jnp.int32).at[gid].set(word)
-            gword = jnp.where(gword < nw, gword + w0, n_words)
-            state = apply(state, gword, g10, g01)
-            nxt = jnp.where(valid[-1], end[-1], U32(GAP_SATURATION))
-            return (state, nxt, blk + U32(nb), nf + jnp.sum(valid, dtype=jnp.int32),
-                    n01 + jnp.sum(is01, dtype=jnp.int32))
+        def per_entry(v):                              # a per-stream value at every entry
+            return v[0]
 
-        carry = (state, U32(0), U32(0), nf, n01)
-        state, _, _, nf, n01 = jax.lax.while_loop(lambda c, L=L: c[1] < U32(L), body, carry)
+        def block_bits(blk):
+            return _block_bits(seg_key, blk[0], nb_all)
+    else:
+        sid = jnp.asarray(np.repeat(np.arange(ns), np.array(nbs) * BLOCK))
+        blk_stream = np.repeat(np.arange(ns), nbs)
+        blk_local = jnp.asarray(np.concatenate([np.arange(b) for b in nbs]).astype(np.uint32))
+        block_keys = seg_keys[jnp.asarray(blk_stream)]
+
+        def per_entry(v):
+            return v[sid]
+
+        def block_bits(blk):
+            idx = blk[jnp.asarray(blk_stream)] + blk_local
+            r = jax.vmap(lambda kk, i: jax.random.bits(jax.random.fold_in(kk, i), (3, BLOCK), U32))(block_keys, idx)
+            return jnp.transpose(r, (1, 0, 2)).reshape(3, k)
+
+    def segmented_cumsum(x):
+        # the cumulative sum restarted at every stream's first entry (exact modulo 2^32 for uint32,
+        # as the unsegmented sum of one stream is)
+        c = jnp.cumsum(x, dtype=x.dtype)
+        if ns == 1:
+            return c
+        before = jnp.concatenate([jnp.zeros((1,), x.dtype), c])[first]
+        return c - per_entry(before)
+
+    def body(carry):
+        state, start, blk, nf, n01 = carry
+        r = block_bits(blk)
+        # end = start + cumulative steps. Steps are <= 2^30 + 1 and start < L < 2^30, so every
+        # end up to the first one past L is exact in uint32; later ones may wrap, but the
+        # running count of the "past L" flag marks them invalid anyway.
+        end = per_entry(start) + segmented_cumsum(_gaps_from_bits(r[0], r[1], lam) + U32(1))
+        valid = segmented_cumsum((end > per_entry(length)).astype(jnp.int32)) == 0
+        pos = end - U32(1)
+        is01 = ((r[2] < thr) | always01) & valid
+        word = jnp.where(valid, pos // U32(S) + per_entry(first_word), U32(total_words)).astype(jnp.int32)
+        mask = U32(1) << table[jnp.where(valid, pos % U32(S), 0).astype(jnp.int32)]
+        new = jnp.concatenate([jnp.ones((1,), bool), word[1:] != word[:-1]])
+        gid = jnp.cumsum(new.astype(jnp.int32)) - 1
+        g10 = jax.ops.segment_sum(jnp.where(valid & ~is01, mask, U32(0)), gid, k, indices_are_sorted=True)
+        g01 = jax.ops.segment_sum(jnp.where(is01, mask, U32(0)), gid, k, indices_are_sorted=True)
+        gword = jnp.full((k,), total_words, jnp.int32).at[gid].set(word)
+        state = apply(state, gword, g10, g01)
+        # a finished stream starts past its end: its later chunks are all invalid
+        nxt = jnp.where(valid[last], end[last], U32(GAP_SATURATION))
+        return (state, nxt, blk + nb_vec, nf + jnp.sum(valid, dtype=jnp.int32),
+                n01 + jnp.sum(is01, dtype=jnp.int32))
+
+    zeros = jnp.zeros((ns,), U32)
+    carry = (state, zeros, zeros, nf, n01)
+    state, _, _, nf, n01 = jax.lax.while_loop(lambda c: jnp.any(c[1] < length), body, carry)
     return state, nf, n01

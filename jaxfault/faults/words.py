@@ -136,6 +136,21 @@ def _inject(key, words, p, q, *, stored_mask: int, flip: bool, rate_bound: float
     return out, fault_stats(nf, n01, words.shape[0] * len(pos))
 
 
+@partial(jax.jit, static_argnames=("stored_mask", "rate_bound", "chunk_cap", "segment_cells"))
+def _inject_each(keys, words, p, q, *, stored_mask: int, rate_bound: float, chunk_cap: int = sampler.CHUNK_CAP,
+                 segment_cells: int = sampler.MAX_SEGMENT_CELLS):
+    pos = stored_positions(stored_mask)
+    sizes = [w.shape[0] for w in words]
+
+    def apply(w, idx, g10, g01):
+        return w.at[idx].set((w[idx] & ~g10) | g01, mode="drop")
+
+    flat = jnp.concatenate(words) if len(words) > 1 else words[0]
+    out, nf, n01 = sampler.for_each_fault_group_streams(keys, sizes, pos, p, q, apply, flat, rate_bound=rate_bound,
+                                                        chunk_cap=chunk_cap, segment_cells=segment_cells)
+    return jnp.split(out, np.cumsum(sizes)[:-1].tolist()), nf, n01
+
+
 @partial(jax.jit, static_argnames=("n_words", "stored_mask", "rate_bound", "chunk_cap", "segment_cells"))
 def _maps(key, p, q, *, n_words: int, stored_mask: int, rate_bound: float,
           chunk_cap: int = sampler.CHUNK_CAP, segment_cells: int = sampler.MAX_SEGMENT_CELLS):
@@ -165,6 +180,30 @@ def inject_stuck_at(key, words, ber, zero_to_one=0.0, stored_mask: int = 0xFFFFF
     if _is_static_zero(ber):
         return words, fault_stats(0, 0, words.shape[0] * len(stored_positions(stored_mask)))
     return _inject(_key(key), words, p, q, stored_mask=int(stored_mask), flip=False, rate_bound=bound)
+
+
+def inject_stuck_at_each(keys, words, ber, zero_to_one=0.0, stored_mask: int = 0xFFFFFFFF, *, rate_bound=None):
+    """Stuck-at faults on several 1-D uint32 word arrays, array i drawn from keys[i] (a list of
+    keys or a key array), in one sampler loop -> (list of faulty arrays, FaultStats over all).
+
+    Array i gets exactly the faults of ``inject_stuck_at(keys[i], words[i], ...)``; drawing them
+    together compiles one sampler instead of one per array (a model's kernels, each with its own
+    key), which keeps the program of a many-layer model small.
+    """
+    p, q, bound = _rates(ber, zero_to_one, rate_bound)
+    words = [_check_word_array(w, f"words[{i}]") for i, w in enumerate(words)]
+    if isinstance(keys, jax.Array):  # a key array, one key per row
+        _key(keys)
+        n_keys = keys.shape[0] if keys.ndim >= (1 if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else 2) else -1
+    else:
+        keys = [_key(k) for k in keys]
+        n_keys = len(keys)
+    check(n_keys == len(words), f"give one key per word array: {n_keys} keys, {len(words)} arrays")
+    cells = sum(w.shape[0] for w in words) * len(stored_positions(stored_mask))
+    if not words or _is_static_zero(ber):
+        return words, fault_stats(0, 0, cells)
+    out, nf, n01 = _inject_each(keys, words, p, q, stored_mask=int(stored_mask), rate_bound=bound)
+    return list(out), fault_stats(nf, n01, cells)
 
 
 def inject_flips(key, words, ber, stored_mask: int = 0xFFFFFFFF, *, rate_bound=None):

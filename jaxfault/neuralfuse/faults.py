@@ -186,7 +186,9 @@ def perturb_kernel(w: jax.Array, key: jax.Array, ber, ber0=0.5, bits: int = 8,
 
 def _perturb_params(params: PyTree, key, ber, ber0, bits, placement, layout, compat, bound, straight_through):
     """(perturbed params, FaultStats over all kernels): the one code path of every SRAM injection."""
-    array_maps = memory_array_maps(key, ber, ber0, rate_bound=bound)[:2] if placement == "memory_array" else None
+    if placement == "independent":
+        return _perturb_params_independent(params, key, ber, ber0, bits, layout, compat, bound, straight_through)
+    array_maps = memory_array_maps(key, ber, ber0, rate_bound=bound)[:2]
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     out, stats, i = [], [], 0
     for path, x in leaves:
@@ -199,6 +201,26 @@ def _perturb_params(params: PyTree, key, ber, ber0, bits, placement, layout, com
         else:
             out.append(x)
     return jax.tree_util.tree_unflatten(treedef, out), F.merge_stats(stats)
+
+
+def _perturb_params_independent(params, key, ber, ber0, bits, layout, compat, bound, straight_through):
+    """The independent placement: kernel i's cells drawn from fold_in(key, i), exactly as
+    _perturb_kernel would draw them one kernel at a time, but every kernel in one sampler loop
+    (one compiled sampler per model instead of one per kernel)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    idx = [j for j, (path, x) in enumerate(leaves) if is_kernel(path, x)]
+    width = _container_bits(bits, compat) or bits
+    quantized = [quantize(leaves[j][1], bits) for j in idx]
+    words = [F.int_to_words(to_layout_order(q, layout), width) for q, _ in quantized]
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(idx), dtype=jnp.uint32))
+    faulty, stats = F.inject_stuck_at_each(keys, words, ber, ber0, F.int_stored_mask(bits), rate_bound=bound)
+    out = [x for _, x in leaves]
+    for j, (q, delta), u in zip(idx, quantized, faulty):
+        w = leaves[j][1]
+        qf = from_layout_order(F.words_to_int(u, width), w.shape, layout)
+        wf = dequantize(qf, delta).astype(w.dtype)
+        out[j] = _straight_through(w, jax.lax.stop_gradient(wf)) if straight_through else wf
+    return jax.tree_util.tree_unflatten(treedef, out), stats
 
 
 def perturb_params(params: PyTree, key: jax.Array, ber, ber0=0.5, bits: int = 8,
