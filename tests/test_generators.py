@@ -162,6 +162,7 @@ def test_shape_and_range_preserved(name, shape):
                                                       jax.tree_util.tree_leaves(v["batch_stats"])))
 
 
+@pytest.mark.slow  # one UNetS compile (~25 s here); padding to a multiple of 8 is also run by the DeConvS/ConvL shape cases
 def test_odd_size_batch_independence_and_zero_output_identity():
     """13x17x2 is padded and cropped; eval mode is per image; a zero output conv gives x' = x."""
     gen = create_generator("UNetS")

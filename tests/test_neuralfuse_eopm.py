@@ -58,7 +58,7 @@ def _batch_moments(gen, gv, x):
     return upd["batch_stats"], s
 
 
-@pytest.mark.parametrize("update", ["reference", "once"])
+@pytest.mark.parametrize("update", ["reference", pytest.param("once", marks=pytest.mark.slow)])
 def test_batch_stats_update_reference_and_once(setup, update):
     """reference: r_N = m^N r + (1 - m^N) s (the reference's N generator calls per batch);
     once: r_1 = m r + (1 - m) s (jaxfault's earlier single update)."""
