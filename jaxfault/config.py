@@ -23,7 +23,9 @@ Rules, each a one-line JaxfaultError naming `where`, the field and the value:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from jaxfault.errors import JaxfaultError, nearest_hint, plain
@@ -153,3 +155,23 @@ def validate(mapping: Mapping, fields: Sequence[Field], where: str = "config") -
         else:
             out[f.name] = f.default
     return out
+
+
+def read_json_object(path, what: str, *, parse_constant: Callable[[str], Any] | None = None) -> dict:
+    """Read a JSON file that must hold one object (a campaign config, a plan). A missing or
+    unreadable file, malformed JSON or another top-level type is a one-line JaxfaultError naming
+    `what` and the path. parse_constant as in json.loads (e.g. to refuse NaN/Infinity there)."""
+    name = f"{what} {str(path)!r}"
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise JaxfaultError(f"{name} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise JaxfaultError(f"cannot read {name}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        obj = json.loads(text, parse_constant=parse_constant)
+    except json.JSONDecodeError as e:
+        raise JaxfaultError(f"{name} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise JaxfaultError(f"{name} must hold a JSON object, got {type(obj).__name__}")
+    return obj

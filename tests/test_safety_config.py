@@ -107,3 +107,19 @@ def test_parse_float_list():
         parse_float_list("0.1,2", "--ber", check=lambda v: 0 <= v <= 1, requirement="in [0, 1]")
     assert parse_float_list("1,1", "--x", allow_duplicates=True) == [1.0, 1.0]
     assert math.isfinite(parse_float_list("-1e-3", "--x")[0])
+
+
+@pytest.mark.parametrize("content,match", [(b"\xff\xfe", "cannot read campaign config"), (b"[1]", "must hold a JSON object, got list"),
+                                           (b"{", "is not valid JSON")])
+def test_unreadable_or_non_object_config_files_are_one_line(tmp_path, content, match):
+    """One reader for campaign configs and plan files: bytes that are not UTF-8, a JSON list and
+    malformed JSON are JaxfaultErrors naming the file, never a traceback."""
+    from jaxfault.campaign.config import load_config
+    from jaxfault.plan import load_plan
+
+    f = tmp_path / "c.json"
+    f.write_bytes(content)
+    with pytest.raises(JaxfaultError, match=match):
+        load_config(str(f))
+    with pytest.raises(JaxfaultError, match=match.replace("campaign config", "plan file")):
+        load_plan(f)

@@ -23,6 +23,7 @@ from jaxfault.campaign import methods
 from jaxfault.campaign.grid import expand_grid
 from jaxfault.campaign.runner import EvalData
 from jaxfault.checkpoints import checkpoint_digest
+from jaxfault.config import read_json_object
 from jaxfault.errors import JaxfaultError, nearest_hint
 
 DEFAULTS = {"output": "runs/campaign/results.jsonl", "checkpoint": None, "seed": 0, "trials": 20,
@@ -77,18 +78,7 @@ def validate_config(config: dict) -> dict:
 
 def load_config(path: str, overrides: dict | None = None) -> dict:
     """Read a campaign config file, apply non-None overrides, validate."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise JaxfaultError(f"campaign config {path!r} does not exist") from None
-    except OSError as e:
-        raise JaxfaultError(f"cannot read campaign config {path!r}: {e.strerror}") from None
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise JaxfaultError(f"campaign config {path!r} is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise JaxfaultError(f"campaign config {path!r} must be a JSON object")
+    config = read_json_object(path, "campaign config")
     config.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return validate_config(config)
 

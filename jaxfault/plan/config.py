@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxfault import engine
-from jaxfault.config import Field, validate
+from jaxfault.config import Field, read_json_object, validate
 from jaxfault.errors import JaxfaultError, plain
 from jaxfault.plan import knobs
 
@@ -177,18 +177,7 @@ def active_stages(plan: dict) -> tuple[str, ...]:
 
 def load_plan(path, overrides: dict | None = None) -> dict:
     """Read a plan file, apply non-None top-level overrides, validate."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise JaxfaultError(f"plan file {str(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise JaxfaultError(f"cannot read plan file {str(path)!r}: {e}") from None
-    try:
-        plan = json.loads(text, parse_constant=lambda c: _non_finite(c))
-    except json.JSONDecodeError as e:
-        raise JaxfaultError(f"plan file {str(path)!r} is not valid JSON: {e}") from None
-    if not isinstance(plan, dict):
-        raise JaxfaultError(f"plan file {str(path)!r} must hold a JSON object")
+    plan = read_json_object(path, "plan file", parse_constant=_non_finite)
     plan.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return validate_plan(plan)
 
