@@ -17,6 +17,15 @@ def _bn(train: bool, name: str | None = None):
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
+def _lenet_head(x, num_classes: int, quant_bits: int | None):
+    """The fully connected part LeNet5 and LeNetSWIM share: flatten, 120-84 with ReLU, classes.
+    Called inside a compact __call__, so its Dense layers are the caller's Dense_0..Dense_2."""
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(Dense(120, quant_bits=quant_bits)(x))
+    x = nn.relu(Dense(84, quant_bits=quant_bits)(x))
+    return Dense(num_classes, quant_bits=quant_bits)(x)
+
+
 class LeNet5(nn.Module):
     """LeNet-5: conv5x5(6, pad 2)-pool-conv5x5(16)-pool-120-84-classes, ReLU, max pooling."""
 
@@ -32,10 +41,7 @@ class LeNet5(nn.Module):
         x = nn.relu(Conv(16, (5, 5), padding="VALID" if min(x.shape[1:3]) >= 5 else "SAME", quant_bits=q,
                          conv_impl=self.conv_impl)(x))
         x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
-        x = x.reshape((x.shape[0], -1))
-        x = nn.relu(Dense(120, quant_bits=q)(x))
-        x = nn.relu(Dense(84, quant_bits=q)(x))
-        return Dense(self.num_classes, quant_bits=q)(x)
+        return _lenet_head(x, self.num_classes, q)
 
 
 class LeNetSWIM(nn.Module):
@@ -56,10 +62,7 @@ class LeNetSWIM(nn.Module):
         for features in (6, 16):
             x = nn.relu(Conv(features, (3, 3), padding=((1, 1), (1, 1)), quant_bits=q, conv_impl=self.conv_impl)(x))
             x = nn.max_pool(x, (2, 2), (2, 2), padding="VALID")
-        x = x.reshape((x.shape[0], -1))
-        x = nn.relu(Dense(120, quant_bits=q)(x))
-        x = nn.relu(Dense(84, quant_bits=q)(x))
-        return Dense(self.num_classes, quant_bits=q)(x)
+        return _lenet_head(x, self.num_classes, q)
 
 
 class ConvNet(nn.Module):

@@ -128,16 +128,22 @@ class _Reference(_PadCrop):
         """conv + BN + ReLU, parameters named conv{name} / bn{name} as the reference's layers."""
         return nn.relu(_bn(train, f"bn{name}")(self.conv(features, f"conv{name}")(x)))
 
+    def encoder_l(self, x, train: bool):
+        """The encoder ConvL and DeConvL share: three stages of two conv-BN-ReLU (32, 64, 128
+        features) each followed by a 2x2 max-pool, named conv{stage}_{1,2} / bn{stage}_{1,2}."""
+        for stage, wd in zip((1, 2, 3), (32, 64, 128)):
+            x = self.cbr(x, wd, f"{stage}_1", train)
+            x = self.cbr(x, wd, f"{stage}_2", train)
+            x = _maxpool2(x)
+        return x
+
 
 class ConvLReference(_Reference):
     """The reference ConvL (see the module docstring)."""
 
     def body(self, x, train: bool):
         c = x.shape[-1]
-        for stage, wd in zip((1, 2, 3), (32, 64, 128)):
-            x = self.cbr(x, wd, f"{stage}_1", train)
-            x = self.cbr(x, wd, f"{stage}_2", train)
-            x = _maxpool2(x)
+        x = self.encoder_l(x, train)
         for stage, (w1, w2) in zip((4, 5, 6), ((128, 128), (64, 64), (32, 32))):
             x = self.cbr(x, w1, f"{stage}_1", train)
             x = _upsample2(x)
@@ -162,10 +168,7 @@ class DeConvLReference(_Reference):
 
     def body(self, x, train: bool):
         c = x.shape[-1]
-        for stage, wd in zip((1, 2, 3), (32, 64, 128)):
-            x = self.cbr(x, wd, f"{stage}_1", train)
-            x = self.cbr(x, wd, f"{stage}_2", train)
-            x = _maxpool2(x)
+        x = self.encoder_l(x, train)
         x = self.cbr(x, 128, "_mid", train)
         for stage, wd in zip((4, 5), (64, 32)):
             x = nn.relu(_bn(train, f"bn{stage}_1")(self.deconv(wd, f"dconv{stage}_1", 4, 1)(x)))
