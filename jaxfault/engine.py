@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.errors import JaxfaultError, check, nearest_hint
+from jaxfault.precision import PRECISIONS, check_precision, precision_scope  # noqa: F401 - the engine's precision policy
 
 STRATEGIES = ("auto", "vmap", "map", "loop")
-PRECISIONS = ("highest", "high", "default")
 PyTree = Any
 
 
@@ -73,24 +73,6 @@ def map_over(fn: Callable, xs, strategy: str = "auto"):
     if kind == "vmap":
         return jax.vmap(fn)(xs)
     return jax.lax.map(fn, xs, batch_size=chunk)
-
-
-def check_precision(precision: str) -> str:
-    """Validate a float32 matmul precision name."""
-    if precision not in PRECISIONS:
-        raise JaxfaultError(f"unknown precision {precision!r}{nearest_hint(precision, PRECISIONS)}; "
-                            f"choose one of {', '.join(PRECISIONS)}")
-    return precision
-
-
-def precision_scope(precision: str):
-    """Context that sets float32 matmul/conv precision while tracing ('default': backend's own)."""
-    check_precision(precision)
-    if precision == "default":
-        import contextlib
-
-        return contextlib.nullcontext()
-    return jax.default_matmul_precision(precision)
 
 
 def summarize(values, axis=None) -> dict:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxfault.cli import progress
+from jaxfault.progress import progress
 from jaxfault.data import Dataset
 from jaxfault.errors import JaxfaultError
 from jaxfault.models import init_variables
@@ -176,7 +176,7 @@ def train_classifier(model, dataset: Dataset, *, precision: str = "default", **k
     precision, the float32 matmul/conv precision of the training steps ('default': the backend's
     fast mode, e.g. TF32 on NVIDIA GPUs; 'highest': full float32).
     """
-    from jaxfault.engine import precision_scope
+    from jaxfault.precision import precision_scope
 
     with precision_scope(precision):
         return _train_classifier_body(model, dataset, **kwargs)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.checkpoints import load_checkpoint, read_metadata, save_checkpoint
-from jaxfault.cli import progress
+from jaxfault.progress import progress
 from jaxfault.data import batches, load_dataset
 from jaxfault.errors import JaxfaultError, check
 from jaxfault.keys import root_key, stream
@@ -186,7 +186,7 @@ def train_neuralfuse(base_checkpoint, out, *, precision: str = "default", **kwar
     precision: the float32 matmul/conv precision of the EOPM steps ('default': the backend's fast
     mode, e.g. TF32 on NVIDIA GPUs; 'highest': full float32).
     """
-    from jaxfault.engine import precision_scope
+    from jaxfault.precision import precision_scope
 
     with precision_scope(precision):
         return _train_neuralfuse_body(base_checkpoint, out, **kwargs)
