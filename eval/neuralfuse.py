@@ -19,6 +19,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--sweep", default=None, help="comma-separated BERs to evaluate instead of --ber (adds a plot)")
     p.add_argument("--ber0", type=probability, default=None, help="share stuck at 1 (default: as trained)")
     p.add_argument("--placement", default=None, help="independent or memory_array (default: as trained)")
+    p.add_argument("--layout", default=None, help="weight order in the SRAM words, torch or flax (default: as trained)")
     p.add_argument("--models", type=positive_int, default=10, help="unseen perturbed models per BER (M)")
     p.add_argument("--checkpoint", default=None, help="base classifier (default: the one the generator was trained on)")
     p.add_argument("--test-subset", type=positive_int, default=None, help="evaluate on the first N test images (default: all)")
@@ -39,6 +40,10 @@ def main(argv=None) -> int:
         from jaxfault.neuralfuse.faults import check_placement
 
         check_placement(args.placement)
+    if args.layout is not None:
+        from jaxfault.neuralfuse.faults import check_layout
+
+        check_layout(args.layout)
     sweep = args.sweep is not None
     bers = (parse_float_list(args.sweep, "--sweep", check=lambda v: 0 <= v <= 1, requirement="in [0, 1]") if sweep
             else ([args.ber] if args.ber is not None else None))
@@ -47,7 +52,7 @@ def main(argv=None) -> int:
     if sweep:
         check_output_path(out / "neuralfuse_sweep.png", overwrite=args.overwrite, flag="--out")
     report = evaluate_generator(args.generator_checkpoint, bers=bers, ber0=args.ber0, placement=args.placement,
-                                models=args.models, base_checkpoint=args.checkpoint, test_subset=args.test_subset,
+                                layout=args.layout, models=args.models, base_checkpoint=args.checkpoint, test_subset=args.test_subset,
                                 batch_size=args.batch_size, strategy=args.strategy, precision=args.precision,
                                 data_dir=args.data_dir)
     atomic_write_json(out / "neuralfuse_eval.json", report)

@@ -110,16 +110,26 @@ def test_int_stuck_at_16_bits_spot_values():
     np.testing.assert_array_equal(got, [32767, -32768, 4, -32768, -1])
 
 
-def test_perturb_kernel_is_quantize_fault_dequantize():
+@pytest.mark.parametrize("layout", ["torch", "flax", None])
+def test_perturb_kernel_is_quantize_fault_dequantize(layout):
+    """Word k of the masks hits weight k in the layout's order: PyTorch's OIHW flatten (the
+    default, layout None) or the Flax kernel's HWIO flatten."""
     w = jax.random.normal(jax.random.key(1), (3, 3, 4, 8))
     key = jax.random.key(2)
-    got = jax.jit(lambda w, k: perturb_kernel(w, k, 0.05))(w, key)
+    opts = {} if layout is None else {"layout": layout}
+    got = jax.jit(lambda w, k: perturb_kernel(w, k, 0.05, **opts))(w, key)
     q, delta = quantize(w, 8)
     m10, m01 = jax.jit(lambda k: fault_masks(k, w.size, 0.05, 0.5, 8))(key)
-    want = dequantize(F.apply_stuck_at_int(q.reshape(-1), m10, m01, 8).reshape(w.shape), delta)
+    if layout == "flax":
+        faulty_q = F.apply_stuck_at_int(q.reshape(-1), m10, m01, 8).reshape(w.shape)
+    else:  # HWIO -> OIHW, flatten, fault, back
+        q_torch = jnp.transpose(q, (3, 2, 0, 1))
+        faulty_q = jnp.transpose(F.apply_stuck_at_int(q_torch.reshape(-1), m10, m01, 8).reshape(q_torch.shape),
+                                 (2, 3, 1, 0))
+    want = dequantize(faulty_q, delta)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     # ber = 0 -> exactly the quantized model
-    np.testing.assert_array_equal(np.asarray(jax.jit(lambda w, k: perturb_kernel(w, k, 0.0))(w, key)),
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda w, k: perturb_kernel(w, k, 0.0, **opts))(w, key)),
                                   np.asarray(dequantize(q, delta)))
 
 

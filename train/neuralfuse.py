@@ -11,7 +11,7 @@ from jaxfault.engine import PRECISIONS
 from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
 from jaxfault.models.generators import GENERATOR_NAMES, create_generator
-from jaxfault.neuralfuse.faults import PLACEMENTS
+from jaxfault.neuralfuse.faults import LAYOUTS, PLACEMENTS
 from jaxfault.quant import check_bits
 
 
@@ -21,6 +21,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--ber0", type=probability, default=0.5, help="share of faulty cells stuck at 1 (default 0.5)")
     p.add_argument("--bits", type=positive_int, default=None, help="weight precision 4/8/16 (default: the base's QAT bits)")
     p.add_argument("--placement", default="memory_array", help=f"fault placement: {', '.join(PLACEMENTS)}")
+    p.add_argument("--layout", default="torch",
+                   help=f"weight order in the SRAM words: {', '.join(LAYOUTS)} (torch: the reference's order)")
     p.add_argument("--generator", default="UNetS", help=f"one of {', '.join(GENERATOR_NAMES)}")
     p.add_argument("--n-models", type=positive_int, default=5, help="perturbed models per step (N)")
     p.add_argument("--lam", type=nonneg_float, default=5.0, help="weight of the perturbed loss (lambda)")
@@ -84,6 +86,8 @@ def main(argv=None) -> int:
     create_generator(args.generator)  # validates the name before any expensive work
     if args.placement not in PLACEMENTS:
         raise JaxfaultError(f"unknown fault placement {args.placement!r}; choose one of {', '.join(PLACEMENTS)}")
+    if args.layout not in LAYOUTS:
+        raise JaxfaultError(f"unknown weight layout {args.layout!r}; choose one of {', '.join(LAYOUTS)}")
     from jaxfault.checkpoints import read_metadata
 
     for flag, path, kind in (("--checkpoint", args.checkpoint, "classifier"),
@@ -100,7 +104,7 @@ def main(argv=None) -> int:
 
         base = default_classifier(model=args.model, qat=True, data_dir=args.data_dir)
     res = train_neuralfuse(base, args.out, generator=args.generator, ber=args.ber, ber0=args.ber0, bits=args.bits,
-                           placement=args.placement, n_models=args.n_models, lam=args.lam, epochs=args.epochs,
+                           placement=args.placement, layout=args.layout, n_models=args.n_models, lam=args.lam, epochs=args.epochs,
                            batch_size=args.batch_size, learning_rate=args.lr, decay_rate=args.decay_rate,
                            decay_every=args.decay_every, seed=args.seed, train_subset=args.train_subset,
                            strategy=args.strategy, data_dir=args.data_dir, save_every=args.save_every,

@@ -53,7 +53,7 @@ from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.keys import stream
 from jaxfault.models.generators import BN_MOMENTUM
 from jaxfault.models.layers import with_conv_impl
-from jaxfault.neuralfuse.faults import check_placement, perturb_variables
+from jaxfault.neuralfuse.faults import check_layout, check_placement, perturb_variables
 from jaxfault.quant import check_bits
 
 TRAIN_SEED_HIGH = 30000
@@ -71,6 +71,7 @@ class EOPMConfig:
     ber0: float = 0.5
     bits: int = 8
     placement: str = "independent"
+    layout: str = "torch"  # weight order in the SRAM words (jaxfault.neuralfuse.faults)
     n_models: int = 10
     lam: float = 5.0
     strategy: str = "auto"
@@ -82,6 +83,7 @@ class EOPMConfig:
         check_probability("ber0", self.ber0)
         check_bits(self.bits)
         check_placement(self.placement)
+        check_layout(self.layout)
         check(isinstance(self.n_models, int) and self.n_models >= 1, f"n_models must be >= 1, got {self.n_models!r}")
         check(self.lam >= 0, f"lam must be >= 0, got {self.lam!r}")
         parse_strategy(self.strategy)
@@ -162,7 +164,8 @@ def make_loss_fns(generator, model, cfg: EOPMConfig):
                                mutable=["batch_stats"])
 
     def perturbed_ce(base_vars, xb, y, seed):
-        pv = perturb_variables(base_vars, perturbed_model_key(seed), cfg.ber, cfg.ber0, cfg.bits, cfg.placement)
+        pv = perturb_variables(base_vars, perturbed_model_key(seed), cfg.ber, cfg.ber0, cfg.bits, cfg.placement,
+                               layout=cfg.layout)
         logits = faulty_model.apply(pv, xb, train=False)
         return cross_entropy(logits, y), accuracy(logits, y)
 

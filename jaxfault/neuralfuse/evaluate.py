@@ -14,8 +14,8 @@ from jaxfault.checkpoints import META_FILE, load_checkpoint
 from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.models.generators import create_generator
 from jaxfault.neuralfuse.eopm import eval_seeds, seeds_to_keys, to_base_range
-from jaxfault.neuralfuse.faults import SRAMBitErrors, check_placement
-from jaxfault.neuralfuse.train import GENERATOR_KIND
+from jaxfault.neuralfuse.faults import SRAMBitErrors, check_layout, check_placement
+from jaxfault.neuralfuse.train import GENERATOR_KIND, LEGACY_DEFAULTS
 from jaxfault.quant import check_bits
 from jaxfault.training import make_accuracy_fn
 
@@ -67,10 +67,13 @@ def _stats(values) -> dict:
             "per_model": [float(v) for v in np.asarray(values)]}
 
 
-def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=None, models: int = 10,
+def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=None, layout=None, models: int = 10,
                        base_checkpoint=None, test_subset: int | None = None, batch_size: int = 1000,
                        strategy: str = "auto", precision: str = "highest", data_dir=None) -> dict:
-    """Evaluate a trained generator at one or more BERs; returns a JSON-ready dict."""
+    """Evaluate a trained generator at one or more BERs; returns a JSON-ready dict.
+
+    bers, ber0, placement and layout default to the generator's training settings (a generator
+    checkpoint without a layout was trained in Flax's weight order)."""
     from jaxfault.data import load_dataset
 
     for b in bers or []:
@@ -80,6 +83,7 @@ def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=
     bers = list(bers) if bers is not None else [cfg["ber"]]
     ber0 = cfg.get("ber0", 0.5) if ber0 is None else check_probability("ber0", ber0)
     placement = check_placement(placement or cfg.get("placement", "independent"))
+    layout = check_layout(layout or cfg.get("layout", LEGACY_DEFAULTS["layout"]))
     check(models >= 1, f"--models must be >= 1, got {models}")
     base_path = base_checkpoint or cfg.get("base_checkpoint")
     if not base_path or not Path(base_path).exists():
@@ -103,7 +107,7 @@ def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=
     seeds = eval_seeds(models)
     # the engine evaluates the M perturbed models (one key per seed) at every BER, once on the plain
     # and once on the generator's images: the same compiled program and the same faulty models
-    fm = SRAMBitErrors(ber0=ber0, bits=bits, placement=placement).with_rate_bound(max(bers))
+    fm = SRAMBitErrors(ber0=ber0, bits=bits, placement=placement, layout=layout).with_rate_bound(max(bers))
     keys = seeds_to_keys(seeds)
     program = engine.make_trial_program(
         engine.make_metric_fn(engine.evaluation_form(base.model, base_vars)[0], min(batch_size, len(y))), fm,
@@ -121,7 +125,7 @@ def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=
     return {"generator_checkpoint": str(Path(generator_checkpoint).absolute()), "generator": cfg.get("generator"),
             "base_checkpoint": str(Path(base_path).absolute()), "base_model": base.config.get("model"),
             "dataset": data.name, "test_images": int(len(x)), "trained_ber": cfg.get("ber"), "ber0": ber0,
-            "bits": bits, "placement": placement, "models": models,
+            "bits": bits, "placement": placement, "layout": layout, "models": models,
             "seeds": [int(s) for s in np.asarray(seeds)], "clean": clean,
             "clean_drop": clean["without"] - clean["with"], "results": results}
 

@@ -19,9 +19,14 @@ Placements (see :mod:`jaxfault.faults.placement`):
   ``slot * 8 + b``. A row holds ``W = 128 // bits`` words; for 4 or 16 bits the same "row
   pattern repeated 16 times" rule gives row ``(k // (16 W)) mod 8192`` and slot ``k mod W``.
 
-Weight order (``layout``): ``"flax"`` numbers the weights in the row-major order of the Flax
-kernel (conv HWIO, dense (in, out)); ``"torch"`` in PyTorch's order (conv OIHW, dense
-(out, in)), so that a map recorded by the PyTorch reference hits the same physical weights.
+Weight order (``layout``): ``"torch"`` (default) numbers the weights in PyTorch's order (conv
+OIHW, dense (out, in)), the order in which the reference stores a layer, so that its memory-array
+map hits the same physical weights; ``"flax"`` in the row-major order of the Flax kernel (conv
+HWIO, dense (in, out)). Under the memory-array placement the order matters for more than
+bookkeeping: weight k and weight k + 16 share a fault pattern, so in PyTorch's order the repeats
+fall inside one output channel's filter, in Flax's order across 16 output channels of one
+input position, and the damage a model suffers differs (docs/neuralfuse.md measures it).
+Under the independent placement the order only permutes i.i.d. draws.
 
 ``compat=True`` reproduces the reference code for 4-bit words: the row index is
 ``k // (W * W)`` (W = 32, so k // 1024 instead of k // 512), and the 4-bit word lives in the low
@@ -167,7 +172,7 @@ def _resolved(ber, ber0, rate_bound):
 
 def perturb_kernel(w: jax.Array, key: jax.Array, ber, ber0=0.5, bits: int = 8,
                    placement: str = "independent", array_codes: jax.Array | None = None,
-                   straight_through: bool = True, *, layout: str = "flax", compat: bool = False,
+                   straight_through: bool = True, *, layout: str = "torch", compat: bool = False,
                    rate_bound=None) -> jax.Array:
     """Quantize one kernel, inject stuck-at faults, return the dequantized faulty kernel.
 
@@ -224,7 +229,7 @@ def _perturb_params_independent(params, key, ber, ber0, bits, layout, compat, bo
 
 
 def perturb_params(params: PyTree, key: jax.Array, ber, ber0=0.5, bits: int = 8,
-                   placement: str = "independent", straight_through: bool = True, *, layout: str = "flax",
+                   placement: str = "independent", straight_through: bool = True, *, layout: str = "torch",
                    compat: bool = False, rate_bound=None) -> PyTree:
     """One perturbed model: every conv/dense kernel quantized, faulted and dequantized.
 
@@ -288,7 +293,7 @@ class SRAMBitErrors(FaultModel):
     ber0: float = 0.5
     bits: int = 8
     placement: str = "independent"
-    layout: str = "flax"
+    layout: str = "torch"
     compat: bool = False
     rate_bound: float = DEFAULT_RATE_BOUND
 

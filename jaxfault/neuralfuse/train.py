@@ -21,8 +21,12 @@ from jaxfault.neuralfuse.eopm import EOPMConfig, init_train_state, make_eopm_ste
 GENERATOR_KIND = "neuralfuse_generator"
 STATE_KIND = "neuralfuse_train_state"
 # settings that must match when --resume continues a run
-RESUME_KEYS = ("generator", "base_checkpoint", "ber", "ber0", "bits", "placement", "n_models", "lam", "epochs",
+RESUME_KEYS = ("generator", "base_checkpoint", "ber", "ber0", "bits", "placement", "layout", "n_models", "lam", "epochs",
                "batch_size", "learning_rate", "decay_rate", "seed", "train_subset", "init_generator")
+
+
+# the value of a setting that checkpoints written before it existed were trained with
+LEGACY_DEFAULTS = {"layout": "flax"}
 
 
 def load_base(checkpoint) -> tuple:
@@ -55,7 +59,7 @@ def _save_state(directory: Path, state: dict, config: dict, progress_info: dict)
 def _load_state(directory: Path, template: dict, config: dict) -> tuple[dict, dict]:
     meta = read_metadata(directory)["config"]
     for k in RESUME_KEYS:
-        if k in config and meta.get(k) != config[k]:
+        if k in config and meta.get(k, LEGACY_DEFAULTS.get(k)) != config[k]:
             raise JaxfaultError(f"cannot --resume from {directory}: {k} was {meta.get(k)!r}, now {config[k]!r}")
     ck = load_checkpoint(directory, kind=STATE_KIND)
     stored = ck.variables["leaves"]
@@ -66,7 +70,7 @@ def _load_state(directory: Path, template: dict, config: dict) -> tuple[dict, di
 
 
 def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "UNetS", ber: float = 0.01, ber0: float = 0.5,
-                     bits: int | None = None, placement: str = "memory_array", n_models: int = 5, lam: float = 5.0,
+                     bits: int | None = None, placement: str = "memory_array", layout: str = "torch", n_models: int = 5, lam: float = 5.0,
                      epochs: int = 3, batch_size: int = 128, learning_rate: float = 2e-3, decay_rate: float = 0.5,
                      decay_every: int | None = None, seed: int = 0, train_subset: int | None = None,
                      strategy: str = "auto", data_dir=None, save_every: int = 50, resume: bool = False,
@@ -79,7 +83,7 @@ def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "UNetS", be
     base, base_range = load_base(base_checkpoint)
     qbits = base.config.get("quant_bits")
     bits = bits if bits is not None else (qbits or 8)
-    cfg = EOPMConfig(ber=ber, ber0=ber0, bits=bits, placement=placement, n_models=n_models, lam=lam,
+    cfg = EOPMConfig(ber=ber, ber0=ber0, bits=bits, placement=placement, layout=layout, n_models=n_models, lam=lam,
                      strategy=strategy, base_range=base_range).validate()
     if qbits is not None and bits != qbits:
         raise JaxfaultError(f"precision {bits} differs from the base model's QAT precision {qbits}")
@@ -102,7 +106,7 @@ def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "UNetS", be
     config = {"kind": GENERATOR_KIND, "generator": generator, "base_checkpoint": str(Path(base.path).absolute()),
               "base_model": base.config.get("model"), "dataset": data.name, "input_shape": list(data.input_shape),
               "value_range": "symmetric", "base_value_range": base_range, "ber": ber, "ber0": ber0, "bits": bits,
-              "placement": placement, "n_models": n_models, "lam": lam, "epochs": epochs, "batch_size": batch_size,
+              "placement": placement, "layout": layout, "n_models": n_models, "lam": lam, "epochs": epochs, "batch_size": batch_size,
               "learning_rate": learning_rate, "decay_rate": decay_rate, "decay_every": decay_every, "seed": seed,
               "train_subset": train_subset, "strategy": strategy,
               "init_generator": None if init_generator_checkpoint is None
@@ -181,7 +185,7 @@ def train_neuralfuse(base_checkpoint, out, *, precision: str = "default", **kwar
     neuralfuse_generator) and out/state (for --resume); returns the final metrics.
 
     Keyword arguments are those of the training loop (generator, ber, ber0, bits, placement,
-    n_models, lam, epochs, batch_size, learning_rate, decay_rate, decay_every, seed,
+    layout, n_models, lam, epochs, batch_size, learning_rate, decay_rate, decay_every, seed,
     train_subset, strategy, data_dir, save_every, resume, init_generator_checkpoint, log), plus
     precision: the float32 matmul/conv precision of the EOPM steps ('default': the backend's fast
     mode, e.g. TF32 on NVIDIA GPUs; 'highest': full float32).
