@@ -182,3 +182,46 @@ def test_eval_refuses_a_folder_without_a_generator(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: no NeuralFuse generator checkpoint in") and "--resume" in err
 
+
+
+def test_evaluation_uses_the_generators_weight_order(tmp_path, qat_lenet_checkpoint):
+    """evaluate_generator faults the weights in the order the generator was trained with (its
+    config's layout; a checkpoint written before the layout was recorded was trained in Flax's
+    order), and an explicit layout overrides it."""
+    import jax
+
+    from jaxfault.checkpoints import save_checkpoint
+    from jaxfault.models.generators import create_generator, init_generator
+    from jaxfault.neuralfuse.evaluate import evaluate_generator
+
+    gv = init_generator(create_generator("UNetS"), jax.random.key(0), (28, 28, 1))
+    common = {"kind": "neuralfuse_generator", "generator": "UNetS", "input_shape": [28, 28, 1], "ber": 0.05,
+              "ber0": 0.5, "placement": "memory_array", "base_checkpoint": str(qat_lenet_checkpoint)}
+    save_checkpoint(tmp_path / "torch", gv, {**common, "layout": "torch"})
+    save_checkpoint(tmp_path / "legacy", gv, common)
+
+    def run(ck, **kw):
+        return evaluate_generator(tmp_path / ck, models=2, test_subset=300, **kw)
+
+    torch_rep, legacy_rep, legacy_as_torch = run("torch"), run("legacy"), run("legacy", layout="torch")
+    assert (torch_rep["layout"], legacy_rep["layout"], legacy_as_torch["layout"]) == ("torch", "flax", "torch")
+
+    def per_model(rep):
+        r = rep["results"][0]
+        return r["perturbed_without"]["per_model"] + r["perturbed_with"]["per_model"]
+
+    assert per_model(legacy_as_torch) == per_model(torch_rep)
+    assert per_model(legacy_rep) != per_model(torch_rep)   # the other order faults other weights
+
+
+def test_resume_of_a_run_from_before_the_layout_was_recorded(tmp_path):
+    """A state saved without a layout was trained in Flax's order: --resume continues it with
+    layout flax and refuses to switch it to torch."""
+    from jaxfault.errors import JaxfaultError
+
+    template = {"w": np.zeros(3, np.float32)}
+    nftrain._save_state(tmp_path / "state", template, {"ber": 0.01}, {"global_step": 1})
+    state, meta = nftrain._load_state(tmp_path / "state", template, {"ber": 0.01, "layout": "flax"})
+    assert meta["global_step"] == 1
+    with pytest.raises(JaxfaultError, match="layout was 'flax', now 'torch'"):
+        nftrain._load_state(tmp_path / "state", template, {"ber": 0.01, "layout": "torch"})

@@ -50,6 +50,30 @@ def test_batched_loss_and_grads_equal_per_model_loop(setup, strategy):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["torch", "flax", None])
+def test_perturbed_models_of_a_step_use_the_configured_weight_order(setup, layout):
+    """The step's perturbed model of seed s is perturb_variables(base, key(s), ..., layout=cfg.layout):
+    the memory-array faults land on the weights of that order (layout None: PyTorch's)."""
+    import optax
+
+    model, base, gen, gv, x, y = setup
+    cfg = EOPMConfig(ber=0.05, n_models=1, lam=1.0, strategy="map", placement="memory_array", layout=layout)
+    (_, aux), _ = eopm_loss_and_grads(gen, model, cfg)(gv["params"], gv["batch_stats"], base, x, y, jnp.array([11]))
+    xg = gen.apply(gv, x, train=True, mutable=["batch_stats"])[0]
+
+    def ce(order):
+        pv = perturb_variables(base, perturbed_model_key(11), 0.05, 0.5, 8, "memory_array", layout=order)
+        logits = model.clone(quant_bits=None).apply(pv, xg, train=False)
+        return float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
+
+    order = layout or "torch"
+    other = "flax" if order == "torch" else "torch"
+    np.testing.assert_allclose(float(aux["perturbed_ce"]), ce(order), rtol=1e-5)
+    assert abs(ce(order) - ce(other)) > 1e-4      # the two orders give other perturbed models
+    with pytest.raises(JaxfaultError, match="layout"):
+        EOPMConfig(layout="tf").validate()
+
+
 def _batch_moments(gen, gv, x):
     """(running stats after one train-mode call, the batch statistics s it moved towards)."""
     _, upd = gen.apply(gv, x, train=True, mutable=["batch_stats"])

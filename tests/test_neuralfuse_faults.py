@@ -112,15 +112,15 @@ def test_int_stuck_at_16_bits_spot_values():
 
 @pytest.mark.parametrize("layout", ["torch", "flax", None])
 def test_perturb_kernel_is_quantize_fault_dequantize(layout):
-    """Word k of the masks hits weight k in the layout's order: PyTorch's OIHW flatten (the
-    default, layout None) or the Flax kernel's HWIO flatten."""
+    """Word k of the masks hits weight k in the layout's order: PyTorch's OIHW flatten or the
+    Flax kernel's HWIO flatten (the independent placement's default, layout None)."""
     w = jax.random.normal(jax.random.key(1), (3, 3, 4, 8))
     key = jax.random.key(2)
     opts = {} if layout is None else {"layout": layout}
     got = jax.jit(lambda w, k: perturb_kernel(w, k, 0.05, **opts))(w, key)
     q, delta = quantize(w, 8)
     m10, m01 = jax.jit(lambda k: fault_masks(k, w.size, 0.05, 0.5, 8))(key)
-    if layout == "flax":
+    if layout in ("flax", None):
         faulty_q = F.apply_stuck_at_int(q.reshape(-1), m10, m01, 8).reshape(w.shape)
     else:  # HWIO -> OIHW, flatten, fault, back
         q_torch = jnp.transpose(q, (3, 2, 0, 1))
@@ -394,3 +394,23 @@ def test_bad_input_raises(kwargs, match):
     args = {"ber": 0.01, **kwargs}
     with pytest.raises(JaxfaultError, match=match):
         perturb_params(params, jax.random.key(0), **args)
+
+
+def test_default_weight_order_follows_the_placement():
+    """The memory array defaults to PyTorch's order (the reference's storage order, which decides
+    which weights share a row pattern); independent faults to Flax's (order is immaterial there)."""
+    from jaxfault.neuralfuse.faults import resolve_layout
+
+    assert SRAMBitErrors(placement="memory_array").layout == "torch"
+    assert SRAMBitErrors().layout == "flax"
+    assert SRAMBitErrors(placement="memory_array", layout="flax").layout == "flax"
+    assert resolve_layout(None, "memory_array") == "torch" and resolve_layout("torch", "independent") == "torch"
+    w = {"Conv_0": {"kernel": jax.random.normal(jax.random.key(0), (5, 5, 3, 16))}}
+    key = jax.random.key(4)
+    default = perturb_params(w, key, 0.05, placement="memory_array")
+    torch = perturb_params(w, key, 0.05, placement="memory_array", layout="torch")
+    flax = perturb_params(w, key, 0.05, placement="memory_array", layout="flax")
+    np.testing.assert_array_equal(np.asarray(default["Conv_0"]["kernel"]), np.asarray(torch["Conv_0"]["kernel"]))
+    assert np.any(np.asarray(default["Conv_0"]["kernel"]) != np.asarray(flax["Conv_0"]["kernel"]))
+    with pytest.raises(JaxfaultError, match="layout"):
+        SRAMBitErrors(layout="tf")

@@ -21,8 +21,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--ber0", type=probability, default=0.5, help="share of faulty cells stuck at 1 (default 0.5)")
     p.add_argument("--bits", type=positive_int, default=None, help="weight precision 4/8/16 (default: the base's QAT bits)")
     p.add_argument("--placement", default="memory_array", help=f"fault placement: {', '.join(PLACEMENTS)}")
-    p.add_argument("--layout", default="torch",
-                   help=f"weight order in the SRAM words: {', '.join(LAYOUTS)} (torch: the reference's order)")
+    p.add_argument("--layout", default=None,
+                   help=f"weight order in the SRAM words: {', '.join(LAYOUTS)} (default: torch, the reference's "
+                        f"storage order, under memory_array; flax under independent)")
     p.add_argument("--generator", default="UNetS", help=f"one of {', '.join(GENERATOR_NAMES)}")
     p.add_argument("--n-models", type=positive_int, default=5, help="perturbed models per step (N)")
     p.add_argument("--lam", type=nonneg_float, default=5.0, help="weight of the perturbed loss (lambda)")
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     create_generator(args.generator)  # validates the name before any expensive work
     if args.placement not in PLACEMENTS:
         raise JaxfaultError(f"unknown fault placement {args.placement!r}; choose one of {', '.join(PLACEMENTS)}")
-    if args.layout not in LAYOUTS:
+    if args.layout is not None and args.layout not in LAYOUTS:
         raise JaxfaultError(f"unknown weight layout {args.layout!r}; choose one of {', '.join(LAYOUTS)}")
     from jaxfault.checkpoints import read_metadata
 

@@ -49,6 +49,17 @@ def check_layout(layout: str) -> str:
 
 
 # --------------------------------------------------------------------------------- weight order
+def resolve_layout(layout: str | None, placement: str) -> str:
+    """The weight order to use: ``layout`` if given, else the placement's default. The memory
+    array defaults to ``"torch"``, the reference's storage order, because there the order decides
+    which weights share a row's fault pattern; independent faults default to ``"flax"``, because
+    there the order only permutes i.i.d. draws and Flax's order needs no transpose."""
+    check_placement(placement)
+    if layout is None:
+        return "torch" if placement == "memory_array" else "flax"
+    return check_layout(layout)
+
+
 def _torch_perm(ndim: int) -> tuple[int, ...]:
     # Flax (*spatial, in, out) -> torch (out, in, *spatial); 2-D (in, out) -> (out, in)
     return (ndim - 1, ndim - 2, *range(ndim - 2))

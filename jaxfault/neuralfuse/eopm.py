@@ -53,7 +53,7 @@ from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.keys import stream
 from jaxfault.models.generators import BN_MOMENTUM
 from jaxfault.models.layers import with_conv_impl
-from jaxfault.neuralfuse.faults import check_layout, check_placement, perturb_variables
+from jaxfault.neuralfuse.faults import check_placement, perturb_variables, resolve_layout
 from jaxfault.quant import check_bits
 
 TRAIN_SEED_HIGH = 30000
@@ -71,7 +71,7 @@ class EOPMConfig:
     ber0: float = 0.5
     bits: int = 8
     placement: str = "independent"
-    layout: str = "torch"  # weight order in the SRAM words (jaxfault.neuralfuse.faults)
+    layout: str | None = None  # weight order in the SRAM words; None: the placement's default (resolve_layout)
     n_models: int = 10
     lam: float = 5.0
     strategy: str = "auto"
@@ -83,7 +83,7 @@ class EOPMConfig:
         check_probability("ber0", self.ber0)
         check_bits(self.bits)
         check_placement(self.placement)
-        check_layout(self.layout)
+        resolve_layout(self.layout, self.placement)
         check(isinstance(self.n_models, int) and self.n_models >= 1, f"n_models must be >= 1, got {self.n_models!r}")
         check(self.lam >= 0, f"lam must be >= 0, got {self.lam!r}")
         parse_strategy(self.strategy)

@@ -134,7 +134,8 @@ def format_table(report: dict) -> str:
     """Plain-text table of an evaluate_generator report."""
     c = report["clean"]
     lines = [f"NeuralFuse {report['generator']} on {report['base_model']} ({report['dataset']}, "
-             f"{report['test_images']} test images, {report['bits']}-bit, {report['placement']} faults, "
+             f"{report['test_images']} test images, {report['bits']}-bit, {report['placement']} faults "
+             f"in {report.get('layout', LEGACY_DEFAULTS['layout'])} order, "
              f"{report['models']} unseen perturbed models)",
              f"clean accuracy: without G {c['without']:.4f}   with G {c['with']:.4f}   (drop {report['clean_drop']:+.4f})",
              f"{'BER':>8}  {'perturbed w/o G':>18}  {'perturbed with G':>18}  {'recovery':>9}"]

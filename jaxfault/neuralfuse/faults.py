@@ -19,14 +19,16 @@ Placements (see :mod:`jaxfault.faults.placement`):
   ``slot * 8 + b``. A row holds ``W = 128 // bits`` words; for 4 or 16 bits the same "row
   pattern repeated 16 times" rule gives row ``(k // (16 W)) mod 8192`` and slot ``k mod W``.
 
-Weight order (``layout``): ``"torch"`` (default) numbers the weights in PyTorch's order (conv
-OIHW, dense (out, in)), the order in which the reference stores a layer, so that its memory-array
-map hits the same physical weights; ``"flax"`` in the row-major order of the Flax kernel (conv
-HWIO, dense (in, out)). Under the memory-array placement the order matters for more than
-bookkeeping: weight k and weight k + 16 share a fault pattern, so in PyTorch's order the repeats
-fall inside one output channel's filter, in Flax's order across 16 output channels of one
-input position, and the damage a model suffers differs (docs/neuralfuse.md measures it).
-Under the independent placement the order only permutes i.i.d. draws.
+Weight order (``layout``): ``"torch"`` numbers the weights in PyTorch's order (conv OIHW, dense
+(out, in)), the order in which the reference stores a layer, so that its memory-array map hits
+the same physical weights; ``"flax"`` in the row-major order of the Flax kernel (conv HWIO, dense
+(in, out)). Under the memory-array placement the order matters for more than bookkeeping: weight
+k and weight k + 16 share a fault pattern, so in PyTorch's order the repeats fall inside one
+output channel's filter, in Flax's order across 16 output channels of one input position, and
+the damage a model suffers differs (docs/neuralfuse.md measures it). Under the independent
+placement the order only permutes i.i.d. draws. ``layout=None`` (the default) takes the
+placement's default (:func:`jaxfault.faults.placement.resolve_layout`): ``"torch"`` for the
+memory array, ``"flax"`` for independent faults.
 
 ``compat=True`` reproduces the reference code for 4-bit words: the row index is
 ``k // (W * W)`` (W = 32, so k // 1024 instead of k // 512), and the 4-bit word lives in the low
@@ -51,7 +53,8 @@ from jaxfault import faults as F
 from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.faults.placement import (ARRAY_COLS, ARRAY_ROWS, LAYOUTS, PLACEMENTS, check_layout, check_placement,
                                        from_layout_order, memory_array_maps, memory_array_rows_slots,
-                                       memory_array_word_maps, pack_cells, to_layout_order, unpack_cells)
+                                       memory_array_word_maps, pack_cells, resolve_layout, to_layout_order,
+                                       unpack_cells)
 from jaxfault.protocol import FaultModel, check_rate_bound
 from jaxfault.pytree import is_kernel
 from jaxfault.quant import check_bits, dequantize, quantize
@@ -61,7 +64,7 @@ OK, STUCK1, STUCK0 = 0, 1, 2  # cell codes of memory_array_codes
 DEFAULT_RATE_BOUND = 0.01
 
 __all__ = ["ARRAY_COLS", "ARRAY_ROWS", "LAYOUTS", "OK", "PLACEMENTS", "STUCK0", "STUCK1", "SRAMBitErrors",
-           "apply_reference_map", "check_layout", "check_placement", "fault_masks", "memory_array_codes",
+           "apply_reference_map", "check_layout", "resolve_layout", "check_placement", "fault_masks", "memory_array_codes",
            "memory_array_index", "perturb_kernel", "perturb_params", "perturb_variables", "sign_extend",
            "sram_bit_errors", "to_unsigned"]
 
@@ -172,7 +175,7 @@ def _resolved(ber, ber0, rate_bound):
 
 def perturb_kernel(w: jax.Array, key: jax.Array, ber, ber0=0.5, bits: int = 8,
                    placement: str = "independent", array_codes: jax.Array | None = None,
-                   straight_through: bool = True, *, layout: str = "torch", compat: bool = False,
+                   straight_through: bool = True, *, layout: str | None = None, compat: bool = False,
                    rate_bound=None) -> jax.Array:
     """Quantize one kernel, inject stuck-at faults, return the dequantized faulty kernel.
 
@@ -180,8 +183,7 @@ def perturb_kernel(w: jax.Array, key: jax.Array, ber, ber0=0.5, bits: int = 8,
     """
     bound = _resolved(ber, ber0, rate_bound)
     bits = check_bits(bits)
-    check_placement(placement)
-    check_layout(layout)
+    layout = resolve_layout(layout, placement)
     array_maps = None
     if placement == "memory_array":
         array_maps = (_array_maps_from_codes(array_codes) if array_codes is not None
@@ -229,7 +231,7 @@ def _perturb_params_independent(params, key, ber, ber0, bits, layout, compat, bo
 
 
 def perturb_params(params: PyTree, key: jax.Array, ber, ber0=0.5, bits: int = 8,
-                   placement: str = "independent", straight_through: bool = True, *, layout: str = "torch",
+                   placement: str = "independent", straight_through: bool = True, *, layout: str | None = None,
                    compat: bool = False, rate_bound=None) -> PyTree:
     """One perturbed model: every conv/dense kernel quantized, faulted and dequantized.
 
@@ -242,8 +244,7 @@ def perturb_params(params: PyTree, key: jax.Array, ber, ber0=0.5, bits: int = 8,
     """
     bound = _resolved(ber, ber0, rate_bound)
     bits = check_bits(bits)
-    check_placement(placement)
-    check_layout(layout)
+    layout = resolve_layout(layout, placement)
     return _perturb_params(params, key, ber, ber0, bits, placement, layout, bool(compat), bound, straight_through)[0]
 
 
@@ -293,7 +294,7 @@ class SRAMBitErrors(FaultModel):
     ber0: float = 0.5
     bits: int = 8
     placement: str = "independent"
-    layout: str = "torch"
+    layout: str | None = None  # None: the placement's default (resolve_layout)
     compat: bool = False
     rate_bound: float = DEFAULT_RATE_BOUND
 
@@ -304,8 +305,7 @@ class SRAMBitErrors(FaultModel):
         if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)):
             raise JaxfaultError(f"bits must be one of 4, 8, 16, got {self.bits!r}")
         object.__setattr__(self, "bits", check_bits(int(self.bits)))
-        check_placement(self.placement)
-        check_layout(self.layout)
+        object.__setattr__(self, "layout", resolve_layout(self.layout, self.placement))
         if not isinstance(self.compat, (bool, np.bool_)):
             raise JaxfaultError(f"compat must be true or false, got {self.compat!r}")
         object.__setattr__(self, "compat", bool(self.compat))

@@ -16,6 +16,7 @@ from jaxfault.data import batches, load_dataset
 from jaxfault.errors import JaxfaultError, check
 from jaxfault.keys import root_key, stream
 from jaxfault.models.generators import create_generator, init_generator
+from jaxfault.neuralfuse.faults import resolve_layout
 from jaxfault.neuralfuse.eopm import EOPMConfig, init_train_state, make_eopm_step, make_optimizer
 
 GENERATOR_KIND = "neuralfuse_generator"
@@ -59,8 +60,9 @@ def _save_state(directory: Path, state: dict, config: dict, progress_info: dict)
 def _load_state(directory: Path, template: dict, config: dict) -> tuple[dict, dict]:
     meta = read_metadata(directory)["config"]
     for k in RESUME_KEYS:
-        if k in config and meta.get(k, LEGACY_DEFAULTS.get(k)) != config[k]:
-            raise JaxfaultError(f"cannot --resume from {directory}: {k} was {meta.get(k)!r}, now {config[k]!r}")
+        was = meta.get(k, LEGACY_DEFAULTS.get(k))
+        if k in config and was != config[k]:
+            raise JaxfaultError(f"cannot --resume from {directory}: {k} was {was!r}, now {config[k]!r}")
     ck = load_checkpoint(directory, kind=STATE_KIND)
     stored = ck.variables["leaves"]
     leaves, treedef = jax.tree_util.tree_flatten(template)
@@ -70,7 +72,7 @@ def _load_state(directory: Path, template: dict, config: dict) -> tuple[dict, di
 
 
 def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "UNetS", ber: float = 0.01, ber0: float = 0.5,
-                     bits: int | None = None, placement: str = "memory_array", layout: str = "torch", n_models: int = 5, lam: float = 5.0,
+                     bits: int | None = None, placement: str = "memory_array", layout: str | None = None, n_models: int = 5, lam: float = 5.0,
                      epochs: int = 3, batch_size: int = 128, learning_rate: float = 2e-3, decay_rate: float = 0.5,
                      decay_every: int | None = None, seed: int = 0, train_subset: int | None = None,
                      strategy: str = "auto", data_dir=None, save_every: int = 50, resume: bool = False,
@@ -83,6 +85,7 @@ def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "UNetS", be
     base, base_range = load_base(base_checkpoint)
     qbits = base.config.get("quant_bits")
     bits = bits if bits is not None else (qbits or 8)
+    layout = resolve_layout(layout, placement)
     cfg = EOPMConfig(ber=ber, ber0=ber0, bits=bits, placement=placement, layout=layout, n_models=n_models, lam=lam,
                      strategy=strategy, base_range=base_range).validate()
     if qbits is not None and bits != qbits:
