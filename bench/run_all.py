@@ -1,7 +1,9 @@
 """Run every benchmark in bench/ and write one markdown report: python -m bench.run_all [--out FILE].
 
 The report starts with the machine (CPU, cores, memory), the JAX version and the device kind and
-count, then a table of the scripts (status, wall time) and each script's own output.
+count, then a table of the scripts (status, wall time) and each script's own output. Everything
+in an existing report from the NOTES_MARKER line on is written by hand (tables measured outside
+these scripts, figures from elsewhere) and is carried over unchanged into the new report.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+NOTES_MARKER = "<!-- notes by hand below: bench.run_all keeps everything from this line on -->"
 
 
 def machine_info() -> dict[str, str]:
@@ -39,6 +42,19 @@ def machine_info() -> dict[str, str]:
             "cores": str(os.cpu_count()), "memory": mem, "python": platform.python_version(),
             "jax": jax.__version__, "backend": jax.default_backend(),
             "device kind": devices[0].device_kind, "device count": str(len(devices))}
+
+
+def compose_report(info: dict[str, str], rows: list[str], sections: list[str], old_report: str = "") -> str:
+    """The markdown report: machine table, script table, script outputs, then the hand-written
+    notes of old_report (from its NOTES_MARKER line on), unchanged."""
+    text = ["# Benchmark results", "", "| machine | |", "|---|---|"]
+    text += [f"| {k} | {v} |" for k, v in info.items()]
+    text += ["", "| script | status | wall s |", "|---|---|---|", *rows, "", *sections]
+    report = "\n".join(text) + "\n"
+    at = old_report.find(NOTES_MARKER)
+    if at >= 0:
+        report += "\n" + old_report[at:].rstrip("\n") + "\n"
+    return report
 
 
 def main(argv=None) -> int:
@@ -72,10 +88,8 @@ def main(argv=None) -> int:
         rows.append(f"| `bench.{script.stem}` | {status} | {wall:.0f} |")
         sections.append(f"### bench.{script.stem}\n\n```\n{output.strip()}\n```\n")
         print(f"  {status} in {wall:.0f} s", flush=True)
-    text = ["# Benchmark results", "", "| machine | |", "|---|---|"]
-    text += [f"| {k} | {v} |" for k, v in info.items()]
-    text += ["", "| script | status | wall s |", "|---|---|---|", *rows, "", *sections]
-    atomic_write_text(args.out, "\n".join(text) + "\n")
+    old = Path(args.out).read_text(encoding="utf-8") if Path(args.out).is_file() else ""
+    atomic_write_text(args.out, compose_report(info, rows, sections, old))
     print(f"wrote {args.out}")
     return 0
 
