@@ -88,6 +88,8 @@ NAMES = [
     ("eval.neuralfuse", ["--generator-checkpoint", "/nonexistent-gen", "--placement", "memoryarray"], "memoryarray"),
     ("train.neuralfuse", ["--generator", "UNetX"], "UNetX"),
     ("train.neuralfuse", ["--placement", "indep"], "indep"),
+    ("train.neuralfuse", ["--layout", "pytorch"], "pytorch"),
+    ("eval.neuralfuse", ["--generator-checkpoint", "/nonexistent-gen", "--layout", "tf"], "tf"),
     ("train.neuralfuse", ["--model", "lenett"], "lenett"),
     ("train.base", ["--model", "resnet19", "--epochs", "1"], "resnet19"),
     ("train.base", ["--dataset", "mnistt", "--epochs", "1"], "mnistt"),
