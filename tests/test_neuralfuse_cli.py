@@ -187,7 +187,7 @@ def test_eval_refuses_a_folder_without_a_generator(tmp_path, capsys):
 def test_evaluation_uses_the_generators_weight_order(tmp_path, qat_lenet_checkpoint):
     """evaluate_generator faults the weights in the order the generator was trained with (its
     config's layout; a checkpoint written before the layout was recorded was trained in Flax's
-    order), and an explicit layout overrides it."""
+    order); an explicit layout overrides it."""
     import jax
 
     from jaxfault.checkpoints import save_checkpoint
@@ -203,15 +203,21 @@ def test_evaluation_uses_the_generators_weight_order(tmp_path, qat_lenet_checkpo
     def run(ck, **kw):
         return evaluate_generator(tmp_path / ck, models=2, test_subset=300, **kw)
 
-    torch_rep, legacy_rep, legacy_as_torch = run("torch"), run("legacy"), run("legacy", layout="torch")
-    assert (torch_rep["layout"], legacy_rep["layout"], legacy_as_torch["layout"]) == ("torch", "flax", "torch")
+    torch_rep, legacy_as_flax = run("torch"), run("torch", layout="flax")
+    assert (torch_rep["layout"], legacy_as_flax["layout"]) == ("torch", "flax")
 
     def per_model(rep):
         r = rep["results"][0]
         return r["perturbed_without"]["per_model"] + r["perturbed_with"]["per_model"]
 
-    assert per_model(legacy_as_torch) == per_model(torch_rep)
-    assert per_model(legacy_rep) != per_model(torch_rep)   # the other order faults other weights
+    assert per_model(legacy_as_flax) != per_model(torch_rep)   # the other order faults other weights
+    # the settings evaluate_generator resolves from a config (checked without a third evaluation)
+    from jaxfault.checkpoints import read_metadata
+    from jaxfault.neuralfuse.evaluate import trained_fault_settings
+
+    legacy = read_metadata(tmp_path / "legacy")["config"]
+    assert trained_fault_settings(legacy) == (0.5, "memory_array", "flax")
+    assert trained_fault_settings(legacy, layout="torch", placement="independent") == (0.5, "independent", "torch")
 
 
 def test_resume_of_a_run_from_before_the_layout_was_recorded(tmp_path):

@@ -50,21 +50,30 @@ def test_batched_loss_and_grads_equal_per_model_loop(setup, strategy):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("layout", ["torch", "flax", None])
+@pytest.mark.parametrize("layout", [None, "flax"])
 def test_perturbed_models_of_a_step_use_the_configured_weight_order(setup, layout):
     """The step's perturbed model of seed s is perturb_variables(base, key(s), ..., layout=cfg.layout):
     the memory-array faults land on the weights of that order (layout None: PyTorch's)."""
+    import functools
+
     import optax
+
+    from jaxfault.neuralfuse.eopm import make_loss_fns
 
     model, base, gen, gv, x, y = setup
     cfg = EOPMConfig(ber=0.05, n_models=1, lam=1.0, strategy="map", placement="memory_array", layout=layout)
-    (_, aux), _ = eopm_loss_and_grads(gen, model, cfg)(gv["params"], gv["batch_stats"], base, x, y, jnp.array([11]))
+    eopm_loss = jax.jit(make_loss_fns(gen, model, cfg)[0])   # the step's loss, without its gradient
+    _, aux = eopm_loss(gv["params"], gv["batch_stats"], base, x, y, jnp.array([11]))
     xg = gen.apply(gv, x, train=True, mutable=["batch_stats"])[0]
 
-    def ce(order):
+    @functools.partial(jax.jit, static_argnums=0)
+    def perturbed_ce(order):
         pv = perturb_variables(base, perturbed_model_key(11), 0.05, 0.5, 8, "memory_array", layout=order)
         logits = model.clone(quant_bits=None).apply(pv, xg, train=False)
-        return float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def ce(order):
+        return float(perturbed_ce(order))
 
     order = layout or "torch"
     other = "flax" if order == "torch" else "torch"

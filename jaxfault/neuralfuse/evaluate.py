@@ -67,6 +67,15 @@ def _stats(values) -> dict:
             "per_model": [float(v) for v in np.asarray(values)]}
 
 
+def trained_fault_settings(config: dict, *, ber0=None, placement=None, layout=None) -> tuple[float, str, str]:
+    """(ber0, placement, layout) to evaluate a generator with: each given value, else the one in its
+    checkpoint config (a checkpoint written before the layout was recorded was trained in Flax's order)."""
+    ber0 = config.get("ber0", 0.5) if ber0 is None else check_probability("ber0", ber0)
+    placement = check_placement(placement or config.get("placement", "independent"))
+    layout = check_layout(layout or config.get("layout", LEGACY_DEFAULTS["layout"]))
+    return ber0, placement, layout
+
+
 def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=None, layout=None, models: int = 10,
                        base_checkpoint=None, test_subset: int | None = None, batch_size: int = 1000,
                        strategy: str = "auto", precision: str = "highest", data_dir=None) -> dict:
@@ -81,9 +90,7 @@ def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=
     generator_checkpoint = resolve_generator_checkpoint(generator_checkpoint)
     gen, gen_vars, cfg = load_generator(generator_checkpoint)
     bers = list(bers) if bers is not None else [cfg["ber"]]
-    ber0 = cfg.get("ber0", 0.5) if ber0 is None else check_probability("ber0", ber0)
-    placement = check_placement(placement or cfg.get("placement", "independent"))
-    layout = check_layout(layout or cfg.get("layout", LEGACY_DEFAULTS["layout"]))
+    ber0, placement, layout = trained_fault_settings(cfg, ber0=ber0, placement=placement, layout=layout)
     check(models >= 1, f"--models must be >= 1, got {models}")
     base_path = base_checkpoint or cfg.get("base_checkpoint")
     if not base_path or not Path(base_path).exists():
