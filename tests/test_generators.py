@@ -113,20 +113,37 @@ def test_weights_are_8bit_fake_quantized_biases_float(name):
     assert not np.array_equal(np.asarray(q8_apply(v, x)), np.asarray(fp_apply(v, x)))
 
 
+def _random_variables(gen, x, key):
+    """Variables of gen's shapes, without running its init (compiling init costs seconds): kernels
+    and biases at random, batch norms as initialised (scale 1, running mean 0 and variance 1)."""
+    shapes = jax.eval_shape(gen.init, key, x)
+    leaves, tree = jax.tree_util.tree_flatten_with_path(shapes)
+    keys = jax.random.split(key, len(leaves))
+    fixed = {"['scale']": jnp.ones, "['var']": jnp.ones, "['mean']": jnp.zeros}
+
+    def fill(k, path, s):
+        name = str(path[-1])
+        return fixed[name](s.shape, s.dtype) if name in fixed else 0.1 * jax.random.normal(k, s.shape, s.dtype)
+
+    vals = [fill(k, path, s) for k, (path, s) in zip(keys, leaves)]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), vals)
+
+
 def test_output_clamp_with_tanh_for_conv_and_without_for_unet():
     """Zero the last layer's weights and put 1.5 into its offset: ConvS gives clip(x + tanh(1.5)),
     UNetS clip(x + 1.5) (no tanh); a zero offset gives x' = x."""
     x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
     for name, last, offset_layer, out in (("ConvS", "convout", "bnout", np.tanh(1.5)), ("UNetS", "outc", "outc", 1.5)):
         gen = create_generator(name)
-        v = gen.init(jax.random.key(1), x)
+        v = _random_variables(gen, x, jax.random.key(1))
+        apply = jax.jit(gen.apply)  # one compile for both offsets (eager op-by-op dispatch is far slower)
         for off, want in ((1.5, np.clip(np.asarray(x) + out, -1, 1)), (0.0, np.asarray(x))):
             p = dict(v["params"])
             p[last] = {**p[last], "kernel": jnp.zeros_like(p[last]["kernel"])}
             if "bias" in p[last]:
                 p[last]["bias"] = jnp.zeros_like(p[last]["bias"])
             p[offset_layer] = {**p[offset_layer], "bias": jnp.full_like(p[offset_layer]["bias"], off)}
-            got = np.asarray(gen.apply({"params": p, "batch_stats": v["batch_stats"]}, x))
+            got = np.asarray(apply({"params": p, "batch_stats": v["batch_stats"]}, x))
             np.testing.assert_allclose(got, want, atol=1e-6, err_msg=f"{name} offset {off}")
 
 
