@@ -207,7 +207,10 @@ def test_conv_impls_agree_and_are_compiled_separately():
     program per implementation (the jit cache keys on the module value)."""
     x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 1), minval=-1, maxval=1)
     xla, shift = create_generator("ConvS", conv_impl="xla"), create_generator("ConvS", conv_impl="shift_add")
-    v = xla.init(jax.random.key(1), x)
+    v = jax.eval_shape(xla.init, jax.random.key(1), x)   # random weights of init's shapes (no init compile)
+    leaves, tree = jax.tree_util.tree_flatten(v)
+    v = jax.tree_util.tree_unflatten(tree, [jnp.abs(jax.random.normal(jax.random.key(i), s.shape)) * 0.3 + 0.5
+                                            for i, s in enumerate(leaves)])
     apply = jax.jit(lambda g, v, x: g.apply(v, x), static_argnums=0)
     a, b = apply(xla, v, x), apply(shift, v, x)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
