@@ -11,7 +11,7 @@ from jaxfault.engine import PRECISIONS
 from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
 from jaxfault.models.generators import GENERATOR_NAMES, create_generator
-from jaxfault.neuralfuse.faults import LAYOUTS, PLACEMENTS
+from jaxfault.neuralfuse.faults import LAYOUTS, PLACEMENTS, resolve_layout
 from jaxfault.quant import check_bits
 
 
@@ -85,10 +85,7 @@ def main(argv=None) -> int:
     if args.bits is not None:
         check_bits(args.bits)
     create_generator(args.generator)  # validates the name before any expensive work
-    if args.placement not in PLACEMENTS:
-        raise JaxfaultError(f"unknown fault placement {args.placement!r}; choose one of {', '.join(PLACEMENTS)}")
-    if args.layout is not None and args.layout not in LAYOUTS:
-        raise JaxfaultError(f"unknown weight layout {args.layout!r}; choose one of {', '.join(LAYOUTS)}")
+    resolve_layout(args.layout, args.placement)  # validates the placement and the layout, as the library does
     from jaxfault.checkpoints import read_metadata
 
     for flag, path, kind in (("--checkpoint", args.checkpoint, "classifier"),
