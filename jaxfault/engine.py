@@ -223,10 +223,11 @@ class EvalResult:
     rates: np.ndarray                 # (R,) or (R, stages)
     metrics: dict                     # name -> (R, T), e.g. "top1"
     stats: dict                       # name -> (R, T), e.g. "realised_ber"
-    clean: dict                       # name -> float: prepared model, no faults
-    seconds: float                    # wall time of the faulty evaluation (compilation included)
+    clean: dict                       # name -> float: prepared model, no faults ({} when not asked)
+    seconds: float                    # wall time of the evaluation (compilation and clean pass included)
     strategy: str
     precision: str
+    work: Any = None                  # trials per route of a reusing evaluation (jaxfault.reuse), else None
 
     @property
     def accuracy(self) -> np.ndarray:
@@ -295,31 +296,66 @@ def prepare(model, variables, images, fault_model):
 
 def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys: jax.Array, *,
              strategy: str = "auto", precision: str = "highest", batch_size: int = 1000,
-             topk: Sequence[int] = (1,), mesh=None, program: TrialProgram | None = None) -> EvalResult:
+             topk: Sequence[int] = (1,), mesh=None, program: TrialProgram | None = None,
+             clean: bool = True, reuse: bool = True, compute_dtype: str | None = None) -> EvalResult:
     """Evaluate `model` under `fault_model` at every rate for every trial key.
 
     rates: shape (R,), or (R, S) for a composition of S stages (one rate per stage).
     keys: typed keys of shape (T,) (the same trials at every rate: common random numbers, which
     makes sweeps smooth) or (R, T). The fault model is sized for the largest rate
-    (``with_rate_bound``), so the whole grid is one compiled program. Returns an EvalResult
-    whose arrays have shape (R, T); ``clean`` is the prepared model without faults.
+    (``with_rate_bound``), so the whole grid is one compiled program, kept by jit's cache for
+    later calls with the same shapes and fault-model structure. ``clean``: also evaluate the
+    prepared model without faults (``EvalResult.clean``; {} when False). ``reuse``: on one device
+    with strategy "map", skip trials whose answer is known and start trials from shared clean
+    activations (jaxfault.reuse; the same numbers, bit for bit). ``compute_dtype``: "float32" or
+    "bfloat16" to run the arithmetic in that dtype instead of the fault model's own (None).
+    Returns an EvalResult whose arrays have shape (R, T); its ``seconds`` count everything but
+    the input checks, the clean pass included.
     """
     rates = _as_rates(rates)
     keys = _as_keys(keys, rates.shape[0])
+    check(compute_dtype in (None, "float32", "bfloat16"),
+          f"compute_dtype must be None, 'float32' or 'bfloat16', got {compute_dtype!r}")
+    t0 = time.perf_counter()
     bound = rates.max(axis=0)
     fm = (fault_model.with_rate_bound(float(bound) if bound.ndim == 0 else bound)
           if program is None else program.fault_model)
+    if compute_dtype is not None and program is None:
+        from jaxfault.plan.planner import InDtype
+
+        fm = InDtype(fm, compute_dtype)
     eval_model, prepared, x = prepare(model, variables, images, fm)
     y = jnp.asarray(labels)
-    metric_fn = make_metric_fn(eval_model, batch_size=min(batch_size, int(y.shape[0])), topk=topk)
-    with precision_scope(precision):
-        clean = {k: float(v) for k, v in jax.jit(metric_fn)(prepared, x, y).items()}
-    program = program or make_trial_program(metric_fn, fm, strategy=strategy, precision=precision, mesh=mesh)
+    bs = min(batch_size, int(y.shape[0]))
     T = keys.shape[1]
+    if program is None and mesh is None and resolve_strategy(strategy) != "loop":
+        from jaxfault import reuse as _reuse
+
+        kind, chunk = parse_strategy(strategy)
+        reusing = bool(reuse) and kind == "map" and chunk is None
+        spec = _reuse.Spec(eval_model, fm, precision, bs, tuple(int(k) for k in topk),
+                           staged=reusing and _reuse.can_stage(eval_model, prepared, x, bs), clean=bool(clean))
+        if _reuse.hashable(spec):
+            r32 = jnp.asarray(rates, jnp.float32)
+            with precision_scope(precision):
+                if reusing:
+                    metrics, stats, clean_m, work = _reuse.evaluate_reusing(spec, prepared, x, y, r32, keys)
+                else:
+                    (metrics, stats, clean_m), work = _reuse.evaluate_grid(spec, resolve_strategy(strategy), prepared,
+                                                                           x, y, r32, keys, clean), None
+            seconds = time.perf_counter() - t0
+            return EvalResult(rates, {k: np.asarray(v) for k, v in metrics.items()},
+                              {k: np.asarray(v) for k, v in stats.items()}, clean_m, seconds,
+                              resolve_strategy(strategy), precision, work)
+    metric_fn = make_metric_fn(eval_model, batch_size=bs, topk=topk)
+    clean_m = {}
+    if clean:
+        with precision_scope(precision):
+            clean_m = {k: float(v) for k, v in jax.jit(metric_fn)(prepared, x, y).items()}
+    program = program or make_trial_program(metric_fn, fm, strategy=strategy, precision=precision, mesh=mesh)
     keys = shard_keys(keys, mesh)
-    t0 = time.perf_counter()
     metrics, stats = program.run(prepared, x, y, jnp.asarray(rates, jnp.float32), keys)
     metrics, stats = jax.device_get((metrics, stats))
     seconds = time.perf_counter() - t0
     cut = lambda d: {k: np.asarray(v)[:, :T] for k, v in d.items()}  # noqa: E731
-    return EvalResult(rates, cut(metrics), cut(stats), clean, seconds, program.strategy, precision)
+    return EvalResult(rates, cut(metrics), cut(stats), clean_m, seconds, program.strategy, precision)
