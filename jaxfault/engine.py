@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.errors import JaxfaultError, check, nearest_hint
-from jaxfault.precision import PRECISIONS, check_precision, precision_scope  # noqa: F401 - the engine's precision policy
+from jaxfault.precision import check_precision, precision_scope
 
 STRATEGIES = ("auto", "vmap", "map", "loop")
 PyTree = Any
