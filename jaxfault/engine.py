@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.errors import JaxfaultError, check, nearest_hint
-from jaxfault.precision import PRECISIONS, check_precision, precision_scope  # noqa: F401 - the engine's precision policy
+from jaxfault.precision import check_precision, precision_scope
 
 STRATEGIES = ("auto", "vmap", "map", "loop")
 PyTree = Any
@@ -127,17 +127,66 @@ def stats_dict(stats) -> dict:
 
 
 # ------------------------------------------------------------------------------------ the program
-def make_metric_fn(model, batch_size: int = 1000, topk: Sequence[int] = (1,)) -> Callable:
-    """fn(variables, images, labels) -> {'top1': ..., ...}: fixed-size batches under lax.scan.
-    Variables may carry extra collections (fault-model data); only the model's are applied."""
-    from jaxfault.training import make_accuracy_fn
+def make_metric_fn(model, batch_size: int = 1000, topk: Sequence[int] = (1,), task=None) -> Callable:
+    """fn(variables, inputs, targets, output_hook=None) -> {metric: scalar} of a task.
 
-    acc = make_accuracy_fn(model, batch_size=batch_size, topk=topk)
+    Args:
+      model: the Flax model in evaluation form.
+      batch_size: inputs per ``lax.scan`` batch.
+      topk: the top-k accuracies reported when ``task`` is None (classification).
+      task: a :class:`jaxfault.tasks.Task` (default: ``classification(topk)``).
+    Returns:
+      The metric function. Variables may carry extra collections (fault-model data); only the
+      model's are applied. With an ``output_hook`` (see :func:`jaxfault.tasks.make_metric_fn`) the
+      dict also holds ``activation_faults``, the activation faults injected over the evaluation.
+    """
+    from jaxfault import tasks
 
-    def metric(variables, images, labels):
-        return acc({k: v for k, v in variables.items() if k in ("params", "batch_stats")}, images, labels)
+    task = tasks.classification(topk) if task is None else task
+    inner = tasks.make_metric_fn(model, task, batch_size=batch_size)
+
+    def metric(variables, inputs, targets, output_hook=None):
+        metrics, extra = inner(variables, inputs, targets, output_hook)
+        return {**metrics, **extra}
 
     return metric
+
+
+ACTIVATION_KEY_SALT = 0x61637473   # folds a trial key into its activation-fault stream ("acts")
+
+
+def activation_hook(fault_model, key: jax.Array, rate) -> Callable:
+    """hook(batch_index) -> (interceptor, counts) for a fault model with activation sites.
+
+    The interceptor replaces the output of every module ``__call__`` that the fault model names as
+    a site by its faulty value; the fault key of a call is
+    ``fold_in(fold_in(fold_in(key, ACTIVATION_KEY_SALT), batch_index), crc32(module path))``, so
+    every batch and every module draws independent transient faults, the same for the same trial.
+    """
+    import zlib
+
+    base = jax.random.fold_in(key, ACTIVATION_KEY_SALT)
+
+    def hook(batch_index):
+        bkey = jax.random.fold_in(base, batch_index)
+        counts = []
+
+        def interceptor(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name != "__call__":
+                return out
+            path = "/".join(str(p) for p in context.module.path)
+            mkey = jax.random.fold_in(bkey, zlib.crc32(path.encode()) & 0x7FFFFFFF)
+            r = fault_model.perturb_output(mkey, path, type(context.module).__name__, out, rate)
+            if r is None:
+                return out
+            out, n = r
+            counts.append(jnp.asarray(n, jnp.float32))
+            return out
+
+        return interceptor, counts
+
+    return hook
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,9 +220,15 @@ def make_trial_program(metric_fn: Callable, fault_model, *, strategy: str = "aut
     strategy = resolve_strategy(strategy)
     check_precision(precision)
 
+    acts = "activations" in fault_model.sites
+
     def one(variables, images, labels, rate, key):
         faulty, stats = fault_model.perturb(key, variables, rate)
-        return metric_fn(faulty, images, labels), stats_dict(stats)
+        stats = stats_dict(stats)
+        if not acts:
+            return metric_fn(faulty, images, labels), stats
+        metrics = dict(metric_fn(faulty, images, labels, output_hook=activation_hook(fault_model, key, rate)))
+        return metrics, {**stats, "activation_faults": metrics.pop("activation_faults")}
 
     if strategy == "loop":
         single = jax.jit(one)
@@ -227,6 +282,7 @@ class EvalResult:
     seconds: float                    # wall time of the evaluation (compilation and clean pass included)
     strategy: str
     precision: str
+    task: str = "classification"
     work: Any = None                  # trials per route of a reusing evaluation (jaxfault.reuse), else None
 
     @property
@@ -289,16 +345,20 @@ def prepare(model, variables, images, fault_model):
     model, variables = evaluation_form(model, variables)
     variables = cast_floats(fault_model.prepare(variables), fault_model.eval_dtype)
     images = jnp.asarray(images)
-    if fault_model.eval_dtype is not None:
+    if fault_model.eval_dtype is not None and jnp.issubdtype(images.dtype, jnp.floating):
         images = images.astype(fault_model.eval_dtype)
     return model, variables, images
 
 
-def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys: jax.Array, *,
+def evaluate(model, variables: PyTree, inputs, targets, fault_model, rates, keys: jax.Array, *,
              strategy: str = "auto", precision: str = "highest", batch_size: int = 1000,
-             topk: Sequence[int] = (1,), mesh=None, program: TrialProgram | None = None,
+             topk: Sequence[int] = (1,), task=None, mesh=None, program: TrialProgram | None = None,
              clean: bool = True, reuse: bool = True, compute_dtype: str | None = None) -> EvalResult:
     """Evaluate `model` under `fault_model` at every rate for every trial key.
+
+    inputs, targets: what ``task`` scores (default: classification of images (N, ...) by integer
+    labels (N,) with top-k accuracies; :func:`jaxfault.tasks.language_model`: token ids (N, L)
+    and next-token targets (N, L)); checked once here.
 
     rates: shape (R,), or (R, S) for a composition of S stages (one rate per stage).
     keys: typed keys of shape (T,) (the same trials at every rate: common random numbers, which
@@ -306,16 +366,22 @@ def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys:
     (``with_rate_bound``), so the whole grid is one compiled program, kept by jit's cache for
     later calls with the same shapes and fault-model structure. ``clean``: also evaluate the
     prepared model without faults (``EvalResult.clean``; {} when False). ``reuse``: on one device
-    with strategy "map", skip trials whose answer is known and start trials from shared clean
-    activations (jaxfault.reuse; the same numbers, bit for bit). ``compute_dtype``: "float32" or
-    "bfloat16" to run the arithmetic in that dtype instead of the fault model's own (None).
-    Returns an EvalResult whose arrays have shape (R, T); its ``seconds`` count everything but
-    the input checks, the clean pass included.
+    with strategy "map" and weight faults only, skip trials whose answer is known and start
+    trials from shared clean activations (jaxfault.reuse; the same numbers, bit for bit).
+    ``compute_dtype``: "float32" or "bfloat16" to run the arithmetic in that dtype instead of the
+    fault model's own (None). Returns an EvalResult whose arrays have shape (R, T); its
+    ``seconds`` count everything but the input checks, the clean pass included.
     """
-    rates = _as_rates(rates)
-    keys = _as_keys(keys, rates.shape[0])
+    from jaxfault import tasks
+
+    task = tasks.classification(topk) if task is None else task
+    check(isinstance(task, tasks.Task), f"task must be a jaxfault.tasks.Task, got {type(task).__name__}")
+    task.check_data(inputs, targets)
     check(compute_dtype in (None, "float32", "bfloat16"),
           f"compute_dtype must be None, 'float32' or 'bfloat16', got {compute_dtype!r}")
+    images, labels = inputs, targets
+    rates = _as_rates(rates)
+    keys = _as_keys(keys, rates.shape[0])
     t0 = time.perf_counter()
     bound = rates.max(axis=0)
     fm = (fault_model.with_rate_bound(float(bound) if bound.ndim == 0 else bound)
@@ -328,12 +394,13 @@ def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys:
     y = jnp.asarray(labels)
     bs = min(batch_size, int(y.shape[0]))
     T = keys.shape[1]
-    if program is None and mesh is None and resolve_strategy(strategy) != "loop":
+    if (program is None and mesh is None and resolve_strategy(strategy) != "loop"
+            and "activations" not in getattr(fm, "sites", ()) + getattr(fault_model, "sites", ())):
         from jaxfault import reuse as _reuse
 
         kind, chunk = parse_strategy(strategy)
         reusing = bool(reuse) and kind == "map" and chunk is None
-        spec = _reuse.Spec(eval_model, fm, precision, bs, tuple(int(k) for k in topk),
+        spec = _reuse.Spec(eval_model, fm, precision, bs, task,
                            staged=reusing and _reuse.can_stage(eval_model, prepared, x, bs), clean=bool(clean))
         if _reuse.hashable(spec):
             r32 = jnp.asarray(rates, jnp.float32)
@@ -346,8 +413,8 @@ def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys:
             seconds = time.perf_counter() - t0
             return EvalResult(rates, {k: np.asarray(v) for k, v in metrics.items()},
                               {k: np.asarray(v) for k, v in stats.items()}, clean_m, seconds,
-                              resolve_strategy(strategy), precision, work)
-    metric_fn = make_metric_fn(eval_model, batch_size=bs, topk=topk)
+                              resolve_strategy(strategy), precision, task.name, work)
+    metric_fn = make_metric_fn(eval_model, batch_size=bs, task=task)
     clean_m = {}
     if clean:
         with precision_scope(precision):
@@ -358,4 +425,4 @@ def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys:
     metrics, stats = jax.device_get((metrics, stats))
     seconds = time.perf_counter() - t0
     cut = lambda d: {k: np.asarray(v)[:, :T] for k, v in d.items()}  # noqa: E731
-    return EvalResult(rates, cut(metrics), cut(stats), clean_m, seconds, program.strategy, precision)
+    return EvalResult(rates, cut(metrics), cut(stats), clean_m, seconds, program.strategy, precision, task.name)

@@ -112,7 +112,7 @@ class Spec:
     fault_model: Any
     precision: str
     batch_size: int
-    topk: tuple
+    task: Any                     # a jaxfault.tasks.Task (frozen, hashable)
     staged: bool                  # start trials from clean activations (jaxfault.stages)
     clean: bool = True            # evaluate the clean row (needed to skip unchanged trials)
 
@@ -160,22 +160,11 @@ def _program(spec: Spec, prepared, images, labels, rates, keys):
     n = labels.shape[0]
     bs = min(spec.batch_size, n)
     mult = fingerprint_multipliers(params)
-    topk = spec.topk
-
-    def hits(logits, yb):
-        valid = yb >= 0
-        out = []
-        for k in topk:
-            if k == 1:
-                hit = jnp.argmax(logits, -1) == yb
-            else:
-                _, idx = jax.lax.top_k(logits, k)
-                hit = jnp.any(idx == yb[:, None], axis=-1)
-            out.append(jnp.sum(hit & valid))
-        return jnp.stack(out)
+    task = spec.task
+    metric = make_metric_fn(spec.model, batch_size=bs, task=task)
+    zero = {k: jnp.zeros(s.shape, s.dtype) for k, s in jax.eval_shape(metric, prepared, images, labels).items()}
 
     if stages is None:
-        metric = make_metric_fn(spec.model, batch_size=bs, topk=topk)
         acts0 = ()
 
         def forward(v, start, acts):
@@ -190,6 +179,10 @@ def _program(spec: Spec, prepared, images, labels, rates, keys):
             shapes.append(h)
         acts0 = tuple(jnp.zeros((x.shape[0],) + s.shape, s.dtype) for s in shapes[:-1])
 
+        from jaxfault.tasks import Classification
+
+        sums0 = jnp.zeros((len(task.sum_names()),), jnp.int32 if isinstance(task, Classification) else jnp.float32)
+
         def forward(v, start, acts):
             def body(c, xs):
                 xb, yb, cached = xs
@@ -201,12 +194,11 @@ def _program(spec: Spec, prepared, images, labels, rates, keys):
                     h = jax.lax.cond(start <= k, lambda z, fn=st.fn: fn(v["params"], z),
                                      lambda z, s=shapes[k]: jnp.zeros(s.shape, s.dtype), h)
                     outs.append(h)
-                return c + hits(h, yb), tuple(outs[:-1])
+                return c + task.batch_sums(h, yb), tuple(outs[:-1])
 
-            c, outs = jax.lax.scan(body, jnp.zeros((len(topk),), jnp.int32), (x, y, acts))
-            return {f"top{k}": c[i] / n for i, k in enumerate(topk)}, outs
+            c, outs = jax.lax.scan(body, sums0, (x, y, acts))
+            return task.finalize(c, n), outs
 
-    zero = {f"top{k}": jnp.float32(0) for k in topk}
     rows = keys.shape[0]
 
     def body(memo, row):
@@ -231,7 +223,7 @@ def _program(spec: Spec, prepared, images, labels, rates, keys):
         return memo, (out, stats_dict(stats), kind)
 
     memo = (jnp.zeros((rows, 2), jnp.uint32), jnp.zeros((rows,), bool),
-            {f"top{k}": jnp.zeros((rows,), jnp.float32) for k in topk}, acts0)
+            {k: jnp.zeros((rows,), z.dtype) for k, z in zero.items()}, acts0)
     _, (out, stats, kind) = jax.lax.scan(body, memo, (jnp.arange(rows), rates, keys))
     return out, stats, kind
 
@@ -240,7 +232,7 @@ def _grid(spec: Spec, strategy: str, prepared, images, labels, rates, keys):
     """The whole rates x trials evaluation without reuse (any strategy): ({metric: (R, T)}, {stat: (R, T)})."""
     from jaxfault.engine import make_metric_fn, map_over, stats_dict
 
-    metric = make_metric_fn(spec.model, batch_size=spec.batch_size, topk=spec.topk)
+    metric = make_metric_fn(spec.model, batch_size=spec.batch_size, task=spec.task)
 
     def one(rate, key):
         faulty, stats = spec.fault_model.perturb(key, prepared, rate)
@@ -252,7 +244,7 @@ def _grid(spec: Spec, strategy: str, prepared, images, labels, rates, keys):
 def _clean(spec: Spec, prepared, images, labels):
     from jaxfault.engine import make_metric_fn
 
-    return make_metric_fn(spec.model, batch_size=spec.batch_size, topk=spec.topk)(prepared, images, labels)
+    return make_metric_fn(spec.model, batch_size=spec.batch_size, task=spec.task)(prepared, images, labels)
 
 
 _program_jit = jax.jit(_program, static_argnums=0)
