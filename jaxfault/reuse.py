@@ -145,6 +145,15 @@ def _first_changed(names, clean, faulty) -> jax.Array:
 
 # ------------------------------------------------------------------------------ the program
 def _program(spec: Spec, prepared, images, labels, rates, keys):
+    """The clean row, then the (R, T) grid row by row, through ``_scan``."""
+    T = keys.shape[1]
+    flat_rates = jnp.repeat(rates, T, axis=0)
+    flat_rates = jnp.concatenate([jnp.zeros_like(flat_rates[:1]), flat_rates])
+    flat_keys = keys.reshape(-1)
+    return _scan(spec, prepared, images, labels, flat_rates, jnp.concatenate([flat_keys[:1], flat_keys]))
+
+
+def _scan(spec: Spec, prepared, images, labels, rates, keys):
     """Row 0 is the clean model, rows 1.. the trials, in one ``lax.scan`` over rows. A row's
     route is the forward pass from stage k (k = 0 the whole model; for a split model, k is the
     first changed stage and the stages before it are skipped, their output taken from the clean
@@ -324,11 +333,7 @@ def evaluate_reusing(spec: Spec, prepared, images, labels, rates, keys):
       how many trials took each route: 'full', 'cut1', ..., 'clean', 'duplicate').
     """
     R, T = keys.shape
-    flat_rates = jnp.repeat(rates, T, axis=0)
-    flat_rates = jnp.concatenate([jnp.zeros_like(flat_rates[:1]), flat_rates])
-    flat_keys = keys.reshape(R * T)
-    flat_keys = jnp.concatenate([flat_keys[:1], flat_keys])
-    out, stats, kind = jax.device_get(_program_jit(spec, prepared, images, labels, flat_rates, flat_keys))
+    out, stats, kind = jax.device_get(_program_jit(spec, prepared, images, labels, rates, keys))
     kind = np.asarray(kind)[1:]
     routes = {ROUTE_NAMES.get(int(k), f"cut{int(k)}"): int(np.sum(kind == k)) for k in np.unique(kind)}
     metrics = {k: np.asarray(v)[1:].reshape(R, T) for k, v in out.items()}
