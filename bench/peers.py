@@ -30,9 +30,7 @@ streams, same law). Prints ``uptime`` first: timings on a shared machine vary wi
 from __future__ import annotations
 
 import argparse
-import copy
 import os
-import random
 import subprocess
 import time
 from importlib.metadata import version

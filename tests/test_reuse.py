@@ -72,34 +72,45 @@ def test_reuse_equals_full_evaluation_per_trial(lenet):
     assert full.accuracy[2].mean() < full.accuracy[0].mean() == 1.0
 
 
-def test_reuse_bf16_hbm_equals_full_and_clean_optional(lenet):
-    """bf16 evaluation (no cuts: only known answers are skipped), Sparrow and no protection."""
+def test_programs_are_reused_across_calls(lenet):
+    """A second call with the same shapes and fault-model structure compiles nothing."""
+    model, variables, x, labels = lenet
+    kw = dict(batch_size=16, topk=(1, 2))
+    first = engine.evaluate(model, variables, x, labels, jaxfault.bit_flips(), [0.0, 2e-6, 3e-3],
+                            jax.random.split(jax.random.key(4), 6), **kw)
+    before = reuse._program_jit._cache_size()
+    again = engine.evaluate(model, variables, x, labels, jaxfault.bit_flips(), [0.0, 1e-6, 3e-3],
+                            jax.random.split(jax.random.key(7), 6), **kw)
+    assert reuse._program_jit._cache_size() == before
+    assert first.seconds > 0 and again.seconds > 0 and again.work is not None
+
+
+def test_reuse_bf16_sparrow_equals_full(lenet):
+    """bf16 evaluation (no cuts: only known answers are skipped) under Sparrow."""
     model, variables, x, labels = lenet
     keys = jax.random.split(jax.random.key(5), 4)
-    for scheme in ("sparrow", "none"):
-        fm = HBMFaults(scheme=scheme)
-        fast = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16)
-        full = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16, reuse=False)
-        np.testing.assert_array_equal(_bits(fast.accuracy), _bits(full.accuracy), err_msg=scheme)
-        np.testing.assert_array_equal(fast.stats["changed_fraction"], full.stats["changed_fraction"])
-        assert fast.clean == full.clean and not any(k.startswith("cut") for k in fast.work)
+    fm = HBMFaults(scheme="sparrow")
+    fast = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16)
+    full = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16, reuse=False)
+    np.testing.assert_array_equal(_bits(fast.accuracy), _bits(full.accuracy))
+    np.testing.assert_array_equal(fast.stats["changed_fraction"], full.stats["changed_fraction"])
+    assert fast.clean == full.clean and not any(k.startswith("cut") for k in fast.work)
+
+
+@pytest.mark.slow
+def test_reuse_bf16_unprotected_and_clean_optional(lenet):
+    model, variables, x, labels = lenet
+    keys = jax.random.split(jax.random.key(5), 4)
+    fm = HBMFaults(scheme="none")
+    fast = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16)
+    full = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16, reuse=False)
+    np.testing.assert_array_equal(_bits(fast.accuracy), _bits(full.accuracy))
     quiet = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16, clean=False)
     assert quiet.clean == {}
     np.testing.assert_array_equal(_bits(quiet.accuracy), _bits(full.accuracy))
 
 
-def test_programs_are_reused_across_calls(lenet):
-    model, variables, x, labels = lenet
-    keys = jax.random.split(jax.random.key(6), 3)
-    fm = jaxfault.bit_flips()
-    engine.evaluate(model, variables, x, labels, fm, [1e-4], keys, batch_size=16)
-    before = reuse._program_jit._cache_size()
-    again = engine.evaluate(model, variables, x, labels, fm, [1e-4], jax.random.split(jax.random.key(7), 3),
-                            batch_size=16)
-    assert reuse._program_jit._cache_size() == before
-    assert again.seconds > 0
-
-
+@pytest.mark.slow
 def test_compute_dtype_float32_of_bf16_weights(lenet):
     """compute_dtype='float32' evaluates the same bf16-stored weights in float32: it may start
     from cuts, and agrees with the full float32 evaluation bit for bit."""
@@ -110,5 +121,10 @@ def test_compute_dtype_float32_of_bf16_weights(lenet):
     full = engine.evaluate(model, variables, x, labels, fm, [1e-5], keys, batch_size=16, compute_dtype="float32",
                            reuse=False)
     np.testing.assert_array_equal(_bits(fast.accuracy), _bits(full.accuracy))
+
+
+def test_compute_dtype_checked(lenet):
+    model, variables, x, labels = lenet
     with pytest.raises(jaxfault.JaxfaultError, match="compute_dtype"):
-        engine.evaluate(model, variables, x, labels, fm, [1e-5], keys, compute_dtype="float16")
+        engine.evaluate(model, variables, x, labels, jaxfault.bit_flips(), [1e-5], jax.random.split(jax.random.key(8), 3),
+                        compute_dtype="float16")
