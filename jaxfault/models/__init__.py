@@ -1,4 +1,5 @@
-"""Model zoo: create_model(name, num_classes, quant_bits) -> a flax.linen classifier."""
+"""Model zoo: create_model(name, num_classes, quant_bits) -> a flax.linen classifier; the
+transformer language-model families GPT2 and Llama (jaxfault.models.gpt2 / llama)."""
 from __future__ import annotations
 
 import jax
@@ -7,7 +8,10 @@ import jax.numpy as jnp
 from jaxfault.errors import JaxfaultError
 from jaxfault.models.classifiers import (VGG, VGG_CONFIGS, BasicBlock, Bottleneck, ConvNet, LeNet5, LeNetSWIM,
                                          ResNet)
+from jaxfault.models.gpt2 import GPT2
 from jaxfault.models.layers import Conv, Dense
+from jaxfault.models.llama import Llama
+from jaxfault.models.transformer import MODULE_KINDS, module_kind
 from jaxfault.quant import check_bits
 
 MODEL_NAMES = ("lenet", "lenet-swim", "convnet", "resnet18", "resnet50", "vgg11", "vgg16", "vgg19")
@@ -43,4 +47,4 @@ def init_variables(model, key: jax.Array, input_shape) -> dict:
 
 
 __all__ = ["MODEL_NAMES", "create_model", "init_variables", "Conv", "Dense", "LeNet5", "LeNetSWIM", "ConvNet",
-           "ResNet", "VGG"]
+           "ResNet", "VGG", "GPT2", "Llama", "MODULE_KINDS", "module_kind"]
