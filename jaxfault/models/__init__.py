@@ -1,5 +1,6 @@
 """Model zoo: create_model(name, num_classes, quant_bits) -> a flax.linen classifier; the
-transformer language-model families GPT2 and Llama (jaxfault.models.gpt2 / llama)."""
+transformer language-model families GPT2 and Llama (jaxfault.models.gpt2 / llama), and from_hf(folder)
+-> (model, variables) for Hugging Face checkpoint folders (jaxfault.models.hf)."""
 from __future__ import annotations
 
 import jax
@@ -9,6 +10,7 @@ from jaxfault.errors import JaxfaultError
 from jaxfault.models.classifiers import (VGG, VGG_CONFIGS, BasicBlock, Bottleneck, ConvNet, LeNet5, LeNetSWIM,
                                          ResNet)
 from jaxfault.models.gpt2 import GPT2
+from jaxfault.models.hf import from_hf, is_hf_folder, load_tokenizer
 from jaxfault.models.layers import Conv, Dense
 from jaxfault.models.llama import Llama
 from jaxfault.models.transformer import MODULE_KINDS, module_kind
@@ -47,4 +49,5 @@ def init_variables(model, key: jax.Array, input_shape) -> dict:
 
 
 __all__ = ["MODEL_NAMES", "create_model", "init_variables", "Conv", "Dense", "LeNet5", "LeNetSWIM", "ConvNet",
-           "ResNet", "VGG", "GPT2", "Llama", "MODULE_KINDS", "module_kind"]
+           "ResNet", "VGG", "GPT2", "Llama", "MODULE_KINDS", "module_kind",
+           "from_hf", "is_hf_folder", "load_tokenizer"]
