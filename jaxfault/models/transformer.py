@@ -152,15 +152,17 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float
         raise JaxfaultError(f"attention heads ({h}) must be a multiple of key/value heads ({kvh})")
     g = h // kvh
     qg = q.reshape(b, lq, kvh, g, d)
-    with jax.named_scope("scores"):
-        s = jnp.einsum("bqkgd,bskd->bkgqs", qg, k)
+    # explicit dot_generals with the keys / values second: the energy extraction
+    # (jaxfault.energy.layers) reads the second operand of an activation matmul as its stationary one
+    with jax.named_scope("scores"):  # (b, kvh, lq, g, s)
+        s = jax.lax.dot_general(qg, k, (((4,), (3,)), ((0, 2), (0, 2))))
     s = (s * jnp.asarray(scale, s.dtype)).astype(jnp.float32)
     if mask is not None:
-        s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
+        s = jnp.where(mask[:, None, :], s, jnp.finfo(jnp.float32).min)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    with jax.named_scope("context"):
-        o = jnp.einsum("bkgqs,bskd->bqkgd", p, v)
-    return o.reshape(b, lq, h, d)
+    with jax.named_scope("context"):  # (b, kvh, lq, g, d)
+        o = jax.lax.dot_general(p, v, (((4,), (1,)), ((0, 1), (0, 2))))
+    return jnp.transpose(o, (0, 2, 1, 3, 4)).reshape(b, lq, h, d)
 
 
 def check_tokens(tokens, max_length: int | None, vocab_size: int) -> jax.Array:
