@@ -117,3 +117,48 @@ def test_energy_networks_price_hf_configs():
     assert get_network(str(folder / "config.json")).input_shape == (32,)  # capped at max_position_embeddings
     with pytest.raises(JaxfaultError, match="takes a context length"):
         get_network(str(folder), (28, 28, 1))
+
+
+def test_vit_train_step_shapes():
+    """The training loop's step traces through the zoo's ViT (abstractly: no compilation)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxfault.models import ViT, create_model
+    from jaxfault.training import make_train_step
+
+    model = create_model("vit")
+    assert isinstance(model, ViT) and create_model("vit", 10, 8).quant_bits == 8
+    x = jax.ShapeDtypeStruct((8, 28, 28, 1), jnp.float32)
+    variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros(x.shape), train=False), jax.random.key(0))
+    opt = optax.adam(1e-3)
+    state = (variables["params"], {}, jax.eval_shape(opt.init, variables["params"]))
+    y = jax.ShapeDtypeStruct((8,), jnp.int32)
+    new_state, (loss, acc) = jax.eval_shape(make_train_step(model, opt), state, x, y, jax.random.key(1))
+    assert loss.shape == () and jax.tree_util.tree_structure(new_state[0]) == jax.tree_util.tree_structure(state[0])
+    d, mlp, tokens = 64, 128, 16 + 1
+    block = 2 * 2 * d + 4 * (d * d + d) + (d * mlp + mlp) + (mlp * d + d)
+    expected = (7 * 7 * 1 * d + d) + d + tokens * d + 4 * block + 2 * d + (d * 10 + 10)
+    assert sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(variables)) == expected == 139018
+
+
+@pytest.mark.slow
+def test_vit_trains_with_the_training_loop(small_dataset):
+    """A one-block ViT goes through train_classifier (its init, train step and evaluation)."""
+    from jaxfault.data import Dataset
+    from jaxfault.models import ViT
+    from jaxfault.training import train_classifier
+
+    d = small_dataset
+    tiny = Dataset(d.name, d.train_images[:256], d.train_labels[:256], d.test_images[:128], d.test_labels[:128],
+                   10, d.value_range, d.source)
+    model = ViT(width=16, depth=1, heads=2, mlp_dim=32)
+    variables, history = train_classifier(model, tiny, epochs=2, batch_size=64, learning_rate=3e-3,
+                                          key=__import__("jax").random.key(0), log=lambda s: None,
+                                          show_progress=False)
+    assert set(variables) == {"params"} and variables["params"]["pos_embed"].shape == (1, 17, 16)
+    assert len(history) == 2 and history[1]["train_loss"] < history[0]["train_loss"]
+    assert 0.0 <= history[-1]["test_accuracy"] <= 1.0
+    with pytest.raises(JaxfaultError, match="not a multiple of the ViT patch size 7"):
+        layers_from_model(model, (30, 30, 1))

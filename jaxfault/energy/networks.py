@@ -54,6 +54,7 @@ class AlexNet(nn.Module):
 DEFAULT_INPUTS = {
     "alexnet": (227, 227, 3),
     "lenet": (28, 28, 1),
+    "vit": (28, 28, 1),  # its 7x7 patches tile Fashion-MNIST's 28x28
 }
 GENERIC_INPUT = (32, 32, 3)
 
