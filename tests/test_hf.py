@@ -235,3 +235,22 @@ def test_config_validation_without_weights():
     with pytest.raises(JaxfaultError, match="sliding_window' is set for model_type 'llama'"):
         model_from_config({"model_type": "llama", "vocab_size": 8, "hidden_size": 8, "intermediate_size": 8,
                            "num_hidden_layers": 1, "num_attention_heads": 2, "sliding_window": 4})
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"model_type": "bert"}, "error: unsupported model_type 'bert'; supported: gpt2, llama, mistral, qwen2"),
+    ({"n_layer": None}, "error: config.json has no 'n_layer' field"),
+    ({"n_head": 0}, "error: config field 'n_head' must be a positive integer, got 0"),
+])
+def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys, edit, message):
+    """A CLI given a bad Hugging Face folder (eval.energy prices one from its config) prints one
+    'error:' line and exits 2 before any work."""
+    from eval import energy
+    from jaxfault.cli import run_main
+
+    d = _copy(tmp_path)
+    _edit_config(d, **edit)
+    with pytest.raises(SystemExit) as e:
+        run_main(energy.main, ["--network", str(d), "--input", "8"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == message

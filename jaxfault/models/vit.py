@@ -87,7 +87,7 @@ class ViT(nn.Module):
     quant_bits: int | None = None
     conv_impl: str = "auto"
 
-    MODULE_PATTERNS = {"embeddings": ("patch_embed",), "attention": ("blocks_*/attn",), "mlp": ("blocks_*/mlp",),
+    MODULE_PATTERNS = {"embeddings": ("patch_embed", "cls_token", "pos_embed"), "attention": ("blocks_*/attn",), "mlp": ("blocks_*/mlp",),
                        "norms": ("blocks_*/layernorm_before", "blocks_*/layernorm_after", "layernorm"),
                        "lm_head": ("head",)}
 
