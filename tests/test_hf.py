@@ -254,3 +254,17 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys, edit, message):
         run_main(energy.main, ["--network", str(d), "--input", "8"])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err == message
+
+
+def test_sliding_layers_from_config():
+    """Mistral: one window on every layer (HF's default 4096 when the field is absent); Qwen2:
+    layers from max_window_layers on, only with use_sliding_window (or as layer_types say)."""
+    base = {"vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 3,
+            "num_attention_heads": 2}
+    assert model_from_config({**base, "model_type": "mistral"}).layer_windows == (4096,) * 3
+    assert model_from_config({**base, "model_type": "mistral", "sliding_window": None}).layer_windows == ()
+    qwen = {**base, "model_type": "qwen2", "sliding_window": 4, "max_window_layers": 1}
+    assert model_from_config(qwen).layer_windows == ()
+    assert model_from_config({**qwen, "use_sliding_window": True}).layer_windows == (0, 4, 4)
+    assert model_from_config({**qwen, "use_sliding_window": True, "layer_types": [
+        "sliding_attention", "full_attention", "sliding_attention"]}).layer_windows == (4, 0, 4)

@@ -97,6 +97,8 @@ def test_bad_inputs_are_one_line_errors():
     model = GPT2(vocab_size=64, n_positions=8, n_embd=16, n_layer=1, n_head=2)
     with pytest.raises(JaxfaultError, match="integer token ids of shape"):
         model.init(__import__("jax").random.key(0), jnp.zeros((2, 4), jnp.float32))
+    with pytest.raises(JaxfaultError, match=r"token id 64 is outside the vocabulary \[0, 64\)"):
+        model.init(__import__("jax").random.key(0), jnp.full((1, 4), 64, jnp.int32))
     with pytest.raises(JaxfaultError, match="sequence length 9 exceeds the model's 8 positions"):
         layers_from_model(model, (9,))
     with pytest.raises(JaxfaultError, match="must be a multiple of n_head"):
