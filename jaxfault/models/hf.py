@@ -92,7 +92,7 @@ def _rope_theta(cfg: dict) -> float:
 
 def _layer_windows(cfg: dict, model_type: str, n_layers: int) -> tuple:
     if model_type == "mistral":
-        window = cfg.get("sliding_window", 4096) if "sliding_window" in cfg else 4096  # MistralConfig's default
+        window = cfg.get("sliding_window", 4096)  # absent: MistralConfig's default
         if window is None:
             return ()
         window = _field({"sliding_window": window}, "sliding_window")
