@@ -73,8 +73,10 @@ class ViTBlock(nn.Module):
 class ViT(nn.Module):
     """Vision Transformer classifier: ``apply(variables, images)`` -> logits (batch, num_classes).
 
-    Images are NHWC with H and W multiples of ``patch_size``. ``train`` is accepted for the
-    training loop's convention; the model has no dropout or batch statistics.
+    Images are NHWC of any size: sides that are not multiples of ``patch_size`` are zero-padded
+    at the bottom and right up to the next multiple (the position table has one row per patch
+    of the padded image, plus the CLS token). ``train`` is accepted for the training loop's
+    convention; the model has no dropout or batch statistics.
     """
 
     num_classes: int = 10
@@ -102,8 +104,8 @@ class ViT(nn.Module):
             raise JaxfaultError(f"ViT takes NHWC images, got shape {tuple(x.shape)}")
         h, w = x.shape[1:3]
         p = self.patch_size
-        if h % p or w % p:
-            raise JaxfaultError(f"image size {h}x{w} is not a multiple of the ViT patch size {p}")
+        if h % p or w % p:  # any input size, as the zoo's CNNs: zero-pad to whole patches
+            x = jnp.pad(x, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
         y = Conv(self.width, (p, p), strides=(p, p), padding="VALID", quant_bits=self.quant_bits,
                  kernel_init=_init, conv_impl=self.conv_impl, name="patch_embed")(x)
         b = y.shape[0]
