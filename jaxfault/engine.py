@@ -399,11 +399,12 @@ def evaluate(model, variables: PyTree, inputs, targets, fault_model, rates, keys
         from jaxfault import reuse as _reuse
 
         kind, chunk = parse_strategy(strategy)
-        reusing = bool(reuse) and kind == "map" and chunk is None
+        r32 = jnp.asarray(rates, jnp.float32)
+        reusing = (bool(reuse) and kind == "map" and chunk is None
+                   and _reuse.same_layout(fm, prepared, r32[0]))
         spec = _reuse.Spec(eval_model, fm, precision, bs, task,
                            staged=reusing and _reuse.can_stage(eval_model, prepared, x, bs), clean=bool(clean))
         if _reuse.hashable(spec):
-            r32 = jnp.asarray(rates, jnp.float32)
             with precision_scope(precision):
                 if reusing:
                     metrics, stats, clean_m, work = _reuse.evaluate_reusing(spec, prepared, x, y, r32, keys)

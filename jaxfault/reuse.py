@@ -288,6 +288,21 @@ def can_stage(model, prepared, images, batch_size: int) -> bool:
     return total <= MAX_CACHE_BYTES
 
 
+def same_layout(fault_model, prepared, rate) -> bool:
+    """True when the fault model's perturbed variables have the prepared variables' structure,
+    shapes and dtypes (so a clean row can run through the same code as a faulty one).
+
+    Args:
+      fault_model: the fault model; prepared: its prepared variables; rate: a rate of its grid.
+    Returns:
+      A bool (traced with ``jax.eval_shape``: nothing is computed).
+    """
+    out = jax.eval_shape(lambda k, r: fault_model.perturb(k, prepared, r)[0], jax.random.key(0), rate)
+    a, ta = jax.tree_util.tree_flatten(prepared)
+    b, tb = jax.tree_util.tree_flatten(out)
+    return ta == tb and all(jnp.shape(x) == y.shape and jnp.asarray(x).dtype == y.dtype for x, y in zip(a, b))
+
+
 def hashable(spec: Spec) -> bool:
     """True when a spec can key jit's cache (every field hashable)."""
     try:
