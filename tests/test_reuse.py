@@ -22,17 +22,20 @@ def lenet():
     (so faults visibly lower the accuracy), batch size 16: the last batch is padded."""
     model = LeNet5()
     x = jax.random.normal(jax.random.key(0), (24, 16, 16, 1))
-    variables = model.init(jax.random.key(1), x)
-    labels = jnp.argmax(model.apply(variables, x), -1)
+    variables = jax.jit(model.init)(jax.random.key(1), x)
+    labels = jnp.argmax(jax.jit(model.apply)(variables, x), -1)
     return model, variables, x, labels
 
 
 @pytest.mark.parametrize("cls", [LeNet5, pytest.param(LeNetSWIM, marks=pytest.mark.slow)])
-def test_stages_compute_what_the_model_computes(cls):
+def test_stages_compute_what_the_model_computes(cls, lenet):
     """Compiled, the stages from any cut give the model's logits bit for bit."""
-    model = cls()
-    x = jax.random.normal(jax.random.key(2), (5, 16, 16, 1))
-    variables = model.init(jax.random.key(3), x)
+    if cls is LeNet5:
+        model, variables, x, _ = lenet
+    else:
+        model = cls()
+        x = jax.random.normal(jax.random.key(2), (5, 16, 16, 1))
+        variables = jax.jit(model.init)(jax.random.key(3), x)
     stages = model_stages(model, variables)
     assert stages is not None and len(stages) == 3
 
@@ -85,6 +88,7 @@ def test_programs_are_reused_across_calls(lenet):
     assert first.seconds > 0 and again.seconds > 0 and again.work is not None
 
 
+@pytest.mark.slow
 def test_reuse_bf16_sparrow_equals_full(lenet):
     """bf16 evaluation (no cuts: only known answers are skipped) under Sparrow."""
     model, variables, x, labels = lenet
