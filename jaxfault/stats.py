@@ -454,3 +454,68 @@ def interval_text(lo: float, hi: float, scale: float = 1.0, digits: int = 2) -> 
     Returns: the text.
     """
     return f"[{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
+# ------------------------------------------------------------------------------------ sequential
+STOP_REASONS = ("fixed", "width", "max_trials")
+
+
+def check_sequential(trials: int, ci_width, max_trials) -> int | None:
+    """Check the settings of a run until a target width; returns the trial cap to use.
+
+    Args: trials: the chunk size (trials per compiled call, >= 1); ci_width: the target
+          half-width of the mean's interval (> 0) or None for a fixed number of trials;
+          max_trials: the cap (>= trials), or None for 10 x trials.
+    Returns: the cap (None when ci_width is None).
+    """
+    if ci_width is None:
+        if max_trials is not None:
+            raise JaxfaultError("max_trials needs ci_width (a target half-width); without it the trial count is fixed")
+        return None
+    if isinstance(ci_width, bool) or not isinstance(ci_width, (int, float)) or not (0 < ci_width < math.inf):
+        raise JaxfaultError(f"ci_width must be a number > 0 (the target half-width), got {ci_width!r}")
+    cap = 10 * trials if max_trials is None else max_trials
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < trials:
+        raise JaxfaultError(f"max_trials must be an integer >= trials ({trials}), got {max_trials!r}")
+    return cap
+
+
+def run_until_width(run_chunk, *, chunk: int, ci_width: float | None, max_trials: int | None,
+                    target: str, level: float = 0.95, bounds=(0.0, 1.0)) -> tuple[dict, dict]:
+    """Run trials in chunks until the target figure's mean interval is narrow enough.
+
+    Calls run_chunk(start, count) for trials start..start+count-1 (count == chunk, the last call
+    cut to the cap), which returns {name: per-trial array}; stops when the half-width of the
+    betting interval of values[target] is <= ci_width or max_trials trials ran. The bets are tuned
+    for the cap (``mean_ci(horizon=max_trials)``), so the interval at the data-dependent stop keeps
+    its coverage. Without ci_width, one chunk runs (stop "fixed").
+
+    Args: run_chunk: the evaluation callback; chunk: trials per call; ci_width: target
+          half-width or None; max_trials: the cap; target: name of the figure stopped on;
+          level: in (0, 1); bounds: the target's range.
+    Returns: ({name: concatenated array}, {"trials", "stop", "half_width", "horizon"}).
+    """
+    cap = check_sequential(chunk, ci_width, max_trials)
+    total = chunk if cap is None else cap
+    parts: dict = {}
+    n, stop, half = 0, "fixed", float("inf")
+    while n < total:
+        count = min(chunk, total - n)
+        out = run_chunk(n, count)
+        for k, v in out.items():
+            parts.setdefault(k, []).append(np.asarray(v)[:count])
+        n += count
+        if cap is None:
+            break
+        lo, hi = mean_ci(np.concatenate(parts[target]), level, bounds=bounds, horizon=cap)
+        half = (hi - lo) / 2.0
+        if half <= ci_width:
+            stop = "width"
+            break
+    else:
+        stop = "max_trials" if cap is not None else "fixed"
+    values = {k: np.concatenate(v) for k, v in parts.items()}
+    if cap is None:
+        lo, hi = mean_ci(values[target], level, bounds=bounds)
+        half = (hi - lo) / 2.0
+    return values, {"trials": n, "stop": stop, "half_width": float(half), "horizon": int(cap or n)}

@@ -231,3 +231,36 @@ def test_coverage_betting_under_width_stopping():
     cov = covered(lo, hi, truth)
     report(f"mean, betting, width-stopped (median {np.median(stop):.0f} trials)", cov)
     assert cov >= 0.93
+
+
+def test_run_until_width_stops_on_width_or_cap_and_cuts_the_last_chunk():
+    rng = np.random.default_rng(70)
+    pool = {"narrow": np.full(100, 0.9), "wide": rng.random(100)}
+    for kind, want in (("narrow", "width"), ("wide", "max_trials")):
+        calls = []
+
+        def chunk(start, count, kind=kind):
+            calls.append((start, count))
+            return {"acc": pool[kind][start:start + count], "other": np.arange(start, start + count)}
+
+        values, run = S.run_until_width(chunk, chunk=8, ci_width=0.1, max_trials=30, target="acc")
+        assert run["stop"] == want and run["trials"] == len(values["acc"]) == sum(c for _, c in calls)
+        assert [s for s, _ in calls] == list(range(0, run["trials"], 8))
+        np.testing.assert_array_equal(values["other"], np.arange(run["trials"]))
+        lo, hi = S.mean_ci(values["acc"], horizon=30)
+        assert run["half_width"] == pytest.approx((hi - lo) / 2)
+        if want == "width":
+            assert run["half_width"] <= 0.1
+            lo, hi = S.mean_ci(values["acc"][:run["trials"] - 8], horizon=30)
+            assert (hi - lo) / 2 > 0.1            # the chunk before did not reach the width
+        else:
+            assert run["trials"] == 30 and calls[-1] == (24, 6) and run["half_width"] > 0.1
+    values, run = S.run_until_width(lambda s, c: {"acc": np.full(c, 0.5)}, chunk=5, ci_width=None, max_trials=None,
+                                    target="acc")
+    assert run == {"trials": 5, "stop": "fixed", "half_width": pytest.approx(run["half_width"]), "horizon": 5}
+    with pytest.raises(JaxfaultError, match="max_trials must be an integer >= trials"):
+        S.check_sequential(10, 0.01, 5)
+    with pytest.raises(JaxfaultError, match="ci_width must be a number > 0"):
+        S.check_sequential(10, -1.0, None)
+    with pytest.raises(JaxfaultError, match="max_trials needs ci_width"):
+        S.check_sequential(10, None, 50)
