@@ -26,6 +26,7 @@ from jaxfault.campaign.runner import EvalData
 from jaxfault.checkpoints import checkpoint_digest
 from jaxfault.config import read_json_object
 from jaxfault.errors import JaxfaultError, nearest_hint
+from jaxfault.precision import check_precision
 from jaxfault.stats import check_sequential
 
 DEFAULTS = {"output": "runs/campaign/results.jsonl", "checkpoint": None, "seed": 0, "trials": 20,
@@ -70,7 +71,7 @@ def validate_config(config: dict) -> dict:
         if not isinstance(config[name], str):
             raise JaxfaultError(f"{name} must be a string, got {json.dumps(config[name])}")
     engine.resolve_strategy(config["strategy"])
-    engine.check_precision(config["precision"])
+    check_precision(config["precision"])
     check_sequential(config["trials"], config["ci_width"], config["max_trials"])
     for point in expand_grid(config["grid"]):
         methods.validate_point(point.params)
