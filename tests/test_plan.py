@@ -444,7 +444,7 @@ def test_every_configuration_carries_intervals_and_a_status(two_stage):
 
 def test_certified_plan_adds_trials_to_undecided_configurations_and_resumes(two_stage, tmp_path, monkeypatch):
     from jaxfault.plan import planner
-    from jaxfault.plan.report import target_status
+    from jaxfault.plan.report import target_interval, target_status
 
     plan0, data, _ = two_stage
     plan = _validated(plan0["checkpoint"], eval_dtype="float32",
@@ -459,7 +459,9 @@ def test_certified_plan_adds_trials_to_undecided_configurations_and_resumes(two_
     assert any(e["accuracy"]["n"] > TRIALS for e in cfgs), "no configuration got more trials"
     for e in cfgs:
         c, n = e["certification"], e["accuracy"]["n"]
-        assert n in (4, 8, 12) and c["trials"] == n
+        assert n in (4, 8, 12) and c["trials"] == n == len(e["accuracy"]["values"])
+        # the bound is the corrected interval of this configuration's own trials
+        assert [c["bound"], c["upper"]] == list(target_interval(e["accuracy"]["values"], "mean", cert))
         assert c["status"] == target_status(c["bound"], c["upper"], 0.35)
         assert c["status"] != "undecided" or n == 12       # straddling: more trials up to the budget
         assert e["meets_target"] == (c["status"] == "met")
