@@ -105,8 +105,9 @@ def run_point(point: GridPoint, cache: ProgramCache) -> dict:
             ks = jnp.concatenate([ks, jnp.repeat(ks[-1:], c.trials - count)])
         metrics, st = jax.device_get(prog.run(variables, x, y, rates, engine.shard_keys(ks[None], cache.mesh)))
         acc = np.asarray(metrics["top1"], np.float64)[0, :count]
-        return {"accuracy": acc,
-                "fault_rate": np.asarray(st.get("realised_ber", np.zeros_like(acc)), np.float64)[0, :count]}
+        realised = (np.asarray(st["realised_ber"], np.float64)[0, :count] if "realised_ber" in st
+                    else np.zeros_like(acc))     # fault models without a realised BER (activation sites)
+        return {"accuracy": acc, "fault_rate": realised}
 
     values, run = stats.run_until_width(chunk, chunk=c.trials, ci_width=c.ci_width, max_trials=cap,
                                         target="accuracy", level=c.level)
