@@ -352,7 +352,7 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
           f"key must be a typed JAX key, got {type(key).__name__}")
     check(isinstance(chunk, int) and chunk >= 1, f"chunk must be an integer >= 1, got {chunk!r}")
     t_start = time.perf_counter()
-    base = fault_model.with_rate_bound(max(ber, 1e-12))
+    base = fault_model.with_rate_bound(max(ber, float(np.float32(ber)), 1e-12))   # bounds the float32 rate
     prepared = base.prepare(variables)
     probe = fc.ConditionedHBM(base, positions, direction, 1)
     n_cls = probe.class_cells(prepared)
