@@ -18,7 +18,8 @@ Estimator (two phases, the estimate unbiased for the truncated sum):
    one evaluation, no trials.
 2. Pilot: ``pilot`` trials in every sampled stratum; their standard deviations s_k give the
    Neyman allocation n_k proportional to P(K = k) max(s_k, max_j s_j / 10), at least 2 per
-   stratum (the floor keeps a stratum whose pilot happened to vary by nothing from starving).
+   stratum (the floor keeps a stratum whose pilot happened to vary by nothing from starving; it
+   shapes the shares only: a target half-width sets the total from the pilot's own s_k).
 3. Main phase: n_k fresh trials per stratum (fresh keys). The estimate uses these only, so the
    allocation (a function of the pilot) is independent of the values averaged and the stratum
    means are unbiased: mu_hat = sum_k P(K = k) mean_k + P(K > k_max) mean_{k_max}.
@@ -284,8 +285,7 @@ def stratified(sample: Callable, weights, tail: float, key, *, complete: bool, t
         check(half_width > 0, f"half_width must be > 0, got {half_width!r}")
         room = half_width - tail * (metric_range[1] - metric_range[0]) / 2
         check(room > 0, f"half_width {half_width:g} is below the tail bound's share {tail:g}: lower the tail")
-        s_eff = np.maximum(sds, sds.max() / 10.0)
-        need = (t_quantile(level, math.inf) * float(np.sum(ws * s_eff)) / room) ** 2
+        need = (t_quantile(level, math.inf) * float(np.sum(ws * sds)) / room) ** 2
         total = int(min(trials, max(math.ceil(need), MIN_PER_STRATUM * len(sampled))))
     counts = neyman_allocation(ws, sds, total)
     if log:
@@ -324,7 +324,7 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
                         tail: float = 1e-6, level: float = 0.95, metric: str = "top1", metric_range=(0.0, 1.0),
                         max_strata: int = MAX_STRATA, chunk: int = 16, strategy: str = "auto",
                         precision: str = "highest", batch_size: int = 1000, topk: Sequence[int] = (1,),
-                        log: Callable[[str], None] | None = None) -> RareResult:
+                        task=None, log: Callable[[str], None] | None = None) -> RareResult:
     """Stratified estimate of a metric of ``model`` under HBM faults at one BER (module docstring).
 
     Args:
@@ -338,7 +338,8 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
       metric: the engine metric to estimate ("top1"); metric_range: its bounds.
       max_strata: most strata allowed (more raises an error: use plain Monte Carlo then).
       chunk: trials per engine call (every call has this shape, so one program is compiled).
-      strategy, precision, batch_size, topk: the engine's.
+      strategy, precision, batch_size, topk, task: the engine's (``metric`` must be one of the
+        task's metrics, bounded by ``metric_range``).
       log: progress lines (None: quiet).
     Returns:
       RareResult.
@@ -379,10 +380,12 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
             rates = np.stack([kk.astype(np.float64), np.full(chunk, ber)], axis=1)
             if program[0] is None:
                 metric_fn = engine.make_metric_fn(engine.evaluation_form(model, variables)[0],
-                                                  batch_size=min(batch_size, int(len(labels))), topk=topk)
+                                                  batch_size=min(batch_size, int(len(labels))), topk=topk,
+                                                  task=task)
                 program[0] = engine.make_trial_program(metric_fn, cfm, strategy=strategy, precision=precision)
             res = engine.evaluate(model, variables, images, labels, cfm, rates, kt[:, None], strategy=strategy,
-                                  precision=precision, batch_size=batch_size, topk=topk, program=program[0])
+                                  precision=precision, batch_size=batch_size, topk=topk, task=task,
+                                  program=program[0])
             clean.update(res.clean)
             evaluated[0] += chunk + 1          # the chunk's trials and the engine's clean pass
             out.append(np.asarray(res.metrics[metric])[:chunk - pad, 0] if pad else np.asarray(res.metrics[metric])[:, 0])

@@ -141,9 +141,10 @@ def _hit_sample(ks, keys):
     return np.asarray(_half_hits(ks, keys), np.float64)[:n]
 
 
-def hit_estimate(key, trials=48):
+def hit_estimate(key, trials=48, half_width=None):
     w, tail = rare.strata_for(N_CELLS, P_CELL, 1e-7)
-    return rare.stratified(_hit_sample, w, tail, key, complete=True, trials=trials, pilot=4, level=0.999)
+    return rare.stratified(_hit_sample, w, tail, key, complete=True, trials=trials, pilot=4, level=0.999,
+                           half_width=half_width)
 
 
 def test_stratified_unbiased_and_agrees_with_plain_monte_carlo():
@@ -167,6 +168,16 @@ def test_stratified_unbiased_and_agrees_with_plain_monte_carlo():
     for k, m, n in zip(e0.k[1:], e0.means[1:], e0.trials[1:]):
         sd = math.sqrt(k * 0.25 * (N_CELLS - k) / (N_CELLS - 1)) / CAP
         assert abs(m - k / (2 * CAP)) <= 5 * sd / math.sqrt(n), (k, m, n)
+
+
+def test_target_half_width_sets_the_trials():
+    # the pilot's 4 trials per stratum estimate each s_k within a factor of about 2, so the achieved
+    # half-width lands within 3x the target; the cap (10,000 trials) is far from what it needs
+    est = hit_estimate(jax.random.key(3), trials=10_000, half_width=0.01)
+    assert est.half_width <= 0.03, est.half_width
+    assert est.passes < 1000
+    loose = hit_estimate(jax.random.key(3), trials=10_000, half_width=0.04)
+    assert loose.passes < est.passes
 
 
 def test_neyman_allocation():
