@@ -17,8 +17,8 @@ Estimator (two phases, the estimate unbiased for the truncated sum):
    ``tail``. When the class holds every possible fault, k = 0 is the fault-free model and needs
    one evaluation, no trials.
 2. Pilot: ``pilot`` trials in every sampled stratum; their standard deviations s_k give the
-   Neyman allocation n_k proportional to P(K = k) max(s_k, max_j s_j / 10), at least 2 per
-   stratum (the floor keeps a stratum whose pilot happened to vary by nothing from starving; it
+   Neyman allocation n_k proportional to P(K = k) max(s_k, max_j s_j / 10), at least ``pilot``
+   per stratum, so that every stratum's variance has pilot - 1 degrees of freedom (the floor keeps a stratum whose pilot happened to vary by nothing from starving; it
    shapes the shares only: a target half-width sets the total from the pilot's own s_k).
 3. Main phase: n_k fresh trials per stratum (fresh keys). The estimate uses these only, so the
    allocation (a function of the pilot) is independent of the values averaged and the stratum
@@ -286,8 +286,8 @@ def stratified(sample: Callable, weights, tail: float, key, *, complete: bool, t
         room = half_width - tail * (metric_range[1] - metric_range[0]) / 2
         check(room > 0, f"half_width {half_width:g} is below the tail bound's share {tail:g}: lower the tail")
         need = (t_quantile(level, math.inf) * float(np.sum(ws * sds)) / room) ** 2
-        total = int(min(trials, max(math.ceil(need), MIN_PER_STRATUM * len(sampled))))
-    counts = neyman_allocation(ws, sds, total)
+        total = int(min(trials, max(math.ceil(need), pilot * len(sampled))))
+    counts = neyman_allocation(ws, sds, total, minimum=pilot)     # df >= pilot - 1 in every stratum
     if log:
         log(f"pilot {pilot} x {len(sampled)} strata in {time.perf_counter() - t0:.1f} s; "
             f"main phase {int(counts.sum())} trials: " + ", ".join(f"k={k}:{c}" for k, c in zip(sampled, counts)))
