@@ -72,7 +72,7 @@ def test_conditioned_maps_any_direction_law():
 
 
 def test_conditioned_maps_one_direction_class_law():
-    n_words, k, p, q, draws = 100, 2, 0.05, 0.3, 120
+    n_words, k, p, q, draws = 100, 2, 0.05, 0.3, 60
     f = jax.jit(jax.vmap(lambda key: fc.conditioned_maps(key, n_words, MASK16, (30,), "0->1", k, p, q,
                                                          k_bound=4, rate_bound=p)[:2]))
     m10, m01 = (np.asarray(m) for m in f(jax.random.split(jax.random.key(2), draws)))
@@ -149,11 +149,11 @@ def hit_estimate(key, trials=48, half_width=None):
 
 def test_stratified_unbiased_and_agrees_with_plain_monte_carlo():
     exact = N_CELLS * P_CELL / (2 * CAP)
-    ests = [hit_estimate(jax.random.key(10 + r)) for r in range(20)]
+    ests = [hit_estimate(jax.random.key(10 + r)) for r in range(12)]
     means = np.array([e.mean for e in ests])
-    # each 99.9 % interval covers the exact value (at most 1 miss in 20 allowed, P(> 1) < 2e-4)
+    # each 99.9 % interval covers the exact value (at most 1 miss in 12 allowed, P(> 1) < 1e-4)
     assert sum(not (e.lo <= exact <= e.hi) for e in ests) <= 1
-    # unbiased: the mean of 20 independent estimates within 5 standard errors of the exact value
+    # unbiased: the mean of 12 independent estimates within 5 standard errors of the exact value
     assert abs(means.mean() - exact) <= 5 * means.std(ddof=1) / math.sqrt(len(means)), (means.mean(), exact)
     e0 = ests[0]
     assert e0.means[0] == 0.0 and e0.trials[0] == 1                  # k = 0: fault-free, one evaluation
@@ -168,6 +168,11 @@ def test_stratified_unbiased_and_agrees_with_plain_monte_carlo():
     for k, m, n in zip(e0.k[1:], e0.means[1:], e0.trials[1:]):
         sd = math.sqrt(k * 0.25 * (N_CELLS - k) / (N_CELLS - 1)) / CAP
         assert abs(m - k / (2 * CAP)) <= 5 * sd / math.sqrt(n), (k, m, n)
+
+
+def test_same_key_same_result():
+    assert hit_estimate(jax.random.key(4)) == hit_estimate(jax.random.key(4))
+    assert hit_estimate(jax.random.key(4)) != hit_estimate(jax.random.key(5))
 
 
 def test_target_half_width_sets_the_trials():
@@ -202,14 +207,12 @@ def tiny():
     return model, variables, x, labels
 
 
-def test_engine_path_same_key_same_result_and_agrees_with_plain(tiny):
+def test_engine_path_agrees_with_plain(tiny):
     model, variables, x, labels = tiny
     fm = HBMFaults(scheme="none", zero_to_one=0.3)
     ber = 5e-4                       # 192 kernel weights x 16 cells: 1.5 faults per trial
     kw = dict(trials=16, pilot=2, tail=1e-3, level=0.999, chunk=32, strategy="map")
     a = rare.evaluate_stratified(model, variables, x, labels, fm, ber, jax.random.key(5), **kw)
-    b = rare.evaluate_stratified(model, variables, x, labels, fm, ber, jax.random.key(5), **kw)
-    assert a.estimate == b.estimate                                   # same key, same result
     assert a.class_cells == 192 * 16 and a.estimate.trials[0] == 1
     assert a.estimate.means[0] == a.clean["top1"]                     # k = 0 is the clean bf16 model
     plain = engine.evaluate(model, variables, x, labels, fm, [ber], jax.random.split(jax.random.key(6), 48),
