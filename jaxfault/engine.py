@@ -75,16 +75,14 @@ def map_over(fn: Callable, xs, strategy: str = "auto"):
     return jax.lax.map(fn, xs, batch_size=chunk)
 
 
-def summarize(values, axis=None) -> dict:
-    """The one summary of per-trial values: mean, std (ddof=0, the population over the trials
-    drawn), min, max and a normal-approximation 95 % confidence half-width of the mean
-    (1.96 * std / sqrt(n - 1); 0 for a single trial)."""
-    v = np.asarray(values, np.float64)
-    n = v.size if axis is None else v.shape[axis]
-    std = v.std(axis=axis)
-    ci = 1.96 * std / np.sqrt(max(n - 1, 1)) if n > 1 else np.zeros_like(std)
-    out = {"mean": v.mean(axis=axis), "std": std, "min": v.min(axis=axis), "max": v.max(axis=axis), "ci95": ci}
-    return {k: (float(x) if np.ndim(x) == 0 else np.asarray(x).tolist()) for k, x in out.items()}
+def summarize(values, name: str | None = None, **kw) -> dict:
+    """The one summary of per-trial values (``jaxfault.stats.summarize``): n, mean, std (ddof=0),
+    min, max, the mean's confidence interval (ci_lo, ci_hi, half_width, level, method: the
+    bounded betting interval for figures in [0, 1] such as accuracies, named by `name`, else
+    Student-t), the median with its interval and the fraction of non-finite trials."""
+    from jaxfault.stats import summarize as stats_summary
+
+    return stats_summary(values, name=name, **kw)
 
 
 def evaluation_form(model, variables: PyTree) -> tuple[Any, PyTree]:
@@ -291,8 +289,8 @@ class EvalResult:
 
     def summary(self, i: int) -> dict:
         """JSON-ready summary of rate i: every metric and stat summarised over the trials."""
-        out = {k: {**summarize(v[i]), "values": [float(x) for x in v[i]]} for k, v in self.metrics.items()}
-        out.update({k: summarize(v[i]) for k, v in self.stats.items()})
+        out = {k: {**summarize(v[i], k), "values": [float(x) for x in v[i]]} for k, v in self.metrics.items()}
+        out.update({k: summarize(v[i], k) for k, v in self.stats.items()})
         return out
 
 
