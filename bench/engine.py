@@ -74,8 +74,8 @@ def main(argv=None) -> int:
 
             floor_fm = InDtype(floor_fm, kw["compute_dtype"])
         floor = floor_seconds(model, variables, images, labels, floor_fm, T)
-        first = jaxfault.evaluate(model, variables, images, labels, fm, [ber], keys, **kw)
-        warm = jaxfault.evaluate(model, variables, images, labels, fm, [ber], keys, **kw)
+        first = jaxfault.evaluate(model, variables, images, labels, fm, [ber], keys, reuse=True, **kw)
+        warm = jaxfault.evaluate(model, variables, images, labels, fm, [ber], keys, reuse=True, **kw)
         full = jaxfault.evaluate(model, variables, images, labels, fm, [ber], keys, reuse=False, **kw)
         full = jaxfault.evaluate(model, variables, images, labels, fm, [ber], keys, reuse=False, **kw)
         assert np.array_equal(warm.accuracy, full.accuracy)

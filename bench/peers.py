@@ -150,9 +150,9 @@ def jaxfault_instances(model, variables, images, labels, workload: str, ber: flo
     import jaxfault
 
     if workload == "bitflip":
-        fm, extra = jaxfault.bit_flips(), {}
+        fm, extra = jaxfault.bit_flips(), {"reuse": True}
     else:
-        fm, extra = jaxfault.hbm_faults(scheme="none", zero_to_one=zero_to_one), {"compute_dtype": "float32"}
+        fm, extra = jaxfault.hbm_faults(scheme="none", zero_to_one=zero_to_one), {"compute_dtype": "float32", "reuse": True}
     keys = jax.random.split(jax.random.key(seed), instances)
     first = jaxfault.evaluate(model, variables, images, labels, fm, [ber], keys, **extra)
     warm = jaxfault.evaluate(model, variables, images, labels, fm, [ber], keys, **extra)

@@ -351,7 +351,7 @@ def prepare(model, variables, images, fault_model):
 def evaluate(model, variables: PyTree, inputs, targets, fault_model, rates, keys: jax.Array, *,
              strategy: str = "auto", precision: str = "highest", batch_size: int = 1000,
              topk: Sequence[int] = (1,), task=None, mesh=None, program: TrialProgram | None = None,
-             clean: bool = True, reuse: bool = True, compute_dtype: str | None = None) -> EvalResult:
+             clean: bool = True, reuse: bool = False, compute_dtype: str | None = None) -> EvalResult:
     """Evaluate `model` under `fault_model` at every rate for every trial key.
 
     inputs, targets: what ``task`` scores (default: classification of images (N, ...) by integer
@@ -363,9 +363,11 @@ def evaluate(model, variables: PyTree, inputs, targets, fault_model, rates, keys
     makes sweeps smooth) or (R, T). The fault model is sized for the largest rate
     (``with_rate_bound``), so the whole grid is one compiled program, kept by jit's cache for
     later calls with the same shapes and fault-model structure. ``clean``: also evaluate the
-    prepared model without faults (``EvalResult.clean``; {} when False). ``reuse``: on one device
-    with strategy "map" and weight faults only, skip trials whose answer is known and start
-    trials from shared clean activations (jaxfault.reuse; the same numbers, bit for bit).
+    prepared model without faults (``EvalResult.clean``; {} when False). ``reuse`` (opt-in): on one
+    device with strategy "map" and weight faults only, skip trials whose answer is known and
+    start trials from shared clean activations (jaxfault.reuse; the same numbers, bit for bit,
+    but its one program compiles more slowly than the plain grid, so it pays off only when many
+    trials are evaluated).
     ``compute_dtype``: "float32" or "bfloat16" to run the arithmetic in that dtype instead of the
     fault model's own (None). Returns an EvalResult whose arrays have shape (R, T); its
     ``seconds`` count everything but the input checks, the clean pass included.

@@ -58,7 +58,7 @@ def test_reuse_equals_full_evaluation_per_trial(lenet):
     keys = jnp.concatenate([keys, keys[1:2]])       # the last trial repeats trial 1
     rates = [0.0, 2e-6, 3e-3]
     kw = dict(batch_size=16, topk=(1, 2))
-    fast = engine.evaluate(model, variables, x, labels, jaxfault.bit_flips(), rates, keys, **kw)
+    fast = engine.evaluate(model, variables, x, labels, jaxfault.bit_flips(), rates, keys, reuse=True, **kw)
     full = engine.evaluate(model, variables, x, labels, jaxfault.bit_flips(), rates, keys, reuse=False, **kw)
     assert fast.work is not None and full.work is None
     for k in full.metrics:
@@ -80,10 +80,10 @@ def test_programs_are_reused_across_calls(lenet):
     model, variables, x, labels = lenet
     kw = dict(batch_size=16, topk=(1, 2))
     first = engine.evaluate(model, variables, x, labels, jaxfault.bit_flips(), [0.0, 2e-6, 3e-3],
-                            jax.random.split(jax.random.key(4), 6), **kw)
+                            jax.random.split(jax.random.key(4), 6), reuse=True, **kw)
     before = reuse._program_jit._cache_size()
     again = engine.evaluate(model, variables, x, labels, jaxfault.bit_flips(), [0.0, 1e-6, 3e-3],
-                            jax.random.split(jax.random.key(7), 6), **kw)
+                            jax.random.split(jax.random.key(7), 6), reuse=True, **kw)
     assert reuse._program_jit._cache_size() == before
     assert first.seconds > 0 and again.seconds > 0 and again.work is not None
 
@@ -94,7 +94,7 @@ def test_reuse_bf16_sparrow_equals_full(lenet):
     model, variables, x, labels = lenet
     keys = jax.random.split(jax.random.key(5), 4)
     fm = HBMFaults(scheme="sparrow")
-    fast = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16)
+    fast = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16, reuse=True)
     full = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16, reuse=False)
     np.testing.assert_array_equal(_bits(fast.accuracy), _bits(full.accuracy))
     np.testing.assert_array_equal(fast.stats["changed_fraction"], full.stats["changed_fraction"])
@@ -106,10 +106,11 @@ def test_reuse_bf16_unprotected_and_clean_optional(lenet):
     model, variables, x, labels = lenet
     keys = jax.random.split(jax.random.key(5), 4)
     fm = HBMFaults(scheme="none")
-    fast = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16)
+    fast = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16, reuse=True)
     full = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16, reuse=False)
     np.testing.assert_array_equal(_bits(fast.accuracy), _bits(full.accuracy))
-    quiet = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16, clean=False)
+    quiet = engine.evaluate(model, variables, x, labels, fm, [1e-4, 2e-2], keys, batch_size=16, clean=False,
+                            reuse=True)
     assert quiet.clean == {}
     np.testing.assert_array_equal(_bits(quiet.accuracy), _bits(full.accuracy))
 
@@ -121,7 +122,8 @@ def test_compute_dtype_float32_of_bf16_weights(lenet):
     model, variables, x, labels = lenet
     keys = jax.random.split(jax.random.key(8), 3)
     fm = HBMFaults(scheme="none")
-    fast = engine.evaluate(model, variables, x, labels, fm, [1e-5], keys, batch_size=16, compute_dtype="float32")
+    fast = engine.evaluate(model, variables, x, labels, fm, [1e-5], keys, batch_size=16, compute_dtype="float32",
+                           reuse=True)
     full = engine.evaluate(model, variables, x, labels, fm, [1e-5], keys, batch_size=16, compute_dtype="float32",
                            reuse=False)
     np.testing.assert_array_equal(_bits(fast.accuracy), _bits(full.accuracy))
