@@ -206,3 +206,60 @@ def load_language_model(path) -> tuple[Any, dict, dict]:
         raise JaxfaultError(f"checkpoint {ck.path} does not match its {ck.config['family']} configuration "
                             f"(parameters differ)")
     return model, ck.variables, ck.config
+
+
+# ------------------------------------------------------------------------------------ summaries
+def order_statistic_interval(n: int, q: float = 0.5, level: float = 0.95) -> tuple[int, int]:
+    """0-based ranks (lo, hi) of the sorted sample whose values bracket the q-quantile with
+    probability >= level, for any continuous or discrete distribution: the number of draws below
+    the quantile is Binomial(n, q), and lo/hi are its level-central binomial quantiles (clipped to
+    the sample; with few trials the interval is the whole sample range)."""
+    from math import comb
+
+    check(n >= 1, "an interval needs at least one trial")
+    cdf, acc = [], 0.0
+    for k in range(n + 1):
+        acc += comb(n, k) * q ** k * (1 - q) ** (n - k)
+        cdf.append(acc)
+    a = (1 - level) / 2
+    lo = max([k for k in range(n + 1) if cdf[k] <= a] or [0])          # P(B <= lo) <= a
+    hi = min([k for k in range(n + 1) if cdf[k] >= 1 - a] or [n])      # P(B <= hi) >= 1 - a
+    return max(0, min(lo, n - 1)), max(0, min(hi, n - 1))
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score 95 % interval of a binomial proportion."""
+    check(n >= 1, "an interval needs at least one trial")
+    p = successes / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def summarize_trials(metrics: dict) -> dict:
+    """Summary over trials of a language-model evaluation that stays meaningful when some trials
+    diverge (inf perplexity): order statistics instead of means.
+
+    Args:
+      metrics: per-trial arrays (T,) of the language_model task: 'perplexity', 'nll', 'top1',
+        'nonfinite_tokens', 'diverged'.
+    Returns:
+      {'trials', 'perplexity': {median, median_ci95 [lo, hi] (order-statistic interval), q10, q90,
+      min, max}, 'top1': {median, median_ci95, mean}, 'diverged': {fraction, ci95 (Wilson)},
+      'nonfinite_tokens': {total, max}}; inf where a statistic falls on a diverged trial, never NaN.
+    """
+    ppl = np.sort(np.asarray(metrics["perplexity"], np.float64).ravel())
+    n = ppl.size
+    lo, hi = order_statistic_interval(n)
+    q = lambda p: float(ppl[min(n - 1, max(0, math.ceil(p * n) - 1))])  # noqa: E731 - inverted-CDF quantile
+    top1 = np.sort(np.asarray(metrics["top1"], np.float64).ravel())
+    div = np.asarray(metrics["diverged"]).ravel() > 0
+    nf = np.asarray(metrics["nonfinite_tokens"], np.float64).ravel()
+    return {"trials": int(n),
+            "perplexity": {"median": q(0.5), "median_ci95": [float(ppl[lo]), float(ppl[hi])], "q10": q(0.1),
+                           "q90": q(0.9), "min": float(ppl[0]), "max": float(ppl[-1])},
+            "top1": {"median": float(top1[min(n - 1, math.ceil(0.5 * n) - 1)]),
+                     "median_ci95": [float(top1[lo]), float(top1[hi])], "mean": float(top1.mean())},
+            "diverged": {"fraction": float(div.mean()), "ci95": list(wilson_interval(int(div.sum()), n))},
+            "nonfinite_tokens": {"total": float(nf.sum()), "max": float(nf.max())}}

@@ -168,6 +168,13 @@ class Selected(FaultModel):
         return self.inner.eval_dtype
 
     @property
+    def sites(self):  # type: ignore[override]
+        return self.inner.sites
+
+    def perturb_output(self, key, path, module_type, value, rate):
+        return self.inner.perturb_output(key, path, module_type, value, rate)
+
+    @property
     def groups(self):
         return None if self.tensors == ("all",) else self.tensors
 
@@ -211,15 +218,43 @@ class Selected(FaultModel):
         return {**self.inner.describe(), "tensors": list(self.tensors)}
 
 
+def group_module_patterns(model, tensors) -> tuple[str, ...]:
+    """Module-path patterns of the chosen groups of a model family (its MODULE_PATTERNS): the
+    modules whose outputs are the groups' activations ('h_*/attn' is the attention output of
+    every GPT-2 block). A JaxfaultError when the model declares no patterns or lacks a group."""
+    pats = dict(model_patterns(model))
+    check_groups = parse_tensors(tensors) or tuple(g for g in TENSOR_GROUPS if g in pats)
+    if not pats:
+        raise JaxfaultError(f"activation faults by tensor group need a model family with module patterns "
+                            f"(GPT-2, Llama); {type(model).__name__} has none")
+    missing = [g for g in check_groups if g not in pats]
+    if missing:
+        raise JaxfaultError(f"{type(model).__name__} has no module group {missing[0]!r}; it has {', '.join(pats)}")
+    return tuple(p for g in check_groups for p in pats[g])
+
+
 def select_tensors(fault_model: FaultModel, tensors, model=None) -> FaultModel:
-    """fault_model restricted to the parameter leaves of the given tensor groups.
+    """fault_model restricted to the given tensor groups: the one selector of every fault model.
+
+    Weight fault models (HBM, SRAM, CiM, bit flips) hit only the parameter leaves of the groups
+    (Selected); activation faults (jaxfault.activations.ActivationBitFlips) hit the outputs of the
+    groups' modules (group_module_patterns, any module type); a composition is restricted stage by
+    stage.
 
     Args:
-      fault_model: any weight fault model (HBM, SRAM, CiM, bit flips, or a composition of them).
+      fault_model: the fault model.
       tensors: groups from TENSOR_GROUPS, as a list or a comma-separated string; 'all' or None
-        hits every floating leaf.
+        hits every floating leaf (and, for activation faults, every group's module).
       model: the Flax model, whose MODULE_PATTERNS (if any) define the groups.
     Returns:
-      a Selected fault model (the same rate, rate name and evaluation dtype as fault_model).
+      the restricted fault model (the same rate, rate name and evaluation dtype as fault_model).
     """
-    return Selected(fault_model, parse_tensors(tensors) or ("all",), model_patterns(model))
+    from jaxfault.activations import ActivationBitFlips
+    from jaxfault.fault_models import Composed
+
+    groups = parse_tensors(tensors)
+    if isinstance(fault_model, Composed):
+        return Composed(tuple(select_tensors(s, tensors, model) for s in fault_model.stages))
+    if isinstance(fault_model, ActivationBitFlips):
+        return dataclasses.replace(fault_model, modules=group_module_patterns(model, groups), module_types=())
+    return Selected(fault_model, groups or ("all",), model_patterns(model))
