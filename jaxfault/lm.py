@@ -263,3 +263,57 @@ def summarize_trials(metrics: dict) -> dict:
                      "median_ci95": [float(top1[lo]), float(top1[hi])], "mean": float(top1.mean())},
             "diverged": {"fraction": float(div.mean()), "ci95": list(wilson_interval(int(div.sum()), n))},
             "nonfinite_tokens": {"total": float(nf.sum()), "max": float(nf.max())}}
+
+
+# ------------------------------------------------------------------------------------ evaluation data
+DEFAULT_EVAL_WINDOWS = 32
+
+
+def is_language_model(checkpoint) -> bool:
+    """True when a folder holds a language model: a zoo checkpoint of kind 'language_model' or a
+    Hugging Face folder (config.json); False for None and for other checkpoints."""
+    from pathlib import Path
+
+    if checkpoint is None:
+        return False
+    p = Path(checkpoint)
+    if (p / "config.json").is_file():
+        return True
+    from jaxfault.checkpoints import META_FILE, read_metadata
+
+    return (p / META_FILE).is_file() and read_metadata(p).get("kind") == "language_model"
+
+
+def load_lm_and_data(checkpoint=None, limit: int | None = None, log: Callable[[str], None] = print):
+    """(path, model, variables, inputs, targets, task) of a language model and its evaluation
+    windows: the first `limit` (default DEFAULT_EVAL_WINDOWS) validation windows of the corpus it
+    was trained on, seq_len tokens each; the cached default language model when checkpoint is None.
+    A Hugging Face folder is read with jaxfault.models.from_hf and evaluated on the default corpus's
+    bytes, which needs its vocabulary to be bytes (256 tokens)."""
+    from pathlib import Path
+
+    from jaxfault import tasks
+    from jaxfault.text import inputs_targets, load_text, windows
+
+    if checkpoint is None:
+        from jaxfault.zoo import default_language_model
+
+        checkpoint = default_language_model(log=log)
+    if (Path(checkpoint) / "config.json").is_file():
+        try:
+            from jaxfault.models import from_hf
+        except ImportError:
+            raise JaxfaultError("reading Hugging Face folders needs jaxfault.models.from_hf, which this "
+                                "installation lacks") from None
+        model, variables = from_hf(checkpoint)
+        vocab = int(getattr(model, "vocab_size", 0))
+        check(vocab == 256, f"{checkpoint}: its vocabulary has {vocab} tokens; evaluating it on byte tokens "
+                            f"needs 256")
+        corpus, seq = "kjv", int(getattr(model, "n_positions", 0) or getattr(model, "max_position_embeddings", 128))
+        seq = min(seq, 128)
+    else:
+        model, variables, config = load_language_model(checkpoint)
+        corpus, seq = config.get("corpus", "kjv"), int(config["seq_len"])
+    text = load_text(corpus)
+    x, y = inputs_targets(windows(text.validation_tokens, seq, limit or DEFAULT_EVAL_WINDOWS))
+    return str(checkpoint), model, variables, x, y, tasks.language_model()

@@ -194,6 +194,10 @@ class Selected(FaultModel):
             view[k] = restrict(variables[k], chosen)
         return chosen, mirrored, view
 
+    def view(self, variables) -> dict:
+        """The variables as the wrapped fault model sees them (only the chosen leaves, as kernels)."""
+        return self._split(variables)[2]
+
     def _join(self, variables, chosen, mirrored, out):
         result = {k: v for k, v in out.items() if k not in mirrored and k != "params"}
         result["params"] = expand(variables["params"], out["params"], chosen)

@@ -14,6 +14,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxfault import engine
 from jaxfault.ecc import SCHEMES, check_scheme_block_size
@@ -41,6 +42,8 @@ class SparrowEvalConfig:
     batch_size: int = 1000
     limit: Optional[int] = None
     checkpoint: Optional[str] = None
+    task: Optional[str] = None        # None: the checkpoint's ('classification' without one)
+    tensors: Optional[str] = None     # tensor groups hit (jaxfault.select); None: every selected leaf
 
     def __post_init__(self):
         bers = tuple(float(check_probability("ber", b)) for b in self.bers)
@@ -61,44 +64,70 @@ class SparrowEvalConfig:
         check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
         engine.resolve_strategy(self.strategy)
         check_precision(self.precision)
+        check(self.task in (None, "classification", "language_model"),
+              f"task must be classification or language_model, got {self.task!r}")
+        if self.tensors is not None:
+            from jaxfault.select import parse_tensors
+
+            parse_tensors(self.tensors)
 
     def fault_model(self, scheme: str) -> HBMFaults:
         block = self.block_size if SCHEMES.get(scheme).info["block_sizes"] else 64
-        return HBMFaults(scheme=scheme, block_size=block, zero_to_one=self.zero_to_one, mode=self.mode,
-                         leaves=self.leaves, compat=self.compat, rate_bound=max(self.bers))
+        fm = HBMFaults(scheme=scheme, block_size=block, zero_to_one=self.zero_to_one, mode=self.mode,
+                       leaves=self.leaves, compat=self.compat, rate_bound=max(self.bers))
+        if self.tensors is None:
+            return fm
+        from jaxfault.select import select_tensors
+
+        return select_tensors(fm, self.tensors)
 
 
-def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels, topk=(1,)) -> dict:
-    """Report dict: header fields, 'clean_bf16', and 'rows' (one per scheme x BER)."""
+def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels, topk=(1,), task=None) -> dict:
+    """Report dict: header fields, 'clean_bf16', and 'rows' (one per scheme x BER). With a
+    language_model task (jaxfault.tasks) `images` are token ids and `labels` next tokens, and each
+    row also carries the order-statistic summary of jaxfault.lm.summarize_trials."""
     keys = trial_keys(root_key(config.seed), config.trials)
     rows, clean = [], None
+    lm = task is not None and task.name == "language_model"
     for name in config.schemes:
         fm = config.fault_model(name)
         res = engine.evaluate(model, variables, images, labels, fm, config.bers, keys, strategy=config.strategy,
-                              precision=config.precision, batch_size=config.batch_size, topk=topk)
+                              precision=config.precision, batch_size=config.batch_size, topk=topk, task=task)
         clean = res.clean
-        free = fault_free_accuracy(fm, model, variables, images, labels, config, topk)
-        scheme = fm.get_scheme()
+        free = fault_free_accuracy(fm, model, variables, images, labels, config, topk, task)
+        hbm = getattr(fm, "inner", fm)
+        scheme = hbm.get_scheme()
         prepared = engine.prepare(model, variables, images, fm)[1]
-        words, layout = fm.encode(prepared["params"])
+        words, layout = (hbm.encode(fm.view(prepared)["params"]) if hbm is not fm
+                         else fm.encode(prepared["params"]))
         for i, ber in enumerate(config.bers):
             r = {"scheme": name, "block_size": scheme.block_size, "stored_bits_per_weight": scheme.stored_bits,
                  "ber": ber, "zero_to_one": config.zero_to_one, "fault_model": config.mode, "trials": config.trials,
                  "protected_weights": layout.n_values, "stored_words": int(words.shape[0]),
                  "seconds": res.seconds / len(config.bers), "fault_free": free, **res.summary(i)}
             r["drop_vs_clean_points"] = 100 * (clean["top1"] - r["top1"]["mean"])
+            if lm:
+                from jaxfault.lm import summarize_trials
+
+                s = summarize_trials({k: v[i] for k, v in res.metrics.items()})
+                r.update({"perplexity": {**s["perplexity"], "values": [float(v) for v in res.metrics["perplexity"][i]]},
+                          "diverged": s["diverged"], "nonfinite_tokens": s["nonfinite_tokens"],
+                          "perplexity_increase_pct": 100 * (s["perplexity"]["median"] / clean["perplexity"] - 1)})
+                r.pop("nll", None)
             rows.append(r)
-    return {"test_examples": int(len(labels)), "strategy": engine.resolve_strategy(config.strategy),
+    head = {"task": "language_model", "tokens": int(np.size(labels))} if lm else {}
+    return {**head, "test_examples": int(len(labels)), "strategy": engine.resolve_strategy(config.strategy),
             "precision": config.precision, "backend": jax.default_backend(), "seed": config.seed,
             "params": config.leaves, "compat": config.compat, "evaluation_dtype": "bfloat16",
             "clean_bf16": clean, "rows": rows}
 
 
-def fault_free_accuracy(fm: HBMFaults, model, variables, images, labels, config, topk) -> dict:
-    """Accuracy of the scheme's decoded weights without faults (rate 0)."""
+def fault_free_accuracy(fm: HBMFaults, model, variables, images, labels, config, topk, task=None) -> dict:
+    """Accuracy (or the task's metrics) of the scheme's decoded weights without faults (rate 0)."""
     eval_model, prepared, x = engine.prepare(model, variables, images, fm)
     y = jnp.asarray(labels)
-    metric = engine.make_metric_fn(eval_model, batch_size=min(config.batch_size, int(y.shape[0])), topk=topk)
+    metric = engine.make_metric_fn(eval_model, batch_size=min(config.batch_size, int(y.shape[0])), topk=topk,
+                                   task=task)
     with precision_scope(config.precision):
         out = jax.jit(lambda v: metric(fm.perturb(jax.random.key(0), v, 0.0)[0], x, y))(prepared)
     return {k: float(v) for k, v in out.items()}
@@ -126,6 +155,12 @@ def load_model_and_data(checkpoint: Optional[str], limit: Optional[int], log=pri
 
 def run(config: SparrowEvalConfig, log=print) -> dict:
     """Load the checkpoint and data, evaluate every scheme at every BER; the report dict."""
+    from jaxfault.lm import is_language_model, load_lm_and_data
+
+    if config.task == "language_model" or (config.task is None and is_language_model(config.checkpoint)):
+        path, model, variables, inputs, targets, task = load_lm_and_data(config.checkpoint, config.limit, log)
+        report = evaluate_schemes(config, model, variables, inputs, targets, (1,), task)
+        return {"checkpoint": path, **report}
     path, model, variables, images, labels, topk = load_model_and_data(config.checkpoint, config.limit, log)
     report = evaluate_schemes(config, model, variables, images, labels, topk)
     return {"checkpoint": path, **report}
@@ -133,6 +168,13 @@ def run(config: SparrowEvalConfig, log=print) -> dict:
 
 def format_row(r: dict) -> str:
     """One line of a (scheme, BER) result."""
+    if "perplexity_increase_pct" in r:
+        p, d = r["perplexity"], r["diverged"]
+        return (f"{r['scheme']:8s} ber {r['ber']:.1e}  perplexity median {p['median']:.4g} "
+                f"[{p['median_ci95'][0]:.4g}, {p['median_ci95'][1]:.4g}] (q90 {p['q90']:.4g}, "
+                f"{r['perplexity_increase_pct']:+.2f}%)  diverged {100 * d['fraction']:.0f}% "
+                f"[{100 * d['ci95'][0]:.0f}, {100 * d['ci95'][1]:.0f}]  next-token top1 {100 * r['top1']['mean']:.2f}%  "
+                f"realised ber {r['realised_ber']['mean']:.3e}")
     t5 = f"  top5 {100 * r['top5']['mean']:6.2f}" if "top5" in r else ""
     return (f"{r['scheme']:8s} ber {r['ber']:.1e}  top1 {100 * r['top1']['mean']:6.2f} +- {100 * r['top1']['std']:5.2f} "
             f"(min {100 * r['top1']['min']:6.2f}){t5}  realised ber {r['realised_ber']['mean']:.3e}  "
@@ -144,6 +186,14 @@ def sweep_table(report: dict) -> str:
     schemes = list(dict.fromkeys(r["scheme"] for r in report["rows"]))
     bers = list(dict.fromkeys(r["ber"] for r in report["rows"]))
     lines = ["| BER | " + " | ".join(schemes) + " |", "|---|" + "---|" * len(schemes)]
+    if report.get("task") == "language_model":
+        lines[0] = "| BER (perplexity median [95 % interval], diverged %) | " + " | ".join(schemes) + " |"
+        for b in bers:
+            cells = [next(f"{r['perplexity']['median']:.4g} [{r['perplexity']['median_ci95'][0]:.4g}, "
+                          f"{r['perplexity']['median_ci95'][1]:.4g}], {100 * r['diverged']['fraction']:.0f}%"
+                          for r in report["rows"] if r["ber"] == b and r["scheme"] == s) for s in schemes]
+            lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
     for b in bers:
         cells = [next(f"{100 * r['top1']['mean']:.2f} +- {100 * r['top1']['std']:.2f}" for r in report["rows"]
                       if r["ber"] == b and r["scheme"] == s) for s in schemes]
@@ -162,15 +212,28 @@ def plot_sweep(report: dict, path) -> None:
 
     rows = report["rows"]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name in dict.fromkeys(r["scheme"] for r in rows):
+    if report.get("task") == "language_model":
+        for name in dict.fromkeys(r["scheme"] for r in rows):
+            rs = [r for r in rows if r["scheme"] == name]
+            med = np.array([r["perplexity"]["median"] for r in rs])
+            lo = np.array([r["perplexity"]["median_ci95"][0] for r in rs])
+            hi = np.array([r["perplexity"]["median_ci95"][1] for r in rs])
+            big = 10 * report["clean_bf16"]["perplexity"]        # diverged medians drawn at the top
+            med, lo, hi = (np.minimum(a, big) for a in (med, lo, hi))
+            ax.errorbar([r["ber"] for r in rs], med, yerr=[med - lo, hi - med], marker="o", capsize=3, label=name)
+        ax.axhline(report["clean_bf16"]["perplexity"], color="gray", ls="--", lw=1, label="clean bf16")
+        ax.set_yscale("log")
+        ax.set_ylabel("validation perplexity (median, 95 % interval)")
+    for name in (() if report.get("task") == "language_model" else dict.fromkeys(r["scheme"] for r in rows)):
         rs = [r for r in rows if r["scheme"] == name]
         ax.errorbar([r["ber"] for r in rs], [100 * r["top1"]["mean"] for r in rs],
                     yerr=[100 * r["top1"]["std"] for r in rs], marker="o", capsize=3, label=name)
-    ax.axhline(100 * report["clean_bf16"]["top1"], color="gray", ls="--", lw=1, label="clean bf16")
+    if report.get("task") != "language_model":
+        ax.axhline(100 * report["clean_bf16"]["top1"], color="gray", ls="--", lw=1, label="clean bf16")
+        ax.set_ylabel("top-1 accuracy (%)")
     if all(r["ber"] > 0 for r in rows):
         ax.set_xscale("log")
     ax.set_xlabel("bit error rate (stored cells)")
-    ax.set_ylabel("top-1 accuracy (%)")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
