@@ -111,6 +111,7 @@ class GPT2(nn.Module):
     tie_word_embeddings: bool = True
     quant_bits: int | None = None
 
+    TAKES_TOKENS = True  # inputs are token ids (batch, length): jaxfault.energy traces it on (1, L) int32
     # kind -> module-path patterns (jaxfault.models.transformer.module_kind)
     MODULE_PATTERNS = {"embeddings": ("wte", "wpe"), "attention": ("h_*/attn",), "mlp": ("h_*/mlp",),
                        "norms": ("h_*/ln_1", "h_*/ln_2", "ln_f"), "lm_head": ("lm_head",)}

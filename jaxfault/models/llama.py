@@ -182,6 +182,7 @@ class Llama(nn.Module):
     layer_windows: tuple = ()
     quant_bits: int | None = None
 
+    TAKES_TOKENS = True  # inputs are token ids (batch, length): jaxfault.energy traces it on (1, L) int32
     MODULE_PATTERNS = {"embeddings": ("embed_tokens",), "attention": ("layers_*/self_attn",),
                        "mlp": ("layers_*/mlp",), "norms": ("layers_*/input_layernorm",
                                                            "layers_*/post_attention_layernorm", "norm"),

@@ -60,8 +60,7 @@ class Embed(nn.Module):
     """A lookup table of ``num_embeddings`` rows of ``features`` values.
 
     The table is stored as the parameter ``kernel`` (num_embeddings, features), so weight fault
-    methods (which act on every 2-D ``kernel``) cover embeddings like any other weight matrix.
-    ``attend`` multiplies by the transposed table (the tied LM head)."""
+    methods (which act on every 2-D ``kernel``) cover embeddings like any other weight matrix."""
 
     num_embeddings: int
     features: int
@@ -72,9 +71,6 @@ class Embed(nn.Module):
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.kernel, ids, axis=0)
-
-    def attend(self, x: jax.Array) -> jax.Array:
-        return jnp.dot(x, self.kernel.T.astype(x.dtype))
 
 
 class TiedLMHead(nn.Module):
@@ -152,25 +148,40 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float
         raise JaxfaultError(f"attention heads ({h}) must be a multiple of key/value heads ({kvh})")
     g = h // kvh
     qg = q.reshape(b, lq, kvh, g, d)
-    with jax.named_scope("scores"):
-        s = jnp.einsum("bqkgd,bskd->bkgqs", qg, k)
+    # explicit dot_generals with the keys / values second: the energy extraction
+    # (jaxfault.energy.layers) reads the second operand of an activation matmul as its stationary one
+    with jax.named_scope("scores"):  # (b, kvh, lq, g, s)
+        s = jax.lax.dot_general(qg, k, (((4,), (3,)), ((0, 2), (0, 2))))
     s = (s * jnp.asarray(scale, s.dtype)).astype(jnp.float32)
     if mask is not None:
-        s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
+        s = jnp.where(mask[:, None, :], s, jnp.finfo(jnp.float32).min)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    with jax.named_scope("context"):
-        o = jnp.einsum("bkgqs,bskd->bqkgd", p, v)
-    return o.reshape(b, lq, h, d)
+    with jax.named_scope("context"):  # (b, kvh, lq, g, d)
+        o = jax.lax.dot_general(p, v, (((4,), (1,)), ((0, 1), (0, 2))))
+    return jnp.transpose(o, (0, 2, 1, 3, 4)).reshape(b, lq, h, d)
 
 
 def check_tokens(tokens, max_length: int | None, vocab_size: int) -> jax.Array:
-    """Validate a (batch, length) integer token array (shape and dtype; values are traced)."""
+    """Validate a (batch, length) integer token array.
+
+    Args:
+      tokens: the model's input.
+      max_length: the model's positions (None: unbounded).
+      vocab_size: ids must lie in [0, vocab_size); checked when the values are concrete (an
+        out-of-range id would otherwise gather a NaN row silently), not when traced.
+    Returns:
+      tokens as a JAX array; JaxfaultError naming the shape, dtype or id otherwise.
+    """
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise JaxfaultError(f"a language model takes integer token ids of shape (batch, length), got "
                             f"{tokens.dtype} {tuple(tokens.shape)}")
     if max_length is not None and tokens.shape[1] > max_length:
         raise JaxfaultError(f"sequence length {tokens.shape[1]} exceeds the model's {max_length} positions")
+    if not isinstance(tokens, jax.core.Tracer) and tokens.size:
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= vocab_size:
+            raise JaxfaultError(f"token id {lo if lo < 0 else hi} is outside the vocabulary [0, {vocab_size})")
     return tokens
 
 
