@@ -246,8 +246,10 @@ def summarize_trials(metrics: dict) -> dict:
         'nonfinite_tokens', 'diverged'.
     Returns:
       {'trials', 'perplexity': {median, median_ci95 [lo, hi] (order-statistic interval), q10, q90,
-      min, max}, 'top1': {median, median_ci95, mean}, 'diverged': {fraction, ci95 (Wilson)},
-      'nonfinite_tokens': {total, max}}; inf where a statistic falls on a diverged trial, never NaN.
+      min, max}, 'top1': {median, median_ci95, mean}, 'diverged': {fraction, ci95 (Wilson)} of trials
+      with non-finite logits, 'infinite': the same for trials whose perplexity is inf (non-finite
+      logits, or finite logits so far apart that a target's probability underflows to 0),
+      'nonfinite_tokens': {total, max}}; inf where a statistic falls on such a trial, never NaN.
     """
     ppl = np.sort(np.asarray(metrics["perplexity"], np.float64).ravel())
     n = ppl.size
@@ -255,6 +257,7 @@ def summarize_trials(metrics: dict) -> dict:
     q = lambda p: float(ppl[min(n - 1, max(0, math.ceil(p * n) - 1))])  # noqa: E731 - inverted-CDF quantile
     top1 = np.sort(np.asarray(metrics["top1"], np.float64).ravel())
     div = np.asarray(metrics["diverged"]).ravel() > 0
+    inf = np.isinf(ppl)
     nf = np.asarray(metrics["nonfinite_tokens"], np.float64).ravel()
     return {"trials": int(n),
             "perplexity": {"median": q(0.5), "median_ci95": [float(ppl[lo]), float(ppl[hi])], "q10": q(0.1),
@@ -262,6 +265,7 @@ def summarize_trials(metrics: dict) -> dict:
             "top1": {"median": float(top1[min(n - 1, math.ceil(0.5 * n) - 1)]),
                      "median_ci95": [float(top1[lo]), float(top1[hi])], "mean": float(top1.mean())},
             "diverged": {"fraction": float(div.mean()), "ci95": list(wilson_interval(int(div.sum()), n))},
+            "infinite": {"fraction": float(inf.mean()), "ci95": list(wilson_interval(int(inf.sum()), n))},
             "nonfinite_tokens": {"total": float(nf.sum()), "max": float(nf.max())}}
 
 
@@ -289,7 +293,8 @@ def load_lm_and_data(checkpoint=None, limit: int | None = None, log: Callable[[s
     windows: the first `limit` (default DEFAULT_EVAL_WINDOWS) validation windows of the corpus it
     was trained on, seq_len tokens each; the cached default language model when checkpoint is None.
     A Hugging Face folder is read with jaxfault.models.from_hf and evaluated on the default corpus's
-    bytes, which needs its vocabulary to be bytes (256 tokens)."""
+    validation text in windows of min(128, its positions) tokens: as bytes when its vocabulary has
+    256 tokens, else through its tokenizer.json."""
     from pathlib import Path
 
     from jaxfault import tasks
@@ -299,21 +304,26 @@ def load_lm_and_data(checkpoint=None, limit: int | None = None, log: Callable[[s
         from jaxfault.zoo import default_language_model
 
         checkpoint = default_language_model(log=log)
+    tokenizer = None
     if (Path(checkpoint) / "config.json").is_file():
-        try:
-            from jaxfault.models import from_hf
-        except ImportError:
-            raise JaxfaultError("reading Hugging Face folders needs jaxfault.models.from_hf, which this "
-                                "installation lacks") from None
+        from jaxfault.models import from_hf, load_tokenizer
+
         model, variables = from_hf(checkpoint)
         vocab = int(getattr(model, "vocab_size", 0))
-        check(vocab == 256, f"{checkpoint}: its vocabulary has {vocab} tokens; evaluating it on byte tokens "
-                            f"needs 256")
-        corpus, seq = "kjv", int(getattr(model, "n_positions", 0) or getattr(model, "max_position_embeddings", 128))
-        seq = min(seq, 128)
+        if vocab != 256:
+            tokenizer = load_tokenizer(checkpoint)
+            check(tokenizer is not None, f"{checkpoint}: a vocabulary of {vocab} tokens needs its tokenizer.json "
+                                         f"to tokenize the evaluation text")
+        corpus = "kjv"
+        seq = min(128, int(getattr(model, "n_positions", 0) or getattr(model, "max_position_embeddings", 128)))
     else:
         model, variables, config = load_language_model(checkpoint)
         corpus, seq = config.get("corpus", "kjv"), int(config["seq_len"])
     text = load_text(corpus)
-    x, y = inputs_targets(windows(text.validation_tokens, seq, limit or DEFAULT_EVAL_WINDOWS))
+    tokens = text.validation_tokens
+    if tokenizer is not None:
+        from jaxfault.text import decode_bytes
+
+        tokens = np.asarray(tokenizer.encode(decode_bytes(tokens)).ids, np.int32)
+    x, y = inputs_targets(windows(tokens, seq, limit or DEFAULT_EVAL_WINDOWS))
     return str(checkpoint), model, variables, x, y, tasks.language_model()

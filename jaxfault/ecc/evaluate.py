@@ -111,7 +111,8 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
 
                 s = summarize_trials({k: v[i] for k, v in res.metrics.items()})
                 r.update({"perplexity": {**s["perplexity"], "values": [float(v) for v in res.metrics["perplexity"][i]]},
-                          "diverged": s["diverged"], "nonfinite_tokens": s["nonfinite_tokens"],
+                          "diverged": s["diverged"], "infinite_perplexity": s["infinite"],
+                          "nonfinite_tokens": s["nonfinite_tokens"],
                           "perplexity_increase_pct": 100 * (s["perplexity"]["median"] / clean["perplexity"] - 1)})
                 r.pop("nll", None)
             rows.append(r)
@@ -173,7 +174,8 @@ def format_row(r: dict) -> str:
         return (f"{r['scheme']:8s} ber {r['ber']:.1e}  perplexity median {p['median']:.4g} "
                 f"[{p['median_ci95'][0]:.4g}, {p['median_ci95'][1]:.4g}] (q90 {p['q90']:.4g}, "
                 f"{r['perplexity_increase_pct']:+.2f}%)  diverged {100 * d['fraction']:.0f}% "
-                f"[{100 * d['ci95'][0]:.0f}, {100 * d['ci95'][1]:.0f}]  next-token top1 {100 * r['top1']['mean']:.2f}%  "
+                f"[{100 * d['ci95'][0]:.0f}, {100 * d['ci95'][1]:.0f}]  inf {100 * r['infinite_perplexity']['fraction']:.0f}%  "
+                f"next-token top1 {100 * r['top1']['mean']:.2f}%  "
                 f"realised ber {r['realised_ber']['mean']:.3e}")
     t5 = f"  top5 {100 * r['top5']['mean']:6.2f}" if "top5" in r else ""
     return (f"{r['scheme']:8s} ber {r['ber']:.1e}  top1 {100 * r['top1']['mean']:6.2f} +- {100 * r['top1']['std']:5.2f} "
