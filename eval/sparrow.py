@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxfault import engine
-from jaxfault.cli import ArgumentParser, nonneg_int, parse_float_list, positive_int, probability, run_main, strategy_flag
+from jaxfault.cli import (ArgumentParser, nonneg_int, parse_float_list, positive_float, positive_int, probability,
+                          run_main, strategy_flag)
 from jaxfault.ecc import scheme_names
 from jaxfault.ecc.evaluate import SparrowEvalConfig, format_row, plot_sweep, run, sweep_table
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES
@@ -48,6 +49,9 @@ def build_parser() -> ArgumentParser:
                     help="protected leaves: conv/dense kernels or all float parameters (default: kernels)")
     ap.add_argument("--compat", action="store_true", help="bit-compatible zero-word quirk of the reference (default: off)")
     ap.add_argument("--batch-size", type=positive_int, default=1000, help="evaluation batch size (default: 1000)")
+    ap.add_argument("--memory-budget", type=positive_float, default=None,
+                    help="GiB the trials held at once may take; with --strategy vmap or map:B the chunk of trials is "
+                         "cut to fit (default: half the device's memory)")
     ap.add_argument("--limit", type=positive_int, default=None,
                     help="evaluate only the first N test images, or N validation windows of a language model "
                          "(default: all images; 32 windows)")
@@ -76,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         schemes=scheme_names() if sweep else (a.scheme,), zero_to_one=a.zero_to_one, block_size=a.block_size,
         trials=a.trials, seed=a.seed, mode=a.fault_model, leaves=a.params, compat=a.compat, strategy=a.strategy,
         precision=a.precision, batch_size=a.batch_size, limit=a.limit, checkpoint=a.checkpoint, task=a.task,
-        tensors=a.tensors)
+        tensors=a.tensors, memory_budget=None if a.memory_budget is None else a.memory_budget * 2**30)
     path = result_path(Path(a.out), config, sweep)
     check_output_path(path, overwrite=a.overwrite, flag="--out")
     if sweep:

@@ -48,3 +48,12 @@ def test_unknown_tensor_group_is_refused_before_work(lm_checkpoint, tmp_path):
     with pytest.raises(JaxfaultError, match="unknown tensor group 'attn'"):
         main(["--checkpoint", str(lm_checkpoint), "--ber", "1e-3", "--tensors", "attn", "--out", str(tmp_path),
               "--no-compile-cache"])
+
+
+def test_memory_budget_bounds_the_trials_held_at_once(lm_checkpoint, tmp_path):
+    from eval.sparrow import main
+
+    # 1 KiB cannot hold one trial of even this model: refused with the sizes, before any trial runs
+    with pytest.raises(JaxfaultError, match="more than the memory budget of 0.00 GiB"):
+        main(["--checkpoint", str(lm_checkpoint), "--ber", "1e-3", "--trials", "4", "--limit", "2",
+              "--strategy", "vmap", "--memory-budget", str(1 / 2**20), "--out", str(tmp_path), "--no-compile-cache"])

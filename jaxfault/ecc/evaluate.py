@@ -44,6 +44,7 @@ class SparrowEvalConfig:
     checkpoint: Optional[str] = None
     task: Optional[str] = None        # None: the checkpoint's ('classification' without one)
     tensors: Optional[str] = None     # tensor groups hit (jaxfault.select); None: every selected leaf
+    memory_budget: Optional[float] = None   # bytes for the trials held at once (None: jaxfault.memory's default)
 
     def __post_init__(self):
         bers = tuple(float(check_probability("ber", b)) for b in self.bers)
@@ -64,6 +65,8 @@ class SparrowEvalConfig:
         check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
         engine.resolve_strategy(self.strategy)
         check_precision(self.precision)
+        check(self.memory_budget is None or (isinstance(self.memory_budget, (int, float)) and self.memory_budget > 0),
+              f"memory budget must be a positive number of bytes, got {self.memory_budget!r}")
         check(self.task in (None, "classification", "language_model"),
               f"task must be classification or language_model, got {self.task!r}")
         if self.tensors is not None:
@@ -91,7 +94,8 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
     lm = task is not None and task.name == "language_model"
     for name in config.schemes:
         fm = config.fault_model(name)
-        res = engine.evaluate(model, variables, images, labels, fm, config.bers, keys, strategy=config.strategy,
+        strategy = trial_strategy(config, fm, model, variables, images, labels, task)
+        res = engine.evaluate(model, variables, images, labels, fm, config.bers, keys, strategy=strategy,
                               precision=config.precision, batch_size=config.batch_size, topk=topk, task=task)
         clean = res.clean
         free = fault_free_accuracy(fm, model, variables, images, labels, config, topk, task)
@@ -121,6 +125,21 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
             "precision": config.precision, "backend": jax.default_backend(), "seed": config.seed,
             "params": config.leaves, "compat": config.compat, "evaluation_dtype": "bfloat16",
             "clean_bf16": clean, "rows": rows}
+
+
+def trial_strategy(config: SparrowEvalConfig, fm, model, variables, images, labels, task=None) -> str:
+    """The batching strategy with its chunk of trials bounded by the memory budget
+    (jaxfault.memory.bounded_strategy); strategies that hold one trial at a time ('map', 'loop')
+    are kept without measuring."""
+    from jaxfault import memory
+
+    kind, chunk = engine.parse_strategy(config.strategy)
+    if kind != "vmap" and not chunk:
+        return config.strategy
+    per, shared = memory.evaluation_trial_memory(model, variables, images, labels, fm, max(config.bers), task=task,
+                                                 batch_size=config.batch_size, precision=config.precision)
+    budget = int(config.memory_budget) if config.memory_budget else memory.default_budget()
+    return memory.bounded_strategy(config.strategy, per, shared, budget, config.trials)
 
 
 def fault_free_accuracy(fm: HBMFaults, model, variables, images, labels, config, topk, task=None) -> dict:
