@@ -9,23 +9,23 @@ import dataclasses
 
 from jaxfault.cli import ArgumentParser, run_main
 from jaxfault.errors import JaxfaultError
-from jaxfault.experiment import ExperimentConfig, format_rows, parse_value, run
+from jaxfault.experiment import ExperimentConfig, field_help, format_rows, parse_value, run
 
 KINDS = {"int": int, "int | None": int, "str": str, "str | None": str}
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m eval.run", description=__doc__)
+    p, helps = ArgumentParser(prog="python -m eval.run", description=__doc__), field_help()
     for f in dataclasses.fields(ExperimentConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "fault":
             p.add_argument("--set", dest="fault", action="append", default=[], metavar="FIELD=VALUE",
                            help="a field of the fault model (repeatable)")
         elif f.name == "rates":
-            p.add_argument(flag, default="1e-3", help="comma-separated rates")
+            p.add_argument(flag, default="1e-3", help=helps["rates"] + " (comma-separated)")
         else:
             default = f.default if f.default is not dataclasses.MISSING else None
-            p.add_argument(flag, type=KINDS[str(f.type)], default=default)
+            p.add_argument(flag, type=KINDS[str(f.type)], default=default, help=helps[f.name])
     p.add_argument("--out", default="runs/run", help="output folder (results.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing results.json")
     return p

@@ -111,6 +111,22 @@ class ExperimentConfig:
         return d
 
 
+def field_help() -> dict[str, str]:
+    """{setting: its one-line description} from ExperimentConfig's Attributes section."""
+    import re
+
+    doc = ExperimentConfig.__doc__ or ""
+    text = doc.split("Attributes:", 1)[1] if "Attributes:" in doc else ""
+    out, name = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^\s{6}(\w+): (.*)$", line)
+        if m:
+            name, out[m.group(1)] = m.group(1), m.group(2).strip()
+        elif name and line.strip():
+            out[name] += " " + line.strip()
+    return out
+
+
 def _as_list(value, name: str) -> list:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return [value]
@@ -276,4 +292,4 @@ def parse_value(text: str) -> Any:
 
 
 __all__ = ["ExperimentConfig", "ROW_SCHEMA", "build_fault_model", "evaluate", "fault_model_fields", "format_rows",
-           "load_inputs", "parse_value", "read_rows", "run"]
+           "field_help", "load_inputs", "parse_value", "read_rows", "run"]
