@@ -26,6 +26,7 @@ def periodic_text(n=4000):
     return np.frombuffer((b"abcdefgh" * (n // 8 + 1))[:n], np.uint8).astype(np.int32)
 
 
+@pytest.mark.slow
 def test_perplexity_is_exp_of_the_mean_token_nll_batched_equals_direct():
     model = tiny_model("llama")
     variables = model.init(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))
@@ -37,6 +38,7 @@ def test_perplexity_is_exp_of_the_mean_token_nll_batched_equals_direct():
     assert got["perplexity"] == pytest.approx(math.exp(direct), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_training_learns_a_periodic_text():
     model = tiny_model()
     tokens = periodic_text()
@@ -56,6 +58,7 @@ def test_batches_are_a_function_of_the_key():
     assert not np.array_equal(a, sample_windows(jax.random.key(5), tokens, 8, 16))
 
 
+@pytest.mark.slow
 def test_default_lm_is_cached_and_loads(tmp_path):
     (tmp_path / "data").mkdir()
     lines = ["the quick brown fox jumps over the lazy dog " * 2] * 2000

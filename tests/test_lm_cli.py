@@ -42,14 +42,17 @@ def test_sparrow_cli_reports_perplexity_of_a_language_model(lm_checkpoint, tmp_p
     assert rec["protected_weights"] == 32 * 96 + 96 + 32 * 32 + 32 + 32 * 128 + 128 + 128 * 32 + 32
 
 
-def test_unknown_tensor_group_is_refused_before_work(lm_checkpoint, tmp_path):
+def test_unknown_tensor_group_is_refused_before_work(tmp_path, monkeypatch):
+    import eval.sparrow as cli
     from eval.sparrow import main
 
+    monkeypatch.setattr(cli, "run", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(JaxfaultError, match="unknown tensor group 'attn'"):
-        main(["--checkpoint", str(lm_checkpoint), "--ber", "1e-3", "--tensors", "attn", "--out", str(tmp_path),
+        main(["--checkpoint", str(tmp_path), "--ber", "1e-3", "--tensors", "attn", "--out", str(tmp_path),
               "--no-compile-cache"])
 
 
+@pytest.mark.slow
 def test_memory_budget_bounds_the_trials_held_at_once(lm_checkpoint, tmp_path):
     from eval.sparrow import main
 

@@ -80,6 +80,7 @@ def test_only_the_chosen_groups_change():
                    zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(again))), name
 
 
+@pytest.mark.slow
 def test_cells_are_those_of_the_chosen_tensors():
     params = random_params(LLAMA)
     sizes = group_sizes(params, model_patterns(LLAMA))
@@ -91,6 +92,7 @@ def test_cells_are_those_of_the_chosen_tensors():
     assert abs(int(st.n_faults) - p * n) < 5 * np.sqrt(n * p * (1 - p))
 
 
+@pytest.mark.slow
 def test_write_verify_mask_is_restricted_too():
     params = random_params(GPT)
     mask = jax.tree_util.tree_map(lambda x: jnp.ones(x.shape, bool), params)

@@ -61,6 +61,7 @@ def test_summary_uses_order_statistics_with_a_median_interval():
         assert cover >= 0.95 or (lo, hi) == (0, n - 1)
 
 
+@pytest.mark.slow
 def test_activation_faults_by_module_group():
     x, y = data(2)
     assert group_module_patterns(MODEL, "attention,mlp") == ("h_*/attn", "h_*/mlp")
