@@ -5,7 +5,7 @@ Sources, in the order ``source="auto"`` tries them:
 1. a local UTF-8 text file ``<name>.txt`` in ``data_dir`` or ``$JAXFAULT_DATA`` (any corpus name);
 2. for the default corpus ``"kjv"``, the King James Version of the Bible from Debian's
    ``bible-kjv`` package (``apt-get install bible-kjv``: public domain text, 31,102 verses,
-   4.0 MB of ASCII once the verse references are removed), read through its ``bible`` program;
+   4.1 MB of ASCII once the verse references are removed), read through its ``bible`` program;
 3. TensorFlow Datasets text datasets by name (``tiny_shakespeare``, ``lm1b``, ...) through
    ``tfds.data_source`` (honours ``data_dir``; downloads when the network allows).
 
