@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from jaxfault import engine
 from jaxfault.cli import (ArgumentParser, nonneg_int, parse_float_list, positive_float, positive_int, probability,
                           run_main, strategy_flag)
 from jaxfault.ecc import scheme_names
@@ -35,7 +34,15 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--max-trials", type=positive_int, default=None,
                     help="cap of a --ci-width run (default: 10 x --trials)")
     ap.add_argument("--seed", type=nonneg_int, default=0, help="root seed of the trial keys (default: 0)")
-    ap.add_argument("--checkpoint", default=None, help="classifier checkpoint dir (default: the cached default LeNet)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="classifier or language-model checkpoint dir, or a Hugging Face folder (default: the cached "
+                         "default LeNet; with --task language_model the cached default language model)")
+    ap.add_argument("--task", choices=("classification", "language_model"), default=None,
+                    help="what the model is scored by (default: the checkpoint's kind); language_model reports "
+                         "perplexity over validation windows of the model's corpus")
+    ap.add_argument("--tensors", default=None,
+                    help="tensor groups hit: comma-separated embeddings, attention, mlp, norms, lm_head, other, "
+                         "or all (default: every leaf that --params selects)")
     ap.add_argument("--out", default="runs/sparrow", help="output directory (default: runs/sparrow)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing result file (default: refuse)")
     ap.add_argument("--strategy", type=strategy_flag, default="auto", help="trial batching: auto, vmap, map, map:B or loop")
@@ -46,7 +53,12 @@ def build_parser() -> ArgumentParser:
                     help="protected leaves: conv/dense kernels or all float parameters (default: kernels)")
     ap.add_argument("--compat", action="store_true", help="bit-compatible zero-word quirk of the reference (default: off)")
     ap.add_argument("--batch-size", type=positive_int, default=1000, help="evaluation batch size (default: 1000)")
-    ap.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N test images (default: all)")
+    ap.add_argument("--memory-budget", type=positive_float, default=None,
+                    help="GiB the trials held at once may take; with --strategy vmap or map:B the chunk of trials is "
+                         "cut to fit (default: half the device's memory)")
+    ap.add_argument("--limit", type=positive_int, default=None,
+                    help="evaluate only the first N test images, or N validation windows of a language model "
+                         "(default: all images; 32 windows)")
     return ap
 
 
@@ -55,6 +67,8 @@ def result_path(out: Path, config: SparrowEvalConfig, sweep: bool) -> Path:
     tail = f"_T{config.trials}_s{config.seed}" + (f"_n{config.limit}" if config.limit else "")
     if config.ci_width is not None:
         tail += f"_w{config.ci_width:g}_max{config.max_trials}"
+    if config.tensors:
+        tail += "_" + "+".join(t.strip() for t in config.tensors.split(","))
     if sweep:
         return out / f"sweep{tail}.json"
     return out / f"{config.schemes[0]}_ber{config.bers[0]:g}_q{config.zero_to_one:g}_B{config.block_size}{tail}.json"
@@ -75,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         schemes=scheme_names() if sweep else (a.scheme,), zero_to_one=a.zero_to_one, block_size=a.block_size,
         trials=a.trials, seed=a.seed, mode=a.fault_model, leaves=a.params, compat=a.compat, strategy=a.strategy,
         precision=a.precision, batch_size=a.batch_size, limit=a.limit, checkpoint=a.checkpoint,
-        ci_width=a.ci_width, max_trials=a.max_trials)
+        ci_width=a.ci_width, max_trials=a.max_trials, task=a.task,
+        tensors=a.tensors, memory_budget=None if a.memory_budget is None else a.memory_budget * 2**30)
     path = result_path(Path(a.out), config, sweep)
     check_output_path(path, overwrite=a.overwrite, flag="--out")
     if sweep:
@@ -83,7 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_output_path(path.with_suffix(extra), overwrite=a.overwrite, flag="--out")
     report = run(config)
     clean = report["clean_bf16"]
-    print(f"clean bf16: top1 {100 * clean['top1']:.2f}%" + (f"  top5 {100 * clean['top5']:.2f}%" if "top5" in clean else ""))
+    if report.get("task") == "language_model":
+        print(f"clean bf16: perplexity {clean['perplexity']:.4f}  next-token top1 {100 * clean['top1']:.2f}%  "
+              f"({report['tokens']} tokens)")
+    else:
+        print(f"clean bf16: top1 {100 * clean['top1']:.2f}%" + (f"  top5 {100 * clean['top5']:.2f}%" if "top5" in clean else ""))
     for r in report["rows"]:
         print(format_row(r))
     if sweep:

@@ -25,6 +25,7 @@ COMMANDS = {
     "run": ("eval.run", "evaluate under any registered fault model (one config, one row schema)"),
     "train-base": ("train.base", "train a base classifier"),
     "train-neuralfuse": ("train.neuralfuse", "train a NeuralFuse generator with EOPM"),
+    "train-lm": ("train.lm", "train the small byte-level language model (the default LM)"),
 }
 
 

@@ -9,16 +9,16 @@ and the accuracy of the scheme's fault-free decoded weights (what encoding alone
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxfault import engine
 from jaxfault.ecc import SCHEMES, check_scheme_block_size
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES, HBMFaults
-from jaxfault.errors import JaxfaultError, check, check_probability
+from jaxfault.errors import check, check_probability
 from jaxfault.keys import root_key, trial_keys
 from jaxfault.precision import check_precision, precision_scope
 from jaxfault.stats import check_sequential, run_until_width
@@ -44,6 +44,9 @@ class SparrowEvalConfig:
     checkpoint: Optional[str] = None
     ci_width: Optional[float] = None        # trials in chunks of `trials` until top-1's half-width <= this
     max_trials: Optional[int] = None        # the cap of such a run (default 10 x trials)
+    task: Optional[str] = None        # None: the checkpoint's ('classification' without one)
+    tensors: Optional[str] = None     # tensor groups hit (jaxfault.select); None: every selected leaf
+    memory_budget: Optional[float] = None   # bytes for the trials held at once (None: jaxfault.memory's default)
 
     def __post_init__(self):
         bers = tuple(float(check_probability("ber", b)) for b in self.bers)
@@ -65,38 +68,68 @@ class SparrowEvalConfig:
         engine.resolve_strategy(self.strategy)
         check_precision(self.precision)
         object.__setattr__(self, "max_trials", check_sequential(self.trials, self.ci_width, self.max_trials))
+        check(self.memory_budget is None or (isinstance(self.memory_budget, (int, float)) and self.memory_budget > 0),
+              f"memory budget must be a positive number of bytes, got {self.memory_budget!r}")
+        check(self.task in (None, "classification", "language_model"),
+              f"task must be classification or language_model, got {self.task!r}")
+        if self.tensors is not None:
+            from jaxfault.select import parse_tensors
+
+            parse_tensors(self.tensors)
 
     def fault_model(self, scheme: str) -> HBMFaults:
         block = self.block_size if SCHEMES.get(scheme).info["block_sizes"] else 64
-        return HBMFaults(scheme=scheme, block_size=block, zero_to_one=self.zero_to_one, mode=self.mode,
-                         leaves=self.leaves, compat=self.compat, rate_bound=max(self.bers))
+        fm = HBMFaults(scheme=scheme, block_size=block, zero_to_one=self.zero_to_one, mode=self.mode,
+                       leaves=self.leaves, compat=self.compat, rate_bound=max(self.bers))
+        if self.tensors is None:
+            return fm
+        from jaxfault.select import select_tensors
+
+        return select_tensors(fm, self.tensors)
 
 
-def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels, topk=(1,)) -> dict:
-    """Report dict: header fields, 'clean_bf16', and 'rows' (one per scheme x BER)."""
+def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels, topk=(1,), task=None) -> dict:
+    """Report dict: header fields, 'clean_bf16', and 'rows' (one per scheme x BER). With a
+    language_model task (jaxfault.tasks) `images` are token ids and `labels` next tokens, and each
+    row also carries the order-statistic summary of jaxfault.lm.summarize_trials."""
     keys = trial_keys(root_key(config.seed), config.max_trials or config.trials)
     rows, clean = [], None
+    lm = task is not None and task.name == "language_model"
     for name in config.schemes:
         fm = config.fault_model(name)
-        if config.ci_width is None:
-            res = engine.evaluate(model, variables, images, labels, fm, config.bers, keys, strategy=config.strategy,
-                                  precision=config.precision, batch_size=config.batch_size, topk=topk)
+        if config.ci_width is None or (task is not None and task.name == "language_model"):
+            strategy = trial_strategy(config, fm, model, variables, images, labels, task)
+            res = engine.evaluate(model, variables, images, labels, fm, config.bers, keys[:config.trials],
+                                  strategy=strategy, precision=config.precision, batch_size=config.batch_size,
+                                  topk=topk, task=task)
             clean, summaries = res.clean, [res.summary(i) for i in range(len(config.bers))]
             seconds = [res.seconds / len(config.bers)] * len(config.bers)
         else:
             clean, summaries, seconds = _until_width(config, fm, model, variables, images, labels, keys, topk)
-        free = fault_free_accuracy(fm, model, variables, images, labels, config, topk)
-        scheme = fm.get_scheme()
+        free = fault_free_accuracy(fm, model, variables, images, labels, config, topk, task)
+        hbm = getattr(fm, "inner", fm)
+        scheme = hbm.get_scheme()
         prepared = engine.prepare(model, variables, images, fm)[1]
-        words, layout = fm.encode(prepared["params"])
+        words, layout = (hbm.encode(fm.view(prepared)["params"]) if hbm is not fm
+                         else fm.encode(prepared["params"]))
         for i, ber in enumerate(config.bers):
             r = {"scheme": name, "block_size": scheme.block_size, "stored_bits_per_weight": scheme.stored_bits,
                  "ber": ber, "zero_to_one": config.zero_to_one, "fault_model": config.mode, "trials": config.trials,
                  "protected_weights": layout.n_values, "stored_words": int(words.shape[0]),
                  "seconds": seconds[i], "fault_free": free, **summaries[i]}
             r["drop_vs_clean_points"] = 100 * (clean["top1"] - r["top1"]["mean"])
+            if lm:
+                from jaxfault.lm import summarize_trials
+
+                s = summarize_trials({k: v[i] for k, v in res.metrics.items()})
+                r.update({"perplexity": {**s["perplexity"], "values": [float(v) for v in res.metrics["perplexity"][i]]},
+                          "diverged": s["diverged"], "infinite_perplexity": s["infinite"],
+                          "nonfinite_tokens": s["nonfinite_tokens"],
+                          "perplexity_increase_pct": 100 * (s["perplexity"]["median"] / clean["perplexity"] - 1)})
+                r.pop("nll", None)
             rows.append(r)
-    return {"test_examples": int(len(labels)), "strategy": engine.resolve_strategy(config.strategy),
+    head = {"task": "language_model", "tokens": int(np.size(labels))} if lm else {}
+    return {**head, "test_examples": int(len(labels)), "strategy": engine.resolve_strategy(config.strategy),
             "precision": config.precision, "backend": jax.default_backend(), "seed": config.seed,
             "params": config.leaves, "compat": config.compat, "evaluation_dtype": "bfloat16",
             "clean_bf16": clean, "rows": rows}
@@ -145,11 +178,27 @@ def metric_names(topk) -> tuple:
     return tuple(f"top{k}" for k in topk)
 
 
-def fault_free_accuracy(fm: HBMFaults, model, variables, images, labels, config, topk) -> dict:
-    """Accuracy of the scheme's decoded weights without faults (rate 0)."""
+def trial_strategy(config: SparrowEvalConfig, fm, model, variables, images, labels, task=None) -> str:
+    """The batching strategy with its chunk of trials bounded by the memory budget
+    (jaxfault.memory.bounded_strategy); strategies that hold one trial at a time ('map', 'loop')
+    are kept without measuring."""
+    from jaxfault import memory
+
+    kind, chunk = engine.parse_strategy(config.strategy)
+    if kind != "vmap" and not chunk:
+        return config.strategy
+    per, shared = memory.evaluation_trial_memory(model, variables, images, labels, fm, max(config.bers), task=task,
+                                                 batch_size=config.batch_size, precision=config.precision)
+    budget = int(config.memory_budget) if config.memory_budget else memory.default_budget()
+    return memory.bounded_strategy(config.strategy, per, shared, budget, config.trials)
+
+
+def fault_free_accuracy(fm: HBMFaults, model, variables, images, labels, config, topk, task=None) -> dict:
+    """Accuracy (or the task's metrics) of the scheme's decoded weights without faults (rate 0)."""
     eval_model, prepared, x = engine.prepare(model, variables, images, fm)
     y = jnp.asarray(labels)
-    metric = engine.make_metric_fn(eval_model, batch_size=min(config.batch_size, int(y.shape[0])), topk=topk)
+    metric = engine.make_metric_fn(eval_model, batch_size=min(config.batch_size, int(y.shape[0])), topk=topk,
+                                   task=task)
     with precision_scope(config.precision):
         out = jax.jit(lambda v: metric(fm.perturb(jax.random.key(0), v, 0.0)[0], x, y))(prepared)
     return {k: float(v) for k, v in out.items()}
@@ -177,6 +226,12 @@ def load_model_and_data(checkpoint: Optional[str], limit: Optional[int], log=pri
 
 def run(config: SparrowEvalConfig, log=print) -> dict:
     """Load the checkpoint and data, evaluate every scheme at every BER; the report dict."""
+    from jaxfault.lm import is_language_model, load_lm_and_data
+
+    if config.task == "language_model" or (config.task is None and is_language_model(config.checkpoint)):
+        path, model, variables, inputs, targets, task = load_lm_and_data(config.checkpoint, config.limit, log)
+        report = evaluate_schemes(config, model, variables, inputs, targets, (1,), task)
+        return {"checkpoint": path, **report}
     path, model, variables, images, labels, topk = load_model_and_data(config.checkpoint, config.limit, log)
     report = evaluate_schemes(config, model, variables, images, labels, topk)
     return {"checkpoint": path, **report}
@@ -184,6 +239,14 @@ def run(config: SparrowEvalConfig, log=print) -> dict:
 
 def format_row(r: dict) -> str:
     """One line of a (scheme, BER) result."""
+    if "perplexity_increase_pct" in r:
+        p, d = r["perplexity"], r["diverged"]
+        return (f"{r['scheme']:8s} ber {r['ber']:.1e}  perplexity median {p['median']:.4g} "
+                f"[{p['median_ci95'][0]:.4g}, {p['median_ci95'][1]:.4g}] (q90 {p['q90']:.4g}, "
+                f"{r['perplexity_increase_pct']:+.2f}%)  diverged {100 * d['fraction']:.0f}% "
+                f"[{100 * d['ci95'][0]:.0f}, {100 * d['ci95'][1]:.0f}]  inf {100 * r['infinite_perplexity']['fraction']:.0f}%  "
+                f"next-token top1 {100 * r['top1']['mean']:.2f}%  "
+                f"realised ber {r['realised_ber']['mean']:.3e}")
     t5 = f"  top5 {100 * r['top5']['mean']:6.2f}" if "top5" in r else ""
     t = r["top1"]
     stop = f" ({r['stop']})" if r.get("stop") else ""
@@ -201,6 +264,15 @@ def sweep_table(report: dict) -> str:
     per_cell = len(counts) > 1
     head = "top-1 %, mean [95 % interval] (trials)" if per_cell else f"top-1 %, mean [95 % interval], {counts[0]} trials"
     lines = [head + ":", "", "| BER | " + " | ".join(schemes) + " |", "|---|" + "---|" * len(schemes)]
+    if report.get("task") == "language_model":
+        lines = ["| BER (perplexity median [95 % interval], diverged %) | " + " | ".join(schemes) + " |",
+                 "|---|" + "---|" * len(schemes)]
+        for b in bers:
+            cells = [next(f"{r['perplexity']['median']:.4g} [{r['perplexity']['median_ci95'][0]:.4g}, "
+                          f"{r['perplexity']['median_ci95'][1]:.4g}], {100 * r['diverged']['fraction']:.0f}%"
+                          for r in report["rows"] if r["ber"] == b and r["scheme"] == s) for s in schemes]
+            lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
     for b in bers:
         cells = [next(f"{100 * r['top1']['mean']:.2f} [{100 * r['top1']['ci_lo']:.2f}, {100 * r['top1']['ci_hi']:.2f}]"
                       + (f" ({r['top1']['n']})" if per_cell else "") for r in report["rows"]
@@ -221,18 +293,31 @@ def plot_sweep(report: dict, path) -> None:
 
     rows = report["rows"]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name in dict.fromkeys(r["scheme"] for r in rows):
+    if report.get("task") == "language_model":
+        for name in dict.fromkeys(r["scheme"] for r in rows):
+            rs = [r for r in rows if r["scheme"] == name]
+            med = np.array([r["perplexity"]["median"] for r in rs])
+            lo = np.array([r["perplexity"]["median_ci95"][0] for r in rs])
+            hi = np.array([r["perplexity"]["median_ci95"][1] for r in rs])
+            big = 10 * report["clean_bf16"]["perplexity"]        # diverged medians drawn at the top
+            med, lo, hi = (np.minimum(a, big) for a in (med, lo, hi))
+            ax.errorbar([r["ber"] for r in rs], med, yerr=[med - lo, hi - med], marker="o", capsize=3, label=name)
+        ax.axhline(report["clean_bf16"]["perplexity"], color="gray", ls="--", lw=1, label="clean bf16")
+        ax.set_yscale("log")
+        ax.set_ylabel("validation perplexity (median, 95 % interval)")
+    for name in (() if report.get("task") == "language_model" else dict.fromkeys(r["scheme"] for r in rows)):
         rs = [r for r in rows if r["scheme"] == name]
         m = [100 * r["top1"]["mean"] for r in rs]
         yerr = [[mi - 100 * r["top1"]["ci_lo"] for mi, r in zip(m, rs)], [100 * r["top1"]["ci_hi"] - mi for mi, r in zip(m, rs)]]
         ax.errorbar([r["ber"] for r in rs], m, yerr=yerr, marker="o", capsize=3, label=name)
-    ax.axhline(100 * report["clean_bf16"]["top1"], color="gray", ls="--", lw=1, label="clean bf16")
+    if report.get("task") != "language_model":
+        ax.axhline(100 * report["clean_bf16"]["top1"], color="gray", ls="--", lw=1, label="clean bf16")
+        counts = sorted({r["top1"]["n"] for r in rows})
+        ax.set_ylabel("top-1 accuracy (%), mean and 95 % interval")
+        ax.set_title(f"trials per point: {counts[0]}" + (f"-{counts[-1]}" if len(counts) > 1 else ""), fontsize=9)
     if all(r["ber"] > 0 for r in rows):
         ax.set_xscale("log")
     ax.set_xlabel("bit error rate (stored cells)")
-    counts = sorted({r["top1"]["n"] for r in rows})
-    ax.set_ylabel("top-1 accuracy (%), mean and 95 % interval")
-    ax.set_title(f"trials per point: {counts[0]}" + (f"-{counts[-1]}" if len(counts) > 1 else ""), fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
