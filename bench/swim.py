@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.cli import ArgumentParser, run_main
-from jaxfault.engine import check_precision, parse_strategy
+from jaxfault.engine import parse_strategy
+from jaxfault.precision import check_precision
 from jaxfault.errors import JaxfaultError
 from jaxfault.io import atomic_write_json
 from jaxfault.swim.run import load_model, make_monte_carlo

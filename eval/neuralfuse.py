@@ -9,6 +9,7 @@ from pathlib import Path
 from jaxfault import engine
 from jaxfault.cli import (ArgumentParser, parse_float_list, positive_int, probability, run_main, strategy_flag)
 from jaxfault.io import atomic_write_json, check_output_path
+from jaxfault.precision import PRECISIONS
 
 
 def build_parser() -> ArgumentParser:
@@ -25,7 +26,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--test-subset", type=positive_int, default=None, help="evaluate on the first N test images (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=1000, help="evaluation batch size")
     p.add_argument("--strategy", type=strategy_flag, default="auto", help="batching of the M models: auto, vmap, map, map:B or loop")
-    p.add_argument("--precision", choices=engine.PRECISIONS, default="highest", help="float32 matmul/conv precision")
+    p.add_argument("--precision", choices=PRECISIONS, default="highest", help="float32 matmul/conv precision")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: TFDS / the local IDX files)")
     p.add_argument("--out", default="runs/neuralfuse_eval", help="folder for neuralfuse_eval.json (+ sweep plot)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files (default: refuse)")

@@ -17,6 +17,7 @@ from jaxfault.ecc.evaluate import SparrowEvalConfig, format_row, plot_sweep, run
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES
 from jaxfault.errors import check
 from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
+from jaxfault.precision import PRECISIONS
 
 
 def build_parser() -> ArgumentParser:
@@ -32,7 +33,7 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--out", default="runs/sparrow", help="output directory (default: runs/sparrow)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing result file (default: refuse)")
     ap.add_argument("--strategy", type=strategy_flag, default="auto", help="trial batching: auto, vmap, map, map:B or loop")
-    ap.add_argument("--precision", choices=engine.PRECISIONS, default="highest",
+    ap.add_argument("--precision", choices=PRECISIONS, default="highest",
                     help="float32 matmul/conv precision (default: highest)")
     ap.add_argument("--fault-model", choices=MODES, default="stuck-at", help="stuck-at or XOR flips (default: stuck-at)")
     ap.add_argument("--params", choices=tuple(LEAF_SELECTORS), default="kernels",

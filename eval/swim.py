@@ -16,7 +16,7 @@ from pathlib import Path
 
 from jaxfault.cli import (ArgumentParser, nonneg_float, nonneg_int, parse_float_list, positive_float, positive_int,
                           probability, run_main, strategy_flag)
-from jaxfault.engine import PRECISIONS
+from jaxfault.precision import PRECISIONS
 from jaxfault.errors import JaxfaultError, check
 from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
 from jaxfault.swim.run import SwimConfig, format_table, plot_sweep, run

@@ -13,7 +13,7 @@ builds one by registered name; `register_scheme` / `register_fault_model` extend
 (docs/extending.md).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"   # the one version string (pyproject.toml reads it)
 
 from jaxfault.errors import JaxfaultError  # noqa: E402,F401
 from jaxfault.protocol import FaultModel  # noqa: E402,F401
@@ -22,6 +22,8 @@ from jaxfault.fault_models import (  # noqa: E402,F401
     FAULT_MODELS, BitFlips, Composed, build_fault_model, compose, register_fault_model)
 from jaxfault.ecc import SCHEMES, Scheme, get_scheme, register_scheme  # noqa: E402,F401
 from jaxfault.ecc.hbm import HBMFaults, hbm_faults  # noqa: E402,F401
+from jaxfault.tasks import Task, classification, language_model  # noqa: E402,F401
+from jaxfault.activations import ActivationBitFlips, activation_bit_flips  # noqa: E402,F401
 
 _LAZY = {
     "sram_bit_errors": ("jaxfault.neuralfuse.faults", "sram_bit_errors"),
@@ -47,4 +49,5 @@ def __getattr__(name):
 
 __all__ = ["JaxfaultError", "FaultModel", "EvalResult", "evaluate", "evaluation_form", "summarize",
            "FAULT_MODELS", "BitFlips", "Composed", "build_fault_model", "compose", "register_fault_model",
-           "SCHEMES", "Scheme", "get_scheme", "register_scheme", "HBMFaults", "hbm_faults", *_LAZY]
+           "SCHEMES", "Scheme", "get_scheme", "register_scheme", "HBMFaults", "hbm_faults",
+           "Task", "classification", "language_model", "ActivationBitFlips", "activation_bit_flips", *_LAZY]

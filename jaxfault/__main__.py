@@ -22,6 +22,7 @@ COMMANDS = {
     "campaign": ("eval.campaign", "sharded, resumable fault-injection campaign"),
     "plan": ("eval.plan", "least-energy protection plan at a target accuracy"),
     "accuracy": ("eval.accuracy", "clean accuracy of a checkpoint"),
+    "run": ("eval.run", "evaluate under any registered fault model (one config, one row schema)"),
     "train-base": ("train.base", "train a base classifier"),
     "train-neuralfuse": ("train.neuralfuse", "train a NeuralFuse generator with EOPM"),
 }

@@ -1,22 +1,25 @@
-"""Checkpoints: one .npy file per array, a SHA-256 of each, and a small JSON (kind, config, metrics).
+"""Checkpoints: arrays written by orbax-checkpoint, a SHA-256 of every array, and a small JSON.
 
-Layout of a checkpoint directory DIR (format 2):
-    DIR/jaxfault.json          {"format": 2, "kind", "config", "metrics", "arrays_dir",
-                                "arrays": [{"path": [key, ...], "file", "dtype", "shape", "sha256"}, ...]}
-    DIR/arrays-<id>/NNNNN.npy  the arrays of a nested dict of arrays ({'params', maybe 'batch_stats'}
-                               or any dict tree), one file each, named by position
+Layout of a checkpoint directory DIR (format 3):
+    DIR/jaxfault.json      {"format": 3, "kind", "config", "metrics", "arrays_dir",
+                            "arrays": [{"path": [key, ...], "name", "dtype", "shape", "sha256"}, ...]}
+    DIR/orbax-<id>/        an orbax-checkpoint tree (StandardCheckpointer) holding the arrays of
+                           a nested dict of arrays ({'params', maybe 'batch_stats'} or any dict
+                           tree) as one flat dict, each array under its position's name
 
-Integrity: every array file's SHA-256 is recorded in jaxfault.json and verified on load, so flipped
-bytes, truncation and deleted files are one-line errors naming the file.
+Integrity: the SHA-256 of every array (its dtype name, shape and C-order bytes) is recorded in
+jaxfault.json and verified after orbax restores it, so flipped bytes (which orbax may decode into
+different numbers without a word), truncation and deleted files are one-line errors.
 
-Atomic replacement: a save writes the arrays into a new arrays-<id> folder (files fsynced), then
-replaces jaxfault.json atomically to point at it, and only then removes the arrays folder of the
-checkpoint it replaced. A kill at any instant leaves jaxfault.json naming a complete set of arrays:
-the old one or the new one. Nothing else in DIR is touched, except folders this module wrote (an
-older save's arrays-<id> folders that carry this module's marker file, and the format-1 orbax
-'variables' folder of a checkpoint this one replaces).
+Atomic replacement: orbax writes the new arrays into a temporary folder and renames it into place
+when complete (its own finalize); only then is jaxfault.json replaced atomically to point at the
+new folder, and only after that is the arrays folder of the replaced checkpoint removed. A kill at
+any instant leaves jaxfault.json naming a complete set of arrays: the old one or the new one.
+Nothing else in DIR is touched, except folders this module wrote (the arrays folders of older
+saves, which carry this module's marker file, and the format-1 'variables' folder).
 
-Format 1 (orbax tree in DIR/variables/, no checksums) is still read.
+Formats 2 (one .npy file per array with its SHA-256) and 1 (an orbax tree in DIR/variables, no
+checksums) are still read.
 """
 from __future__ import annotations
 
@@ -34,12 +37,15 @@ from typing import Any
 import numpy as np
 
 from jaxfault.errors import JaxfaultError, one_line
-from jaxfault.io import atomic_write_json, current_umask, fsync_dir
+from jaxfault.io import atomic_write_json, fsync_dir
 
 META_FILE = "jaxfault.json"
-FORMAT_VERSION = 2
-ARRAYS_PREFIX = "arrays-"
+FORMAT_VERSION = 3
+READ_FORMATS = (1, 2, 3)
+ARRAYS_PREFIX = "arrays-"           # format 2's .npy folders
+ORBAX_PREFIX = "orbax-"             # format 3's orbax trees
 ARRAYS_MARKER = ".jaxfault-arrays"  # marks an arrays folder as written by save_checkpoint
+ORBAX_TMP = ".orbax-checkpoint-tmp"  # orbax's name for a save that has not been finalized
 LEGACY_VARIABLES = "variables"
 
 
@@ -82,25 +88,12 @@ def _unflatten(pairs) -> dict:
     return root
 
 
-def sha256_file(path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+def array_digest(arr: np.ndarray) -> str:
+    """Hex SHA-256 of an array's dtype name, shape and C-order bytes."""
+    a = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{a.dtype.name}{list(a.shape)}\n".encode())
+    h.update(a.tobytes())
     return h.hexdigest()
-
-
-def _write_array(path: Path, arr: np.ndarray, mode: int) -> str:
-    buf = _io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    data = buf.getvalue()
-    with open(path, "wb") as f:
-        os.fchmod(f.fileno(), mode)
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return hashlib.sha256(data).hexdigest()
 
 
 def _read_meta_quiet(directory: Path) -> dict | None:
@@ -136,25 +129,29 @@ def save_checkpoint(directory, variables, config: dict, metrics: dict | None = N
 
 
 def _save_locked(directory: Path, pairs, config: dict, metrics: dict | None) -> None:
+    import orbax.checkpoint as ocp
+
     old = _read_meta_quiet(directory)
-    arrays_dir = f"{ARRAYS_PREFIX}{uuid.uuid4().hex[:12]}"
-    target = directory / arrays_dir
-    target.mkdir()
-    (target / ARRAYS_MARKER).write_bytes(b"")
-    mode = 0o666 & ~current_umask()
-    entries, empty = [], [list(path) for path, arr in pairs if arr is None]
+    arrays_dir = f"{ORBAX_PREFIX}{uuid.uuid4().hex[:12]}"
+    entries, empty, flat = [], [list(path) for path, arr in pairs if arr is None], {}
     for i, (path, arr) in enumerate((path, arr) for path, arr in pairs if arr is not None):
-        name = f"{i:05d}.npy"
-        digest = _write_array(target / name, arr, mode)
-        entries.append({"path": list(path), "file": f"{arrays_dir}/{name}", "dtype": arr.dtype.str,
-                        "shape": list(arr.shape), "sha256": digest})
-    fsync_dir(target)
+        name = f"a{i:05d}"
+        flat[name] = arr
+        entries.append({"path": list(path), "name": name, "dtype": arr.dtype.name, "shape": list(arr.shape),
+                        "sha256": array_digest(arr)})
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(directory / arrays_dir, flat)
+        ckptr.wait_until_finished()
+    (directory / arrays_dir / ARRAYS_MARKER).write_bytes(b"")
+    fsync_dir(directory / arrays_dir)
+    fsync_dir(directory)
     atomic_write_json(directory / META_FILE, {
         "format": FORMAT_VERSION, "kind": config["kind"], "config": config, "metrics": metrics or {},
         "arrays_dir": arrays_dir, "arrays": entries, "empty_dicts": empty})
     # the new checkpoint is complete and in force: remove what the replaced one (or killed saves) left
     for child in directory.iterdir():
-        if child.name.startswith(ARRAYS_PREFIX) and child.name != arrays_dir and (child / ARRAYS_MARKER).exists():
+        ours = (child / ARRAYS_MARKER).exists() or (child.name.startswith(ORBAX_PREFIX) and ORBAX_TMP in child.name)
+        if child.name.startswith((ARRAYS_PREFIX, ORBAX_PREFIX)) and child.name != arrays_dir and ours:
             shutil.rmtree(child, ignore_errors=True)
     if old is not None and old.get("format") == 1 and (directory / LEGACY_VARIABLES).is_dir():
         shutil.rmtree(directory / LEGACY_VARIABLES, ignore_errors=True)
@@ -184,11 +181,48 @@ def read_metadata(directory) -> dict:
     if not isinstance(data, dict) or "kind" not in data or not isinstance(data.get("config"), dict):
         raise JaxfaultError(f"checkpoint metadata {meta} is corrupt: missing 'kind' or 'config'")
     fmt = data.get("format", 1)
-    if fmt not in (1, 2):
-        raise JaxfaultError(f"checkpoint {directory} has format {fmt!r}; this jaxfault reads formats 1 and 2")
-    if fmt == 2 and not isinstance(data.get("arrays"), list):
+    if fmt not in READ_FORMATS:
+        raise JaxfaultError(f"checkpoint {directory} has format {fmt!r}; this jaxfault reads formats 1, 2 and 3")
+    if fmt in (2, 3) and not isinstance(data.get("arrays"), list):
         raise JaxfaultError(f"checkpoint metadata {meta} is corrupt: no 'arrays' list")
     return data
+
+
+def _load_arrays_v3(directory: Path, meta: dict) -> dict:
+    import orbax.checkpoint as ocp
+
+    rel = meta.get("arrays_dir")
+    if not isinstance(rel, str) or not rel.startswith(ORBAX_PREFIX) or "/" in rel or rel in (".", ".."):
+        raise JaxfaultError(f"checkpoint metadata {directory / META_FILE} is corrupt: arrays folder {rel!r}")
+    target = directory / rel
+    if not target.is_dir():
+        raise JaxfaultError(f"checkpoint arrays folder {target} is missing")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            flat = ckptr.restore(target)
+    except Exception as e:  # orbax and tensorstore raise many kinds of errors for damaged trees
+        raise JaxfaultError(f"checkpoint arrays in {target} cannot be read "
+                            f"({type(e).__name__}: {one_line(e)[:160]})") from None
+    pairs = []
+    for entry in meta["arrays"]:
+        try:
+            name, path, digest = entry["name"], tuple(entry["path"]), entry["sha256"]
+            dtype, shape = str(entry["dtype"]), tuple(entry["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise JaxfaultError(f"checkpoint metadata {directory / META_FILE} is corrupt: bad array entry") from None
+        if not isinstance(flat, dict) or name not in flat:
+            raise JaxfaultError(f"checkpoint arrays in {target} lack array {name!r} ({'/'.join(map(str, path))})")
+        arr = np.asarray(flat[name])
+        if arr.dtype.name != dtype or arr.shape != shape:
+            raise JaxfaultError(f"checkpoint array {'/'.join(map(str, path))} in {target} holds {arr.dtype.name}"
+                                f"{list(arr.shape)}, {META_FILE} says {dtype}{list(shape)}")
+        if array_digest(arr) != digest:
+            raise JaxfaultError(f"checkpoint array {'/'.join(map(str, path))} in {target} is damaged (its SHA-256 "
+                                f"differs from the one recorded in {META_FILE})")
+        pairs.append((path, arr))
+    for path in meta.get("empty_dicts", []):
+        pairs.append((tuple(path), None))
+    return _unflatten(pairs)
 
 
 def _load_arrays_v2(directory: Path, meta: dict) -> dict:
@@ -224,26 +258,6 @@ def _load_arrays_v2(directory: Path, meta: dict) -> dict:
     return _unflatten(pairs)
 
 
-def _silence_closed_event_loop_reports() -> None:
-    """After a failed orbax restore, tensorstore reads still in flight complete later and call back
-    into orbax's finished event loop; Python reports each 'RuntimeError: Event loop is closed'
-    through sys.unraisablehook as a traceback after the one-line error. That report says nothing
-    about the checkpoint, so this drops exactly that exception and passes every other one on."""
-    import sys
-
-    previous = sys.unraisablehook
-    if getattr(previous, "_jaxfault_drops_closed_loop", False):
-        return
-
-    def hook(unraisable):
-        exc = unraisable.exc_value
-        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook._jaxfault_drops_closed_loop = True
-    sys.unraisablehook = hook
-
-
 def _load_arrays_v1(directory: Path) -> dict:
     """Format 1: an orbax StandardCheckpointer tree in DIR/variables (no checksums)."""
     import orbax.checkpoint as ocp
@@ -251,18 +265,12 @@ def _load_arrays_v1(directory: Path) -> dict:
     target = directory / LEGACY_VARIABLES
     if not target.is_dir():
         raise JaxfaultError(f"checkpoint arrays in {target} cannot be read (the folder is missing)")
-    ckptr = ocp.StandardCheckpointer()
     try:
-        variables = ckptr.restore(target)
+        with ocp.StandardCheckpointer() as ckptr:
+            variables = ckptr.restore(target)
     except Exception as e:  # orbax raises a variety of errors for damaged trees
-        _silence_closed_event_loop_reports()
         raise JaxfaultError(f"checkpoint arrays in {target} cannot be read "
                             f"({type(e).__name__}: {one_line(e)[:160]})") from None
-    finally:
-        try:
-            ckptr.close()
-        except Exception:  # closing a checkpointer whose restore failed must not mask the error
-            pass
     return jax_to_host(variables)
 
 
@@ -276,7 +284,10 @@ def load_checkpoint(directory, kind: str = "classifier") -> Checkpoint:
     if meta["kind"] != kind:
         raise JaxfaultError(f"checkpoint {directory} holds a {meta['kind']!r}, expected a {kind!r}")
     config = meta["config"]
-    if meta.get("format", 1) == 2:
+    fmt = meta.get("format", 1)
+    if fmt == 3:
+        variables = _load_arrays_v3(directory, meta)
+    elif fmt == 2:
         variables = _load_arrays_v2(directory, meta)
     else:
         variables = _load_arrays_v1(directory)
@@ -323,11 +334,11 @@ def check_checkpoint_output(directory, *, overwrite: bool = False, flag: str = "
 
 
 def checkpoint_digest(directory) -> str:
-    """A SHA-256 identifying a checkpoint's contents: of its arrays' checksums (format 2) or of its
-    jaxfault.json (format 1), for recording which checkpoint produced a result."""
+    """A SHA-256 identifying a checkpoint's contents: of its arrays' checksums (formats 2 and 3) or
+    of its jaxfault.json (format 1), for recording which checkpoint produced a result."""
     meta = read_metadata(directory)
     h = hashlib.sha256()
-    if meta.get("format", 1) == 2:
+    if meta.get("format", 1) in (2, 3):
         for e in meta["arrays"]:
             h.update(("/".join(e["path"]) + ":" + e["sha256"] + "\n").encode())
     else:

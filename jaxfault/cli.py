@@ -9,7 +9,6 @@ import sys
 from typing import Callable, Sequence
 
 from jaxfault.errors import JaxfaultError
-from jaxfault.progress import LogProgress, progress  # noqa: F401 - the CLIs' progress bar, kept importable here
 
 # Anything float() reads as a negative number, including exponents, inf and nan: argparse's own
 # pattern (-1, -.5) misses '-1e-3', which it then takes for an unknown option.

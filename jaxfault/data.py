@@ -24,7 +24,6 @@ DEFAULT_DATASET = "fashion_mnist"
 VALUE_RANGES = ("symmetric", "unit")
 SOURCES = ("auto", "local", "tfds")
 # Datasets the methods' papers use (MNIST, Fashion-MNIST, CIFAR-10/100; GTSRB isn't in TFDS core).
-KNOWN_TFDS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped", "kmnist", "emnist")
 # Debian's dataset packages install IDX files here.
 SYSTEM_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
                "mnist": ("/usr/share/datasets/mnist",)}

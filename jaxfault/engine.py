@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.errors import JaxfaultError, check, nearest_hint
-from jaxfault.precision import PRECISIONS, check_precision, precision_scope  # noqa: F401 - the engine's precision policy
+from jaxfault.precision import check_precision, precision_scope
 
 STRATEGIES = ("auto", "vmap", "map", "loop")
 PyTree = Any
@@ -127,17 +127,66 @@ def stats_dict(stats) -> dict:
 
 
 # ------------------------------------------------------------------------------------ the program
-def make_metric_fn(model, batch_size: int = 1000, topk: Sequence[int] = (1,)) -> Callable:
-    """fn(variables, images, labels) -> {'top1': ..., ...}: fixed-size batches under lax.scan.
-    Variables may carry extra collections (fault-model data); only the model's are applied."""
-    from jaxfault.training import make_accuracy_fn
+def make_metric_fn(model, batch_size: int = 1000, topk: Sequence[int] = (1,), task=None) -> Callable:
+    """fn(variables, inputs, targets, output_hook=None) -> {metric: scalar} of a task.
 
-    acc = make_accuracy_fn(model, batch_size=batch_size, topk=topk)
+    Args:
+      model: the Flax model in evaluation form.
+      batch_size: inputs per ``lax.scan`` batch.
+      topk: the top-k accuracies reported when ``task`` is None (classification).
+      task: a :class:`jaxfault.tasks.Task` (default: ``classification(topk)``).
+    Returns:
+      The metric function. Variables may carry extra collections (fault-model data); only the
+      model's are applied. With an ``output_hook`` (see :func:`jaxfault.tasks.make_metric_fn`) the
+      dict also holds ``activation_faults``, the activation faults injected over the evaluation.
+    """
+    from jaxfault import tasks
 
-    def metric(variables, images, labels):
-        return acc({k: v for k, v in variables.items() if k in ("params", "batch_stats")}, images, labels)
+    task = tasks.classification(topk) if task is None else task
+    inner = tasks.make_metric_fn(model, task, batch_size=batch_size)
+
+    def metric(variables, inputs, targets, output_hook=None):
+        metrics, extra = inner(variables, inputs, targets, output_hook)
+        return {**metrics, **extra}
 
     return metric
+
+
+ACTIVATION_KEY_SALT = 0x61637473   # folds a trial key into its activation-fault stream ("acts")
+
+
+def activation_hook(fault_model, key: jax.Array, rate) -> Callable:
+    """hook(batch_index) -> (interceptor, counts) for a fault model with activation sites.
+
+    The interceptor replaces the output of every module ``__call__`` that the fault model names as
+    a site by its faulty value; the fault key of a call is
+    ``fold_in(fold_in(fold_in(key, ACTIVATION_KEY_SALT), batch_index), crc32(module path))``, so
+    every batch and every module draws independent transient faults, the same for the same trial.
+    """
+    import zlib
+
+    base = jax.random.fold_in(key, ACTIVATION_KEY_SALT)
+
+    def hook(batch_index):
+        bkey = jax.random.fold_in(base, batch_index)
+        counts = []
+
+        def interceptor(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.method_name != "__call__":
+                return out
+            path = "/".join(str(p) for p in context.module.path)
+            mkey = jax.random.fold_in(bkey, zlib.crc32(path.encode()) & 0x7FFFFFFF)
+            r = fault_model.perturb_output(mkey, path, type(context.module).__name__, out, rate)
+            if r is None:
+                return out
+            out, n = r
+            counts.append(jnp.asarray(n, jnp.float32))
+            return out
+
+        return interceptor, counts
+
+    return hook
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,9 +220,15 @@ def make_trial_program(metric_fn: Callable, fault_model, *, strategy: str = "aut
     strategy = resolve_strategy(strategy)
     check_precision(precision)
 
+    acts = "activations" in fault_model.sites
+
     def one(variables, images, labels, rate, key):
         faulty, stats = fault_model.perturb(key, variables, rate)
-        return metric_fn(faulty, images, labels), stats_dict(stats)
+        stats = stats_dict(stats)
+        if not acts:
+            return metric_fn(faulty, images, labels), stats
+        metrics = dict(metric_fn(faulty, images, labels, output_hook=activation_hook(fault_model, key, rate)))
+        return metrics, {**stats, "activation_faults": metrics.pop("activation_faults")}
 
     if strategy == "loop":
         single = jax.jit(one)
@@ -227,6 +282,7 @@ class EvalResult:
     seconds: float                    # wall time of the faulty evaluation (compilation included)
     strategy: str
     precision: str
+    task: str = "classification"
 
     @property
     def accuracy(self) -> np.ndarray:
@@ -288,15 +344,19 @@ def prepare(model, variables, images, fault_model):
     model, variables = evaluation_form(model, variables)
     variables = cast_floats(fault_model.prepare(variables), fault_model.eval_dtype)
     images = jnp.asarray(images)
-    if fault_model.eval_dtype is not None:
+    if fault_model.eval_dtype is not None and jnp.issubdtype(images.dtype, jnp.floating):
         images = images.astype(fault_model.eval_dtype)
     return model, variables, images
 
 
-def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys: jax.Array, *,
+def evaluate(model, variables: PyTree, inputs, targets, fault_model, rates, keys: jax.Array, *,
              strategy: str = "auto", precision: str = "highest", batch_size: int = 1000,
-             topk: Sequence[int] = (1,), mesh=None, program: TrialProgram | None = None) -> EvalResult:
+             topk: Sequence[int] = (1,), task=None, mesh=None, program: TrialProgram | None = None) -> EvalResult:
     """Evaluate `model` under `fault_model` at every rate for every trial key.
+
+    inputs, targets: what ``task`` scores (default: classification of images (N, ...) by integer
+    labels (N,) with top-k accuracies; :func:`jaxfault.tasks.language_model`: token ids (N, L)
+    and next-token targets (N, L)); checked once here.
 
     rates: shape (R,), or (R, S) for a composition of S stages (one rate per stage).
     keys: typed keys of shape (T,) (the same trials at every rate: common random numbers, which
@@ -304,6 +364,12 @@ def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys:
     (``with_rate_bound``), so the whole grid is one compiled program. Returns an EvalResult
     whose arrays have shape (R, T); ``clean`` is the prepared model without faults.
     """
+    from jaxfault import tasks
+
+    task = tasks.classification(topk) if task is None else task
+    check(isinstance(task, tasks.Task), f"task must be a jaxfault.tasks.Task, got {type(task).__name__}")
+    task.check_data(inputs, targets)
+    images, labels = inputs, targets
     rates = _as_rates(rates)
     keys = _as_keys(keys, rates.shape[0])
     bound = rates.max(axis=0)
@@ -311,7 +377,7 @@ def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys:
           if program is None else program.fault_model)
     eval_model, prepared, x = prepare(model, variables, images, fm)
     y = jnp.asarray(labels)
-    metric_fn = make_metric_fn(eval_model, batch_size=min(batch_size, int(y.shape[0])), topk=topk)
+    metric_fn = make_metric_fn(eval_model, batch_size=min(batch_size, int(y.shape[0])), task=task)
     with precision_scope(precision):
         clean = {k: float(v) for k, v in jax.jit(metric_fn)(prepared, x, y).items()}
     program = program or make_trial_program(metric_fn, fm, strategy=strategy, precision=precision, mesh=mesh)
@@ -322,4 +388,4 @@ def evaluate(model, variables: PyTree, images, labels, fault_model, rates, keys:
     metrics, stats = jax.device_get((metrics, stats))
     seconds = time.perf_counter() - t0
     cut = lambda d: {k: np.asarray(v)[:, :T] for k, v in d.items()}  # noqa: E731
-    return EvalResult(rates, cut(metrics), cut(stats), clean, seconds, program.strategy, precision)
+    return EvalResult(rates, cut(metrics), cut(stats), clean, seconds, program.strategy, precision, task.name)

@@ -77,6 +77,20 @@ class Composed(FaultModel):
     def eval_dtype(self):  # type: ignore[override]
         return next((s.eval_dtype for s in self.stages if s.eval_dtype is not None), None)
 
+    @property
+    def sites(self):  # type: ignore[override]
+        return tuple(dict.fromkeys(site for s in self.stages for site in s.sites))
+
+    def perturb_output(self, key, path, module_type, value, rate):
+        rate = jnp.asarray(rate)
+        total = None
+        for i, s in enumerate(self.stages):
+            r = s.perturb_output(jax.random.fold_in(key, i), path, module_type, value, rate[i])
+            if r is not None:
+                value, n = r
+                total = n if total is None else total + n
+        return None if total is None else (value, total)
+
     def prepare(self, variables):
         for s in self.stages:
             variables = s.prepare(variables)
@@ -158,3 +172,13 @@ register_fault_model("cim", _cim, rate_name="dev_var", method="swim",
                      description="compute-in-memory device variation with a write-verify mask (SWIM)")
 register_fault_model("bitflip", BitFlips, rate_name="ber",
                      description="transient XOR bit flips in every bit of the fp32 kernels")
+
+
+def _activation(**config):
+    from jaxfault.activations import ActivationBitFlips
+
+    return ActivationBitFlips(**config)
+
+
+register_fault_model("activation", _activation, rate_name="ber",
+                     description="transient bit flips in the outputs of chosen layers while the model runs")

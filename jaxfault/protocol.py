@@ -14,6 +14,13 @@ validated once in ``__post_init__``. It provides:
 * ``rate_name``: what the rate is ("ber", "dev_var"), for tables, files and errors.
 * ``eval_dtype``: the dtype inputs and float variables are evaluated in (None: unchanged).
 
+* ``sites``: where the faults land. ``"stored"``: the stored variables (weights in HBM, SRAM, a
+  compute-in-memory array), through ``perturb``. ``"activations"``: the outputs of chosen layers
+  while the model runs (activation or transient compute faults), through ``perturb_output``,
+  which the engine calls on every module call of every batch (``flax.linen.intercept_methods``)
+  with a key derived from the trial key, the batch index and the module's path. A fault model may
+  act on both sites.
+
 Composition (``jaxfault.compose``) builds a fault model from several; it receives a vector
 of per-stage rates and derives each stage's key from the trial key with ``fold_in``.
 """
@@ -34,14 +41,23 @@ class FaultModel(abc.ABC):
 
     rate_name: ClassVar[str] = "rate"
     eval_dtype: ClassVar[Any] = None
+    sites: ClassVar[tuple[str, ...]] = ("stored",)
 
     def prepare(self, variables: PyTree) -> PyTree:
         """Clean evaluation form of the variables (default: unchanged)."""
         return variables
 
-    @abc.abstractmethod
     def perturb(self, key: jax.Array, variables: PyTree, rate) -> tuple[PyTree, Any]:
-        """One faulty instance of the prepared variables and its FaultStats."""
+        """One faulty instance of the prepared variables and its FaultStats (default, for fault
+        models that act on activations only: the variables unchanged, no stats)."""
+        return variables, None
+
+    def perturb_output(self, key: jax.Array, path: str, module_type: str, value, rate):
+        """A layer's output under activation faults: ``(faulty value, number of faults)``, or
+        None when this module is not a site of this fault model (the default). ``path`` is the
+        module's '/'-joined path in the model, ``module_type`` its class name; called while
+        tracing, so the decision to return None is static."""
+        return None
 
     def with_rate_bound(self, rate_bound: float) -> "FaultModel":
         """The same fault model sized for rates up to rate_bound (a new frozen value)."""

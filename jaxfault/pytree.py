@@ -55,11 +55,6 @@ def map_kernels_with_index(fn: Callable[[int, jax.Array], jax.Array], params: Py
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def kernel_mask_tree(params: PyTree) -> PyTree:
-    """A pytree of Python bools, True where the leaf is a kernel."""
-    return jax.tree_util.tree_map_with_path(is_kernel, params)
-
-
 def count_kernel_weights(params: PyTree) -> int:
     """Total number of scalar weights in all kernel leaves."""
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]

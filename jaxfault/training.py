@@ -26,36 +26,17 @@ def make_accuracy_fn(model, batch_size: int = 1000, topk: Sequence[int] = (1,)) 
     """Return a pure fn(variables, images, labels) -> {'top1': frac, 'top5': frac, ...}.
 
     The images are processed in fixed-size batches by lax.scan (the last batch is padded and
-    masked), so the function is jittable as a whole and can be mapped over perturbed variables.
+    masked), so the function is jittable as a whole and can be mapped over perturbed variables:
+    the classification task of :mod:`jaxfault.tasks`.
     """
-    topk = tuple(int(k) for k in topk)
-    if batch_size <= 0:
+    from jaxfault import tasks
+
+    if not isinstance(batch_size, int) or batch_size <= 0:
         raise JaxfaultError(f"batch_size must be positive, got {batch_size!r}")
+    metric = tasks.make_metric_fn(model, tasks.classification(topk), batch_size=batch_size)
 
     def accuracy(variables: PyTree, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
-        n = images.shape[0]
-        bs = min(batch_size, n)
-        nb = -(-n // bs)
-        pad = nb * bs - n
-        x = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1)).reshape((nb, bs) + images.shape[1:])
-        y = jnp.pad(labels, (0, pad), constant_values=-1).reshape((nb, bs))
-
-        def body(counts, xy):
-            xb, yb = xy
-            logits = model.apply(variables, xb, train=False)
-            valid = yb >= 0
-            out = []
-            for k in topk:
-                if k == 1:
-                    hit = jnp.argmax(logits, -1) == yb
-                else:
-                    _, idx = jax.lax.top_k(logits, k)
-                    hit = jnp.any(idx == yb[:, None], axis=-1)
-                out.append(jnp.sum(hit & valid))
-            return counts + jnp.stack(out), None
-
-        counts, _ = jax.lax.scan(body, jnp.zeros((len(topk),), jnp.int32), (x, y))
-        return {f"top{k}": counts[i] / n for i, k in enumerate(topk)}
+        return metric(variables, images, labels)[0]
 
     return accuracy
 

@@ -12,6 +12,7 @@ from jaxfault import engine
 from jaxfault.errors import JaxfaultError
 from jaxfault.fault_models import compose
 from jaxfault.protocol import FaultModel
+from jaxfault.precision import check_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +87,7 @@ def test_bad_arguments():
     with pytest.raises(JaxfaultError, match="unknown batching strategy 'vamp'.*did you mean 'vmap'"):
         engine.resolve_strategy("vamp")
     with pytest.raises(JaxfaultError, match="unknown precision"):
-        engine.check_precision("float64")
+        check_precision("float64")
     assert engine.resolve_strategy("auto", backend="cpu") == "map"
     assert engine.resolve_strategy("auto", backend="gpu") == "vmap"
 

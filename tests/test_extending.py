@@ -55,3 +55,29 @@ def test_toy_scheme_through_cli_campaign_and_energy(lenet_checkpoint, tmp_path, 
     assert run(tradeoff_cli.main, [str(result), "--json", str(tmp_path / "t.json")]) == 0
     text = capsys.readouterr().out
     assert "tmr" in text
+
+
+def test_toy_activation_fault_through_the_run_cli_and_a_campaign(lenet_checkpoint, tmp_path, capsys):
+    """A fault model on the activation site, registered in tests/toy_dead_units.py only, runs
+    through eval.run and a campaign; its faults follow the rate (Dense outputs of 100 images:
+    LeNet's Dense layers have 120 + 84 + 10 = 214 outputs, so 21400 units per trial)."""
+    import toy_dead_units  # noqa: F401  (registers "toy-dead-units")
+    from eval import campaign as campaign_cli
+    from eval import run as run_cli
+
+    out = tmp_path / "run"
+    assert run(run_cli.main, ["--fault-model", "toy-dead-units", "--rates", "0,0.05", "--trials", "3",
+                              "--limit", "100", "--checkpoint", str(lenet_checkpoint), "--out", str(out),
+                              "--no-compile-cache"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["p_dead"] for r in rows] == [0.0, 0.05] and rows[0]["activation_faults"]["max"] == 0
+    assert abs(rows[1]["activation_faults"]["mean"] - 0.05 * 21400) < 5 * np.sqrt(21400 * 0.05 * 0.95 / 3)
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"checkpoint": str(lenet_checkpoint), "eval_examples": 100, "trials": 2,
+                               "output": str(tmp_path / "c.jsonl"),
+                               "grid": [{"method": "toy-dead-units", "p_dead": [0.0, 0.3]}]}))
+    assert run(campaign_cli.main, [str(cfg), "--no-compile-cache"]) == 0
+    recs = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines() if line.strip()]
+    recs = {r["config"]["p_dead"]: r for r in recs if "config" in r}
+    assert recs[0.3]["accuracy_mean"] < recs[0.0]["accuracy_mean"]

@@ -14,6 +14,7 @@ from jaxfault.errors import JaxfaultError
 from jaxfault.fault_models import BitFlips, compose
 from jaxfault.plan import expand, knobs, load_plan, run_plan, validate_plan
 from jaxfault.plan.planner import InDtype, load_plan_data, plan_trial_keys, stage_fault_model
+from jaxfault.precision import precision_scope
 
 N_IMAGES = 200
 TRIALS = 4
@@ -237,7 +238,7 @@ def test_two_stages_together_equal_the_stages_one_after_the_other(two_stage):
         a, b = together(k), second(k, first(k))
         for u, w in zip(jax.tree_util.tree_leaves(a["params"]), jax.tree_util.tree_leaves(b["params"])):
             np.testing.assert_array_equal(np.asarray(u), np.asarray(w))
-        with engine.precision_scope(plan["precision"]):
+        with precision_scope(plan["precision"]):
             accs.append(float(metric(b, x, data.labels)["top1"]))
     from jaxfault.plan.planner import evaluate_configurations
 

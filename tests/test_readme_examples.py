@@ -16,7 +16,7 @@ def library_examples() -> list[str]:
 def test_readme_has_one_example_per_method():
     blocks = library_examples()
     joined = "\n".join(blocks)
-    for name in ("hbm_faults", "cim_variation", "sram_bit_errors", "compose", "layers_from_model"):
+    for name in ("hbm_faults", "cim_variation", "sram_bit_errors", "compose", "activation_bit_flips", "layers_from_model"):
         assert name in joined, name
 
 
@@ -27,3 +27,4 @@ def test_readme_library_examples_run(default_cache, capsys):
         exec(compile(block, str(README), "exec"), namespace)   # noqa: S102 - the README's own code
     out = capsys.readouterr().out
     assert "sparrow" in out and "SWIM" in out and "SRAM" in out and "HBM + SRAM" in out and "layers" in out
+    assert "activation flips" in out

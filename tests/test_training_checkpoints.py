@@ -56,8 +56,8 @@ def test_missing_wrong_kind_and_corrupt_checkpoints(lenet_checkpoint, tmp_path):
         load_checkpoint(other)
     broken = tmp_path / "broken"
     shutil.copytree(lenet_checkpoint, broken)
-    for f in broken.glob("arrays-*/*.npy"):
-        f.unlink()
+    for f in broken.glob("orbax-*"):
+        shutil.rmtree(f)
     with pytest.raises(JaxfaultError, match="is missing"):
         load_checkpoint(broken)
     incomplete = tmp_path / "incomplete"

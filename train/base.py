@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from jaxfault.checkpoints import check_checkpoint_output
 from jaxfault.cli import ArgumentParser, nonneg_int, positive_float, positive_int, run_main
-from jaxfault.engine import PRECISIONS
+from jaxfault.precision import PRECISIONS
 from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
 from jaxfault.zoo import DEFAULTS, train_and_save

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from jaxfault.cli import (ArgumentParser, finite_float, nonneg_float, nonneg_int, positive_float, positive_int, strategy_flag,
                           probability, run_main)
-from jaxfault.engine import PRECISIONS
+from jaxfault.precision import PRECISIONS
 from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
 from jaxfault.models.generators import GENERATOR_NAMES, create_generator

@@ -25,6 +25,7 @@ from jaxfault.campaign.runner import EvalData
 from jaxfault.checkpoints import checkpoint_digest
 from jaxfault.config import read_json_object
 from jaxfault.errors import JaxfaultError, nearest_hint
+from jaxfault.precision import check_precision
 
 DEFAULTS = {"output": "runs/campaign/results.jsonl", "checkpoint": None, "seed": 0, "trials": 20,
             "eval_examples": 10000, "strategy": "auto", "precision": "highest", "data_dir": None}
@@ -67,7 +68,7 @@ def validate_config(config: dict) -> dict:
         if not isinstance(config[name], str):
             raise JaxfaultError(f"{name} must be a string, got {json.dumps(config[name])}")
     engine.resolve_strategy(config["strategy"])
-    engine.check_precision(config["precision"])
+    check_precision(config["precision"])
     for point in expand_grid(config["grid"]):
         methods.validate_point(point.params)
         for k, v in point.params.items():

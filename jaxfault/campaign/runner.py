@@ -92,7 +92,8 @@ def run_point(point: GridPoint, cache: ProgramCache) -> dict:
     keys = engine.shard_keys(trial_keys(pkey, T)[None], cache.mesh)
     metrics, stats = jax.device_get(prog.run(variables, x, y, jnp.asarray([rate], jnp.float32), keys))
     acc = np.asarray(metrics["top1"], np.float64)[0, :T]
-    realised = np.asarray(stats.get("realised_ber", np.zeros_like(acc)), np.float64)[0, :T]
+    realised = (np.asarray(stats["realised_ber"], np.float64)[0, :T] if "realised_ber" in stats
+                else np.zeros_like(acc))     # fault models without a realised BER (activation sites)
     s = engine.summarize(acc)
     return {"point_id": point.point_id, "config": point.params, "seed": c.seed, "trials": T,
             "accuracy": acc.tolist(), "accuracy_mean": s["mean"], "accuracy_std": s["std"],

@@ -92,8 +92,3 @@ register_scheme("sparrow", _sparrow, block_sizes=sparrow.BLOCK_SIZES,
                 description="exponent-aware ECC: sign x3, Hamming(7,4) exponent difference, shared max_e")
 register_scheme("secded", _secded, description="(72,64) SEC-DED over 4 bf16 words")
 register_scheme("none", _none, description="plain bf16, no protection")
-
-
-def stored_bit_positions(mask: int) -> tuple:
-    """Bit numbers set in mask, MSB first."""
-    return tuple(b for b in range(31, -1, -1) if (mask >> b) & 1)

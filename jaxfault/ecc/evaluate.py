@@ -20,6 +20,7 @@ from jaxfault.ecc import SCHEMES, check_scheme_block_size
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES, HBMFaults
 from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.keys import root_key, trial_keys
+from jaxfault.precision import check_precision, precision_scope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,7 @@ class SparrowEvalConfig:
         check(self.limit is None or (isinstance(self.limit, int) and self.limit >= 1), f"limit must be >= 1, got {self.limit!r}")
         check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
         engine.resolve_strategy(self.strategy)
-        engine.check_precision(self.precision)
+        check_precision(self.precision)
 
     def fault_model(self, scheme: str) -> HBMFaults:
         block = self.block_size if SCHEMES.get(scheme).info["block_sizes"] else 64
@@ -98,7 +99,7 @@ def fault_free_accuracy(fm: HBMFaults, model, variables, images, labels, config,
     eval_model, prepared, x = engine.prepare(model, variables, images, fm)
     y = jnp.asarray(labels)
     metric = engine.make_metric_fn(eval_model, batch_size=min(config.batch_size, int(y.shape[0])), topk=topk)
-    with engine.precision_scope(config.precision):
+    with precision_scope(config.precision):
         out = jax.jit(lambda v: metric(fm.perturb(jax.random.key(0), v, 0.0)[0], x, y))(prepared)
     return {k: float(v) for k, v in out.items()}
 

@@ -39,10 +39,3 @@ def encode_nibble(d):
     b0, b1, b2, b3 = (d >> 3) & 1, (d >> 2) & 1, (d >> 1) & 1, d & 1
     p1, p2, p3 = parity(b0, b1, b2, b3)
     return (d << 3) | (p1 << 2) | (p2 << 1) | p3
-
-
-def decode_nibble(c):
-    """Corrected 4-bit data of 7-bit codewords from encode_nibble."""
-    bits = [(c >> k) & 1 for k in (6, 5, 4, 3, 2, 1, 0)]
-    b0, b1, b2, b3 = correct(*bits)
-    return (b0 << 3) | (b1 << 2) | (b2 << 1) | b3

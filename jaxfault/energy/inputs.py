@@ -10,12 +10,13 @@ from jaxfault.errors import JaxfaultError, nearest_hint, plain
 
 
 def parse_shape(text: str, name: str = "--input") -> tuple[int, ...]:
-    """'H,W,C' as three positive integers."""
+    """'H,W,C' as three positive integers, or 'L', one positive integer (a language model's context
+    length in tokens)."""
     try:
         shape = tuple(int(v) for v in str(text).split(","))
     except ValueError:
         shape = ()
-    if len(shape) != 3 or min(shape) < 1:
+    if len(shape) not in (1, 3) or min(shape) < 1:
         raise JaxfaultError(f"{name + ' ' if name else ''}must be three positive integers H,W,C, got {text!r}")
     return shape
 

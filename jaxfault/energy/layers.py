@@ -10,6 +10,22 @@ residual adds cost nothing in the energy model (docs/energy.md, "The model, exac
 layer fed by a reshape of an N,H,W,C feature map is an FC layer with a H x W x C input (the model's
 FC input of K x K x C, as for AlexNet's FC1 on 6x6x256);
 otherwise its input is 1 x 1 x features. A dense layer applied to an N,H,W,C tensor is a 1x1 conv.
+
+Transformers: a language model (a module with ``TAKES_TOKENS``, e.g. jaxfault.models.GPT2 / Llama)
+is traced on one sequence of ``input_shape = (context_length,)`` token ids. Every projection
+applied to the (1, L, features) activations is a 1x1 conv over L positions. The two matmuls of
+attention, whose operands are both activations, are recorded too (those of
+jaxfault.models.transformer.dot_product_attention, traced in the named scopes ``scores`` and
+``context``; other activation x activation products are not layers), each as a grouped 1x1
+conv whose "weights" are its second operand: the scores Q K^T (per key/value head: query positions x
+query heads-per-group as positions, head_dim in, L keys out) and the context P V (L keys in,
+head_dim out). Their MACs are heads x L^2 x head_dim each; the full score matrix is counted, as
+it is computed, masked entries included. Divided by L these are the MACs of one token attending
+to a context of L tokens. Names come from the module path (``h_0/attn/scores``); these layers
+store no weights (``num_weights`` 0, so DRAM refresh and write-verify energies count only
+parameters). Weight storage counts the kernels of matmul layers, so a lookup table that is
+never multiplied (an untied input embedding, GPT-2's position table) is not part of it; a tied
+LM head is a matmul with the embedding, named after it (``wte``).
 """
 from __future__ import annotations
 
@@ -40,6 +56,9 @@ class Layer:
     padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
     stride: tuple[int, int] = (1, 1)
     groups: int = 1
+    # False for attention's activation x activation matmuls: their "weights" operand (K or V) is
+    # computed per input, so it moves like a weight but occupies no weight storage
+    stored_weights: bool = True
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -52,6 +71,9 @@ class Layer:
 
     @property
     def num_weights(self) -> int:
+        """Stored weights (0 for an activation x activation matmul)."""
+        if not self.stored_weights:
+            return 0
         kh, kw = self.kernel
         return kh * kw * (self.in_channels // self.groups) * self.out_channels
 
@@ -255,8 +277,11 @@ def _record_dot(eqn, ins, param_names, out, mult):
         xi, wi, x_info, w_info = 0, 1, a_info, b_info
     elif b_info.from_x and not a_info.from_x and a_info.params:
         xi, wi, x_info, w_info = 1, 0, b_info, a_info
+    elif a_info.from_x and b_info.from_x and _scope_name(eqn, "").rsplit("/", 1)[-1] in ATTENTION_SCOPES:
+        _record_activation_dot(eqn, out, mult)
+        return
     else:
-        return  # activation x activation (attention) or parameter-only products: not a layer
+        return  # other activation x activation or parameter-only products: not a layer
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
     if lb or rb:
         raise JaxfaultError("batched dot_general against a weight is not modelled")
@@ -281,13 +306,51 @@ def _record_dot(eqn, ins, param_names, out, mult):
     out.extend([layer] * mult)
 
 
+# named scopes of jaxfault.models.transformer.dot_product_attention's two matmuls
+ATTENTION_SCOPES = ("scores", "context")
+
+
+def _scope_name(eqn, fallback: str) -> str:
+    """The module path of an equation from its name stack, without the root module's class name
+    and without the scopes jnp.einsum adds (its subscripts)."""
+    parts = [p for p in str(eqn.source_info.name_stack).split("/") if p]
+    parts = [p for p in parts[1:] if "," not in p and "->" not in p]
+    return "/".join(parts) or fallback
+
+
+def _record_activation_dot(eqn, out, mult):
+    """An activation x activation dot_general (attention's Q K^T or P V) as a grouped 1x1 conv: one
+    group per batch-dimension element (the example batch is 1), the lhs free elements as
+    positions, the contracted elements in and the rhs free elements out per group."""
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    ls, rs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+    prod = lambda dims, shape: int(np.prod([shape[d] for d in dims])) if dims else 1
+    groups = prod(lb, ls)
+    contracted = prod(lc, ls)
+    positions = prod([d for d in range(len(ls)) if d not in lc and d not in lb], ls)
+    outputs = prod([d for d in range(len(rs)) if d not in rc and d not in rb], rs)
+    name = _scope_name(eqn, f"matmul{len(out)}")
+    layer = Layer(name, "conv", (1, 1), groups * contracted, groups * outputs, (positions, 1), groups=groups,
+                  stored_weights=False)
+    out.extend([layer] * mult)
+
+
+def _input_struct(model, input_shape: tuple) -> jax.ShapeDtypeStruct:
+    """The abstract batch-1 input: token ids (1, L) int32 for a language model, else float32 images."""
+    if getattr(model, "TAKES_TOKENS", False):
+        if len(input_shape) != 1:
+            raise JaxfaultError(f"a language model's input shape is (context_length,), got {input_shape}")
+        return jax.ShapeDtypeStruct((1, *input_shape), jnp.int32)
+    return jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+
+
 def _abstract(tree):
     return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.asarray(a).dtype if not isinstance(a, jax.ShapeDtypeStruct) else a.dtype), tree)
 
 
 def abstract_variables(model, input_shape: Sequence[int], init_kwargs: dict | None = None):
     """Shapes of model.init(key, x) for a batch-1 input, without materialising any weight."""
-    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    x = _input_struct(model, tuple(int(s) for s in input_shape))
     kw = dict(init_kwargs or {})
     try:
         return jax.eval_shape(lambda k, xx: model.init(k, xx, **kw), jax.random.key(0), x)
@@ -303,7 +366,8 @@ def layers_from_model(
     variables: Any = None,
     apply_kwargs: dict | None = None,
 ) -> list[Layer]:
-    """Conv/FC layers of a Flax model, in execution order, for one input of input_shape (H,W,C).
+    """Conv/FC layers of a Flax model, in execution order, for one input of input_shape (H,W,C),
+    or, for a language model, one sequence of input_shape = (context_length,) tokens.
 
     variables: real or abstract (ShapeDtypeStruct) variables; None -> traced from model.init.
     apply_kwargs: extra keyword arguments of model.apply (default: train=False if accepted).
@@ -314,7 +378,7 @@ def layers_from_model(
     if variables is None:
         variables = abstract_variables(model, input_shape)
     variables = _abstract(variables)
-    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    x = _input_struct(model, input_shape)
 
     model = with_conv_impl(model, "xla")  # every convolution as the conv primitive this walker reads
 

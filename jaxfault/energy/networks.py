@@ -1,5 +1,7 @@
 """Named networks for the estimator: the AlexNet reference preset (docs/energy.md) and the project's
-models (jaxfault.models), plus user models given as 'package.module:attribute'.
+models (jaxfault.models), the language models ('gpt2': GPT-2 small's configuration, or a Hugging
+Face folder / config.json path, priced from its config alone), plus user models given as
+'package.module:attribute'. A language model's input shape is (context_length,).
 
 Every network is a Flax module; its layer list always comes from `layers_from_model` (a traced
 forward pass), never from a hand-written table.
@@ -52,6 +54,7 @@ class AlexNet(nn.Module):
 DEFAULT_INPUTS = {
     "alexnet": (227, 227, 3),
     "lenet": (28, 28, 1),
+    "vit": (28, 28, 1),  # its 7x7 patches tile Fashion-MNIST's 28x28
 }
 GENERIC_INPUT = (32, 32, 3)
 
@@ -79,10 +82,53 @@ def _generator_names() -> list[str]:
     return list(GENERATOR_NAMES)
 
 
+# GPT-2 small (124M parameters): Hugging Face's GPT2Config defaults
+LM_PRESETS = {"gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)}
+DEFAULT_CONTEXT = 1024  # tokens, capped at the model's positions
+
+
+def _hf_config_path(name: str):
+    """A Hugging Face folder or config.json named by `name`, or None."""
+    from pathlib import Path
+
+    p = Path(name)
+    if p.is_dir() and (p / "config.json").is_file():
+        return p / "config.json"
+    if p.is_file() and p.suffix == ".json":
+        return p
+    return None
+
+
+def _language_model(name: str):
+    """The LM preset or Hugging Face config `name` describes, or None when it names neither."""
+    if name in LM_PRESETS:
+        from jaxfault.models import GPT2
+
+        return GPT2(**LM_PRESETS[name])
+    path = _hf_config_path(name)
+    if path is None:
+        return None
+    import json
+
+    from jaxfault.models.hf import model_from_config
+
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise JaxfaultError(f"{path} is not valid JSON: {' '.join(str(e).split())}") from None
+    return model_from_config(cfg)
+
+
+def default_context(model) -> int:
+    """DEFAULT_CONTEXT tokens, or fewer when the model has fewer positions."""
+    positions = getattr(model, "n_positions", None) or getattr(model, "max_position_embeddings", None)
+    return min(DEFAULT_CONTEXT, int(positions)) if positions else DEFAULT_CONTEXT
+
+
 def network_names() -> list[str]:
     """Names accepted by get_network (besides 'module:attribute'): AlexNet, the project's
     classifiers and, where present, the NeuralFuse generators."""
-    return ["alexnet"] + [n for n in _project_model_names() if n != "alexnet"] + _generator_names()
+    return ["alexnet"] + [n for n in _project_model_names() if n != "alexnet"] + _generator_names() + list(LM_PRESETS)
 
 
 def _user_model(spec: str, num_classes: int):
@@ -100,7 +146,11 @@ def _user_model(spec: str, num_classes: int):
 
 
 def get_model(name: str, num_classes: int | None = None) -> nn.Module:
-    """A Flax module by name: 'alexnet', a jaxfault.models name, or 'package.module:attribute'."""
+    """A Flax module by name: 'alexnet', a jaxfault.models name, an LM preset or Hugging Face
+    folder / config.json, or 'package.module:attribute'."""
+    lm = _language_model(name)
+    if lm is not None:
+        return lm
     if name == "alexnet":
         return AlexNet(num_classes=num_classes or 1000)
     if ":" in name:
@@ -117,8 +167,15 @@ def get_model(name: str, num_classes: int | None = None) -> nn.Module:
 
 
 def get_network(name: str, input_shape: Sequence[int] | None = None, num_classes: int | None = None) -> Network:
-    """Layer list of a named network for a batch-1 input of input_shape (H, W, C)."""
+    """Layer list of a named network for a batch-1 input of input_shape (H, W, C), or for a
+    language model one sequence of input_shape = (context_length,) tokens (default:
+    default_context)."""
     model = get_model(name, num_classes)
+    if getattr(model, "TAKES_TOKENS", False):
+        shape = tuple(input_shape) if input_shape is not None else (default_context(model),)
+        if len(shape) != 1 or min(shape) < 1:
+            raise JaxfaultError(f"language model {name!r} takes a context length (one positive integer), got {shape}")
+        return Network(name, layers_from_model(model, shape), shape)
     shape = tuple(input_shape) if input_shape is not None else DEFAULT_INPUTS.get(name, GENERIC_INPUT)
     if len(shape) != 3 or min(shape) < 1:
         raise JaxfaultError(f"--input must be H,W,C positive integers, got {shape}")

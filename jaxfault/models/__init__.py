@@ -1,4 +1,7 @@
-"""Model zoo: create_model(name, num_classes, quant_bits) -> a flax.linen classifier."""
+"""Model zoo: create_model(name, num_classes, quant_bits) -> a flax.linen classifier (the CNNs and
+the small ViT 'vit', jaxfault.models.vit); the transformer language-model families GPT2 and Llama
+(jaxfault.models.gpt2 / llama); from_hf(folder) -> (model, variables) for Hugging Face checkpoint
+folders (jaxfault.models.hf)."""
 from __future__ import annotations
 
 import jax
@@ -7,10 +10,15 @@ import jax.numpy as jnp
 from jaxfault.errors import JaxfaultError
 from jaxfault.models.classifiers import (VGG, VGG_CONFIGS, BasicBlock, Bottleneck, ConvNet, LeNet5, LeNetSWIM,
                                          ResNet)
+from jaxfault.models.gpt2 import GPT2
+from jaxfault.models.hf import from_hf, is_hf_folder, load_tokenizer
 from jaxfault.models.layers import Conv, Dense
+from jaxfault.models.llama import Llama
+from jaxfault.models.transformer import MODULE_KINDS, module_kind
+from jaxfault.models.vit import ViT
 from jaxfault.quant import check_bits
 
-MODEL_NAMES = ("lenet", "lenet-swim", "convnet", "resnet18", "resnet50", "vgg11", "vgg16", "vgg19")
+MODEL_NAMES = ("lenet", "lenet-swim", "convnet", "resnet18", "resnet50", "vgg11", "vgg16", "vgg19", "vit")
 
 
 def create_model(name: str, num_classes: int = 10, quant_bits: int | None = None):
@@ -31,6 +39,8 @@ def create_model(name: str, num_classes: int = 10, quant_bits: int | None = None
         return ResNet((3, 4, 6, 3), Bottleneck, num_classes=num_classes, quant_bits=quant_bits)
     if name in VGG_CONFIGS:
         return VGG(VGG_CONFIGS[name], num_classes=num_classes, quant_bits=quant_bits)
+    if name == "vit":
+        return ViT(num_classes=num_classes, quant_bits=quant_bits)
     raise JaxfaultError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 
@@ -43,4 +53,5 @@ def init_variables(model, key: jax.Array, input_shape) -> dict:
 
 
 __all__ = ["MODEL_NAMES", "create_model", "init_variables", "Conv", "Dense", "LeNet5", "LeNetSWIM", "ConvNet",
-           "ResNet", "VGG"]
+           "ResNet", "VGG", "GPT2", "Llama", "ViT", "MODULE_KINDS", "module_kind",
+           "from_hf", "is_hf_folder", "load_tokenizer"]

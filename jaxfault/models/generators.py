@@ -311,8 +311,3 @@ def init_generator(generator: nn.Module, key: jax.Array, input_shape: Sequence[i
     """Variables {"params", "batch_stats"} for images of shape input_shape = (H, W, C)."""
     x = jnp.zeros((1, *tuple(input_shape)), jnp.float32)
     return dict(jax.jit(lambda k, x: generator.init(k, x, train=False))(key, x))
-
-
-def count_params(variables: dict) -> int:
-    """Number of trainable parameters (the "params" collection)."""
-    return sum(int(v.size) for v in jax.tree_util.tree_leaves(variables["params"]))

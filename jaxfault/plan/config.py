@@ -17,16 +17,13 @@ repeated knob values, an empty grid.
 """
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
-
-import numpy as np
 
 from jaxfault import engine
 from jaxfault.config import Field, read_json_object, validate
 from jaxfault.errors import JaxfaultError, plain
 from jaxfault.plan import knobs
+from jaxfault.precision import PRECISIONS
 
 STAGES = ("hbm", "sram", "cim")          # the order data flows through the memory hierarchy
 EVAL_DTYPES = ("auto", "float32", "bfloat16")
@@ -42,7 +39,7 @@ TOP_FIELDS = [
     Field("seed", int, 0, min=0),
     Field("trials", int, 20, min=1),
     Field("strategy", str, "auto", choices=engine.STRATEGIES),
-    Field("precision", str, "highest", choices=engine.PRECISIONS),
+    Field("precision", str, "highest", choices=PRECISIONS),
     Field("eval_dtype", str, "auto", choices=EVAL_DTYPES),
     Field("batch_size", int, 1000, min=1),
     Field("configs_per_call", int, 8, min=1),
@@ -184,7 +181,3 @@ def load_plan(path, overrides: dict | None = None) -> dict:
 
 def _non_finite(name):
     raise JaxfaultError(f"plan: {name} is not a finite number")
-
-
-def is_finite_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and not np.isnan(v)

@@ -47,6 +47,7 @@ from jaxfault.keys import point_hash, root_key, stream, trial_keys
 from jaxfault.plan.config import active_stages
 from jaxfault.plan.knobs import Configuration
 from jaxfault.protocol import FaultModel
+from jaxfault.precision import precision_scope
 
 MEMO = "plan_memo"                  # variables collection: fingerprints and accuracies of evaluated weights
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -347,7 +348,7 @@ class Planner:
             variables[WRITE_VERIFY] = self.mask_for(float(config.knobs["write_verify"]), p.eval_model, clean_vars)
         x = self.images_for(config, dtype)
         y = self.data.labels
-        with engine.precision_scope(self.plan["precision"]):
+        with precision_scope(self.plan["precision"]):
             if self.clean_accuracy is None:
                 plain_x = jnp.asarray(self.data.images).astype(dtype) if dtype is not None else self.data.images
                 self.clean_accuracy = float(jax.jit(p.base_metric)(p.prepared, plain_x, y)["top1"])

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault import keys as jkeys
-from jaxfault.engine import check_precision, resolve_strategy
+from jaxfault.engine import resolve_strategy
+from jaxfault.precision import check_precision
 from jaxfault.errors import JaxfaultError, check_probability
 from jaxfault.pytree import count_kernel_weights, map_kernels
 from jaxfault.swim.selection import (CURVATURES, NEEDS_CURVATURE, THRESHOLDS, canonical_method, full_mask,
