@@ -65,20 +65,20 @@ def test_flips_hit_each_role_at_the_rate_and_change_only_faulty_cells(weights):
     assert not (diff >> 16).any()
 
 
-def test_sram_integer_format_is_the_bits_path_bit_for_bit():
+@pytest.mark.parametrize("placement", ["independent", pytest.param("memory_array", marks=pytest.mark.slow)])
+def test_sram_integer_format_is_the_bits_path_bit_for_bit(placement):
     from jaxfault.neuralfuse.faults import sram_bit_errors
 
     rng = np.random.default_rng(3)
     v = {"params": {"Conv_0": {"kernel": jnp.asarray(rng.standard_normal((3, 3, 1, 8)), jnp.float32),
                                "bias": jnp.zeros(8)},
                     "Dense_0": {"kernel": jnp.asarray(rng.standard_normal((72, 10)), jnp.float32)}}}
-    for placement in ("independent", "memory_array"):
-        a = sram_bit_errors(bits=4, placement=placement, rate_bound=0.05)
-        b = sram_bit_errors(bits=4, placement=placement, rate_bound=0.05, format="int4")
-        va, sa = jax.jit(lambda v: a.perturb(jax.random.key(4), v, 0.05))(a.prepare(v))
-        vb, sb = jax.jit(lambda v: b.perturb(jax.random.key(4), v, 0.05))(b.prepare(v))
-        assert all(np.array_equal(np.asarray(p), np.asarray(q)) for p, q in zip(jax.tree.leaves(va), jax.tree.leaves(vb)))
-        assert int(sa.n_faults) == int(sb["n_faults"]) > 0
+    a = sram_bit_errors(bits=4, placement=placement, rate_bound=0.05)
+    b = sram_bit_errors(bits=4, placement=placement, rate_bound=0.05, format="int4")
+    va, sa = jax.jit(lambda v: a.perturb(jax.random.key(4), v, 0.05))(a.prepare(v))
+    vb, sb = jax.jit(lambda v: b.perturb(jax.random.key(4), v, 0.05))(b.prepare(v))
+    assert all(np.array_equal(np.asarray(p), np.asarray(q)) for p, q in zip(jax.tree.leaves(va), jax.tree.leaves(vb)))
+    assert int(sa.n_faults) == int(sb["n_faults"]) > 0
 
 
 def test_memory_array_words_of_any_width_read_their_cells():
@@ -149,6 +149,7 @@ def test_every_single_error_is_corrected_where_protected_and_left_alone_elsewher
             assert dd == 0
 
 
+@pytest.mark.slow
 def test_secded_detects_every_double_error_in_a_codeword():
     s = get_format_scheme("secded")
     fmt = FM.get("float8_e4m3fn")
