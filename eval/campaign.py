@@ -14,8 +14,8 @@ import jax
 
 from jaxfault import campaign as cp
 from jaxfault.campaign import distributed
-from jaxfault.campaign.report import format_table, plot_records, point_label
-from jaxfault.cli import ArgumentParser, positive_int, run_main
+from jaxfault.campaign.report import accuracy_interval, format_table, plot_records, point_label
+from jaxfault.cli import ArgumentParser, positive_float, positive_int, run_main
 from jaxfault.errors import JaxfaultError
 from jaxfault.io import check_output_path
 from jaxfault.resultsfile import ResultsFile
@@ -26,6 +26,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("config", help="campaign JSON (format: docs/campaign.md)")
     p.add_argument("--output", default=None, help="results file, overriding the config's (default: the config's)")
     p.add_argument("--trials", type=positive_int, default=None, help="trials per point, overriding the config's (default: the config's)")
+    p.add_argument("--ci-width", type=positive_float, default=None,
+                   help="run trials in chunks of --trials until the accuracy's 95 %% interval half-width is <= this, "
+                        "overriding the config's (default: the config's; none: a fixed number of trials)")
+    p.add_argument("--max-trials", type=positive_int, default=None,
+                   help="cap of a --ci-width run, overriding the config's (default: the config's, else 10 x trials)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the grid size, run nothing, write nothing")
     p.add_argument("--plot", default=None, help="PNG of accuracy vs rate, one line per method/scheme (default: none)")
     g = p.add_argument_group("several processes (jax.distributed; only process 0 writes)")
@@ -41,7 +46,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # joining the other processes comes before anything that could start JAX's backend
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed_auto)
-    config = cp.load_config(args.config, {"output": args.output, "trials": args.trials})
+    config = cp.load_config(args.config, {"output": args.output, "trials": args.trials, "ci_width": args.ci_width,
+                                          "max_trials": args.max_trials})
     output = Path(config["output"])
     if args.plot:
         check_output_path(args.plot, overwrite=True, flag="--plot")
@@ -49,7 +55,10 @@ def main(argv=None) -> int:
     say = print if writer else (lambda *a, **k: None)
     points = cp.expand_grid(config["grid"])
     groups = len({cp.group_key(p.params) for p in points})
-    say(f"campaign: {len(points)} grid points in {groups} program group(s) x {config['trials']} trials "
+    per_point = (f"{config['trials']} trials" if config["ci_width"] is None else
+                 f"chunks of {config['trials']} trials until the half-width <= {config['ci_width']:g} "
+                 f"(at most {config['max_trials'] or 10 * config['trials']})")
+    say(f"campaign: {len(points)} grid points in {groups} program group(s) x {per_point} "
         f"on {jax.device_count()} {jax.devices()[0].platform} device(s) in {jax.process_count()} process(es) "
         f"-> {output}")
     if args.dry_run:
@@ -69,7 +78,8 @@ def main(argv=None) -> int:
             raise JaxfaultError(f"output: cannot create {output.parent}: {e.strerror}") from None
     data, identity = cp.load_eval_data(config)
     campaign = cp.Campaign(points=points, trials=config["trials"], seed=config["seed"],
-                           strategy=config["strategy"], precision=config["precision"])
+                           strategy=config["strategy"], precision=config["precision"],
+                           ci_width=config["ci_width"], max_trials=config["max_trials"])
     with (ResultsFile.open(output, identity) if writer else contextlib.nullcontext()) as rf:
         rows = rf.rows() if rf is not None else {}
         done_ids = distributed.share_done(list(rows), [p.point_id for p in points])
@@ -80,8 +90,10 @@ def main(argv=None) -> int:
 
         def on_point(rec, i, n):
             el = time.perf_counter() - t0
+            lo, hi, trials = accuracy_interval(rec)
             say(f"[{i}/{n}] {rec['config']['method']} {point_label(rec['config'])}: "
-                f"acc {rec['accuracy_mean']:.4f} +- {rec['accuracy_std']:.4f}  "
+                f"acc {rec['accuracy_mean']:.4f} [{lo:.4f}, {hi:.4f}] over {trials} trials"
+                + (f" ({rec['stop']})" if rec.get("stop") else "") + "  "
                 f"({el:.0f} s elapsed, ETA {el / i * (n - i):.0f} s)", flush=True)
 
         def record(rec):

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxfault import engine
-from jaxfault.cli import ArgumentParser, nonneg_int, parse_float_list, positive_int, probability, run_main, strategy_flag
+from jaxfault.cli import (ArgumentParser, nonneg_int, parse_float_list, positive_float, positive_int, probability,
+                          run_main, strategy_flag)
 from jaxfault.ecc import scheme_names
 from jaxfault.ecc.evaluate import SparrowEvalConfig, format_row, plot_sweep, run, sweep_table
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES
@@ -28,6 +29,11 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--zero-to-one", type=probability, default=0.01, help="share of faults stuck at 1 (default: 0.01)")
     ap.add_argument("--block-size", type=positive_int, default=64, help="Sparrow block size: 16, 32 or 64 (default: 64)")
     ap.add_argument("--trials", type=positive_int, default=20, help="fault draws per BER (default: 20)")
+    ap.add_argument("--ci-width", type=positive_float, default=None,
+                    help="run trials in chunks of --trials until top-1's 95 %% interval half-width is <= this, per BER "
+                         "(default: none, a fixed number of trials)")
+    ap.add_argument("--max-trials", type=positive_int, default=None,
+                    help="cap of a --ci-width run (default: 10 x --trials)")
     ap.add_argument("--seed", type=nonneg_int, default=0, help="root seed of the trial keys (default: 0)")
     ap.add_argument("--checkpoint", default=None, help="classifier checkpoint dir (default: the cached default LeNet)")
     ap.add_argument("--out", default="runs/sparrow", help="output directory (default: runs/sparrow)")
@@ -47,6 +53,8 @@ def build_parser() -> ArgumentParser:
 def result_path(out: Path, config: SparrowEvalConfig, sweep: bool) -> Path:
     """Default result file name: distinct per scheme, rates, trials, seed and image limit."""
     tail = f"_T{config.trials}_s{config.seed}" + (f"_n{config.limit}" if config.limit else "")
+    if config.ci_width is not None:
+        tail += f"_w{config.ci_width:g}_max{config.max_trials}"
     if sweep:
         return out / f"sweep{tail}.json"
     return out / f"{config.schemes[0]}_ber{config.bers[0]:g}_q{config.zero_to_one:g}_B{config.block_size}{tail}.json"
@@ -55,6 +63,9 @@ def result_path(out: Path, config: SparrowEvalConfig, sweep: bool) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     check((a.ber is None) != (a.sweep is None), "give exactly one of --ber or --sweep")
+    check(a.max_trials is None or a.ci_width is not None, f"--max-trials {a.max_trials} needs --ci-width")
+    check(a.max_trials is None or a.max_trials >= a.trials,
+          f"--max-trials {a.max_trials} must be >= --trials {a.trials}")
     sweep = a.sweep is not None
     if a.checkpoint is not None:
         check(Path(a.checkpoint).is_dir(), f"--checkpoint {a.checkpoint!r} is not a directory")
@@ -63,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if sweep else (a.ber,),
         schemes=scheme_names() if sweep else (a.scheme,), zero_to_one=a.zero_to_one, block_size=a.block_size,
         trials=a.trials, seed=a.seed, mode=a.fault_model, leaves=a.params, compat=a.compat, strategy=a.strategy,
-        precision=a.precision, batch_size=a.batch_size, limit=a.limit, checkpoint=a.checkpoint)
+        precision=a.precision, batch_size=a.batch_size, limit=a.limit, checkpoint=a.checkpoint,
+        ci_width=a.ci_width, max_trials=a.max_trials)
     path = result_path(Path(a.out), config, sweep)
     check_output_path(path, overwrite=a.overwrite, flag="--out")
     if sweep:

@@ -3,7 +3,8 @@
 The main entry points:
 
     import jaxfault
-    fm = jaxfault.hbm_faults(scheme="sparrow")                 # or sram_bit_errors, cim_variation
+    jaxfault.enable_compile_cache()                            # optional: compiled programs persist
+    fm = jaxfault.hbm_faults(scheme="sparrow")                 # or bit_flips, sram_bit_errors, cim_variation
     res = jaxfault.evaluate(model, variables, images, labels, fm, rates=[1e-4, 1e-3],
                             keys=jax.random.split(jax.random.key(0), 20))
     res.accuracy                                               # (rates, trials)
@@ -19,7 +20,8 @@ from jaxfault.errors import JaxfaultError  # noqa: E402,F401
 from jaxfault.protocol import FaultModel  # noqa: E402,F401
 from jaxfault.engine import EvalResult, evaluate, evaluation_form, summarize  # noqa: E402,F401
 from jaxfault.fault_models import (  # noqa: E402,F401
-    FAULT_MODELS, BitFlips, Composed, build_fault_model, compose, register_fault_model)
+    FAULT_MODELS, BitFlips, Composed, bit_flips, build_fault_model, compose, register_fault_model)
+from jaxfault.compile_cache import enable_compile_cache  # noqa: E402,F401
 from jaxfault.ecc import SCHEMES, Scheme, get_scheme, register_scheme  # noqa: E402,F401
 from jaxfault.ecc.hbm import HBMFaults, hbm_faults  # noqa: E402,F401
 from jaxfault.tasks import Task, classification, language_model  # noqa: E402,F401
@@ -48,6 +50,6 @@ def __getattr__(name):
 
 
 __all__ = ["JaxfaultError", "FaultModel", "EvalResult", "evaluate", "evaluation_form", "summarize",
-           "FAULT_MODELS", "BitFlips", "Composed", "build_fault_model", "compose", "register_fault_model",
-           "SCHEMES", "Scheme", "get_scheme", "register_scheme", "HBMFaults", "hbm_faults",
+           "FAULT_MODELS", "BitFlips", "Composed", "bit_flips", "build_fault_model", "compose", "register_fault_model",
+           "SCHEMES", "Scheme", "get_scheme", "register_scheme", "HBMFaults", "hbm_faults", "enable_compile_cache",
            "Task", "classification", "language_model", "ActivationBitFlips", "activation_bit_flips", *_LAZY]

@@ -93,24 +93,16 @@ def import_plugins() -> list[str]:
 
 def compilation_cache_dir():
     """Where compiled XLA programs persist between runs: <jaxfault cache>/xla."""
-    from jaxfault.zoo import cache_dir
+    from jaxfault.compile_cache import default_cache_dir
 
-    return cache_dir() / "xla"
+    return default_cache_dir()
 
 
 def enable_compilation_cache(path=None) -> None:
-    """Turn on JAX's persistent compilation cache (a later run of the same program loads it
-    instead of compiling). Programs that compile in under 0.2 s are not worth caching."""
-    import jax
+    """Turn on JAX's persistent compilation cache (jaxfault.enable_compile_cache)."""
+    from jaxfault.compile_cache import enable_compile_cache
 
-    path = path or compilation_cache_dir()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return  # an unwritable cache only costs compile time
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    enable_compile_cache(path)
 
 
 class CacheReport:

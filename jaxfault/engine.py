@@ -75,16 +75,14 @@ def map_over(fn: Callable, xs, strategy: str = "auto"):
     return jax.lax.map(fn, xs, batch_size=chunk)
 
 
-def summarize(values, axis=None) -> dict:
-    """The one summary of per-trial values: mean, std (ddof=0, the population over the trials
-    drawn), min, max and a normal-approximation 95 % confidence half-width of the mean
-    (1.96 * std / sqrt(n - 1); 0 for a single trial)."""
-    v = np.asarray(values, np.float64)
-    n = v.size if axis is None else v.shape[axis]
-    std = v.std(axis=axis)
-    ci = 1.96 * std / np.sqrt(max(n - 1, 1)) if n > 1 else np.zeros_like(std)
-    out = {"mean": v.mean(axis=axis), "std": std, "min": v.min(axis=axis), "max": v.max(axis=axis), "ci95": ci}
-    return {k: (float(x) if np.ndim(x) == 0 else np.asarray(x).tolist()) for k, x in out.items()}
+def summarize(values, name: str | None = None, **kw) -> dict:
+    """The one summary of per-trial values (``jaxfault.stats.summarize``): n, mean, std (ddof=0),
+    min, max, the mean's confidence interval (ci_lo, ci_hi, half_width, level, method: the
+    bounded betting interval for figures in [0, 1] such as accuracies, named by `name`, else
+    Student-t), the median with its interval and the fraction of non-finite trials."""
+    from jaxfault.stats import summarize as stats_summary
+
+    return stats_summary(values, name=name, **kw)
 
 
 def evaluation_form(model, variables: PyTree) -> tuple[Any, PyTree]:
@@ -278,11 +276,12 @@ class EvalResult:
     rates: np.ndarray                 # (R,) or (R, stages)
     metrics: dict                     # name -> (R, T), e.g. "top1"
     stats: dict                       # name -> (R, T), e.g. "realised_ber"
-    clean: dict                       # name -> float: prepared model, no faults
-    seconds: float                    # wall time of the faulty evaluation (compilation included)
+    clean: dict                       # name -> float: prepared model, no faults ({} when not asked)
+    seconds: float                    # wall time of the evaluation (compilation and clean pass included)
     strategy: str
     precision: str
     task: str = "classification"
+    work: Any = None                  # trials per route of a reusing evaluation (jaxfault.reuse), else None
 
     @property
     def accuracy(self) -> np.ndarray:
@@ -291,8 +290,8 @@ class EvalResult:
 
     def summary(self, i: int) -> dict:
         """JSON-ready summary of rate i: every metric and stat summarised over the trials."""
-        out = {k: {**summarize(v[i]), "values": [float(x) for x in v[i]]} for k, v in self.metrics.items()}
-        out.update({k: summarize(v[i]) for k, v in self.stats.items()})
+        out = {k: {**summarize(v[i], k), "values": [float(x) for x in v[i]]} for k, v in self.metrics.items()}
+        out.update({k: summarize(v[i], k) for k, v in self.stats.items()})
         return out
 
 
@@ -351,7 +350,8 @@ def prepare(model, variables, images, fault_model):
 
 def evaluate(model, variables: PyTree, inputs, targets, fault_model, rates, keys: jax.Array, *,
              strategy: str = "auto", precision: str = "highest", batch_size: int = 1000,
-             topk: Sequence[int] = (1,), task=None, mesh=None, program: TrialProgram | None = None) -> EvalResult:
+             topk: Sequence[int] = (1,), task=None, mesh=None, program: TrialProgram | None = None,
+             clean: bool = True, reuse: bool = False, compute_dtype: str | None = None) -> EvalResult:
     """Evaluate `model` under `fault_model` at every rate for every trial key.
 
     inputs, targets: what ``task`` scores (default: classification of images (N, ...) by integer
@@ -361,31 +361,69 @@ def evaluate(model, variables: PyTree, inputs, targets, fault_model, rates, keys
     rates: shape (R,), or (R, S) for a composition of S stages (one rate per stage).
     keys: typed keys of shape (T,) (the same trials at every rate: common random numbers, which
     makes sweeps smooth) or (R, T). The fault model is sized for the largest rate
-    (``with_rate_bound``), so the whole grid is one compiled program. Returns an EvalResult
-    whose arrays have shape (R, T); ``clean`` is the prepared model without faults.
+    (``with_rate_bound``), so the whole grid is one compiled program, kept by jit's cache for
+    later calls with the same shapes and fault-model structure. ``clean``: also evaluate the
+    prepared model without faults (``EvalResult.clean``; {} when False). ``reuse`` (opt-in): on one
+    device with strategy "map" and weight faults only, skip trials whose answer is known and
+    start trials from shared clean activations (jaxfault.reuse; the same numbers, bit for bit,
+    but its one program compiles more slowly than the plain grid, so it pays off only when many
+    trials are evaluated).
+    ``compute_dtype``: "float32" or "bfloat16" to run the arithmetic in that dtype instead of the
+    fault model's own (None). Returns an EvalResult whose arrays have shape (R, T); its
+    ``seconds`` count everything but the input checks, the clean pass included.
     """
     from jaxfault import tasks
 
     task = tasks.classification(topk) if task is None else task
     check(isinstance(task, tasks.Task), f"task must be a jaxfault.tasks.Task, got {type(task).__name__}")
     task.check_data(inputs, targets)
+    check(compute_dtype in (None, "float32", "bfloat16"),
+          f"compute_dtype must be None, 'float32' or 'bfloat16', got {compute_dtype!r}")
     images, labels = inputs, targets
     rates = _as_rates(rates)
     keys = _as_keys(keys, rates.shape[0])
+    t0 = time.perf_counter()
     bound = rates.max(axis=0)
     fm = (fault_model.with_rate_bound(float(bound) if bound.ndim == 0 else bound)
           if program is None else program.fault_model)
+    if compute_dtype is not None and program is None:
+        from jaxfault.plan.planner import InDtype
+
+        fm = InDtype(fm, compute_dtype)
     eval_model, prepared, x = prepare(model, variables, images, fm)
     y = jnp.asarray(labels)
-    metric_fn = make_metric_fn(eval_model, batch_size=min(batch_size, int(y.shape[0])), task=task)
-    with precision_scope(precision):
-        clean = {k: float(v) for k, v in jax.jit(metric_fn)(prepared, x, y).items()}
-    program = program or make_trial_program(metric_fn, fm, strategy=strategy, precision=precision, mesh=mesh)
+    bs = min(batch_size, int(y.shape[0]))
     T = keys.shape[1]
+    if (program is None and mesh is None and resolve_strategy(strategy) != "loop"
+            and "activations" not in getattr(fm, "sites", ()) + getattr(fault_model, "sites", ())):
+        from jaxfault import reuse as _reuse
+
+        kind, chunk = parse_strategy(strategy)
+        r32 = jnp.asarray(rates, jnp.float32)
+        reusing = (bool(reuse) and kind == "map" and chunk is None
+                   and _reuse.same_layout(fm, prepared, r32[0]))
+        spec = _reuse.Spec(eval_model, fm, precision, bs, task,
+                           staged=reusing and _reuse.can_stage(eval_model, prepared, x, bs), clean=bool(clean))
+        if _reuse.hashable(spec):
+            with precision_scope(precision):
+                if reusing:
+                    metrics, stats, clean_m, work = _reuse.evaluate_reusing(spec, prepared, x, y, r32, keys)
+                else:
+                    (metrics, stats, clean_m), work = _reuse.evaluate_grid(spec, resolve_strategy(strategy), prepared,
+                                                                           x, y, r32, keys, clean), None
+            seconds = time.perf_counter() - t0
+            return EvalResult(rates, {k: np.asarray(v) for k, v in metrics.items()},
+                              {k: np.asarray(v) for k, v in stats.items()}, clean_m, seconds,
+                              resolve_strategy(strategy), precision, task.name, work)
+    metric_fn = make_metric_fn(eval_model, batch_size=bs, task=task)
+    clean_m = {}
+    if clean:
+        with precision_scope(precision):
+            clean_m = {k: float(v) for k, v in jax.jit(metric_fn)(prepared, x, y).items()}
+    program = program or make_trial_program(metric_fn, fm, strategy=strategy, precision=precision, mesh=mesh)
     keys = shard_keys(keys, mesh)
-    t0 = time.perf_counter()
     metrics, stats = program.run(prepared, x, y, jnp.asarray(rates, jnp.float32), keys)
     metrics, stats = jax.device_get((metrics, stats))
     seconds = time.perf_counter() - t0
     cut = lambda d: {k: np.asarray(v)[:, :T] for k, v in d.items()}  # noqa: E731
-    return EvalResult(rates, cut(metrics), cut(stats), clean, seconds, program.strategy, precision, task.name)
+    return EvalResult(rates, cut(metrics), cut(stats), clean_m, seconds, program.strategy, precision, task.name)

@@ -275,6 +275,8 @@ def format_rows(report: dict) -> str:
 
 
 def _interval(summary: dict) -> tuple[float, float]:
+    if "ci_lo" in summary and "ci_hi" in summary:      # jaxfault.stats.summarize
+        return float(summary["ci_lo"]), float(summary["ci_hi"])
     if "ci_low" in summary and "ci_high" in summary:
         return float(summary["ci_low"]), float(summary["ci_high"])
     half = float(summary.get("ci95", 0.0))

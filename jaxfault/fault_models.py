@@ -146,6 +146,19 @@ class BitFlips(FaultModel):
             nf, jnp.int32(0) * nf, cells, nf.astype(jnp.float32) / jnp.maximum(cells, 1.0), jnp.float32(0.0))
 
 
+def bit_flips(rate_bound: float = 1e-2) -> BitFlips:
+    """Factory: transient XOR flips of the fp32 conv/dense kernels' bits, each bit independently
+    with probability ``rate`` (the BER), no protection, evaluated in float32.
+
+    Args:
+      rate_bound: the largest BER it will be evaluated at (sizes the fault sampler's chunks;
+        ``evaluate`` sets it from its rates).
+    Returns:
+      A BitFlips fault model.
+    """
+    return BitFlips(rate_bound=rate_bound)
+
+
 def _hbm(**config):
     from jaxfault.ecc.hbm import HBMFaults
 

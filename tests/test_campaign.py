@@ -239,3 +239,50 @@ def test_results_file_safety(tmp_path, lenet_checkpoint, capsys):
     assert _run_cli([str(cfg_path)]) == 2
     assert "line 2" in capsys.readouterr().err
     assert out.read_text().splitlines() == lines
+
+
+def test_ci_width_stops_each_point_and_a_killed_run_resumes_to_the_same_rows(tmp_path, lenet_checkpoint,
+                                                                             monkeypatch):
+    """Trials until a target width: every point runs chunks of `trials` until its accuracy's
+    interval half-width is <= ci_width or max_trials ran, records both, and a run killed after
+    its first point resumes to exactly the rows of an uninterrupted run."""
+    import eval.campaign as mod
+    from jaxfault.campaign import runner
+    from jaxfault.stats import mean_ci
+
+    bers = (1e-5, 1e-1)
+    # a cap that is no multiple of the chunk: the last chunk (2 trials) is padded to the compiled shape
+    width = ["--ci-width", "0.15", "--max-trials", "18"]
+    full_cfg, full_out = _config(tmp_path, lenet_checkpoint, "wfull", bers=bers)
+    assert _run_cli([str(full_cfg), *width]) == 0
+    full = [json.loads(line) for line in full_out.read_text().splitlines()[1:]]
+    for r in full:
+        lo, hi = mean_ci(r["accuracy"], horizon=18)
+        assert r["trials"] == len(r["accuracy"]) and r["trials"] in (4, 8, 12, 16, 18)
+        assert (r["accuracy_ci_lo"], r["accuracy_ci_hi"]) == (pytest.approx(lo), pytest.approx(hi))
+        assert r["stop"] == ("width" if (hi - lo) / 2 <= 0.15 else "max_trials")
+        assert r["stop"] == "width" or r["trials"] == 18
+        # a point stops at the first chunk that reaches the width
+        for n in range(4, r["trials"], 4):
+            lo_n, hi_n = mean_ci(r["accuracy"][:n], horizon=18)
+            assert (hi_n - lo_n) / 2 > 0.15
+    print("ci_width rows:", [(r["config"]["ber"], r["trials"], r["stop"]) for r in full])
+
+    cfg, out = _config(tmp_path, lenet_checkpoint, "wkilled", bers=bers)
+    real, calls = runner.run_point, []
+
+    def killed_after_one(point, cache):
+        calls.append(point.point_id)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(point, cache)
+
+    monkeypatch.setattr(runner, "run_point", killed_after_one)
+    with pytest.raises(RuntimeError, match="killed"):
+        mod.main([str(cfg), *width])
+    monkeypatch.setattr(runner, "run_point", real)
+    assert out.read_bytes().count(b"\n") == 2          # header + the first point
+    assert _run_cli([str(cfg), *width]) == 0
+    resumed = [json.loads(line) for line in out.read_text().splitlines()[1:]]
+    key = lambda r: r["id"]  # noqa: E731
+    assert _strip(sorted(resumed, key=key)) == _strip(sorted(full, key=key))

@@ -3,11 +3,12 @@ wide as their longest entry. No model, no JAX computation: records are written b
 import numpy as np
 
 from jaxfault.campaign.report import format_table, format_value, plot_records, point_label
+from jaxfault.stats import mean_ci
 
 
 def record(method, acc=0.8951, rate=1.2e-3, **fields):
     return {"config": {"method": method, **fields}, "accuracy_mean": acc, "accuracy_std": 0.0123,
-            "accuracy_min": acc - 0.05, "fault_rate_mean": rate}
+            "accuracy_min": acc - 0.05, "fault_rate_mean": rate, "accuracy": [acc - 0.01, acc, acc + 0.01]}
 
 
 def test_format_value_never_cuts_numbers():
@@ -44,6 +45,11 @@ def test_table_prints_every_field_in_full_and_aligned():
         assert line[end - 6:end] == f"{r['accuracy_mean']:.4f}"
     assert len({len(line) for line in lines}) == 1, "rows of different widths: a column was not padded"
     assert "1.200e-03" in lines[1]
+    # every accuracy carries its interval (computed from the trials when the record has none) and trial count
+    lo, hi = mean_ci(recs[0]["accuracy"])
+    assert f"[{lo:.4f}, {hi:.4f}]" in lines[1] and " 3 " in lines[1]
+    stored = {**recs[0], "accuracy_summary": {"ci_lo": 0.5, "ci_hi": 0.9, "n": 40}, "stop": "width"}
+    assert "[0.5000, 0.9000]" in format_table([stored]) and "40 (width)" in format_table([stored])
 
 
 def test_point_label_skips_method():
@@ -59,8 +65,11 @@ def test_plot_labels_use_the_same_formatting(tmp_path, monkeypatch):
     labels = []
     real = matplotlib.axes.Axes.errorbar
 
+    yerrs = []
+
     def spy(self, *args, **kwargs):
         labels.append(kwargs.get("label"))
+        yerrs.append(kwargs.get("yerr"))
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
@@ -71,3 +80,6 @@ def test_plot_labels_use_the_same_formatting(tmp_path, monkeypatch):
     assert (tmp_path / "c.png").stat().st_size > 1000
     assert all("0.30000000000000004" not in lab for lab in labels)
     assert "mask_p=0.01 write_var=0.3" in labels and "mask_p=0.05 write_var=0.03" in labels
+    # the error bars are the mean's interval (asymmetric), not the std
+    lo, hi = mean_ci(recs[0]["accuracy"])
+    assert any(np.allclose(np.asarray(e)[:, 0], [100 * (0.8951 - lo), 100 * (hi - 0.8951)]) for e in yerrs)

@@ -96,8 +96,11 @@ def test_summary_policy():
     s = engine.summarize([0.5, 0.7, 0.9])
     assert s["mean"] == pytest.approx(0.7) and s["std"] == pytest.approx(np.std([0.5, 0.7, 0.9]))  # ddof 0
     assert s["min"] == 0.5 and s["max"] == 0.9
-    assert s["ci95"] == pytest.approx(1.96 * np.std([0.5, 0.7, 0.9]) / np.sqrt(2))
-    assert engine.summarize([0.3])["ci95"] == 0.0
+    # figures named as accuracies get the bounded (betting) interval, others Student-t
+    assert engine.summarize([0.5, 0.7, 0.9], "top1")["method"] == "betting"
+    assert s["method"] == "student-t" and s["ci_lo"] < 0.7 < s["ci_hi"] and s["n"] == 3
+    one = engine.summarize([0.3], "top1")
+    assert one["ci_lo"] <= 0.3 <= one["ci_hi"] and one["half_width"] > 0
 
 
 def test_composition_equals_stages_in_sequence(setup):

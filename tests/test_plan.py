@@ -420,3 +420,59 @@ def test_generator_images_are_transformed_once_and_charged(qat_lenet_checkpoint,
                               batch_size=100)
         assert c["accuracy"]["mean"] == pytest.approx(float(ref.accuracy.mean()), abs=1e-6)
         assert (c["energy"]["generator"] > 0) == (c["knobs"]["generator"] is not None)
+
+
+def test_every_configuration_carries_intervals_and_a_status(two_stage):
+    """Without certify the choice stays on the point estimates; every configuration still gets its
+    95 % intervals and a met / not met / undecided status from its Bonferroni-corrected interval."""
+    from jaxfault.plan.report import target_status
+
+    _, _, report = two_stage
+    cert = report["certification"]
+    k = len(report["configurations"])
+    assert cert["comparisons"] == k and cert["looks"] == 1 and not cert["certify"]
+    assert cert["per_configuration_level"] == pytest.approx(1 - 0.05 / k)
+    assert sum(cert["counts"].values()) == k
+    thr = report["target"]["threshold_accuracy"]
+    for e in report["configurations"]:
+        a, c = e["accuracy"], e["certification"]
+        assert a["mean_ci"][0] <= a["mean"] <= a["mean_ci"][1] and a["n"] == TRIALS == c["trials"]
+        assert a["p5_ci"][0] == 0.0           # 4 trials: no order statistic bounds the 5th percentile below
+        assert c["status"] == target_status(c["bound"], c["upper"], thr) == "undecided"
+        assert e["meets_target"] == (a["p5"] >= thr - 1e-9)
+
+
+def test_certified_plan_adds_trials_to_undecided_configurations_and_resumes(two_stage, tmp_path, monkeypatch):
+    from jaxfault.plan import planner
+    from jaxfault.plan.report import target_interval, target_status
+
+    plan0, data, _ = two_stage
+    plan = _validated(plan0["checkpoint"], eval_dtype="float32",
+                      hbm={"scheme": ["none"], "refresh_interval_s": [0.064, 1.024, 2.896]},
+                      sram={"voltage": [1.0, 0.92]},
+                      target={"metric": "mean", "min_accuracy": 0.35, "certify": True, "max_trials": 3 * TRIALS})
+    results = tmp_path / "results.jsonl"
+    report = run_plan(plan, data=data, log=lambda s: None, results_path=results)
+    cert = report["certification"]
+    assert cert["certify"] and cert["max_trials"] == 12 and cert["looks"] == 1    # the mean: anytime-valid bets
+    cfgs = report["configurations"]
+    assert any(e["accuracy"]["n"] > TRIALS for e in cfgs), "no configuration got more trials"
+    for e in cfgs:
+        c, n = e["certification"], e["accuracy"]["n"]
+        assert n in (4, 8, 12) and c["trials"] == n == len(e["accuracy"]["values"])
+        # the bound is the corrected interval of this configuration's own trials
+        assert [c["bound"], c["upper"]] == list(target_interval(e["accuracy"]["values"], "mean", cert))
+        assert c["status"] == target_status(c["bound"], c["upper"], 0.35)
+        assert c["status"] != "undecided" or n == 12       # straddling: more trials up to the budget
+        assert e["meets_target"] == (c["status"] == "met")
+        if c["status"] == "met":
+            assert c["bound"] >= 0.35 - 1e-9
+    met = [e for e in cfgs if e["certification"]["status"] == "met"]
+    assert report["reachable"] == bool(met)
+    if met:
+        assert cfgs[report["chosen"]]["energy"]["total"] == min(e["energy"]["total"] for e in met)
+    # every configuration's chunks were recorded: the same plan resumes without computing anything
+    monkeypatch.setattr(planner.Planner, "run_chunk", lambda *a, **k: pytest.fail("row recomputed"))
+    again = run_plan(plan, data=data, log=lambda s: None, results_path=results)
+    assert [e["accuracy"] for e in again["configurations"]] == [e["accuracy"] for e in cfgs]
+    assert [e["certification"] for e in again["configurations"]] == [e["certification"] for e in cfgs]

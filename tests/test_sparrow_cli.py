@@ -38,6 +38,9 @@ def run(main, argv):
     (["--ber", "1e-3", "--strategy", "vamp"], "argument --strategy"),
     (["--ber", "1e-3", "--precision", "fp64"], "argument --precision"),
     (["--ber", "1e-3", "--out", "/etc/passwd/x"], "/etc/passwd"),
+    (["--ber", "1e-3", "--ci-width", "0"], "argument --ci-width: must be > 0, got '0'"),
+    (["--ber", "1e-3", "--max-trials", "50"], "--max-trials 50 needs --ci-width"),
+    (["--ber", "1e-3", "--ci-width", "0.01", "--max-trials", "5"], "--max-trials 5 must be >= --trials 20"),
 ])
 def test_sparrow_cli_bad_input_exit_2(argv, needle, capsys, monkeypatch):
     """One line, exit 2, before any model is loaded (loading would raise here)."""
@@ -72,6 +75,13 @@ def test_sparrow_cli_single_run(lenet_checkpoint, tmp_path, capsys):
     # ... and another trial count, seed or image limit gets its own file
     assert run(sp_cli.main, argv[:-1] + ["200"]) == 0
     assert (out / "sparrow_ber0.01_q0.01_B32_T2_s0_n200.json").exists()
+    # trials until a target width: chunks of --trials, the trials run and why they stopped recorded
+    assert run(sp_cli.main, argv + ["--ci-width", "0.3", "--max-trials", "5"]) == 0
+    w = json.loads((out / "sparrow_ber0.01_q0.01_B32_T2_s0_n100_w0.3_max5.json").read_text())
+    assert w["stop"] in ("width", "max_trials") and w["trials"] == len(w["top1"]["values"]) == w["top1"]["n"]
+    assert w["trials"] in (2, 4, 5) and (w["stop"] == "width") == (w["top1"]["half_width"] <= 0.3)
+    assert w["top1"]["values"][:2] == r["top1"]["values"]          # trial i draws the same faults
+    assert "over " in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -101,5 +101,14 @@ def test_campaign_results_file(tmp_path):
     out = T.tradeoff(recs, lambda model, shape: NET, **KW)
     assert sorted({r["label"] for r in out}) == ["none", "secded", "sparrow B64", "swim magnitude"]
     assert all(r["source"] == str(path) for r in out)
+    # rows with per-trial accuracies carry their interval (jaxfault.stats), rows without show n/a
+    from jaxfault.stats import mean_ci
+
+    lo, hi = mean_ci([0.8, 0.9])
+    sp = [r for r in out if r["label"] == "sparrow B64"]
+    assert all(r["accuracy_ci"] == [pytest.approx(lo), pytest.approx(hi)] for r in sp)
+    assert next(r for r in out if r["label"] == "swim magnitude")["accuracy_ci"] is None
+    table = T.format_rows(out)
+    assert f"[{lo:.4f}, {hi:.4f}]" in table and "n/a" in table
     with pytest.raises(Exception):
         T.load_records([str(path)])  # without a list for them, rows without an energy model are an error

@@ -4,6 +4,7 @@
      "checkpoint": null,                        # classifier dir; null = the cached default LeNet
      "seed": 0, "trials": 20, "eval_examples": 10000, "strategy": "auto", "precision": "highest",
      "data_dir": null,
+     "ci_width": null, "max_trials": null,    # or: chunks of `trials` until the accuracy's half-width <= ci_width
      "grid": [{"method": "sparrow", "scheme": ["sparrow", "secded", "none"], "ber": [1e-4, 1e-3]},
               {"method": "bitflip", "ber": [1e-5, 1e-4]}]}
 
@@ -26,9 +27,11 @@ from jaxfault.checkpoints import checkpoint_digest
 from jaxfault.config import read_json_object
 from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.precision import check_precision
+from jaxfault.stats import check_sequential
 
 DEFAULTS = {"output": "runs/campaign/results.jsonl", "checkpoint": None, "seed": 0, "trials": 20,
-            "eval_examples": 10000, "strategy": "auto", "precision": "highest", "data_dir": None}
+            "eval_examples": 10000, "strategy": "auto", "precision": "highest", "data_dir": None,
+            "ci_width": None, "max_trials": None}
 KNOWN_KEYS = set(DEFAULTS) | {"grid"}
 
 
@@ -69,6 +72,7 @@ def validate_config(config: dict) -> dict:
             raise JaxfaultError(f"{name} must be a string, got {json.dumps(config[name])}")
     engine.resolve_strategy(config["strategy"])
     check_precision(config["precision"])
+    check_sequential(config["trials"], config["ci_width"], config["max_trials"])
     for point in expand_grid(config["grid"]):
         methods.validate_point(point.params)
         for k, v in point.params.items():
@@ -121,6 +125,9 @@ def identity_of(config: dict, ckpt=None) -> dict:
     ident = {"checkpoint": config.get("checkpoint"), "data_dir": config.get("data_dir"),
              "eval_examples": config["eval_examples"],
              "seed": config["seed"], "trials": config["trials"], "precision": config["precision"]}
+    if config.get("ci_width") is not None:   # trials until a target width: part of every row's numbers
+        ident["ci_width"] = config["ci_width"]
+        ident["max_trials"] = check_sequential(config["trials"], config["ci_width"], config.get("max_trials"))
     if ckpt is not None:
         ident["checkpoint"] = str(Path(ckpt.path).resolve())
         ident["checkpoint_digest"] = checkpoint_digest(ckpt.path)[:16]

@@ -4,6 +4,10 @@ from __future__ import annotations
 import json
 import numbers
 
+import numpy as np
+
+from jaxfault.stats import mean_ci
+
 
 def format_value(v) -> str:
     """A config value in full and short: floats (numpy's too) in %g form (0.01, 1e-05), lists
@@ -24,22 +28,41 @@ def point_label(config: dict) -> str:
     return ", ".join(f"{k}={format_value(v)}" for k, v in config.items() if k != "method")
 
 
+def accuracy_interval(record: dict) -> tuple[float, float, int]:
+    """(lo, hi, trials) of a record's mean-accuracy interval: the one stored with it, else computed
+    from its per-trial accuracies (records written before intervals were stored)."""
+    s = record.get("accuracy_summary")
+    if isinstance(s, dict) and "ci_lo" in s:
+        return float(s["ci_lo"]), float(s["ci_hi"]), int(s["n"])
+    acc = record.get("accuracy")
+    if isinstance(acc, list) and acc:
+        lo, hi = mean_ci(acc)
+        return lo, hi, len(acc)
+    return float("nan"), float("nan"), int(record.get("trials", 0))
+
+
 def format_table(records: list[dict]) -> str:
-    """One row per point: method, every field, accuracy mean/std/min, realised rate. Columns are
-    as wide as their longest entry, so no label or number is ever cut."""
+    """One row per point: method, every field, accuracy mean with its 95 % interval, std, min,
+    trials (and why they stopped, for runs until a target width), realised rate. Columns are as
+    wide as their longest entry, so no label or number is ever cut."""
     methods = [str(r["config"].get("method", "")) for r in records]
     labels = [point_label(r["config"]) for r in records]
+    cis = [accuracy_interval(r) for r in records]
+    trials = [f"{n}" + (f" ({r['stop']})" if r.get("stop") else "") for r, (_, _, n) in zip(records, cis)]
     wm = max([len("method")] + [len(s) for s in methods])
     w = max([len("point")] + [len(s) for s in labels])
-    lines = [f"{'method':{wm}s} {'point':{w}s} {'acc mean':>9s} {'std':>7s} {'min':>7s} {'fault rate':>11s}"]
-    for r, method, label in zip(records, methods, labels):
-        lines.append(f"{method:{wm}s} {label:{w}s} {r['accuracy_mean']:9.4f} {r['accuracy_std']:7.4f} "
-                     f"{r['accuracy_min']:7.4f} {r['fault_rate_mean']:11.3e}")
+    wt = max([len("trials")] + [len(s) for s in trials])
+    lines = [f"{'method':{wm}s} {'point':{w}s} {'acc mean':>9s} {'95% interval':>17s} {'std':>7s} {'min':>7s} "
+             f"{'trials':>{wt}s} {'fault rate':>11s}"]
+    for r, method, label, (lo, hi, _), t in zip(records, methods, labels, cis, trials):
+        lines.append(f"{method:{wm}s} {label:{w}s} {r['accuracy_mean']:9.4f} {f'[{lo:.4f}, {hi:.4f}]':>17s} "
+                     f"{r['accuracy_std']:7.4f} {r['accuracy_min']:7.4f} {t:>{wt}s} {r['fault_rate_mean']:11.3e}")
     return "\n".join(lines)
 
 
 def plot_records(records: list[dict], path: str) -> None:
-    """Accuracy (mean +- std over trials) against the fault rate, one line per method and scheme."""
+    """Accuracy (mean with its 95 % interval over trials) against the fault rate, one line per
+    method and scheme; the title gives the trials per point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,16 +81,20 @@ def plot_records(records: list[dict], path: str) -> None:
         rate_names.add(rate_name)
         parts = [f"{k}={format_value(v)}" for k, v in sorted(c.items()) if k in varying and k not in ("method", rate_name)]
         label = " ".join(([c["method"]] if "method" in varying or not parts else []) + parts)
-        groups.setdefault(label, []).append((c[rate_name], r["accuracy_mean"], r["accuracy_std"]))
+        lo, hi, _ = accuracy_interval(r)
+        groups.setdefault(label, []).append((c[rate_name], r["accuracy_mean"], lo, hi))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, pts in sorted(groups.items()):
         pts.sort()
-        x, m, s = zip(*pts)
-        ax.errorbar(x, [100 * v for v in m], yerr=[100 * v for v in s], marker="o", capsize=3, label=label)
-    if all(x > 0 for pts in groups.values() for x, _, _ in pts):
+        x, m, lo, hi = (np.asarray(v, float) for v in zip(*pts))
+        ax.errorbar(x, 100 * m, yerr=[100 * (m - lo), 100 * (hi - m)], marker="o", capsize=3, label=label)
+    if all(p[0] > 0 for pts in groups.values() for p in pts):
         ax.set_xscale("log")
     ax.set_xlabel(" / ".join(sorted(rate_names)))
-    ax.set_ylabel("top-1 accuracy (%), mean +- std over trials")
+    trials = sorted({accuracy_interval(r)[2] for r in records})
+    ax.set_ylabel("top-1 accuracy (%), mean and 95 % interval")
+    ax.set_title(f"trials per point: {', '.join(map(str, trials))}" if len(trials) <= 4
+                 else f"trials per point: {trials[0]}-{trials[-1]}", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

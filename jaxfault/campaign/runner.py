@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxfault import engine
+from jaxfault import engine, stats
 from jaxfault.campaign import methods
 from jaxfault.campaign.grid import GridPoint
 from jaxfault.keys import stream, trial_keys
@@ -49,6 +49,9 @@ class Campaign:
     seed: int
     strategy: str = "auto"
     precision: str = "highest"
+    ci_width: float | None = None        # trials in chunks of `trials` until the accuracy's half-width <= this
+    max_trials: int | None = None        # the cap of such a run (default 10 x trials)
+    level: float = 0.95                  # confidence level of every interval in the records
 
 
 class ProgramCache:
@@ -81,25 +84,44 @@ class ProgramCache:
 
 
 def run_point(point: GridPoint, cache: ProgramCache) -> dict:
-    """Evaluate one point's trials; returns its record (without file bookkeeping)."""
+    """Evaluate one point's trials; returns its record (without file bookkeeping).
+
+    With ``ci_width``, trials run in chunks of ``trials`` (one compiled program) until the
+    accuracy's interval half-width is at most ci_width or ``max_trials`` ran; trial i always uses
+    key i of ``trial_keys(point key, max_trials)``, so a resumed run redraws the same trials."""
     c = cache.campaign
     t0 = time.perf_counter()
     prog, prepared, x, y = cache.program_for(point.params)
     name, _, rate_name, rate, data = methods.split_point(point.params)
     pkey = point.key(c.seed)
     variables = methods.add_fault_data(name, data, prepared, stream(pkey, "selection"))
-    T = c.trials
-    keys = engine.shard_keys(trial_keys(pkey, T)[None], cache.mesh)
-    metrics, stats = jax.device_get(prog.run(variables, x, y, jnp.asarray([rate], jnp.float32), keys))
-    acc = np.asarray(metrics["top1"], np.float64)[0, :T]
-    realised = (np.asarray(stats["realised_ber"], np.float64)[0, :T] if "realised_ber" in stats
-                else np.zeros_like(acc))     # fault models without a realised BER (activation sites)
-    s = engine.summarize(acc)
-    return {"point_id": point.point_id, "config": point.params, "seed": c.seed, "trials": T,
-            "accuracy": acc.tolist(), "accuracy_mean": s["mean"], "accuracy_std": s["std"],
-            "accuracy_min": s["min"], "accuracy_ci95": s["ci95"], "fault_rate": realised.tolist(),
-            "fault_rate_mean": float(realised.mean()), "seconds": time.perf_counter() - t0,
-            "devices": int(cache.mesh.devices.size)}
+    cap = stats.check_sequential(c.trials, c.ci_width, c.max_trials)
+    all_keys = trial_keys(pkey, cap or c.trials)
+    rates = jnp.asarray([rate], jnp.float32)
+
+    def chunk(start, count):
+        ks = all_keys[start:start + count]
+        if count < c.trials:           # the last chunk of a capped run: padded to the compiled shape
+            ks = jnp.concatenate([ks, jnp.repeat(ks[-1:], c.trials - count)])
+        metrics, st = jax.device_get(prog.run(variables, x, y, rates, engine.shard_keys(ks[None], cache.mesh)))
+        acc = np.asarray(metrics["top1"], np.float64)[0, :count]
+        realised = (np.asarray(st["realised_ber"], np.float64)[0, :count] if "realised_ber" in st
+                    else np.zeros_like(acc))     # fault models without a realised BER (activation sites)
+        return {"accuracy": acc, "fault_rate": realised}
+
+    values, run = stats.run_until_width(chunk, chunk=c.trials, ci_width=c.ci_width, max_trials=cap,
+                                        target="accuracy", level=c.level)
+    acc, realised = values["accuracy"], values["fault_rate"]
+    s = engine.summarize(acc, "accuracy", level=c.level, horizon=run["horizon"])
+    rec = {"point_id": point.point_id, "config": point.params, "seed": c.seed, "trials": run["trials"],
+           "accuracy": acc.tolist(), "accuracy_mean": s["mean"], "accuracy_std": s["std"],
+           "accuracy_min": s["min"], "accuracy_ci_lo": s["ci_lo"], "accuracy_ci_hi": s["ci_hi"],
+           "accuracy_summary": s, "fault_rate": realised.tolist(),
+           "fault_rate_mean": float(realised.mean()), "seconds": time.perf_counter() - t0,
+           "devices": int(cache.mesh.devices.size)}
+    if c.ci_width is not None:
+        rec.update(stop=run["stop"], ci_width=c.ci_width, max_trials=cap)
+    return rec
 
 
 def run_campaign(campaign: Campaign, data: EvalData, *, done: dict | None = None,

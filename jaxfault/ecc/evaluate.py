@@ -21,6 +21,7 @@ from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES, HBMFaults
 from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.keys import root_key, trial_keys
 from jaxfault.precision import check_precision, precision_scope
+from jaxfault.stats import check_sequential, run_until_width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,8 @@ class SparrowEvalConfig:
     batch_size: int = 1000
     limit: Optional[int] = None
     checkpoint: Optional[str] = None
+    ci_width: Optional[float] = None        # trials in chunks of `trials` until top-1's half-width <= this
+    max_trials: Optional[int] = None        # the cap of such a run (default 10 x trials)
 
     def __post_init__(self):
         bers = tuple(float(check_probability("ber", b)) for b in self.bers)
@@ -61,6 +64,7 @@ class SparrowEvalConfig:
         check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
         engine.resolve_strategy(self.strategy)
         check_precision(self.precision)
+        object.__setattr__(self, "max_trials", check_sequential(self.trials, self.ci_width, self.max_trials))
 
     def fault_model(self, scheme: str) -> HBMFaults:
         block = self.block_size if SCHEMES.get(scheme).info["block_sizes"] else 64
@@ -70,13 +74,17 @@ class SparrowEvalConfig:
 
 def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels, topk=(1,)) -> dict:
     """Report dict: header fields, 'clean_bf16', and 'rows' (one per scheme x BER)."""
-    keys = trial_keys(root_key(config.seed), config.trials)
+    keys = trial_keys(root_key(config.seed), config.max_trials or config.trials)
     rows, clean = [], None
     for name in config.schemes:
         fm = config.fault_model(name)
-        res = engine.evaluate(model, variables, images, labels, fm, config.bers, keys, strategy=config.strategy,
-                              precision=config.precision, batch_size=config.batch_size, topk=topk)
-        clean = res.clean
+        if config.ci_width is None:
+            res = engine.evaluate(model, variables, images, labels, fm, config.bers, keys, strategy=config.strategy,
+                                  precision=config.precision, batch_size=config.batch_size, topk=topk)
+            clean, summaries = res.clean, [res.summary(i) for i in range(len(config.bers))]
+            seconds = [res.seconds / len(config.bers)] * len(config.bers)
+        else:
+            clean, summaries, seconds = _until_width(config, fm, model, variables, images, labels, keys, topk)
         free = fault_free_accuracy(fm, model, variables, images, labels, config, topk)
         scheme = fm.get_scheme()
         prepared = engine.prepare(model, variables, images, fm)[1]
@@ -85,13 +93,56 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
             r = {"scheme": name, "block_size": scheme.block_size, "stored_bits_per_weight": scheme.stored_bits,
                  "ber": ber, "zero_to_one": config.zero_to_one, "fault_model": config.mode, "trials": config.trials,
                  "protected_weights": layout.n_values, "stored_words": int(words.shape[0]),
-                 "seconds": res.seconds / len(config.bers), "fault_free": free, **res.summary(i)}
+                 "seconds": seconds[i], "fault_free": free, **summaries[i]}
             r["drop_vs_clean_points"] = 100 * (clean["top1"] - r["top1"]["mean"])
             rows.append(r)
     return {"test_examples": int(len(labels)), "strategy": engine.resolve_strategy(config.strategy),
             "precision": config.precision, "backend": jax.default_backend(), "seed": config.seed,
             "params": config.leaves, "compat": config.compat, "evaluation_dtype": "bfloat16",
             "clean_bf16": clean, "rows": rows}
+
+
+def _until_width(config: SparrowEvalConfig, fm, model, variables, images, labels, keys, topk):
+    """(clean, per-BER summaries, per-BER seconds) of a run until a target width: per BER, chunks of
+    `trials` keys (trial i uses key i of the max_trials keys) through one compiled program until
+    top-1's interval half-width <= ci_width or max_trials ran; each summary records its trials and
+    why it stopped."""
+    import time
+
+    import numpy as np
+
+    eval_model, prepared, x = engine.prepare(model, variables, images, fm)
+    y = jnp.asarray(labels)
+    metric = engine.make_metric_fn(eval_model, batch_size=min(config.batch_size, int(y.shape[0])), topk=topk)
+    with precision_scope(config.precision):
+        clean = {k: float(v) for k, v in jax.jit(metric)(prepared, x, y).items()}
+    prog = engine.make_trial_program(metric, fm, strategy=config.strategy, precision=config.precision)
+    summaries, seconds = [], []
+    for ber in config.bers:
+        t0 = time.perf_counter()
+        rate = jnp.asarray([ber], jnp.float32)
+
+        def chunk(start, count):
+            ks = keys[start:start + count]
+            if count < config.trials:      # the last chunk of a capped run: padded to the compiled shape
+                ks = jnp.concatenate([ks, jnp.repeat(ks[-1:], config.trials - count)])
+            metrics, stats = jax.device_get(prog.run(prepared, x, y, rate, ks[None]))
+            return {k: np.asarray(v)[0, :count] for k, v in {**metrics, **stats}.items()}
+
+        values, run = run_until_width(chunk, chunk=config.trials, ci_width=config.ci_width,
+                                      max_trials=config.max_trials, target="top1")
+        s = {k: {**engine.summarize(v, k, horizon=run["horizon"]), **({"values": v.tolist()} if k in metric_names(topk)
+                                                                        else {})}
+             for k, v in values.items()}
+        summaries.append({**s, "trials": run["trials"], "stop": run["stop"], "ci_width": config.ci_width,
+                          "max_trials": config.max_trials})
+        seconds.append(time.perf_counter() - t0)
+    return clean, summaries, seconds
+
+
+def metric_names(topk) -> tuple:
+    """Names of the metrics an evaluation with these top-k reports ('top1', 'top5', ...)."""
+    return tuple(f"top{k}" for k in topk)
 
 
 def fault_free_accuracy(fm: HBMFaults, model, variables, images, labels, config, topk) -> dict:
@@ -134,25 +185,33 @@ def run(config: SparrowEvalConfig, log=print) -> dict:
 def format_row(r: dict) -> str:
     """One line of a (scheme, BER) result."""
     t5 = f"  top5 {100 * r['top5']['mean']:6.2f}" if "top5" in r else ""
-    return (f"{r['scheme']:8s} ber {r['ber']:.1e}  top1 {100 * r['top1']['mean']:6.2f} +- {100 * r['top1']['std']:5.2f} "
-            f"(min {100 * r['top1']['min']:6.2f}){t5}  realised ber {r['realised_ber']['mean']:.3e}  "
+    t = r["top1"]
+    stop = f" ({r['stop']})" if r.get("stop") else ""
+    return (f"{r['scheme']:8s} ber {r['ber']:.1e}  top1 {100 * t['mean']:6.2f} [{100 * t['ci_lo']:.2f}, {100 * t['ci_hi']:.2f}] "
+            f"over {t['n']} trials{stop} (std {100 * t['std']:5.2f}, min {100 * t['min']:6.2f}){t5}  realised ber {r['realised_ber']['mean']:.3e}  "
             f"changed {100 * r['changed_fraction']['mean']:.4f}%")
 
 
 def sweep_table(report: dict) -> str:
-    """Markdown table: one row per BER, one column per scheme (top-1 mean +- std, %)."""
+    """Markdown table: one row per BER, one column per scheme (top-1 mean and its 95 % interval,
+    %, over the trials given in the header or per cell)."""
     schemes = list(dict.fromkeys(r["scheme"] for r in report["rows"]))
     bers = list(dict.fromkeys(r["ber"] for r in report["rows"]))
-    lines = ["| BER | " + " | ".join(schemes) + " |", "|---|" + "---|" * len(schemes)]
+    counts = sorted({r["top1"]["n"] for r in report["rows"]})
+    per_cell = len(counts) > 1
+    head = "top-1 %, mean [95 % interval] (trials)" if per_cell else f"top-1 %, mean [95 % interval], {counts[0]} trials"
+    lines = [head + ":", "", "| BER | " + " | ".join(schemes) + " |", "|---|" + "---|" * len(schemes)]
     for b in bers:
-        cells = [next(f"{100 * r['top1']['mean']:.2f} +- {100 * r['top1']['std']:.2f}" for r in report["rows"]
+        cells = [next(f"{100 * r['top1']['mean']:.2f} [{100 * r['top1']['ci_lo']:.2f}, {100 * r['top1']['ci_hi']:.2f}]"
+                      + (f" ({r['top1']['n']})" if per_cell else "") for r in report["rows"]
                       if r["ber"] == b and r["scheme"] == s) for s in schemes]
         lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot_sweep(report: dict, path) -> None:
-    """Accuracy vs BER, one line per scheme, the clean bf16 accuracy dashed."""
+    """Accuracy (mean with its 95 % interval) vs BER, one line per scheme, the clean bf16 accuracy
+    dashed, the trials per point in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,13 +223,16 @@ def plot_sweep(report: dict, path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name in dict.fromkeys(r["scheme"] for r in rows):
         rs = [r for r in rows if r["scheme"] == name]
-        ax.errorbar([r["ber"] for r in rs], [100 * r["top1"]["mean"] for r in rs],
-                    yerr=[100 * r["top1"]["std"] for r in rs], marker="o", capsize=3, label=name)
+        m = [100 * r["top1"]["mean"] for r in rs]
+        yerr = [[mi - 100 * r["top1"]["ci_lo"] for mi, r in zip(m, rs)], [100 * r["top1"]["ci_hi"] - mi for mi, r in zip(m, rs)]]
+        ax.errorbar([r["ber"] for r in rs], m, yerr=yerr, marker="o", capsize=3, label=name)
     ax.axhline(100 * report["clean_bf16"]["top1"], color="gray", ls="--", lw=1, label="clean bf16")
     if all(r["ber"] > 0 for r in rows):
         ax.set_xscale("log")
     ax.set_xlabel("bit error rate (stored cells)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    counts = sorted({r["top1"]["n"] for r in rows})
+    ax.set_ylabel("top-1 accuracy (%), mean and 95 % interval")
+    ax.set_title(f"trials per point: {counts[0]}" + (f"-{counts[-1]}" if len(counts) > 1 else ""), fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -35,6 +35,7 @@ from jaxfault.energy import protection as P
 from jaxfault.energy.analysis import evaluate, pareto_mask
 from jaxfault.energy.core import Hardware
 from jaxfault.errors import JaxfaultError
+from jaxfault.stats import mean_ci
 
 ACC_KEYS = ("accuracy_mean", "acc_mean", "mean_accuracy", "top1_mean", "accuracy", "acc", "top1", "mean")
 DATASET_INPUTS = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
@@ -72,6 +73,22 @@ def _accuracy_std(rec: dict):
     return None
 
 
+def _accuracy_ci(rec: dict):
+    """[lo, hi] of the accuracy's 95 % interval: the one a record stores (campaign rows, eval
+    summaries with ci_lo/ci_hi), else from its per-trial accuracies (jaxfault.stats.mean_ci), else
+    None (a file in the minimal schema carries no interval)."""
+    if isinstance(rec.get("accuracy_ci_lo"), (int, float)) and isinstance(rec.get("accuracy_ci_hi"), (int, float)):
+        return [float(rec["accuracy_ci_lo"]), float(rec["accuracy_ci_hi"])]
+    for k in ("accuracy_summary",) + ACC_KEYS:
+        v = rec.get(k)
+        if isinstance(v, dict) and isinstance(v.get("ci_lo"), (int, float)):
+            return [float(v["ci_lo"]), float(v["ci_hi"])]
+        if isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            bounded = all(0.0 <= x <= 1.0 for x in v)
+            return [float(b) for b in mean_ci(v, method="betting" if bounded else "student-t")]
+    return None
+
+
 def _swim_report(obj: dict, inherited: dict, source: str) -> list[dict]:
     """Rows of an eval.swim report: "none" / "all" verified (fractions 0 and 1) and every
     selected (method, mask_p); the selection method is the row's "selection", the method "swim"."""
@@ -80,12 +97,12 @@ def _swim_report(obj: dict, inherited: dict, source: str) -> list[dict]:
     for key, frac in (("none", 0.0), ("all", 1.0)):
         if isinstance(obj.get(key), dict) and _accuracy(obj[key]) is not None:
             out.append({**base, "selection": key, "fraction": frac, "accuracy_mean": _accuracy(obj[key]),
-                        "accuracy_std": _accuracy_std(obj[key])})
+                        "accuracy_std": _accuracy_std(obj[key]), "accuracy_ci": _accuracy_ci(obj[key])})
     for sel in obj.get("selected") or []:
         if isinstance(sel, dict) and _accuracy(sel) is not None and any(k in sel for k in ("mask_p", "fraction")):
             rec = {**base, **{k: v for k, v in sel.items() if not isinstance(v, (dict, list))}}
             rec.update(method="swim", selection=sel.get("method", sel.get("selection")),
-                       accuracy_mean=_accuracy(sel), accuracy_std=_accuracy_std(sel))
+                       accuracy_mean=_accuracy(sel), accuracy_std=_accuracy_std(sel), accuracy_ci=_accuracy_ci(sel))
             out.append(rec)
     return out
 
@@ -103,7 +120,7 @@ def _neuralfuse_report(obj: dict, inherited: dict, source: str) -> list[dict]:
         for key, gen in (("perturbed_without", None), ("perturbed_with", obj.get("generator"))):
             if isinstance(r.get(key), dict) and _accuracy(r[key]) is not None:
                 out.append({**base, "ber": r["ber"], "generator": gen, "accuracy_mean": _accuracy(r[key]),
-                            "accuracy_std": _accuracy_std(r[key])})
+                            "accuracy_std": _accuracy_std(r[key]), "accuracy_ci": _accuracy_ci(r[key])})
     return out
 
 
@@ -127,6 +144,7 @@ def find_records(obj: Any, inherited: dict | None = None, source: str = "") -> l
             rec = {**inherited, **{k: v for k, v in obj.items() if not isinstance(v, (dict, list)) or k == "input_shape"}}
             rec["accuracy_mean"] = acc
             rec["accuracy_std"] = _accuracy_std(obj)
+            rec["accuracy_ci"] = _accuracy_ci(obj)
             rec.setdefault("source", source)
             out.append(rec)
         for v in obj.values():
@@ -190,6 +208,7 @@ def _campaign_rows(objs: list, source: str, skipped: list | None) -> list[dict] 
         if not (isinstance(row, dict) and isinstance(row.get("config"), dict) and _accuracy(row) is not None):
             continue
         rec = {**inherited, **row["config"], "accuracy_mean": _accuracy(row), "accuracy_std": _accuracy_std(row),
+               "accuracy_ci": _accuracy_ci(row),
                "source": source}
         try:
             family(rec)
@@ -338,6 +357,7 @@ def tradeoff(records: Sequence[dict], layers_for, *, qw=16, qa=16, pw=0.0, hw: H
         method, label = method_and_label(rec, info["family"], info.get("scheme"))
         rows.append({"method": method, "label": label,
                      "model": rec.get("model"), "accuracy_mean": rec["accuracy_mean"], "accuracy_std": rec.get("accuracy_std"),
+                     "accuracy_ci": rec.get("accuracy_ci"),
                      "operating_point": {k: rec[k] for k in POINT_KEYS if k in rec}, **info, "source": rec.get("source")})
     for fam in {r["family"] for r in rows}:
         idx = [i for i, r in enumerate(rows) if r["family"] == fam]
@@ -349,17 +369,21 @@ def tradeoff(records: Sequence[dict], layers_for, *, qw=16, qa=16, pw=0.0, hw: H
 
 
 def format_rows(rows: Sequence[dict]) -> str:
-    """The table eval.tradeoff prints: family, label, operating point, accuracy, energy, energy
-    relative to the family's reference, Pareto flag; columns as wide as their longest entry."""
+    """The table eval.tradeoff prints: family, label, operating point, accuracy with its 95 %
+    interval ("n/a" when the source file carries neither an interval nor per-trial values),
+    energy, energy relative to the family's reference, Pareto flag; columns as wide as their
+    longest entry."""
     rows = sorted(rows, key=lambda r: (r["family"], r["label"], r["relative_energy"]))
     fams = [FAMILY_NAMES.get(r["family"], r["family"]) for r in rows]
     points = [", ".join(f"{k}={float(v):g}" for k, v in r["operating_point"].items()) for r in rows]
     wf = max([len("family")] + [len(s) for s in fams])
     wl = max([len("label")] + [len(r["label"]) for r in rows])
     wp = max([len("point")] + [len(s) for s in points])
-    lines = [f"{'family':<{wf}}  {'label':<{wl}}  {'point':<{wp}}  {'accuracy':>8}  {'energy':>10}  {'relative':>8}  pareto"]
-    for r, f, p in zip(rows, fams, points):
-        lines.append(f"{f:<{wf}}  {r['label']:<{wl}}  {p:<{wp}}  {r['accuracy_mean']:>8.4f}  {r['energy']:>10.4g}  "
+    cis = [f"[{r['accuracy_ci'][0]:.4f}, {r['accuracy_ci'][1]:.4f}]" if r.get("accuracy_ci") else "n/a" for r in rows]
+    lines = [f"{'family':<{wf}}  {'label':<{wl}}  {'point':<{wp}}  {'accuracy':>8}  {'95% interval':>16}  {'energy':>10}  "
+             f"{'relative':>8}  pareto"]
+    for r, f, p, ci in zip(rows, fams, points, cis):
+        lines.append(f"{f:<{wf}}  {r['label']:<{wl}}  {p:<{wp}}  {r['accuracy_mean']:>8.4f}  {ci:>16}  {r['energy']:>10.4g}  "
                      f"{r['relative_energy']:>8.4f}  {'*' if r['pareto'] else ''}".rstrip())
     return "\n".join(lines)
 
@@ -379,11 +403,14 @@ def plot_tradeoff(rows: Sequence[dict], path) -> Path:
         rs = [r for r in rows if r["family"] == fam]
         for lab in sorted({r["label"] for r in rs}):
             pts = sorted((r for r in rs if r["label"] == lab), key=lambda r: r["relative_energy"])
-            ax.plot([r["relative_energy"] for r in pts], [r["accuracy_mean"] for r in pts], "o", alpha=0.7, label=lab)
+            m = np.array([r["accuracy_mean"] for r in pts])
+            ci = np.array([r.get("accuracy_ci") or [r["accuracy_mean"]] * 2 for r in pts], float)
+            ax.errorbar([r["relative_energy"] for r in pts], m, yerr=[m - ci[:, 0], ci[:, 1] - m], fmt="o", alpha=0.7,
+                        capsize=2, label=lab)
         front = sorted((r for r in rs if r["pareto"]), key=lambda r: r["relative_energy"])
         ax.plot([r["relative_energy"] for r in front], [r["accuracy_mean"] for r in front], "k--", lw=1, label="Pareto front")
         ax.set_xlabel("energy relative to " + {"dram": "no ECC, 64 ms refresh", "sram": "nominal voltage", "verify": "full write-verify"}[fam])
-        ax.set_ylabel("accuracy (mean)")
+        ax.set_ylabel("accuracy, mean and 95 % interval")
         ax.set_title(FAMILIES[fam], fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -17,6 +17,7 @@ from jaxfault.neuralfuse.eopm import eval_seeds, seeds_to_keys, to_base_range
 from jaxfault.neuralfuse.faults import SRAMBitErrors, check_layout, check_placement
 from jaxfault.neuralfuse.train import GENERATOR_KIND, LEGACY_DEFAULTS
 from jaxfault.quant import check_bits
+from jaxfault.stats import paired_diff_ci
 from jaxfault.training import make_accuracy_fn
 
 
@@ -62,8 +63,9 @@ def apply_generator(gen, gen_vars, images: np.ndarray, batch_size: int = 1000) -
 
 
 def _stats(values) -> dict:
-    s = engine.summarize(values)
-    return {"mean": s["mean"], "std": s["std"], "min": s["min"], "ci95": s["ci95"],
+    s = engine.summarize(values, "accuracy")
+    return {"mean": s["mean"], "std": s["std"], "min": s["min"], "ci_lo": s["ci_lo"], "ci_hi": s["ci_hi"],
+            "half_width": s["half_width"], "level": s["level"], "method": s["method"],
             "per_model": [float(v) for v in np.asarray(values)]}
 
 
@@ -126,8 +128,10 @@ def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=
     results = []
     for i, b in enumerate(bers):
         w0, w1 = _stats(without.accuracy[i]), _stats(with_g.accuracy[i])
+        # the same perturbed models (keys) with and without the generator: a paired interval
+        rec_lo, rec_hi = paired_diff_ci(with_g.accuracy[i], without.accuracy[i])
         results.append({"ber": float(b), "perturbed_without": w0, "perturbed_with": w1,
-                        "recovery": w1["mean"] - w0["mean"],
+                        "recovery": w1["mean"] - w0["mean"], "recovery_ci": [rec_lo, rec_hi],
                         "realised_ber": float(np.mean(without.stats["realised_ber"][i]))})
     return {"generator_checkpoint": str(Path(generator_checkpoint).absolute()), "generator": cfg.get("generator"),
             "base_checkpoint": str(Path(base_path).absolute()), "base_model": base.config.get("model"),
@@ -145,16 +149,19 @@ def format_table(report: dict) -> str:
              f"in {report.get('layout', LEGACY_DEFAULTS['layout'])} order, "
              f"{report['models']} unseen perturbed models)",
              f"clean accuracy: without G {c['without']:.4f}   with G {c['with']:.4f}   (drop {report['clean_drop']:+.4f})",
-             f"{'BER':>8}  {'perturbed w/o G':>18}  {'perturbed with G':>18}  {'recovery':>9}"]
+             f"{'BER':>8}  {'perturbed w/o G [95% interval]':>31}  {'perturbed with G [95% interval]':>31}  "
+             f"{'recovery [95% interval, paired]':>33}"]
     for r in report["results"]:
         a, b = r["perturbed_without"], r["perturbed_with"]
-        lines.append(f"{r['ber']:>8g}  {a['mean']:>9.4f} +- {a['std']:.4f}  {b['mean']:>9.4f} +- {b['std']:.4f}  "
-                     f"{r['recovery']:>+9.4f}")
+        ci = lambda d: f"{d['mean']:.4f} [{d['ci_lo']:.4f}, {d['ci_hi']:.4f}]"  # noqa: E731
+        lo, hi = r["recovery_ci"]
+        lines.append(f"{r['ber']:>8g}  {ci(a):>31}  {ci(b):>31}  {r['recovery']:>+9.4f} [{lo:+.4f}, {hi:+.4f}]")
     return "\n".join(lines)
 
 
 def plot_sweep(report: dict, path) -> None:
-    """Accuracy vs BER without/with the generator (mean +- std over the perturbed models)."""
+    """Accuracy vs BER without/with the generator (mean and its 95 % interval over the perturbed
+    models)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,13 +173,15 @@ def plot_sweep(report: dict, path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for key, label in (("perturbed_without", "perturbed, without NeuralFuse"),
                        ("perturbed_with", "perturbed, with NeuralFuse")):
-        ax.errorbar(bers, [r[key]["mean"] for r in report["results"]], yerr=[r[key]["std"] for r in report["results"]],
-                    marker="o", capsize=3, label=label)
+        m = np.array([r[key]["mean"] for r in report["results"]])
+        lo = np.array([r[key]["ci_lo"] for r in report["results"]])
+        hi = np.array([r[key]["ci_hi"] for r in report["results"]])
+        ax.errorbar(bers, m, yerr=[m - lo, hi - m], marker="o", capsize=3, label=label)
     ax.axhline(report["clean"]["without"], color="gray", ls="--", lw=1, label="clean, without")
     ax.axhline(report["clean"]["with"], color="gray", ls=":", lw=1, label="clean, with")
     ax.set_xscale("log")
     ax.set_xlabel("bit error rate")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test accuracy, mean and 95 % interval")
     ax.set_title(f"NeuralFuse {report['generator']} on {report['base_model']} ({report['models']} models/BER)")
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -28,7 +28,9 @@ def run_plan(plan: dict, *, results_path=None, log: Callable[[str], None] = prin
 
     results_path: a ResultsFile (JSON lines) that makes the run resumable; rows already in it
     (same identity) are not recomputed. data: a PlanData to use instead of loading the plan's
-    checkpoint and data (tests, benchmarks).
+    checkpoint and data (tests, benchmarks). With the target's ``certify``, configurations whose
+    corrected interval straddles the threshold get more trials (chunks of ``trials``, the same
+    keys i for every configuration) up to the target's ``max_trials`` (jaxfault.plan.report).
     """
     import contextlib
 
@@ -57,7 +59,38 @@ def run_plan(plan: dict, *, results_path=None, log: Callable[[str], None] = prin
             log(f"resuming: {len(done)} row(s) already in {results_path}")
         record = (lambda rid, row: rf.append(rid, row)) if rf is not None else (lambda rid, row: None)
         rows, planner = evaluate_configurations(plan, data, configs, done=done, record=record, log=log, mesh=mesh)
+        if plan["target"]["certify"]:
+            rows = _certify(plan, data, configs, rows, planner, done, record, log)
     rows = [{**r, "nominal": c.nominal} for r, c in zip(rows, configs)]
     block = plan["hbm"]["block_size"] if plan.get("hbm") else 64
     return build_report(plan, rows, energy_model, planner.clean_accuracy, compiled=planner.compiled,
                         seconds=time.perf_counter() - t0, block_size=block)
+
+
+def _certify(plan, data, configs, rows, planner, done, record, log) -> list[dict]:
+    """More trials, one chunk of `trials` per round, for every configuration whose corrected
+    interval straddles the threshold, until none does or each has max_trials (the budget)."""
+    from jaxfault.plan.planner import evaluate_configurations
+    from jaxfault.plan.report import certification_settings, target_interval, target_status
+
+    target = plan["target"]
+    settings = certification_settings(plan, len(configs))
+    cap = settings["max_trials"]
+    threshold = (target["min_accuracy"] if target["min_accuracy"] is not None
+                 else planner.clean_accuracy - target["max_drop_points"] / 100.0)
+    rows = [dict(r) for r in rows]
+    while True:
+        open_ = [i for i, r in enumerate(rows) if len(r["accuracy"]) < cap
+                 and target_status(*target_interval(r["accuracy"], target["metric"], settings), threshold) == "undecided"]
+        if not open_:
+            return rows
+        start = min(len(rows[i]["accuracy"]) for i in open_)
+        same = [i for i in open_ if len(rows[i]["accuracy"]) == start]
+        log(f"certify: {len(open_)} configuration(s) undecided; trials {start}.. for {len(same)} of them")
+        extra, _ = evaluate_configurations(plan, data, [configs[i] for i in same], done=done, record=record, log=log,
+                                           planner=planner, start=start, cap=cap)
+        for i, e in zip(same, extra):
+            r = rows[i]
+            r["accuracy"] = list(r["accuracy"]) + list(e["accuracy"])
+            r["forward_passes"] = r.get("forward_passes", 0) + e.get("forward_passes", 0)
+            r["seconds"] = r.get("seconds", 0.0) + e.get("seconds", 0.0)

@@ -57,6 +57,9 @@ TARGET_FIELDS = [
     Field("max_drop_points", float, None, nullable=True, min=0),
     Field("min_accuracy", float, None, nullable=True, min=0, max=1),
     Field("reference", str, "clean", choices=TARGET_REFERENCES),
+    Field("level", float, 0.95, min=0, max=1, min_open=True, max_open=True),
+    Field("certify", bool, False),
+    Field("max_trials", int, None, nullable=True, min=1),
 ]
 
 HBM_FIELDS = [
@@ -151,6 +154,11 @@ def _target(section) -> dict:
             cfg["max_drop_points"] = 1.0
         else:
             raise JaxfaultError("plan: target: give either max_drop_points or min_accuracy, not both")
+    if cfg["certify"] and cfg["reference"] == "nominal" and cfg["min_accuracy"] is None:
+        raise JaxfaultError("plan: target: certify needs a fixed threshold: reference 'clean' or min_accuracy "
+                            "(the nominal design's own statistic is itself an estimate)")
+    if cfg["max_trials"] is not None and not cfg["certify"]:
+        raise JaxfaultError("plan: target: max_trials is the certification budget; set \"certify\": true to use it")
     return cfg
 
 
@@ -163,6 +171,9 @@ def validate_plan(plan) -> dict:
     for s in active:
         cfg[s] = _stage(s, cfg[s])
     cfg["target"] = _target(cfg["target"])
+    if cfg["target"]["max_trials"] is not None and cfg["target"]["max_trials"] < cfg["trials"]:
+        raise JaxfaultError(f"plan: target: max_trials must be >= trials ({cfg['trials']}), "
+                            f"got {cfg['target']['max_trials']}")
     cfg["energy"] = validate(cfg["energy"] or {}, ENERGY_FIELDS, "plan: energy")
     return cfg
 

@@ -291,6 +291,7 @@ class Planner:
         self.keys = plan_trial_keys(plan["seed"], plan["trials"])
         self.clean_accuracy: float | None = None
         self.memos: dict = {}            # generator (images) -> Memo
+        self.inputs: dict = {}           # group key -> (variables, images) of group_inputs
         self.multipliers = None
 
     @property
@@ -338,6 +339,8 @@ class Planner:
         """(variables, images) of a configuration's group: prepared weights and write-verify mask;
         when reusing results, the group's fault-free weights (the fault models' own output at rate
         0) and their accuracy enter the memo of the group's images."""
+        if config.group_key in self.inputs:   # a certified plan's later rounds reuse them
+            return self.inputs[config.group_key]
         p = self.program_for(config)
         dtype = p.fault_model.eval_dtype
         variables = dict(p.prepared)
@@ -360,21 +363,37 @@ class Planner:
                 ref_metric = jax.jit(p.base_metric)(ref_vars, x, y)
                 fp = jax.jit(params_fingerprint)(ref_vars["params"], self.multipliers)
                 self.memos.setdefault(config.knobs.get("generator"), Memo()).add(fp[None], ref_metric["top1"])
+        self.inputs[config.group_key] = (variables, x)
         return variables, x
 
-    def run_chunk(self, configs: list[Configuration], variables, x) -> list[dict]:
-        """Evaluate up to configs_per_call configurations of one group in one program call."""
+    def trial_keys_from(self, start: int, cap: int) -> tuple[jax.Array, int]:
+        """(keys of shape (trials,), count): the chunk of trials start..start+count-1 of a
+        configuration allowed `cap` trials in all (key i of plan_trial_keys(seed, cap)); the last
+        chunk is padded to the compiled shape by repeating its last key."""
+        T = self.plan["trials"]
+        if start == 0:
+            return self.keys, T
+        count = min(T, cap - start)
+        ks = plan_trial_keys(self.plan["seed"], cap)[start:start + count]
+        if count < T:
+            ks = jnp.concatenate([ks, jnp.repeat(ks[-1:], T - count)])
+        return ks, count
+
+    def run_chunk(self, configs: list[Configuration], variables, x, keys=None, count: int | None = None) -> list[dict]:
+        """Evaluate up to configs_per_call configurations of one group in one program call, on the
+        plan's trial keys (or on `keys`, of which the first `count` are kept)."""
         p = self.program_for(configs[0])
         C, S, T = self.plan["configs_per_call"], len(self.stages), self.plan["trials"]
         rates = np.zeros((C, S), np.float32)
         rates[:len(configs)] = np.asarray([c.rates for c in configs], np.float32)
-        keys = engine.shard_keys(jnp.broadcast_to(self.keys[None], (C, T)), self.mesh)
+        keys = engine.shard_keys(jnp.broadcast_to((self.keys if keys is None else keys)[None], (C, T)), self.mesh)
         memo = self.memos.get(configs[0].knobs.get("generator")) if self.skip else None
         if memo is not None:
             variables = {**variables, MEMO: memo.arrays(self.multipliers)}
         t0 = time.perf_counter()
         metrics, stats = jax.device_get(p.program.run(variables, x, self.data.labels, jnp.asarray(rates), keys))
         seconds = time.perf_counter() - t0
+        T = T if count is None else count
         if memo is not None:
             run = np.asarray(metrics["forward_pass"])[:len(configs), :T] > 0
             fps = np.stack([metrics["fp_lo"], metrics["fp_hi"]], -1)[:len(configs), :T]
@@ -393,12 +412,18 @@ class Planner:
 
 def evaluate_configurations(plan: dict, data: PlanData, configs: list[Configuration], *,
                             done: dict | None = None, record: Callable[[str, dict], None] = lambda i, r: None,
-                            log: Callable[[str], None] = print, mesh=None) -> tuple[list[dict], Planner]:
+                            log: Callable[[str], None] = print, mesh=None, planner: Planner | None = None,
+                            start: int = 0, cap: int | None = None) -> tuple[list[dict], Planner]:
     """Rows (in configuration order) of every configuration; those whose row id is in `done` are
-    taken from it. record(row_id, row) is called as each new row is computed."""
+    taken from it. record(row_id, row) is called as each new row is computed.
+
+    start > 0 evaluates the chunk of trials start.. of a configuration allowed `cap` trials in all
+    (a certified plan's extra trials; its rows have their own ids, ``chunk_id``), reusing the
+    programs of `planner`."""
     done = dict(done or {})
-    planner = Planner(plan, data, configs, mesh)
-    ids = [row_id(c, plan, data.identity) for c in configs]
+    planner = planner or Planner(plan, data, configs, mesh)
+    ids = [chunk_id(row_id(c, plan, data.identity), start, cap) for c in configs]
+    keys, count = planner.trial_keys_from(start, cap or plan["trials"])
     groups: dict = {}
     for c, rid in zip(configs, ids):
         if rid not in done:
@@ -408,18 +433,24 @@ def evaluate_configurations(plan: dict, data: PlanData, configs: list[Configurat
     C = plan["configs_per_call"]
     for members in groups.values():
         variables, x = planner.group_inputs(members[0][0])
-        for start in range(0, len(members), C):
-            chunk = members[start:start + C]
-            for (c, rid), row in zip(chunk, planner.run_chunk([c for c, _ in chunk], variables, x)):
+        for first in range(0, len(members), C):
+            chunk = members[first:first + C]
+            for (c, rid), row in zip(chunk, planner.run_chunk([c for c, _ in chunk], variables, x, keys, count)):
                 record(rid, row)
                 done[rid] = row
             finished += len(chunk)
             el = time.perf_counter() - t0
-            log(f"[{finished}/{total}] {_label(chunk[0][0].knobs)} ..: {el:.0f} s elapsed, "
-                f"ETA {el / finished * (total - finished):.0f} s")
+            log(f"[{finished}/{total}] {_label(chunk[0][0].knobs)}"
+                + (f" (trials {start}..{start + count - 1})" if start else "")
+                + f" ..: {el:.0f} s elapsed, ETA {el / finished * (total - finished):.0f} s")
     if planner.clean_accuracy is None and configs:
         planner.group_inputs(configs[0])
     return [done[i] for i in ids], planner
+
+
+def chunk_id(base: str, start: int, cap: int | None) -> str:
+    """Results-file id of the trials start.. of a configuration (the base id for the first chunk)."""
+    return base if start == 0 else point_hash({"row": base, "trials_from": start, "max_trials": cap})
 
 
 def _label(knobs: dict) -> str:
