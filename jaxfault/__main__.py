@@ -15,6 +15,7 @@ import sys
 COMMANDS = {
     "sparrow": ("eval.sparrow", "error-injected inference under Sparrow / SEC-DED / no ECC"),
     "exponents": ("eval.exponents", "exponent-difference histogram of a model's weights"),
+    "vulnerability": ("eval.vulnerability", "accuracy drop per bit position / tensor of a number format, accuracy vs BER per format x scheme"),
     "swim": ("eval.swim", "SWIM: write-verify selection under CiM variation"),
     "neuralfuse": ("eval.neuralfuse", "evaluate a trained NeuralFuse generator"),
     "energy": ("eval.energy", "Eyeriss-like energy estimate of a model"),

@@ -86,8 +86,8 @@ def from_layout_order(flat: jax.Array, shape: tuple[int, ...], layout: str) -> j
 
 # --------------------------------------------------------------------------------- memory array
 def _check_bits_divide(bits: int) -> int:
-    check(isinstance(bits, (int, np.integer)) and int(bits) in (1, 2, 4, 8, 16, 32),
-          f"memory-array words must be 1, 2, 4, 8, 16 or 32 bits, got {bits!r}")
+    check(isinstance(bits, (int, np.integer)) and not isinstance(bits, bool) and 1 <= int(bits) <= 32,
+          f"memory-array words must be 1 to 32 bits wide, got {bits!r}")
     return int(bits)
 
 
@@ -121,15 +121,24 @@ def memory_array_rows_slots(k, bits: int, compat: bool = False):
     return (k // period) % ARRAY_ROWS, k % per_row
 
 
-def memory_array_word_maps(map_1to0, map_0to1, n: int, bits: int, compat: bool = False):
-    """(map_1to0, map_0to1) uint32 of shape (n,): the cells under words 0..n-1 (low ``bits`` bits)."""
-    row, slot = memory_array_rows_slots(jnp.arange(n, dtype=jnp.int32), bits, compat)
+def memory_array_word_maps(map_1to0, map_0to1, n: int, bits: int, compat: bool = False, *, start: int = 0):
+    """(map_1to0, map_0to1) uint32 of shape (n,): the cells under words start..start+n-1 (low
+    ``bits`` bits). A row holds ``128 // bits`` words; when bits does not divide 32 a word may
+    span two uint32 columns of its row (the row's last ``128 % bits`` columns stay unused)."""
+    bits = _check_bits_divide(bits)
+    row, slot = memory_array_rows_slots(int(start) + jnp.arange(n, dtype=jnp.int32), bits, compat)
     col0 = slot * bits
     widx = row * ARRAY_WORDS_PER_ROW + col0 // 32
     shift = (col0 % 32).astype(U32)
     low = U32(fw.int_stored_mask(bits)) if bits < 32 else U32(0xFFFFFFFF)
+    spans = 32 % bits != 0
 
     def take(m):
-        return (jnp.reshape(jnp.asarray(m, U32), (-1,))[widx] >> shift) & low
+        flat = jnp.reshape(jnp.asarray(m, U32), (-1,))
+        w = flat[widx] >> shift
+        if spans:  # the high part of a word that continues in the next column word of the row
+            nxt = flat[jnp.minimum(widx + 1, flat.shape[0] - 1)]
+            w = w | jnp.where(shift > 0, nxt << (U32(32) - jnp.maximum(shift, U32(1))), U32(0))
+        return w & low
 
     return take(map_1to0), take(map_0to1)

@@ -297,10 +297,17 @@ class SRAMBitErrors(FaultModel):
     layout: str | None = None  # None: the placement's default (resolve_layout)
     compat: bool = False
     rate_bound: float = DEFAULT_RATE_BOUND
+    format: str | None = None  # None: ``bits``-bit symmetric integers (the behaviour above)
 
     rate_name: ClassVar[str] = "ber"
 
     def __post_init__(self):
+        if self.format is not None:
+            from jaxfault import formats as FM
+
+            FM.get(self.format)
+            if self.compat:
+                raise JaxfaultError("compat reproduces the reference's integer words; it takes no format")
         object.__setattr__(self, "ber0", check_probability("ber0", self.ber0))
         if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)):
             raise JaxfaultError(f"bits must be one of 4, 8, 16, got {self.bits!r}")
@@ -312,10 +319,15 @@ class SRAMBitErrors(FaultModel):
         object.__setattr__(self, "rate_bound", check_rate_bound(self.rate_bound))
 
     def prepare(self, variables: PyTree) -> PyTree:
-        """The clean quantized model: every kernel replaced by dequantize(quantize(w)) (ber = 0)."""
+        """The clean quantized model: every kernel replaced by dequantize(quantize(w)) (ber = 0),
+        or by its value in ``format``."""
         def clean(path, x):
             if not is_kernel(path, x):
                 return x
+            if self.format is not None:
+                from jaxfault import formats as FM
+
+                return FM.get(self.format).quantize(x).astype(x.dtype)
             q, delta = quantize(x, self.bits)
             return dequantize(q, delta).astype(x.dtype)
 
@@ -326,11 +338,28 @@ class SRAMBitErrors(FaultModel):
     def perturb(self, key: jax.Array, variables: PyTree, rate):
         """(variables with faulty kernels, FaultStats over all kernel cells)."""
         _, bound = F.resolve_rate("ber", rate, self.rate_bound)
+        if self.format is not None:
+            return self._perturb_format(key, variables, rate, bound)
         params, stats = _perturb_params(variables["params"], key, rate, self.ber0, self.bits, self.placement,
                                         self.layout, self.compat, bound, straight_through=False)
         out = dict(variables)
         out["params"] = params
         return out, stats
+
+
+    def _perturb_format(self, key, variables, rate, bound):
+        """The format path (:func:`jaxfault.faults.formatted.perturb_leaves`): kernel i's element
+        words drawn from fold_in(key, i) as above, MX scales from further keys."""
+        from jaxfault.faults.formatted import perturb_leaves
+
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(variables["params"])
+        idx = [j for j, (p, x) in enumerate(leaves) if is_kernel(p, x)]
+        faulty, stats = perturb_leaves(key, [leaves[j][1] for j in idx], self.format, rate, self.ber0,
+                                       placement=self.placement, layout=self.layout, rate_bound=bound)
+        out = [x for _, x in leaves]
+        for j, v in zip(idx, faulty):
+            out[j] = v.astype(leaves[j][1].dtype)
+        return {**variables, "params": jax.tree_util.tree_unflatten(treedef, out)}, stats
 
 
 def sram_bit_errors(**config) -> SRAMBitErrors:
