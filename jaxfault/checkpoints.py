@@ -188,21 +188,26 @@ def read_metadata(directory) -> dict:
     return data
 
 
-def _load_arrays_v3(directory: Path, meta: dict) -> dict:
+def _orbax_restore(target: Path):
+    """The tree orbax restores from target, with a one-line error for a damaged one."""
     import orbax.checkpoint as ocp
 
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(target)
+    except Exception as e:  # orbax and tensorstore raise many kinds of errors for damaged trees
+        raise JaxfaultError(f"checkpoint arrays in {target} cannot be read "
+                            f"({type(e).__name__}: {one_line(e)[:160]})") from None
+
+
+def _load_arrays_v3(directory: Path, meta: dict) -> dict:
     rel = meta.get("arrays_dir")
     if not isinstance(rel, str) or not rel.startswith(ORBAX_PREFIX) or "/" in rel or rel in (".", ".."):
         raise JaxfaultError(f"checkpoint metadata {directory / META_FILE} is corrupt: arrays folder {rel!r}")
     target = directory / rel
     if not target.is_dir():
         raise JaxfaultError(f"checkpoint arrays folder {target} is missing")
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            flat = ckptr.restore(target)
-    except Exception as e:  # orbax and tensorstore raise many kinds of errors for damaged trees
-        raise JaxfaultError(f"checkpoint arrays in {target} cannot be read "
-                            f"({type(e).__name__}: {one_line(e)[:160]})") from None
+    flat = _orbax_restore(target)
     pairs = []
     for entry in meta["arrays"]:
         try:
@@ -260,18 +265,11 @@ def _load_arrays_v2(directory: Path, meta: dict) -> dict:
 
 def _load_arrays_v1(directory: Path) -> dict:
     """Format 1: an orbax StandardCheckpointer tree in DIR/variables (no checksums)."""
-    import orbax.checkpoint as ocp
 
     target = directory / LEGACY_VARIABLES
     if not target.is_dir():
         raise JaxfaultError(f"checkpoint arrays in {target} cannot be read (the folder is missing)")
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            variables = ckptr.restore(target)
-    except Exception as e:  # orbax raises a variety of errors for damaged trees
-        raise JaxfaultError(f"checkpoint arrays in {target} cannot be read "
-                            f"({type(e).__name__}: {one_line(e)[:160]})") from None
-    return jax_to_host(variables)
+    return jax_to_host(_orbax_restore(target))
 
 
 def load_checkpoint(directory, kind: str = "classifier") -> Checkpoint:

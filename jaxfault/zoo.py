@@ -118,26 +118,6 @@ def cached(name: str, train: Callable[[Path], object], cache_dir_override=None,
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
     return target
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise JaxfaultError(f"cannot create model cache {root}: {e}") from None
-    with open(root / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / META_FILE).is_file():
-            return target
-        remove_stale_temporaries(root, name)
-        log(f"no cached {name} in {root}: training it once (later runs reuse it)")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        try:
-            train_and_save(tmp, model=model, dataset=dataset, epochs=epochs, qat=qat, data_dir=data_dir, log=log)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 # ------------------------------------------------------------------------------------ language model
