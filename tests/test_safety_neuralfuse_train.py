@@ -78,12 +78,15 @@ STATE_SAVER = textwrap.dedent("""
         i += 1
         state = {k: {n: v + 1 for n, v in d.items()} for k, d in state.items()}
         t._save_state(out, state, {"seed": 0, "ber": 0.01}, {"global_step": i, "history": []})
+        print("saved", flush=True)
 """)
 
 
 def test_state_saves_killed_at_random_instants_stay_resumable(tmp_path):
-    """A process saving training state in a loop is SIGKILLed at random instants; after every kill
-    _load_state (what --resume runs) accepts the state, and its arrays belong to its step."""
+    """A process saving training state in a loop is SIGKILLed at random instants (after 0, 1 or 2
+    completed saves, then a random fraction of a save's time, so the kills land at different points
+    however fast the machine is); after every kill _load_state (what --resume runs) accepts the
+    state, and its arrays belong to its step."""
     out = tmp_path / "state"
     template = {"params": {"w": np.zeros(50000, np.float32)}, "opt": {"mu": np.zeros(50000, np.float32)}}
     nftrain._save_state(out, template, {"seed": 0, "ber": 0.01}, {"global_step": 0, "history": []})
@@ -94,6 +97,8 @@ def test_state_saves_killed_at_random_instants_stay_resumable(tmp_path):
         proc = subprocess.Popen([sys.executable, "-c", STATE_SAVER, str(out)], stdout=subprocess.PIPE, env=env,
                                 cwd=REPO)
         assert proc.stdout.readline().strip() == b"ready"
+        for _ in range(int(rng.integers(0, 3))):
+            assert proc.stdout.readline().strip() == b"saved"
         time.sleep(rng.uniform(0.0, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
