@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     for name, fm, ber, kw in methods:
         floor_fm = fm.with_rate_bound(ber)
         if kw:
-            from jaxfault.plan.planner import InDtype
+            from jaxfault.fault_models import InDtype
 
             floor_fm = InDtype(floor_fm, kw["compute_dtype"])
         floor = floor_seconds(model, variables, images, labels, floor_fm, T)

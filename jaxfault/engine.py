@@ -387,7 +387,7 @@ def evaluate(model, variables: PyTree, inputs, targets, fault_model, rates, keys
     fm = (fault_model.with_rate_bound(float(bound) if bound.ndim == 0 else bound)
           if program is None else program.fault_model)
     if compute_dtype is not None and program is None:
-        from jaxfault.plan.planner import InDtype
+        from jaxfault.fault_models import InDtype
 
         fm = InDtype(fm, compute_dtype)
     eval_model, prepared, x = prepare(model, variables, images, fm)

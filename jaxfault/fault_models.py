@@ -18,12 +18,12 @@ order, and the composition is evaluated in the dtype of the first stage that set
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from jaxfault.errors import JaxfaultError, check_probability
+from jaxfault.errors import JaxfaultError
 from jaxfault.protocol import FaultModel, Registry, check_rate_bound
 from jaxfault.pytree import map_kernels_with_index
 
@@ -114,6 +114,46 @@ class Composed(FaultModel):
 def compose(*stages: FaultModel) -> Composed:
     """One fault model that applies `stages` in order; its rate is a vector, one per stage."""
     return Composed(tuple(stages))
+
+
+# ------------------------------------------------------------------------------------ evaluation dtype
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class InDtype(FaultModel):
+    """A fault model evaluated in another dtype than its own (e.g. HBM bf16 weights evaluated in
+    float32 on CPUs, where bf16 convolutions are slower). The weights are the same values; only
+    the arithmetic of the forward pass changes."""
+
+    inner: FaultModel
+    dtype: str = "float32"
+
+    rate_name: ClassVar[str] = "rates"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise JaxfaultError(f"evaluation dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def eval_dtype(self):  # type: ignore[override]
+        return DTYPES[self.dtype]
+
+    def prepare(self, variables):
+        return self.inner.prepare(variables)
+
+    @property
+    def sites(self):  # type: ignore[override]
+        return self.inner.sites
+
+    def perturb(self, key, variables, rate):
+        return self.inner.perturb(key, variables, rate)
+
+    def perturb_output(self, key, path, module_type, value, rate):
+        return self.inner.perturb_output(key, path, module_type, value, rate)
+
+    def with_rate_bound(self, rate_bound):
+        return InDtype(self.inner.with_rate_bound(rate_bound), self.dtype)
 
 
 # ------------------------------------------------------------------------------------ bit flips

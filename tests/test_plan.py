@@ -13,7 +13,8 @@ from jaxfault.energy import protection as P
 from jaxfault.errors import JaxfaultError
 from jaxfault.fault_models import BitFlips, compose
 from jaxfault.plan import expand, knobs, load_plan, run_plan, validate_plan
-from jaxfault.plan.planner import InDtype, load_plan_data, plan_trial_keys, stage_fault_model
+from jaxfault.fault_models import InDtype
+from jaxfault.plan.planner import load_plan_data, plan_trial_keys, stage_fault_model
 from jaxfault.precision import precision_scope
 
 N_IMAGES = 200

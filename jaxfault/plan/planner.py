@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ import numpy as np
 
 from jaxfault import engine
 from jaxfault.errors import JaxfaultError
-from jaxfault.fault_models import compose
+from jaxfault.fault_models import InDtype, compose
 from jaxfault.keys import point_hash, root_key, stream, trial_keys
 from jaxfault.plan.config import active_stages
 from jaxfault.plan.knobs import Configuration
@@ -50,39 +50,9 @@ from jaxfault.protocol import FaultModel
 from jaxfault.precision import precision_scope
 
 MEMO = "plan_memo"                  # variables collection: fingerprints and accuracies of evaluated weights
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 # ------------------------------------------------------------------------------ fault models
-@dataclasses.dataclass(frozen=True)
-class InDtype(FaultModel):
-    """A fault model evaluated in another dtype than its own (e.g. HBM bf16 weights evaluated in
-    float32 on CPUs, where bf16 convolutions are slower). The weights are the same values; only
-    the arithmetic of the forward pass changes."""
-
-    inner: FaultModel
-    dtype: str = "float32"
-
-    rate_name: ClassVar[str] = "rates"
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise JaxfaultError(f"evaluation dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-
-    @property
-    def eval_dtype(self):  # type: ignore[override]
-        return DTYPES[self.dtype]
-
-    def prepare(self, variables):
-        return self.inner.prepare(variables)
-
-    def perturb(self, key, variables, rate):
-        return self.inner.perturb(key, variables, rate)
-
-    def with_rate_bound(self, rate_bound):
-        return InDtype(self.inner.with_rate_bound(rate_bound), self.dtype)
-
-
 def stage_fault_model(stage: str, plan: dict, scheme: str | None = None) -> FaultModel:
     """The fault model of one stage with the plan's fixed settings."""
     if stage == "hbm":
