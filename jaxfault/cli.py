@@ -151,10 +151,29 @@ class CacheReport:
                 f"{self.path} for the next run")
 
 
+def _drop_closed_event_loop_reports() -> None:
+    """In a CLI process (which this entry point owns, unlike the library): after orbax fails to
+    restore a damaged checkpoint, tensorstore reads still in flight call back into orbax's closed
+    event loop, and Python reports each 'RuntimeError: Event loop is closed' as a traceback after
+    the one-line error. Drop exactly that report; pass every other one on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxfault_cli", False):
+        return
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if not (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._jaxfault_cli = True
+    sys.unraisablehook = hook
+
+
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Run a CLI main(argv); JaxfaultError becomes 'error: ...' on stderr and exit code 2."""
     import contextlib
 
+    _drop_closed_event_loop_reports()
     try:
         cached = sys.argv if argv is None else argv
         report = (CacheReport(compilation_cache_dir()) if "--no-compile-cache" not in cached and "-h" not in cached
