@@ -268,19 +268,10 @@ def format_rows(report: dict) -> str:
     lines = [f"{'rate':>10}  {primary + unit:>24}  trials   (clean {scale * report['clean'][primary]:.2f}{unit})"]
     for r in report["rows"]:
         s = r[primary]
-        lo, hi = _interval(s)
+        lo, hi = s["ci_lo"], s["ci_hi"]
         lines.append(f"{r['rate']:>10.3g}  {scale * s['mean']:8.2f} [{scale * lo:6.2f}, {scale * hi:6.2f}]  "
                      f"{r['trials']:>6}")
     return "\n".join(lines)
-
-
-def _interval(summary: dict) -> tuple[float, float]:
-    if "ci_lo" in summary and "ci_hi" in summary:      # jaxfault.stats.summarize
-        return float(summary["ci_lo"]), float(summary["ci_hi"])
-    if "ci_low" in summary and "ci_high" in summary:
-        return float(summary["ci_low"]), float(summary["ci_high"])
-    half = float(summary.get("ci95", 0.0))
-    return float(summary["mean"]) - half, float(summary["mean"]) + half
 
 
 def parse_value(text: str) -> Any:
