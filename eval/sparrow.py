@@ -13,11 +13,13 @@ from typing import Sequence
 from jaxfault.cli import (ArgumentParser, nonneg_int, parse_float_list, positive_float, positive_int, probability,
                           run_main, strategy_flag)
 from jaxfault.ecc import scheme_names
-from jaxfault.ecc.evaluate import SparrowEvalConfig, format_row, plot_sweep, run, sweep_table
+from jaxfault.ecc.evaluate import (SparrowEvalConfig, format_comparison, format_row, model_source, plot_sweep,
+                                   result_config, run, sweep_table, with_comparison)
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES
 from jaxfault.errors import check
 from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
 from jaxfault.precision import PRECISIONS
+from jaxfault.rerun import check_result_path, checkpoint_digest
 
 
 def build_parser() -> ArgumentParser:
@@ -25,6 +27,9 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--ber", type=probability, help="bit error rate of the stored cells (give this or --sweep)")
     ap.add_argument("--sweep", default=None, help="comma-separated BERs: every scheme, table + JSON + PNG (default: none)")
     ap.add_argument("--scheme", default="sparrow", help=f"one of {', '.join(scheme_names())} (default: sparrow)")
+    ap.add_argument("--no-compare", action="store_true",
+                    help="with --ber: evaluate only --scheme, not also SEC-DED and no protection beside it "
+                         "(default: all three, on the same trial keys)")
     ap.add_argument("--zero-to-one", type=probability, default=0.01, help="share of faults stuck at 1 (default: 0.01)")
     ap.add_argument("--block-size", type=positive_int, default=64, help="Sparrow block size: 16, 32 or 64 (default: 64)")
     ap.add_argument("--trials", type=positive_int, default=20, help="fault draws per BER (default: 20)")
@@ -71,6 +76,8 @@ def result_path(out: Path, config: SparrowEvalConfig, sweep: bool) -> Path:
         tail += "_" + "+".join(t.strip() for t in config.tensors.split(","))
     if sweep:
         return out / f"sweep{tail}.json"
+    if len(config.schemes) == 1:
+        tail += "_only"
     return out / f"{config.schemes[0]}_ber{config.bers[0]:g}_q{config.zero_to_one:g}_B{config.block_size}{tail}.json"
 
 
@@ -86,33 +93,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = SparrowEvalConfig(
         bers=tuple(parse_float_list(a.sweep, "--sweep", check=lambda v: 0 <= v <= 1, requirement="in [0, 1]"))
         if sweep else (a.ber,),
-        schemes=scheme_names() if sweep else (a.scheme,), zero_to_one=a.zero_to_one, block_size=a.block_size,
+        schemes=scheme_names() if sweep else ((a.scheme,) if a.no_compare else with_comparison(a.scheme)), zero_to_one=a.zero_to_one, block_size=a.block_size,
         trials=a.trials, seed=a.seed, mode=a.fault_model, leaves=a.params, compat=a.compat, strategy=a.strategy,
         precision=a.precision, batch_size=a.batch_size, limit=a.limit, checkpoint=a.checkpoint,
         ci_width=a.ci_width, max_trials=a.max_trials, task=a.task,
         tensors=a.tensors, memory_budget=None if a.memory_budget is None else a.memory_budget * 2**30)
     path = result_path(Path(a.out), config, sweep)
-    check_output_path(path, overwrite=a.overwrite, flag="--out")
+    identity = result_config(config)
+    replacing = check_result_path(path, identity, checkpoint_digest(model_source(config)), overwrite=a.overwrite,
+                                  flag="--out")
     if sweep:
         for extra in (".md", ".png"):
-            check_output_path(path.with_suffix(extra), overwrite=a.overwrite, flag="--out")
+            check_output_path(path.with_suffix(extra), overwrite=a.overwrite or replacing, flag="--out")
     report = run(config)
+    report = {**report, "config": identity, "checkpoint_digest": checkpoint_digest(report["checkpoint"])}
     clean = report["clean_bf16"]
     if report.get("task") == "language_model":
         print(f"clean bf16: perplexity {clean['perplexity']:.4f}  next-token top1 {100 * clean['top1']:.2f}%  "
               f"({report['tokens']} tokens)")
     else:
         print(f"clean bf16: top1 {100 * clean['top1']:.2f}%" + (f"  top5 {100 * clean['top5']:.2f}%" if "top5" in clean else ""))
-    for r in report["rows"]:
-        print(format_row(r))
+    if not sweep and report.get("task") != "language_model":
+        print(format_comparison(report), end="")
+    else:
+        for r in report["rows"]:
+            print(format_row(r))
     if sweep:
         atomic_write_json(path, report)
         atomic_write_text(path.with_suffix(".md"), sweep_table(report))
         plot_sweep(report, path.with_suffix(".png"))
         print(sweep_table(report), end="")
         print(f"wrote {path}, {path.with_suffix('.md')}, {path.with_suffix('.png')}")
+    if replacing:
+        print("(replaced the earlier result of this configuration and model: same configuration, same numbers)")
     else:
-        atomic_write_json(path, {**{k: v for k, v in report.items() if k != "rows"}, **report["rows"][0]})
+        first, *others = report["rows"]
+        atomic_write_json(path, {**{k: v for k, v in report.items() if k != "rows"}, **first,
+                                 **({"comparison": others} if others else {})})
         print(f"wrote {path}")
     print(f"next: python -m eval.tradeoff {path}   (energy of protection for these points)")
     return 0

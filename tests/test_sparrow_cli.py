@@ -54,34 +54,72 @@ def test_sparrow_cli_bad_input_exit_2(argv, needle, capsys, monkeypatch):
 
 def test_sparrow_cli_single_run(lenet_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
-    code = run(sp_cli.main, ["--ber", "1e-2", "--zero-to-one", "0.01", "--block-size", "32", "--trials", "2",
-                             "--checkpoint", str(lenet_checkpoint), "--out", str(out), "--limit", "100"])
-    assert code == 0
+    argv = ["--ber", "1e-2", "--zero-to-one", "0.01", "--block-size", "32", "--trials", "2",
+            "--checkpoint", str(lenet_checkpoint), "--out", str(out), "--limit", "100"]
+    assert run(sp_cli.main, argv) == 0
     text = capsys.readouterr().out
-    assert "clean bf16: top1" in text and "sparrow" in text
-    r = json.loads((out / "sparrow_ber0.01_q0.01_B32_T2_s0_n100.json").read_text())
+    # the main job shows what the protection buys: SEC-DED and no protection beside Sparrow, labelled
+    assert "clean bf16: top1" in text and "top-1 % mean [95 % interval]" in text and "worst trial %" in text
+    table = [ln.split()[0] for ln in text.splitlines() if ln.split() and ln.split()[0] in ("sparrow", "secded", "none")]
+    assert table == ["sparrow", "secded", "none"]
+    assert "weights changed: share of the protected weights" in text and "drop: points of top-1" in text
+    assert "evaluated sparrow at 1 BER(s) (1/3 schemes" in text and "s left)" in text   # the run's time left
+    name = out / "sparrow_ber0.01_q0.01_B32_T2_s0_n100.json"
+    r = json.loads(name.read_text())
     assert r["trials"] == 2 and len(r["top1"]["values"]) == 2 and "top5" in r
     assert 0.005 < r["realised_ber"]["mean"] < 0.02 and 0 < r["changed_fraction"]["mean"] < 0.2
     assert r["stored_bits_per_weight"] == 18 and r["evaluation_dtype"] == "bfloat16"
     assert r["top1"]["min"] <= r["top1"]["mean"] <= r["top1"]["max"]
     assert abs(r["fault_free"]["top1"] - r["clean_bf16"]["top1"]) <= 0.02   # encoding alone costs little
-    # the same run again does not replace the result (issue: results silently replaced) ...
-    before = (out / "sparrow_ber0.01_q0.01_B32_T2_s0_n100.json").read_bytes()
-    argv = ["--ber", "1e-2", "--zero-to-one", "0.01", "--block-size", "32", "--trials", "2",
-            "--checkpoint", str(lenet_checkpoint), "--out", str(out), "--limit", "100"]
-    assert run(sp_cli.main, argv) == 2
-    assert "already exists (pass --overwrite" in capsys.readouterr().err
-    assert (out / "sparrow_ber0.01_q0.01_B32_T2_s0_n100.json").read_bytes() == before
+    assert [c["scheme"] for c in r["comparison"]] == ["secded", "none"]
+    assert r["comparison"][1]["stored_bits_per_weight"] == 16
+    assert r["config"]["schemes"] == ["sparrow", "secded", "none"] and r["checkpoint_digest"].startswith("sha256:")
+    # the same command again succeeds and says it replaced the result of the same configuration ...
+    assert run(sp_cli.main, argv) == 0
+    assert "replaced the earlier result of this configuration" in capsys.readouterr().out
+    again = json.loads(name.read_text())
+    assert again["top1"]["values"] == r["top1"]["values"] and again["comparison"][1]["top1"] == r["comparison"][1]["top1"]
+    # ... another configuration writing to the same file is refused, the result kept
+    before = name.read_bytes()
+    assert run(sp_cli.main, argv + ["--strategy", "loop"]) == 2
+    err = capsys.readouterr().err
+    assert "already exists with another configuration (strategy differ)" in err and err.count("\n") == 1
+    assert name.read_bytes() == before
     # ... and another trial count, seed or image limit gets its own file
-    assert run(sp_cli.main, argv[:-1] + ["200"]) == 0
-    assert (out / "sparrow_ber0.01_q0.01_B32_T2_s0_n200.json").exists()
+    assert run(sp_cli.main, argv[:-1] + ["200", "--no-compare"]) == 0
+    only = json.loads((out / "sparrow_ber0.01_q0.01_B32_T2_s0_n200_only.json").read_text())
+    assert "comparison" not in only and only["scheme"] == "sparrow"
     # trials until a target width: chunks of --trials, the trials run and why they stopped recorded
-    assert run(sp_cli.main, argv + ["--ci-width", "0.3", "--max-trials", "5"]) == 0
-    w = json.loads((out / "sparrow_ber0.01_q0.01_B32_T2_s0_n100_w0.3_max5.json").read_text())
+    assert run(sp_cli.main, argv + ["--ci-width", "0.3", "--max-trials", "5", "--no-compare"]) == 0
+    w = json.loads((out / "sparrow_ber0.01_q0.01_B32_T2_s0_n100_w0.3_max5_only.json").read_text())
     assert w["stop"] in ("width", "max_trials") and w["trials"] == len(w["top1"]["values"]) == w["top1"]["n"]
     assert w["trials"] in (2, 4, 5) and (w["stop"] == "width") == (w["top1"]["half_width"] <= 0.3)
     assert w["top1"]["values"][:2] == r["top1"]["values"]          # trial i draws the same faults
     assert "over " in capsys.readouterr().out
+
+
+def test_sparrow_rerun_refuses_a_result_of_another_model(lenet_checkpoint, tmp_path, capsys):
+    """A stored result whose configuration matches but whose model changed is not replaced."""
+    import shutil
+
+    ck = tmp_path / "ck"
+    shutil.copytree(lenet_checkpoint, ck)
+    out = tmp_path / "out"
+    argv = ["--ber", "1e-2", "--trials", "1", "--checkpoint", str(ck), "--out", str(out), "--limit", "20",
+            "--no-compare"]
+    assert run(sp_cli.main, argv) == 0
+    name = next(out.glob("*.json"))
+    stored = json.loads(name.read_text())
+    stored["checkpoint_digest"] = "sha256:" + "0" * 64           # as if the model had been retrained
+    name.write_text(json.dumps(stored))
+    capsys.readouterr()
+    assert run(sp_cli.main, argv) == 2
+    err = capsys.readouterr().err
+    assert "came from another model" in err and err.count("\n") == 1
+    assert json.loads(name.read_text())["checkpoint_digest"] == "sha256:" + "0" * 64
+    name.write_text("{}")                                           # a file that records no configuration
+    assert run(sp_cli.main, argv) == 2 and "records no configuration" in capsys.readouterr().err
+    assert run(sp_cli.main, argv + ["--overwrite"]) == 0
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ and the accuracy of the scheme's fault-free decoded weights (what encoding alone
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Optional
 
 import jax
@@ -88,13 +89,18 @@ class SparrowEvalConfig:
         return select_tensors(fm, self.tensors)
 
 
-def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels, topk=(1,), task=None) -> dict:
+def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels, topk=(1,), task=None,
+                     log=None) -> dict:
     """Report dict: header fields, 'clean_bf16', and 'rows' (one per scheme x BER). With a
     language_model task (jaxfault.tasks) `images` are token ids and `labels` next tokens, and each
-    row also carries the order-statistic summary of jaxfault.lm.summarize_trials."""
+    row also carries the order-statistic summary of jaxfault.lm.summarize_trials. log, when given,
+    gets one line per scheme evaluated, with the time left of the run."""
+    from jaxfault.progress import RunClock
+
     keys = trial_keys(root_key(config.seed), config.max_trials or config.trials)
     rows, clean = [], None
     lm = task is not None and task.name == "language_model"
+    clock = RunClock(len(config.schemes), "schemes")
     for name in config.schemes:
         fm = config.fault_model(name)
         if config.ci_width is None or (task is not None and task.name == "language_model"):
@@ -128,6 +134,8 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
                           "perplexity_increase_pct": 100 * (s["perplexity"]["median"] / clean["perplexity"] - 1)})
                 r.pop("nll", None)
             rows.append(r)
+        if log is not None and len(config.schemes) > 1:
+            log(f"evaluated {name} at {len(config.bers)} BER(s)" + clock.done())
     head = {"task": "language_model", "tokens": int(np.size(labels))} if lm else {}
     return {**head, "test_examples": int(len(labels)), "strategy": engine.resolve_strategy(config.strategy),
             "precision": config.precision, "backend": jax.default_backend(), "seed": config.seed,
@@ -230,11 +238,62 @@ def run(config: SparrowEvalConfig, log=print) -> dict:
 
     if config.task == "language_model" or (config.task is None and is_language_model(config.checkpoint)):
         path, model, variables, inputs, targets, task = load_lm_and_data(config.checkpoint, config.limit, log)
-        report = evaluate_schemes(config, model, variables, inputs, targets, (1,), task)
+        report = evaluate_schemes(config, model, variables, inputs, targets, (1,), task, log=log)
         return {"checkpoint": path, **report}
     path, model, variables, images, labels, topk = load_model_and_data(config.checkpoint, config.limit, log)
-    report = evaluate_schemes(config, model, variables, images, labels, topk)
+    report = evaluate_schemes(config, model, variables, images, labels, topk, log=log)
     return {"checkpoint": path, **report}
+
+
+def model_source(config: SparrowEvalConfig) -> Optional[Path]:
+    """The folder the run will take its model from, known before any work: --checkpoint, else the
+    cache entry of the default model of the task (which may not be trained yet)."""
+    from jaxfault import zoo
+
+    if config.checkpoint is not None:
+        return Path(config.checkpoint)
+    if config.task == "language_model":
+        return zoo.cache_dir() / zoo.lm_cache_entry_name()
+    return zoo.cache_dir() / zoo.cache_entry_name("lenet")
+
+
+def result_config(config: SparrowEvalConfig) -> dict:
+    """The configuration a result file records (jaxfault.rerun): the command and its settings."""
+    return {"command": "eval.sparrow", **dataclasses.asdict(config)}
+
+
+COMPARE_WITH = ("secded", "none")
+
+
+def with_comparison(scheme: str) -> tuple:
+    """The schemes of a single-BER run: the one asked for, then SEC-DED and no protection (the
+    baselines the method is measured against), each once."""
+    return tuple(dict.fromkeys((scheme,) + COMPARE_WITH))
+
+
+def format_comparison(report: dict) -> str:
+    """The rows of a classification run at one BER as a labelled table, the scheme asked for
+    first, with a legend: what a newcomer needs to read off what the protection buys."""
+    rows = report["rows"]
+    r0, clean = rows[0], report["clean_bf16"]
+    n = r0["top1"]["n"]
+    q = r0["zero_to_one"]
+    fault = (f"stuck-at faults, {100 * q:g} % of them stuck at 1" if r0["fault_model"] == "stuck-at"
+             else "bit flips")
+    head = [f"BER {r0['ber']:g} in the stored bit cells ({fault}); {n} trials per scheme, "
+            f"{report['test_examples']} test images",
+            f"{'scheme':<9}{'bits/weight':>12}  {'top-1 % mean [95 % interval]':<30}{'worst trial %':>14}"
+            f"{'drop (points)':>15}{'weights changed %':>19}"]
+    for r in rows:
+        t = r["top1"]
+        cell = f"{100 * t['mean']:.2f} [{100 * t['ci_lo']:.2f}, {100 * t['ci_hi']:.2f}]"
+        head.append(f"{r['scheme']:<9}{r['stored_bits_per_weight']:>12}  {cell:<30}{100 * t['min']:>14.2f}"
+                    f"{r['drop_vs_clean_points']:>15.2f}{100 * r['changed_fraction']['mean']:>19.4f}")
+    head += [f"drop: points of top-1 lost against the fault-free bf16 model ({100 * clean['top1']:.2f} %); "
+             f"worst trial: the lowest top-1 of the {n} trials;",
+             "weights changed: share of the protected weights whose decoded value differs from its "
+             "fault-free value (faults the code did not correct)"]
+    return "\n".join(head) + "\n"
 
 
 def format_row(r: dict) -> str:
