@@ -7,10 +7,13 @@ import sys
 
 
 class LogProgress:
-    """Progress for logs and CI: a line at the start, then at most every `interval` seconds one
-    line with done/total, rate and ETA, and a last line at the end (tqdm's update/close API)."""
+    """Progress for logs and CI: a line at the start, one after `first` seconds (so that the time
+    left is known early), then at most every `interval` seconds one line with done/total, rate and
+    ETA, and a last line at the end (tqdm's update/close API). Give `total` for the whole run, not
+    one phase of it, so that the ETA is the run's."""
 
-    def __init__(self, iterable=None, total=None, desc="", unit="it", interval=30.0, initial=0, file=None, **_):
+    def __init__(self, iterable=None, total=None, desc="", unit="it", interval=30.0, initial=0, file=None,
+                 first=5.0, **_):
         import time
 
         self.iterable, self.desc, self.unit, self.interval = iterable, desc or "progress", unit, interval
@@ -19,7 +22,8 @@ class LogProgress:
         self.start_n = initial
         self.file = file or sys.stderr
         self._time = time.monotonic
-        self.t0 = self.last = self._time()
+        self.t0 = self._time()
+        self.next_at = self.t0 + min(first, interval)
         self.postfix = ""
         tot = f"/{self.total}" if self.total else ""
         print(f"{self.desc}: {self.n}{tot} {self.unit}", file=self.file, flush=True)
@@ -36,8 +40,8 @@ class LogProgress:
     def update(self, n=1):
         self.n += n
         now = self._time()
-        if now - self.last >= self.interval:
-            self.last = now
+        if now >= self.next_at:
+            self.next_at = now + self.interval
             print(self.line(), file=self.file, flush=True)
 
     def set_postfix(self, ordered_dict=None, **kwargs):
@@ -67,9 +71,40 @@ def progress(iterable=None, **kwargs):
         from tqdm.auto import tqdm
 
         kwargs.pop("interval", None)
+        kwargs.pop("first", None)
         kwargs.setdefault("dynamic_ncols", True)
         return tqdm(iterable, **kwargs)
     kwargs.pop("disable", None)
     kwargs.pop("dynamic_ncols", None)
     kwargs.pop("leave", None)
     return LogProgress(iterable, **kwargs)
+
+
+class RunClock:
+    """The time left of a run made of `total` like units of work (schemes, configurations),
+    for runs whose units are single compiled calls that cannot report progress from inside:
+    after each unit, `done()` returns ' (k/total done, E s elapsed, about R s left)', R from the
+    mean time of the units done so far."""
+
+    def __init__(self, total: int, unit: str = "done"):
+        import time
+
+        self.total, self.unit, self.k = int(total), unit, 0
+        self._time = time.monotonic
+        self.t0 = self._time()
+
+    def done(self, n: int = 1) -> str:
+        self.k += n
+        elapsed = self._time() - self.t0
+        left = elapsed / self.k * (self.total - self.k) if self.k else 0.0
+        tail = f", about {left:.0f} s left" if self.k < self.total else ""
+        return f" ({self.k}/{self.total} {self.unit}, {elapsed:.0f} s elapsed{tail})"
+
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` of other work (a phase of another kind) out of the rate."""
+        self.t0 += seconds
+
+    def left(self) -> float:
+        """Seconds left at the mean rate so far (0 before the first unit)."""
+        elapsed = self._time() - self.t0
+        return elapsed / self.k * (self.total - self.k) if self.k else 0.0

@@ -119,6 +119,9 @@ def _train_classifier_body(model, dataset: Dataset, *, epochs: int = 10, batch_s
     test_x, test_y = jnp.asarray(dataset.test_images), jnp.asarray(dataset.test_labels)
     accuracy_fn = jax.jit(make_accuracy_fn(model))
     history = []
+    # one bar for the whole training, so that its ETA is the run's and not the current epoch's
+    bar = progress(total=epochs * steps_per_epoch, desc=f"training ({epochs} epochs x {steps_per_epoch} steps)",
+                   unit="step", leave=False, disable=None if show_progress else True)
     for epoch in range(1, epochs + 1):
         key, shuffle_key, step_key = jax.random.split(key, 3)
         t0 = time.perf_counter()
@@ -126,16 +129,13 @@ def _train_classifier_body(model, dataset: Dataset, *, epochs: int = 10, batch_s
         order = order.reshape((steps_per_epoch, batch_size))
         step_keys = jax.random.split(step_key, steps_per_epoch)
         losses, accs = [], []
-        bar = progress(total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", leave=False,
-                       disable=None if show_progress else True)
         for i in range(steps_per_epoch):
             state, (loss, acc) = run_step(state, train_x, train_y, order[i], step_keys[i])
             losses.append(loss)
             accs.append(acc)
             bar.update(1)
             if i % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
-        bar.close()
+                bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{float(loss):.3f}")
         params, batch_stats, _ = state
         variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
         test_acc = float(accuracy_fn(variables, test_x, test_y)["top1"])
@@ -146,6 +146,7 @@ def _train_classifier_body(model, dataset: Dataset, *, epochs: int = 10, batch_s
         history.append(entry)
         log(f"epoch {epoch}/{epochs}: loss {entry['train_loss']:.4f}  train acc {entry['train_accuracy']:.4f}  "
             f"test acc {test_acc:.4f}  ({seconds:.1f} s)")
+    bar.close()
     return variables, history
 
 

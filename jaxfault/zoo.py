@@ -107,7 +107,7 @@ def cached(name: str, train: Callable[[Path], object], cache_dir_override=None,
         if (target / META_FILE).is_file():
             return target
         remove_stale_temporaries(root, name)
-        log(f"no cached {name} in {root}: training it once (later runs reuse it)")
+        log(f"no cached {name} in {root}: training it once, which later runs reuse (the progress lines below give the time left)")
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
         try:
             train(tmp)

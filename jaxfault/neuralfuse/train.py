@@ -146,6 +146,9 @@ def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "UNetS", be
 
     global_step = start_step
     t0 = time.time()
+    # one bar for every epoch left, so that its ETA is the training's and not the current epoch's
+    bar = progress(total=total, initial=start_step, desc=f"training ({epochs} epochs x {steps_per_epoch} steps)",
+                   unit="step", leave=False)
     for epoch in range(start_step // steps_per_epoch, epochs):
         first = global_step - epoch * steps_per_epoch
         sums = np.zeros(3)
@@ -153,7 +156,6 @@ def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "UNetS", be
             sums = np.asarray(resumed_sums, np.float64)
         counted_from = 0 if first == 0 or resumed_sums is not None else first
         running["sums"] = sums
-        bar = progress(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
         it = batches(x_train, y_train, batch_size, key=jax.random.fold_in(k_data, epoch), drop_last=True)
         for i, (x, y) in enumerate(it):
             if i < first:
@@ -163,12 +165,11 @@ def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "UNetS", be
             global_step += 1
             n = i + 1 - counted_from
             bar.update(1)
-            bar.set_postfix(loss=f"{sums[0] / n:.3f}", clean=f"{sums[1] / n:.3f}", perturbed=f"{sums[2] / n:.3f}")
+            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{sums[0] / n:.3f}", clean=f"{sums[1] / n:.3f}", perturbed=f"{sums[2] / n:.3f}")
             # an epoch's last step is saved below, with the epoch in the history (a state saved here
             # would resume at the next epoch without this epoch's record)
             if global_step % save_every == 0 and global_step < total and i + 1 < steps_per_epoch:
                 save(global_step, done=False)
-        bar.close()
         n = max(1, steps_per_epoch - counted_from)
         running["sums"] = np.zeros(3)  # the epoch is in the history; saves after it start the next one
         rec = {"epoch": epoch + 1, "loss": sums[0] / n, "clean_acc": sums[1] / n, "perturbed_acc": sums[2] / n,
@@ -178,6 +179,7 @@ def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "UNetS", be
         log(f"epoch {epoch + 1}/{epochs}: loss {rec['loss']:.4f}  running clean acc {rec['clean_acc']:.4f}  "
             f"running perturbed acc {rec['perturbed_acc']:.4f}  ({rec['seconds']:.1f} s)")
         save(global_step, done=epoch + 1 == epochs)
+    bar.close()
     if global_step >= total and not (out / "generator").exists():
         save(global_step, done=True)
     return {"history": history, "generator_checkpoint": str(out / "generator"), "steps": global_step}

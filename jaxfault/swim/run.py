@@ -22,6 +22,7 @@ import numpy as np
 from jaxfault import keys as jkeys
 from jaxfault.engine import resolve_strategy
 from jaxfault.precision import check_precision
+from jaxfault.progress import RunClock
 from jaxfault.errors import JaxfaultError, check_probability
 from jaxfault.pytree import count_kernel_weights, map_kernels
 from jaxfault.swim.selection import (CURVATURES, NEEDS_CURVATURE, THRESHOLDS, canonical_method, full_mask,
@@ -174,17 +175,22 @@ def run(config: SwimConfig, *, log: Callable[[str], None] = print) -> dict:
                           n_bits=c.n_bits, m_bits=c.m_bits, strategy=c.strategy, precision=c.precision,
                           eval_batch=c.eval_batch)
     timings = {}
+    n_configs = 2 + len(c.methods) * len(c.mask_ps)
+    clock = RunClock(n_configs, "Monte Carlo configurations")
     t0 = time.perf_counter()
     none = mc(full_mask(params, False))
     timings["mc_seconds_per_config"] = time.perf_counter() - t0
     log(f"no write-verify: {100 * none.mean():.2f} +- {100 * none.std(ddof=STD_DDOF):.2f} %  "
-        f"({timings['mc_seconds_per_config']:.1f} s for {c.noise_instances} instances)")
+        f"({timings['mc_seconds_per_config']:.1f} s for {c.noise_instances} instances)" + clock.done())
     allv = mc(full_mask(params, True))
+    log(f"all write-verified: {100 * allv.mean():.2f} +- {100 * allv.std(ddof=STD_DDOF):.2f} %" + clock.done())
 
     buffer = None
     n_sel = len(data.train_images) if c.curvature_examples is None else min(c.curvature_examples,
                                                                              len(data.train_images))
     if any(m in NEEDS_CURVATURE for m in c.methods):
+        log(f"selection pass over {n_sel} training images: one compiled pass, no lines until it ends; "
+            f"after it, {n_configs - 2} configuration(s) of about {clock.left() / max(1, n_configs - 2):.0f} s each")
         t0 = time.perf_counter()
         buffer = selection_buffer(model, variables, data.train_images[:n_sel], data.train_labels[:n_sel],
                                   batch_size=c.selection_batch, curvature=c.curvature,
@@ -192,6 +198,7 @@ def run(config: SwimConfig, *, log: Callable[[str], None] = print) -> dict:
                                   hutchinson_samples=c.hutchinson_samples)
         buffer = jax.block_until_ready(buffer)
         timings["selection_pass_seconds"] = time.perf_counter() - t0
+        clock.exclude(timings["selection_pass_seconds"])
         log(f"selection pass ({c.curvature}{' + gradient term' if c.gradient_term else ''}, {n_sel} training "
             f"images): {timings['selection_pass_seconds']:.1f} s")
 
@@ -205,7 +212,7 @@ def run(config: SwimConfig, *, log: Callable[[str], None] = print) -> dict:
                  "weights_verified": int(round(frac * n_weights)),
                  "write_verify_saved_fraction": 1.0 - frac, **summary(accs), "accuracies": accs.tolist()}
             selected.append(r)
-            log(f"{method:>10} mask_p {p:.3f}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} %")
+            log(f"{method:>10} mask_p {p:.3f}: {100 * r['mean']:.2f} +- {100 * r['std']:.2f} %" + clock.done())
 
     fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
     fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}
