@@ -33,7 +33,7 @@ HARDWARE_HELP = {"mac": "energy of one 16-bit MAC", "rf": "register-file access 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m eval.energy", description=__doc__.split("\n\n")[0])
-    p.add_argument("--network", default="alexnet", help=f"one of {', '.join(network_names())}, a Hugging Face folder or config.json (gpt2/llama/mistral/qwen2), or package.module:attribute (a Flax module or factory)")
+    p.add_argument("--network", "--model", dest="network", default="alexnet", help=f"one of {', '.join(network_names())}, a Hugging Face folder or config.json (gpt2/llama/mistral/qwen2), or package.module:attribute (a Flax module or factory)")
     p.add_argument("--input", type=input_shape_flag, default=None, help="H,W,C of one input image (default: the network's dataset shape; alexnet 227,227,3), or for a language model its context length L in tokens (default: 1024, at most its positions)")
     p.add_argument("--num-classes", type=positive_int, default=None, help="classifier outputs (default: 1000 for alexnet, else 10)")
     p.add_argument("--qw", default="16", help="weight bits: one value, a per-layer comma list, or 'reference' (alexnet)")

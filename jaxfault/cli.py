@@ -22,10 +22,13 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         import_plugins()
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        if sys.argv and str(sys.argv[0]).startswith("jaxfault "):
+            kwargs["prog"] = sys.argv[0]       # run as `jaxfault COMMAND`: usage lines name that command
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = NEGATIVE_NUMBER
         self.add_argument("--no-compile-cache", action="store_true",
-                          help="do not use the persistent XLA compilation cache in the jaxfault cache folder")
+                          help="turn off the persistent XLA compilation cache (by default the cache is on, in "
+                               "<jaxfault cache>/xla)")
 
     def parse_args(self, args=None, namespace=None):
         ns = super().parse_args(args, namespace)

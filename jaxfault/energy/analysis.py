@@ -87,12 +87,17 @@ def format_table(rows: Sequence[dict], tot: dict | None = None) -> str:
     shapes = [f"{r['kernel'][0]}x{r['kernel'][1]} {r['in_channels']}->{r['out_channels']} @{r['input_size'][0]}x{r['input_size'][1]}" for r in rows]
     sw = max([5] + [len(x) for x in shapes]) + 2
     head = f"{'layer':<{nw}}{'kind':<5}{'shape':<{sw}}" + "".join(f"{k:>11}" for k in ROW_KEYS)
-    lines = [head, "-" * len(head)]
+    by_type, by_level = 11 * 4, 11 * 4
+    groups = (" " * (nw + 5 + sw) + f"{'|-- by data type --|':>{by_type}}" + f"{'|-- by memory level --|':>{by_level}}")
+    lines = [groups, head, "-" * len(head)]
     for r, shape in zip(rows, shapes):
         lines.append(f"{r['name']:<{nw}}{r['kind']:<5}{shape:<{sw}}" + "".join(f"{r[k]:>11.4g}" for k in ROW_KEYS))
     tot = tot or totals(rows)
     lines.append("-" * len(head))
     lines.append(f"{'TOTAL':<{nw + 5 + sw}}" + "".join(f"{tot[k]:>11.4g}" for k in ROW_KEYS))
+    lines.append("energy per inference, normalised so that one 16-bit MAC costs 1; the total splits by data type "
+                 "(computation + weights + inputs + psums) and, for the data, by memory level "
+                 "(computation + DRAM + GLB + NoC + RF)")
     return "\n".join(lines)
 
 

@@ -44,6 +44,10 @@ POINT_KEYS = ("ber", "voltage", "refresh_interval_s", "mask_p", "fraction")
 DRAM_METHODS = {"unprotected", "ecc", "dram"}  # plus every registered ECC scheme name (P.ecc_names())
 FAMILIES = {"dram": "DRAM refresh (Sparrow / SEC-DED)", "sram": "SRAM voltage (NeuralFuse)", "verify": "write-verify (SWIM)"}
 FAMILY_NAMES = {"dram": "DRAM refresh", "sram": "SRAM voltage", "verify": "write-verify"}
+# what each family's "relative" column divides by (the row's energy over this reference)
+REFERENCE_NAMES = {"dram": "unprotected 16-bit weights refreshed every 64 ms (the nominal interval)",
+                   "sram": "the model alone at the nominal voltage",
+                   "verify": "write-verifying every weight"}
 
 
 def _accuracy(rec: dict):
@@ -385,6 +389,12 @@ def format_rows(rows: Sequence[dict]) -> str:
     for r, f, p, ci in zip(rows, fams, points, cis):
         lines.append(f"{f:<{wf}}  {r['label']:<{wl}}  {p:<{wp}}  {r['accuracy_mean']:>8.4f}  {ci:>16}  {r['energy']:>10.4g}  "
                      f"{r['relative_energy']:>8.4f}  {'*' if r['pareto'] else ''}".rstrip())
+    lines.append("accuracy: top-1 as a fraction; pareto *: no other row of the family has both less energy and "
+                 "more accuracy")
+    for fam in dict.fromkeys(r["family"] for r in rows):
+        unit = next(r.get("unit") for r in rows if r["family"] == fam)
+        lines.append(f"{FAMILY_NAMES.get(fam, fam)}: energy in {unit}; relative = energy / energy of "
+                     f"{REFERENCE_NAMES.get(fam, 'the family reference')}")
     return "\n".join(lines)
 
 

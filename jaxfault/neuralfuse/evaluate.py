@@ -148,14 +148,19 @@ def format_table(report: dict) -> str:
              f"{report['test_images']} test images, {report['bits']}-bit, {report['placement']} faults "
              f"in {report.get('layout', LEGACY_DEFAULTS['layout'])} order, "
              f"{report['models']} unseen perturbed models)",
-             f"clean accuracy: without G {c['without']:.4f}   with G {c['with']:.4f}   (drop {report['clean_drop']:+.4f})",
-             f"{'BER':>8}  {'perturbed w/o G [95% interval]':>31}  {'perturbed with G [95% interval]':>31}  "
-             f"{'recovery [95% interval, paired]':>33}"]
+             f"clean top-1 %: without G {100 * c['without']:.2f}, with G {100 * c['with']:.2f} "
+             f"({100 * (c['with'] - c['without']):+.2f} points with G)",
+             f"{'BER':>8}  {'faulty, w/o G % [95% interval]':>31}  {'base drop (points)':>18}  "
+             f"{'faulty, with G % [95% interval]':>31}  {'recovery, points [95% interval, paired]':>40}"]
+    pct = lambda d: f"{100 * d['mean']:.2f} [{100 * d['ci_lo']:.2f}, {100 * d['ci_hi']:.2f}]"  # noqa: E731
     for r in report["results"]:
         a, b = r["perturbed_without"], r["perturbed_with"]
-        ci = lambda d: f"{d['mean']:.4f} [{d['ci_lo']:.4f}, {d['ci_hi']:.4f}]"  # noqa: E731
         lo, hi = r["recovery_ci"]
-        lines.append(f"{r['ber']:>8g}  {ci(a):>31}  {ci(b):>31}  {r['recovery']:>+9.4f} [{lo:+.4f}, {hi:+.4f}]")
+        drop = 100 * (c["without"] - a["mean"])
+        lines.append(f"{r['ber']:>8g}  {pct(a):>31}  {drop:>18.2f}  {pct(b):>31}  "
+                     f"{100 * r['recovery']:>+17.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]")
+    lines.append("base drop: points of top-1 the base model loses to the faults (clean minus faulty, without G); "
+                 "recovery: points G wins back on the same faulty models")
     return "\n".join(lines)
 
 

@@ -214,6 +214,13 @@ def format_table(report: dict, only_front: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+def accuracy_axis(report: dict) -> tuple[float, float]:
+    """The y range (%) of the plan's chart: every configuration's mean and 5th percentile on it,
+    the unprotected ones far below the target included, with a point of margin."""
+    accs = [100 * e["accuracy"][m] for e in report["configurations"] for m in ("mean", "p5")]
+    return min(accs) - 1, max(accs) + 1
+
+
 def plot_report(report: dict, path) -> Path:
     """Two panels (mean, 5th percentile): accuracy (with its interval) vs energy relative to the
     nominal design, all configurations coloured by their discrete knobs, the Pareto front as a step line, the target
@@ -241,8 +248,10 @@ def plot_report(report: dict, path) -> Path:
             pts = [e for e in c if family(e) == f]
             y = np.array([100 * e["accuracy"][m] for e in pts])
             ci = 100 * np.array([e["accuracy"][f"{m}_ci"] for e in pts])
-            ax.errorbar([e["relative_energy"] for e in pts], y, yerr=[y - ci[:, 0], ci[:, 1] - y], fmt="o", ms=3.5,
-                        alpha=0.55, lw=0.6, color=f"C{j}", label=f)
+            # one hollow marker shape per family, so that families at the same point stay visible
+            ax.errorbar([e["relative_energy"] for e in pts], y, yerr=[y - ci[:, 0], ci[:, 1] - y],
+                        fmt="osD^vP"[j % 6], ms=4.5 + 1.5 * (j % 3), mfc="none", alpha=0.7, lw=0.6,
+                        color=f"C{j}", label=f)
         front = [c[i] for i in report["fronts"][m]]
         xs = [e["relative_energy"] for e in front]
         ys = [100 * e["accuracy"][m] for e in front]
@@ -259,10 +268,7 @@ def plot_report(report: dict, path) -> Path:
         ax.set_xlabel("energy per inference relative to the nominal design")
         ax.set_title(f"top-1 accuracy, {title}, {100 * report['certification']['level']:g} % intervals", fontsize=9)
         ax.grid(alpha=0.3)
-    accs = [100 * e["accuracy"][m] for e in c for m in ("mean", "p5")]   # the axis follows the estimates
-    top = max(accs)
-    low = max(min(accs), top - 25)
-    axes[0].set_ylim(low - 1, top + 1)
+    axes[0].set_ylim(*accuracy_axis(report))
     axes[0].set_ylabel("top-1 accuracy (%)")
     axes[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
