@@ -124,13 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot_sweep(report, path.with_suffix(".png"))
         print(sweep_table(report), end="")
         print(f"wrote {path}, {path.with_suffix('.md')}, {path.with_suffix('.png')}")
-    if replacing:
-        print("(replaced the earlier result of this configuration and model: same configuration, same numbers)")
     else:
         first, *others = report["rows"]
         atomic_write_json(path, {**{k: v for k, v in report.items() if k != "rows"}, **first,
                                  **({"comparison": others} if others else {})})
         print(f"wrote {path}")
+    if replacing:
+        print("(it replaced the earlier result of this configuration and model: same configuration, same numbers)")
     print(f"next: python -m eval.tradeoff {path}   (energy of protection for these points)")
     return 0
 

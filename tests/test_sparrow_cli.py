@@ -75,9 +75,12 @@ def test_sparrow_cli_single_run(lenet_checkpoint, tmp_path, capsys):
     assert r["comparison"][1]["stored_bits_per_weight"] == 16
     assert r["config"]["schemes"] == ["sparrow", "secded", "none"] and r["checkpoint_digest"].startswith("sha256:")
     # the same command again succeeds and says it replaced the result of the same configuration ...
+    name.write_text(name.read_text().replace('"seconds"', '"seconds_stale"', 1))   # to see it rewritten
     assert run(sp_cli.main, argv) == 0
-    assert "replaced the earlier result of this configuration" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert f"wrote {name}" in text and "replaced the earlier result of this configuration" in text
     again = json.loads(name.read_text())
+    assert "seconds_stale" not in again
     assert again["top1"]["values"] == r["top1"]["values"] and again["comparison"][1]["top1"] == r["comparison"][1]["top1"]
     # ... another configuration writing to the same file is refused, the result kept
     before = name.read_bytes()

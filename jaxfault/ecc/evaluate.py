@@ -292,7 +292,10 @@ def format_comparison(report: dict) -> str:
     head += [f"drop: points of top-1 lost against the fault-free bf16 model ({100 * clean['top1']:.2f} %); "
              f"worst trial: the lowest top-1 of the {n} trials;",
              "weights changed: share of the protected weights whose decoded value differs from its "
-             "fault-free value (faults the code did not correct)"]
+             "fault-free value (faults the code did not correct);",
+             f"interval: {100 * r0['top1'].get('level', 0.95):g} % for the mean, valid whatever the trials' "
+             f"distribution ({r0['top1'].get('method', 'betting')}, docs/statistics.md): {n} trials cannot rule out "
+             f"rare collapses, so it is wide; --ci-width W adds trials until it is narrower"]
     return "\n".join(head) + "\n"
 
 
