@@ -26,6 +26,7 @@ def _step_rows(report: str) -> dict[str, str]:
                                                          report, re.MULTILINE)}
 
 
+@pytest.mark.slow
 def test_quick_cpu_path_writes_one_report(tmp_path, default_cache):
     report = tmp_path / "report.md"
     res = _run(["--quick", "--report", str(report)], tmp_path)

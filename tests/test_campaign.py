@@ -102,6 +102,7 @@ def _strip(records):
     return [{k: v for k, v in r.items() if k not in ("seconds",)} for r in records]
 
 
+@pytest.mark.slow
 def test_killed_campaign_resumes_to_identical_results(tmp_path, lenet_checkpoint):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     full_cfg, full_out = _config(tmp_path, lenet_checkpoint, "full")
@@ -168,6 +169,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path, lenet_checkpoint):
     """2 CPU processes x 4 simulated devices, coordinated on 127.0.0.1 by jax.distributed, write
     (from process 0 only) the same results file as one process with 8 devices, timings aside."""

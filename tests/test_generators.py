@@ -129,6 +129,7 @@ def _random_variables(gen, x, key):
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), vals)
 
 
+@pytest.mark.slow
 def test_output_clamp_with_tanh_for_conv_and_without_for_unet():
     """Zero the last layer's weights and put 1.5 into its offset: ConvS gives clip(x + tanh(1.5)),
     UNetS clip(x + 1.5) (no tanh); a zero offset gives x' = x."""

@@ -21,7 +21,7 @@ def test_forward_shape(name, shape):
     assert len(kernel_names(variables["params"])) >= 5
 
 
-@pytest.mark.parametrize("name", ["lenet", "convnet"])
+@pytest.mark.parametrize("name", ["lenet", pytest.param("convnet", marks=pytest.mark.slow)])
 def test_small_models_run_and_quant_off_shares_params(name):
     model = create_model(name, 10, quant_bits=8)
     v = init_variables(model, jax.random.key(0), (28, 28, 1))

@@ -50,7 +50,8 @@ def test_batched_loss_and_grads_equal_per_model_loop(setup, strategy):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("layout", [None, "flax"])
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", [pytest.param(None, marks=pytest.mark.slow), "flax"])
 def test_perturbed_models_of_a_step_use_the_configured_weight_order(setup, layout):
     """The step's perturbed model of seed s is perturb_variables(base, key(s), ..., layout=cfg.layout):
     the memory-array faults land on the weights of that order (layout None: PyTorch's)."""

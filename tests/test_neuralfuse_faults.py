@@ -174,7 +174,8 @@ def test_memory_array_map_shared_across_layers_independent_not():
     assert within_binomial(both, n * 8, p * p), (both, n * 8 * p * p)
 
 
-@pytest.mark.parametrize("bits,layout,compat", [(8, "flax", False), (4, "torch", True), (16, "torch", False)])
+@pytest.mark.parametrize("bits,layout,compat", [pytest.param(8, "flax", False, marks=pytest.mark.slow), (4, "torch", True),
+                                              (16, "torch", False)])
 def test_independent_placement_is_per_kernel_draws_in_one_loop(bits, layout, compat):
     """The independent placement draws all kernels in one sampler loop (one compiled sampler per
     model), with exactly the faults of kernel i drawn alone from fold_in(key, i)."""

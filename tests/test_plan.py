@@ -202,6 +202,7 @@ def test_fingerprints_separate_weights_that_differ_in_one_value():
                 seen.add(got)
 
 
+@pytest.mark.slow
 def test_reusing_evaluated_weights_changes_no_number(two_stage):
     """Trials whose weights were evaluated before (the fault-free ones included) reuse that
     accuracy: identical per-trial results with reuse off, and fewer forward passes with it on."""
@@ -359,6 +360,7 @@ def test_unreachable_target_is_reported_with_the_best_configuration(two_stage, t
     assert "resuming: 4 row(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cim_stage_uses_the_write_verify_mask_and_counts_programming_energy(lenet_checkpoint):
     """A CiM-only plan equals the engine's CiMVariation with the magnitude mask of each fraction
     as variables["write_verify"], for the plan's keys; full write-verify is the nominal design."""

@@ -20,6 +20,7 @@ def test_readme_has_one_example_per_method():
         assert name in joined, name
 
 
+@pytest.mark.slow
 def test_readme_library_examples_run(default_cache, capsys):
     pytest.importorskip("jaxfault.data").load_dataset("fashion_mnist", source="local")
     namespace: dict = {}

@@ -171,6 +171,7 @@ SAVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_saves_killed_at_random_instants_leave_a_loadable_checkpoint(tmp_path):
     """A process saving over one checkpoint in a loop is SIGKILLed at random instants (after 0, 1 or
     2 completed saves, then a random fraction of a save's time, so the kills land at different

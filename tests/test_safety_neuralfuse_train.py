@@ -82,6 +82,7 @@ STATE_SAVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_state_saves_killed_at_random_instants_stay_resumable(tmp_path):
     """A process saving training state in a loop is SIGKILLed at random instants (after 0, 1 or 2
     completed saves, then a random fraction of a save's time, so the kills land at different points
