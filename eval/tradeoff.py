@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_verify=P.WriteVerify(args.weight_bits, args.bits_per_device, args.verify_iterations),
     )
     print(T.format_rows(rows))
+    print(T.format_legend(rows))
     if args.json:
         atomic_write_json(args.json, {"points": rows})
         print(f"wrote {args.json}")

@@ -98,12 +98,12 @@ def test_neuralfuse_table_speaks_in_points_and_shows_the_base_drop():
 
 
 def test_tradeoff_table_says_what_relative_is_relative_to():
-    from jaxfault.energy.tradeoff import format_rows
+    from jaxfault.energy.tradeoff import format_legend
 
     rows = [{"family": "dram", "label": "sparrow B64", "operating_point": {"ber": 1e-3}, "accuracy_mean": 0.89,
              "accuracy_ci": [0.88, 0.9], "energy": 1.09e7, "relative_energy": 1.09, "pareto": True,
              "unit": "normalised energy per inference (MAC = 1), incl. refresh"}]
-    text = format_rows(rows)
+    text = format_legend(rows)
     assert "relative = energy / energy of unprotected 16-bit weights refreshed every 64 ms" in text
     assert "DRAM refresh: energy in normalised energy per inference" in text
 

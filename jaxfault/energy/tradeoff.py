@@ -389,8 +389,14 @@ def format_rows(rows: Sequence[dict]) -> str:
     for r, f, p, ci in zip(rows, fams, points, cis):
         lines.append(f"{f:<{wf}}  {r['label']:<{wl}}  {p:<{wp}}  {r['accuracy_mean']:>8.4f}  {ci:>16}  {r['energy']:>10.4g}  "
                      f"{r['relative_energy']:>8.4f}  {'*' if r['pareto'] else ''}".rstrip())
-    lines.append("accuracy: top-1 as a fraction; pareto *: no other row of the family has both less energy and "
-                 "more accuracy")
+    return "\n".join(lines)
+
+
+def format_legend(rows: Sequence[dict]) -> str:
+    """The lines under eval.tradeoff's table: what accuracy and pareto mean, and per family the
+    energy's unit and what 'relative' divides by."""
+    lines = ["accuracy: top-1 as a fraction; pareto *: no other row of the family has both less energy and "
+             "more accuracy"]
     for fam in dict.fromkeys(r["family"] for r in rows):
         unit = next(r.get("unit") for r in rows if r["family"] == fam)
         lines.append(f"{FAMILY_NAMES.get(fam, fam)}: energy in {unit}; relative = energy / energy of "
