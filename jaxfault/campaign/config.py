@@ -106,16 +106,19 @@ def load_eval_data(config: dict, log=print) -> tuple[EvalData, dict]:
 
 
 def dry_run_identity(config: dict) -> dict | None:
-    """The identity a run of this config would have, without training or loading data; None
-    when the default model is not trained yet (a run would train it first)."""
+    """The identity a run of this config would have, without training or loading data; None only
+    when the config names no checkpoint and the default model is not trained yet (a run would
+    train it first). A checkpoint the config names is loaded and verified as the run does, so a
+    missing or damaged one is the same one-line error as in the run."""
     from jaxfault.checkpoints import load_checkpoint
     from jaxfault.zoo import cache_dir, cache_entry_name
 
-    path = config.get("checkpoint") or str(cache_dir() / cache_entry_name("lenet"))
-    if not (Path(path) / "jaxfault.json").is_file():
+    if config.get("checkpoint") is not None:
+        return identity_of(config, load_checkpoint(config["checkpoint"]))
+    path = cache_dir() / cache_entry_name("lenet")
+    if not (path / "jaxfault.json").is_file():
         return None
-    ckpt = load_checkpoint(path)
-    return identity_of(config, ckpt)
+    return identity_of(config, load_checkpoint(path))
 
 
 def identity_of(config: dict, ckpt=None) -> dict:
