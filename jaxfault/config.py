@@ -81,12 +81,16 @@ def _type_ok(value, kind: type) -> bool:
     return isinstance(value, kind)
 
 
+def _bound(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
 def _describe_bounds(f: Field) -> str:
     parts = []
     if f.min is not None:
-        parts.append(f"{'>' if f.min_open else '>='} {f.min:g}")
+        parts.append(f"{'>' if f.min_open else '>='} {_bound(f.min)}")
     if f.max is not None:
-        parts.append(f"{'<' if f.max_open else '<='} {f.max:g}")
+        parts.append(f"{'<' if f.max_open else '<='} {_bound(f.max)}")
     return " and ".join(parts)
 
 
