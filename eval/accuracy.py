@@ -4,6 +4,7 @@ from __future__ import annotations
 from jaxfault.checkpoints import load_checkpoint
 from jaxfault.cli import ArgumentParser, run_main
 from jaxfault.data import load_dataset
+from jaxfault.errors import JaxfaultError
 from jaxfault.training import evaluate
 
 
@@ -19,7 +20,11 @@ def main(argv=None) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     data = load_dataset(ckpt.config["dataset"], data_dir=args.data_dir,
                         value_range=ckpt.config.get("value_range", "symmetric"))
-    topk = (1, 5) if ckpt.config["num_classes"] > 5 else (1,)
+    n = int(ckpt.config["num_classes"])
+    if data.num_classes > n:
+        raise JaxfaultError(f"{data.name} data ({data.source}) has labels up to {data.num_classes - 1}; the "
+                            f"checkpoint {args.checkpoint} classifies {n} classes")
+    topk = (1, 5) if n > 5 else (1,)
     acc = evaluate(ckpt.model, ckpt.variables, data.test_images, data.test_labels, topk=topk)
     saved = ckpt.metrics.get("test_accuracy")
     line = "  ".join(f"{k} {v:.4f}" for k, v in acc.items())

@@ -16,7 +16,6 @@ from jaxfault import campaign as cp
 from jaxfault.campaign import distributed
 from jaxfault.campaign.report import accuracy_interval, format_table, plot_records, point_label
 from jaxfault.cli import ArgumentParser, positive_float, positive_int, run_main
-from jaxfault.errors import JaxfaultError
 from jaxfault.io import check_output_path
 from jaxfault.resultsfile import ResultsFile
 
@@ -52,6 +51,10 @@ def main(argv=None) -> int:
     if args.plot:
         check_output_path(args.plot, overwrite=True, flag="--plot")
     writer = distributed.is_writer()
+    if writer:  # the run and the dry run refuse the same outputs, before any model loads: one that
+        # cannot be created, and an existing file that is not a jaxfault results file (or is corrupt)
+        check_output_path(output, overwrite=True, flag="output")
+        ResultsFile.check(output)
     say = print if writer else (lambda *a, **k: None)
     points = cp.expand_grid(config["grid"])
     groups = len({cp.group_key(p.params) for p in points})
@@ -70,12 +73,6 @@ def main(argv=None) -> int:
                 say(f"dry run: {sum(p.point_id in rf for p in points)} of {len(points)} points already in {output}")
         say("dry run: nothing run, nothing written")
         return 0
-    if writer:
-        check_output_path(output, overwrite=True, flag="output")
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise JaxfaultError(f"output: cannot create {output.parent}: {e.strerror}") from None
     data, identity = cp.load_eval_data(config)
     campaign = cp.Campaign(points=points, trials=config["trials"], seed=config["seed"],
                            strategy=config["strategy"], precision=config["precision"],

@@ -215,7 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.voltage_table is not None:
         load_table(args.voltage_table, "--voltage-table", None)
     if args.grid is not None:
-        load_grid(args.grid, ("qw", "qa", "pw", *A.HW_FIELDS))
+        A.check_grid_size(load_grid(args.grid, ("qw", "qa", "pw", *A.HW_FIELDS)))
+    if args.sweep_bits is not None:  # here too, so that no base report is printed first
+        A.parse_range(args.sweep_bits)
     if args.ecc is not None:
         P.ecc_stored_bits(args.ecc)
     for flag, text, check, requirement in LIST_FLAGS:  # checked here too, so no table is printed first

@@ -17,6 +17,7 @@ from jaxfault.cli import ArgumentParser, positive_int, run_main
 from jaxfault.errors import JaxfaultError
 from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
 from jaxfault.plan import active_stages, expand, load_plan, run_plan
+from jaxfault.plan.config import check_call_memory
 from jaxfault.plan.report import format_table, knob_text, plot_report, summary_lines
 
 OUTPUTS = ("plan.json", "plan.md", "plan.png")
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_path(out / name, overwrite=a.overwrite, flag="output")
     stages = active_stages(plan)
     configs = expand(plan, stages)
+    check_call_memory(plan)
     programs = len({c.program_key for c in configs})
     print(f"plan: {len(configs)} configurations of {', '.join(stages)} ({programs} program group(s)) x "
           f"{plan['trials']} trials -> {out}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxfault.cli import ArgumentParser, run_main
+from jaxfault.cli import ArgumentParser, run_main, seed_int
 from jaxfault.errors import JaxfaultError
 from jaxfault.experiment import ExperimentConfig, field_help, format_rows, parse_value, run
 
@@ -25,7 +25,8 @@ def build_parser() -> ArgumentParser:
             p.add_argument(flag, default="1e-3", help=helps["rates"] + " (comma-separated)")
         else:
             default = f.default if f.default is not dataclasses.MISSING else None
-            p.add_argument(flag, type=KINDS[str(f.type)], default=default, help=helps[f.name])
+            kind = seed_int if f.name == "seed" else KINDS[str(f.type)]
+            p.add_argument(flag, type=kind, default=default, help=helps[f.name])
     p.add_argument("--out", default="runs/run", help="output folder (results.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing results.json")
     return p

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from jaxfault.cli import (ArgumentParser, nonneg_int, parse_float_list, positive_float, positive_int, probability,
-                          run_main, strategy_flag)
+from jaxfault.cli import (ArgumentParser, parse_float_list, positive_float, positive_int, probability,
+                          run_main, seed_int, strategy_flag)
 from jaxfault.ecc import scheme_names
 from jaxfault.ecc.evaluate import (SparrowEvalConfig, format_comparison, format_row, model_source, plot_sweep,
                                    result_config, run, sweep_table, with_comparison)
@@ -38,7 +38,7 @@ def build_parser() -> ArgumentParser:
                          "(default: none, a fixed number of trials)")
     ap.add_argument("--max-trials", type=positive_int, default=None,
                     help="cap of a --ci-width run (default: 10 x --trials)")
-    ap.add_argument("--seed", type=nonneg_int, default=0, help="root seed of the trial keys (default: 0)")
+    ap.add_argument("--seed", type=seed_int, default=0, help="root seed of the trial keys (default: 0)")
     ap.add_argument("--checkpoint", default=None,
                     help="classifier or language-model checkpoint dir, or a Hugging Face folder (default: the cached "
                          "default LeNet; with --task language_model the cached default language model)")

@@ -9,7 +9,12 @@ Layout of a checkpoint directory DIR (format 3):
 
 Integrity: the SHA-256 of every array (its dtype name, shape and C-order bytes) is recorded in
 jaxfault.json and verified after orbax restores it, so flipped bytes (which orbax may decode into
-different numbers without a word), truncation and deleted files are one-line errors.
+different numbers without a word), truncation and deleted files are one-line errors. The metadata
+that changes results (the configuration: quantization bits, a generator's bits and BER, the model;
+the metrics and the array list too) is covered by "metadata_sha256", a SHA-256 of the canonical
+JSON of everything else in jaxfault.json, verified whenever it is read: an edited jaxfault.json
+is a one-line error, never a silently different model. Checkpoints saved before it existed carry
+none and load as before.
 
 Atomic replacement: orbax writes the new arrays into a temporary folder and renames it into place
 when complete (its own finalize); only then is jaxfault.json replaced atomically to point at the
@@ -96,6 +101,19 @@ def array_digest(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
+META_DIGEST = "metadata_sha256"
+
+
+def metadata_digest(meta: dict) -> str:
+    """Hex SHA-256 of the canonical JSON (sorted keys, no spaces, as it reads back) of a
+    jaxfault.json mapping without its own META_DIGEST entry."""
+    from jaxfault.io import to_jsonable
+
+    body = {k: v for k, v in meta.items() if k != META_DIGEST}
+    canonical = json.loads(json.dumps(to_jsonable(body)))
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _read_meta_quiet(directory: Path) -> dict | None:
     try:
         data = json.loads((directory / META_FILE).read_text())
@@ -145,9 +163,9 @@ def _save_locked(directory: Path, pairs, config: dict, metrics: dict | None) -> 
     (directory / arrays_dir / ARRAYS_MARKER).write_bytes(b"")
     fsync_dir(directory / arrays_dir)
     fsync_dir(directory)
-    atomic_write_json(directory / META_FILE, {
-        "format": FORMAT_VERSION, "kind": config["kind"], "config": config, "metrics": metrics or {},
-        "arrays_dir": arrays_dir, "arrays": entries, "empty_dicts": empty})
+    meta = {"format": FORMAT_VERSION, "kind": config["kind"], "config": config, "metrics": metrics or {},
+            "arrays_dir": arrays_dir, "arrays": entries, "empty_dicts": empty}
+    atomic_write_json(directory / META_FILE, {**meta, META_DIGEST: metadata_digest(meta)})
     # the new checkpoint is complete and in force: remove what the replaced one (or killed saves) left
     for child in directory.iterdir():
         ours = (child / ARRAYS_MARKER).exists() or (child.name.startswith(ORBAX_PREFIX) and ORBAX_TMP in child.name)
@@ -180,6 +198,10 @@ def read_metadata(directory) -> dict:
         raise JaxfaultError(f"checkpoint metadata {meta} is corrupt: {one_line(e)}") from None
     if not isinstance(data, dict) or "kind" not in data or not isinstance(data.get("config"), dict):
         raise JaxfaultError(f"checkpoint metadata {meta} is corrupt: missing 'kind' or 'config'")
+    if META_DIGEST in data and data[META_DIGEST] != metadata_digest(data):
+        raise JaxfaultError(f"checkpoint metadata {meta} was edited after saving (its {META_DIGEST} does not match "
+                            f"its contents): its configuration may no longer describe the arrays; restore the "
+                            f"saved file or save the checkpoint again")
     fmt = data.get("format", 1)
     if fmt not in READ_FORMATS:
         raise JaxfaultError(f"checkpoint {directory} has format {fmt!r}; this jaxfault reads formats 1, 2 and 3")

@@ -9,6 +9,7 @@ import sys
 from typing import Callable, Sequence
 
 from jaxfault.errors import JaxfaultError
+from jaxfault.keys import MAX_SEED
 
 # Anything float() reads as a negative number, including exponents, inf and nan: argparse's own
 # pattern (-1, -.5) misses '-1e-3', which it then takes for an unknown option.
@@ -230,6 +231,8 @@ unit_interval_open = _flag_type("unit_interval_open", lambda v: 0 <= v < 1, "in 
 positive_int = _flag_type("positive_int", lambda v: v >= 1, ">= 1", integer=True)
 nonneg_int = _flag_type("nonneg_int", lambda v: v >= 0, ">= 0", integer=True)
 any_int = _flag_type("any_int", lambda v: True, "an integer", integer=True)
+# every CLI's --seed: what the key derivation (jaxfault.keys.root_key) takes
+seed_int = _flag_type("seed_int", lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]", integer=True)
 
 
 def strategy_flag(text):

@@ -81,12 +81,16 @@ def _type_ok(value, kind: type) -> bool:
     return isinstance(value, kind)
 
 
+def _bound(v) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
 def _describe_bounds(f: Field) -> str:
     parts = []
     if f.min is not None:
-        parts.append(f"{'>' if f.min_open else '>='} {f.min:g}")
+        parts.append(f"{'>' if f.min_open else '>='} {_bound(f.min)}")
     if f.max is not None:
-        parts.append(f"{'<' if f.max_open else '<='} {f.max:g}")
+        parts.append(f"{'<' if f.max_open else '<='} {_bound(f.max)}")
     return " and ".join(parts)
 
 
@@ -157,21 +161,72 @@ def validate(mapping: Mapping, fields: Sequence[Field], where: str = "config") -
     return out
 
 
-def read_json_object(path, what: str, *, parse_constant: Callable[[str], Any] | None = None) -> dict:
-    """Read a JSON file that must hold one object (a campaign config, a plan). A missing or
-    unreadable file, malformed JSON or another top-level type is a one-line JaxfaultError naming
-    `what` and the path. parse_constant as in json.loads (e.g. to refuse NaN/Infinity there)."""
-    name = f"{what} {str(path)!r}"
+# Limits of every JSON file jaxfault reads (configs, plans, result files): far above what any of
+# them holds, and below what makes Python's own parser fail with a traceback (integers over 4300
+# digits, nesting deeper than the interpreter's recursion limit).
+MAX_JSON_DEPTH = 64
+MAX_JSON_INT_DIGITS = 64
+
+
+class JSONSyntaxError(JaxfaultError):
+    """Text that is not JSON at all (as opposed to JSON beyond the limits), for readers that then
+    try another form (JSON lines)."""
+
+
+def _json_depth_ok(obj, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                return False
+            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return True
+
+
+def parse_json(text: str, name: str, *, parse_constant: Callable[[str], Any] | None = None) -> Any:
+    """JSON text parsed with jaxfault's limits: malformed JSON, an integer of more than
+    MAX_JSON_INT_DIGITS digits and nesting deeper than MAX_JSON_DEPTH are one-line JaxfaultErrors
+    naming `name` (e.g. "plan file 'p.json'"). parse_constant as in json.loads."""
+
+    def parse_int(digits: str) -> int:
+        n = len(digits.lstrip("-"))
+        if n > MAX_JSON_INT_DIGITS:
+            raise JaxfaultError(f"{name} holds an integer of {n} digits (at most {MAX_JSON_INT_DIGITS} are read)")
+        return int(digits)
+
+    try:
+        obj = json.loads(text, parse_constant=parse_constant, parse_int=parse_int)
+    except RecursionError:
+        raise JaxfaultError(f"{name} is nested too deeply (at most {MAX_JSON_DEPTH} levels are read)") from None
+    except json.JSONDecodeError as e:
+        raise JSONSyntaxError(f"{name} is not valid JSON: {e}") from None
+    if not _json_depth_ok(obj, MAX_JSON_DEPTH):
+        raise JaxfaultError(f"{name} is nested too deeply (at most {MAX_JSON_DEPTH} levels are read)")
+    return obj
+
+
+def read_json_file(path, what: str, *, parse_constant: Callable[[str], Any] | None = None) -> Any:
+    """Read and parse a JSON file with parse_json's limits. A missing or unreadable file (a binary
+    one included) is a one-line JaxfaultError naming `what` and the path."""
+    name = f"{what} {str(path)!r}".lstrip()
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise JaxfaultError(f"{name} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise JaxfaultError(f"cannot read {name}: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        obj = json.loads(text, parse_constant=parse_constant)
-    except json.JSONDecodeError as e:
-        raise JaxfaultError(f"{name} is not valid JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise JaxfaultError(f"cannot read {name}: it is not UTF-8 text (a binary file?)") from None
+    except OSError as e:
+        raise JaxfaultError(f"cannot read {name}: {e.strerror or e}") from None
+    return parse_json(text, name, parse_constant=parse_constant)
+
+
+def read_json_object(path, what: str, *, parse_constant: Callable[[str], Any] | None = None) -> dict:
+    """Read a JSON file that must hold one object (a campaign config, a plan). A missing or
+    unreadable file, malformed JSON, parse_json's limits or another top-level type is a one-line
+    JaxfaultError naming `what` and the path. parse_constant as in json.loads (e.g. to refuse
+    NaN/Infinity there)."""
+    obj = read_json_file(path, what, parse_constant=parse_constant)
     if not isinstance(obj, dict):
-        raise JaxfaultError(f"{name} must hold a JSON object, got {type(obj).__name__}")
+        raise JaxfaultError(f"{what} {str(path)!r} must hold a JSON object, got {type(obj).__name__}")
     return obj

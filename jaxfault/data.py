@@ -29,6 +29,8 @@ SYSTEM_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",),
                "mnist": ("/usr/share/datasets/mnist",)}
 IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+# class counts of the datasets the loader knows by name: IDX labels are checked against them
+NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -94,8 +96,25 @@ def local_idx_dirs(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
     return dirs
 
 
-def load_idx_dir(directory: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
-    """Load train/test (images, labels) from an IDX folder; None if its files are not all there."""
+def check_labels(labels: np.ndarray, num_classes: int | None, where) -> None:
+    """Refuse labels that are not integers, negative, or (when num_classes is known) >= num_classes,
+    in one line naming `where` (the file), the first bad label and its index."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise JaxfaultError(f"{where}: labels must be integers, the file holds {labels.dtype}")
+    high = num_classes
+    bad = (labels < 0) | ((labels >= high) if high is not None else False)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        span = f"[0, {high})" if high is not None else ">= 0"
+        raise JaxfaultError(f"{where}: label {int(labels[i])} at index {i} is outside {span}"
+                            + (f" ({high} classes)" if high is not None else ""))
+
+
+def load_idx_dir(directory: str | os.PathLike,
+                 num_classes: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """Load train/test (images, labels) from an IDX folder; None if its files are not all there.
+    Image and label counts must agree, and labels must lie in [0, num_classes) (>= 0 when
+    num_classes is None)."""
     directory = Path(directory)
     paths = {split: tuple(_find_idx(directory, s) for s in stems) for split, stems in IDX_FILES.items()}
     if any(p is None for pair in paths.values() for p in pair):
@@ -107,6 +126,7 @@ def load_idx_dir(directory: str | os.PathLike) -> dict[str, tuple[np.ndarray, np
             images = images[..., None]
         if images.ndim != 4 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise JaxfaultError(f"{directory}: {split} images {images.shape} and labels {labels.shape} do not match")
+        check_labels(labels, num_classes, lbl_path)
         out[split] = (images, labels)
     return out
 
@@ -161,9 +181,9 @@ def load_dataset(name: str = DEFAULT_DATASET, data_dir: str | os.PathLike | None
     if source in ("auto", "local"):
         for d in local_idx_dirs(name, data_dir):
             if d.is_dir():
-                splits = load_idx_dir(d)
+                splits = load_idx_dir(d, NUM_CLASSES.get(name))
                 if splits is not None:
-                    return _make(name, splits, None, value_range, f"idx:{d}")
+                    return _make(name, splits, NUM_CLASSES.get(name), value_range, f"idx:{d}")
             tried.append(f"IDX files in {d}")
     if source in ("auto", "tfds"):
         try:

@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jaxfault.errors import JaxfaultError, check, nearest_hint
+from jaxfault.keys import MAX_SEED, MAX_TRIALS
 
 ROW_SCHEMA = "jaxfault.rows/1"
 RESULTS_FILE = "results.json"
-MAX_TRIALS = 100_000
-MAX_SEED = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)

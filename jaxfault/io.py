@@ -1,4 +1,4 @@
-"""Output files: validated before any work, written atomically (temporary sibling, fsync, rename),
+"""Output files: validated before any work (proven creatable by a probe), written atomically (temporary sibling, fsync, rename),
 created with the permissions the umask allows."""
 from __future__ import annotations
 
@@ -31,13 +31,54 @@ def _first_existing_ancestor(path: Path) -> Path:
     return Path(path.anchor or ".")
 
 
+def _probe_creatable(folder: Path, target: Path | None) -> None:
+    """Create folder (with its missing parents) and a probe file in it, then remove the probe and
+    exactly the folders created here: the proof that the write at the end can happen. target, when
+    given, is the file itself (absent): probed under its own name, so a name the file system refuses
+    is found too. An OSError propagates."""
+    missing = []
+    d = folder
+    while not (d.exists() or d.is_symlink()) and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                if not d.is_dir():
+                    raise
+                continue  # made meanwhile by someone else: not ours to remove
+            created.append(d)
+        if target is not None:
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # appeared meanwhile: the final write replaces it atomically
+                fd, probe = tempfile.mkstemp(prefix=".jaxfault-probe-", dir=folder)
+            else:
+                probe = str(target)
+        else:
+            fd, probe = tempfile.mkstemp(prefix=".jaxfault-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    finally:
+        for d in reversed(created):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+
 def check_output_path(path, *, overwrite: bool = False, kind: str = "file", flag: str | None = None) -> Path:
-    """Validate an output path before any work is done and return it as a Path; create nothing.
+    """Validate an output path before any work is done and return it as a Path; leave nothing behind.
 
     kind "file": the target must not be a directory; an existing file is refused unless overwrite.
     kind "dir": the target must not be a file; an existing non-empty directory is refused unless
-    overwrite. In both cases the nearest existing ancestor must be a writable directory (not a
-    file), so that the write at the end cannot fail for a reason known at the start.
+    overwrite. In both cases the target is proven creatable: the missing folders are created and a
+    probe file is written where the output will go, then the probe and exactly the folders created
+    are removed, so that the write at the end cannot fail for a reason knowable at the start (a
+    path under a file, an unwritable folder, a file system that takes no new entries).
     flag (e.g. "--json") prefixes the one-line JaxfaultError.
     """
     if kind not in ("file", "dir"):
@@ -46,7 +87,12 @@ def check_output_path(path, *, overwrite: bool = False, kind: str = "file", flag
     if path is None or str(path) == "":
         raise JaxfaultError(f"{what}needs a path, got an empty one")
     p = Path(path)
-    if p.exists() or p.is_symlink():
+    target = None
+    try:
+        exists = p.exists() or p.is_symlink()
+    except OSError as e:  # e.g. a name too long to look up
+        raise JaxfaultError(f"{what}cannot create {p}: {e.strerror or e}") from None
+    if exists:
         if kind == "file" and p.is_dir():
             raise JaxfaultError(f"{what}{p} is a directory, expected a file path")
         if kind == "dir" and not p.is_dir():
@@ -57,12 +103,20 @@ def check_output_path(path, *, overwrite: bool = False, kind: str = "file", flag
             if any(p.iterdir()):
                 raise JaxfaultError(f"{what}{p} already exists and is not empty (pass --overwrite to replace it)")
         writable_dir = p if kind == "dir" else p.parent
+        folder = writable_dir
     else:
         writable_dir = _first_existing_ancestor(p.absolute())
         if not writable_dir.is_dir():
             raise JaxfaultError(f"{what}cannot create {p}: {writable_dir} is a file, not a directory")
+        folder = p.absolute() if kind == "dir" else p.absolute().parent
+        target = None if kind == "dir" else p.absolute()
     if not os.access(writable_dir, os.W_OK | os.X_OK):
         raise JaxfaultError(f"{what}cannot write {p}: {writable_dir} is not writable")
+    try:
+        _probe_creatable(folder, target)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(p) else ""
+        raise JaxfaultError(f"{what}cannot create {p}: {e.strerror or e}{where}") from None
     return p
 
 

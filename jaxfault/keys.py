@@ -18,10 +18,32 @@ import zlib
 
 import jax
 
+# jax.random.key takes 32 bits of a seed (without x64, key(2**32) is key(0)): larger seeds would
+# silently repeat smaller seeds' trials, or overflow past 2**63
+MAX_SEED = 2**32 - 1
+# the most trials (keys split at once) of one configuration that a config or flag may ask for
+MAX_TRIALS = 100_000
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """seed, if it is an integer in [0, MAX_SEED]; else a one-line JaxfaultError naming it."""
+    from jaxfault.errors import JaxfaultError
+
+    import operator
+
+    try:
+        value = None if isinstance(seed, bool) else operator.index(seed)  # numpy integers too
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise JaxfaultError(f"{name} must be an integer in [0, {MAX_SEED}] (the key derivation takes 32 bits), "
+                            f"got {seed!r}")
+    return value
+
 
 def root_key(seed: int) -> jax.Array:
-    """The typed root key of a run."""
-    return jax.random.key(int(seed))
+    """The typed root key of a run (seed checked: check_seed)."""
+    return jax.random.key(check_seed(seed))
 
 
 def stream(key: jax.Array, name: str) -> jax.Array:

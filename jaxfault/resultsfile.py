@@ -16,6 +16,9 @@ Safety rules:
   on the same file errors at once (or waits, with wait=True) instead of computing the same rows;
 - every row is one os.write of one line, then fsync: a kill leaves at most a torn last line (no
   newline), which the next open for appending cuts off;
+- the header is written with the first row (in the same write), so a run that fails before its
+  first row leaves no header-only file: a file (and its folders) that the open created and that
+  holds no row is removed again on close;
 - any other unreadable line, or a row id that appears twice, is an error naming the line: rows
   after it are never dropped;
 - dry_run=True validates the file (if any) and reads its rows, and neither creates nor modifies it.
@@ -63,12 +66,15 @@ def identity_differences(stored: Mapping, wanted: Mapping) -> list[str]:
 class ResultsFile:
     """An open results file: rows() read at open, append() adds a row. Use ResultsFile.open()."""
 
-    def __init__(self, path: Path, identity: dict, rows: dict[str, dict], fd: int | None, dry_run: bool):
+    def __init__(self, path: Path, identity: dict, rows: dict[str, dict], fd: int | None, dry_run: bool,
+                 pending_header: bytes | None = None, created: list[Path] | None = None):
         self.path = path
         self.identity = identity
         self._rows = rows
         self._fd = fd
         self.dry_run = dry_run
+        self._pending_header = pending_header  # written with the first row
+        self._created = created or []          # the file and folders this open made, removed if no row comes
 
     # ---------------------------------------------------------------------------------- opening
     @classmethod
@@ -94,42 +100,84 @@ class ResultsFile:
                 data = path.read_bytes()
                 rows = cls._parse(path, data, identity, fix_torn=False)[0]
                 return cls(path, identity, rows, None, True)
-        fd = cls._open_locked(path, wait)
+        fd, created = cls._open_locked(path, wait)
+        pending = None
         try:
             data = _read_all(fd)
             rows, good_end, need_header = cls._parse(path, data, identity, fix_torn=True)
             if need_header:
-                os.ftruncate(fd, 0)
-                header = json.dumps({HEADER_KEY: RESULTS_VERSION, "identity": identity}) + "\n"
-                _write_line(fd, header.encode())
+                if data:  # a header torn by a kill
+                    os.ftruncate(fd, 0)
+                    os.fsync(fd)
+                pending = (json.dumps({HEADER_KEY: RESULTS_VERSION, "identity": identity}) + "\n").encode()
             elif good_end != len(data):
                 os.ftruncate(fd, good_end)
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
+            _remove_created(created)
             raise
-        return cls(path, identity, rows, fd, False)
+        return cls(path, identity, rows, fd, False, pending, created)
+
+    @classmethod
+    def check(cls, path) -> None:
+        """Refuse, before any work and whatever the run's identity, a path that a run could not
+        use as its results file: not a regular file, or a file that is not a jaxfault results file
+        (or is corrupt). A missing path passes; nothing is created or modified."""
+        path = Path(path)
+        if not path.exists():
+            return
+        if not path.is_file():
+            raise JaxfaultError(f"results file {path} is not a regular file")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise JaxfaultError(f"cannot read results file {path}: {e.strerror}") from None
+        cls._parse(path, data, None, fix_torn=False)
 
     @staticmethod
-    def _open_locked(path: Path, wait: bool) -> int:
+    def _open_locked(path: Path, wait: bool) -> tuple[int, list[Path]]:
+        """(fd holding the file's lock, the paths created to open it: missing folders, then the file)."""
+        missing = [d for d in path.parents if not d.exists()]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
         except OSError as e:
             raise JaxfaultError(f"cannot open results file {path}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError as e:
+        while True:
+            created = list(reversed(missing))
+            try:
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
+                    created.append(path)
+                except FileExistsError:
+                    fd = os.open(path, os.O_RDWR | os.O_APPEND)
+            except OSError as e:
+                _remove_created(created)
+                raise JaxfaultError(f"cannot open results file {path}: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError as e:
+                os.close(fd)
+                _remove_created(created)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise JaxfaultError(f"results file {path} is in use by another run (it holds the file's lock); "
+                                        f"wait for it to finish or choose another output") from None
+                raise JaxfaultError(f"cannot lock results file {path}: {e.strerror}") from None
+            try:  # the run that held the lock may have removed its empty file meanwhile: open again
+                st, now = os.fstat(fd), os.stat(path)
+                same = (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd, created
             os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise JaxfaultError(f"results file {path} is in use by another run (it holds the file's lock); "
-                                    f"wait for it to finish or choose another output") from None
-            raise JaxfaultError(f"cannot lock results file {path}: {e.strerror}") from None
-        return fd
+            missing = [d for d in path.parents if not d.exists()]
+            path.parent.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
-    def _parse(path: Path, data: bytes, identity: dict, fix_torn: bool) -> tuple[dict, int, bool]:
-        """(rows, length of the intact prefix, whether the header must be (re)written)."""
+    def _parse(path: Path, data: bytes, identity: dict | None, fix_torn: bool) -> tuple[dict, int, bool]:
+        """(rows, length of the intact prefix, whether the header must be (re)written); identity
+        None checks the file's form only."""
         if not data:
             return {}, 0, True
         first_nl = data.find(b"\n")
@@ -153,7 +201,7 @@ class ResultsFile:
         stored = header.get("identity")
         if not isinstance(stored, dict):
             raise JaxfaultError(f"results file {path}: line 1 (header) has no identity object")
-        diffs = identity_differences(stored, identity)
+        diffs = [] if identity is None else identity_differences(stored, identity)
         if diffs:
             raise JaxfaultError(f"results file {path} was written by a run with other settings ("
                                 + "; ".join(diffs) + "); its rows do not apply: choose another output")
@@ -204,13 +252,19 @@ class ResultsFile:
             raise ValueError("a row may not have its own 'id' field (the row id is stored there)")
         record = to_jsonable(dict(row))
         line = json.dumps({"id": row_id, **record}, sort_keys=True, allow_nan=True) + "\n"
-        _write_line(self._fd, line.encode())
+        _write_line(self._fd, (self._pending_header or b"") + line.encode())
+        self._pending_header = None
+        self._created = []
         self._rows[row_id] = _canonical(record)
 
     def close(self) -> None:
-        """Release the lock and close the file."""
+        """Release the lock and close the file; a file this open created that holds no row is
+        removed (with the folders created for it), so a failed run leaves nothing behind."""
         if self._fd is not None:
             try:
+                if self._created and os.fstat(self._fd).st_size == 0:
+                    _remove_created(self._created)   # still under the lock
+                self._created = []
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             finally:
                 os.close(self._fd)
@@ -221,6 +275,19 @@ class ResultsFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove what an open created (folders first made, then the file), newest first; a folder
+    that others have filled meanwhile stays."""
+    for p in reversed(created):
+        try:
+            if p.is_dir():
+                os.rmdir(p)
+            else:
+                os.unlink(p)
+        except OSError:
+            pass
 
 
 def _read_all(fd: int) -> bytes:

@@ -18,7 +18,7 @@ CLIS = ["eval.accuracy", "eval.campaign", "eval.energy", "eval.exponents", "eval
 BASE_ARGS = {"eval.neuralfuse": ["--generator-checkpoint", "/nonexistent-gen"], "eval.campaign": ["c.json"],
              "eval.plan": ["p.json"], "eval.tradeoff": ["r.json"], "eval.sparrow": ["--ber", "1e-3"]}
 NUMERIC_TYPES = {"finite_float", "positive_float", "nonneg_float", "probability", "unit_interval_open",
-                 "positive_int", "nonneg_int", "any_int", "bounded_float"}
+                 "positive_int", "nonneg_int", "any_int", "bounded_float", "seed_int"}
 
 
 def _parser(module):
@@ -45,8 +45,10 @@ def _bad_values(type_name):
         bad += ["1.5"]
     if type_name in ("positive_float", "positive_int"):
         bad += ["0", "-1"]
-    if type_name in ("nonneg_float", "nonneg_int", "probability", "unit_interval_open"):
+    if type_name in ("nonneg_float", "nonneg_int", "probability", "unit_interval_open", "seed_int"):
         bad += ["-1e-3"]
+    if type_name == "seed_int":
+        bad += [str(2**32)]
     if type_name == "probability":
         bad += ["1.5"]
     if type_name == "unit_interval_open":

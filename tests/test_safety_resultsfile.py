@@ -173,6 +173,9 @@ def test_new_file_honours_umask_and_torn_header_is_restarted(tmp_path):
     torn.write_bytes(b'{"jaxfault_results": 1, "identity": {"mod')
     with ResultsFile.open(torn, IDENTITY) as rf:
         assert rf.rows() == {}
+    assert torn.read_bytes() == b""  # the torn header is cut; the new one comes with the first row
+    with ResultsFile.open(torn, IDENTITY) as rf:
+        rf.append("a", {"x": 1})
     assert json.loads(torn.read_text().splitlines()[0])["identity"] == IDENTITY
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from jaxfault.checkpoints import check_checkpoint_output
-from jaxfault.cli import ArgumentParser, nonneg_int, positive_float, positive_int, run_main
+from jaxfault.cli import ArgumentParser, positive_float, positive_int, run_main, seed_int
 from jaxfault.precision import PRECISIONS
 from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
@@ -18,7 +18,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"], help="training batch size")
     p.add_argument("--lr", type=positive_float, default=DEFAULTS["learning_rate"],
                    help="peak Adam learning rate (cosine decay)")
-    p.add_argument("--seed", type=nonneg_int, default=DEFAULTS["seed"], help="seed of the initialisation and the data order")
+    p.add_argument("--seed", type=seed_int, default=DEFAULTS["seed"], help="seed of the initialisation and the data order")
     p.add_argument("--precision", choices=PRECISIONS, default="default",
                    help="float32 matmul/conv precision of the training steps ('default': the backend's fast mode)")
     p.add_argument("--qat", action="store_true",

@@ -5,7 +5,7 @@ language-model CLIs use when no --checkpoint is given)."""
 from __future__ import annotations
 
 from jaxfault.checkpoints import check_checkpoint_output
-from jaxfault.cli import ArgumentParser, nonneg_int, positive_float, positive_int, run_main
+from jaxfault.cli import ArgumentParser, positive_float, positive_int, run_main, seed_int
 from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.lm import LM_FAMILIES
 from jaxfault.precision import PRECISIONS
@@ -28,7 +28,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=D["batch_size"], help="windows per step")
     p.add_argument("--lr", type=positive_float, default=D["learning_rate"],
                    help="peak AdamW learning rate (linear warm-up, cosine decay)")
-    p.add_argument("--seed", type=nonneg_int, default=D["seed"], help="seed of the initialisation and the batches")
+    p.add_argument("--seed", type=seed_int, default=D["seed"], help="seed of the initialisation and the batches")
     p.add_argument("--val-windows", type=positive_int, default=D["val_windows"],
                    help="validation windows of --seq-len tokens")
     p.add_argument("--precision", choices=PRECISIONS, default="default",

@@ -6,7 +6,7 @@ is evaluated on unseen perturbed models, as eval.neuralfuse does (--eval-models,
 from __future__ import annotations
 
 from jaxfault.cli import (ArgumentParser, finite_float, nonneg_float, nonneg_int, positive_float, positive_int, strategy_flag,
-                          probability, run_main)
+                          probability, run_main, seed_int)
 from jaxfault.precision import PRECISIONS
 from jaxfault.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
@@ -37,7 +37,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--model", default="lenet", help="base model from the cache when no --checkpoint")
     p.add_argument("--data-dir", default=None, help="folder with IDX files or the TFDS data_dir")
     p.add_argument("--strategy", type=strategy_flag, default="auto", help="batching of the N models: auto, map, vmap, map:B")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the data order and the per-step perturbed models")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the data order and the per-step perturbed models")
     p.add_argument("--precision", choices=PRECISIONS, default="default",
                    help="float32 matmul/conv precision of the EOPM steps ('default': the backend's fast mode)")
     p.add_argument("--save-every", type=positive_int, default=50, help="steps between resumable state saves")

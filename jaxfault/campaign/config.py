@@ -26,6 +26,7 @@ from jaxfault.campaign.runner import EvalData
 from jaxfault.checkpoints import checkpoint_digest
 from jaxfault.config import read_json_object
 from jaxfault.errors import JaxfaultError, nearest_hint
+from jaxfault.keys import MAX_SEED, MAX_TRIALS
 from jaxfault.precision import check_precision
 from jaxfault.stats import check_sequential
 
@@ -35,10 +36,11 @@ DEFAULTS = {"output": "runs/campaign/results.jsonl", "checkpoint": None, "seed":
 KNOWN_KEYS = set(DEFAULTS) | {"grid"}
 
 
-def _positive_int(config, name):
+def _positive_int(config, name, high: int | None = None):
     v = config[name]
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise JaxfaultError(f"{name} must be a positive integer, got {json.dumps(v)}")
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or (high is not None and v > high):
+        bound = "" if high is None else f" <= {high}"
+        raise JaxfaultError(f"{name} must be a positive integer{bound}, got {json.dumps(v)}")
 
 
 def _optional_str(config, name):
@@ -58,11 +60,14 @@ def validate_config(config: dict) -> dict:
     if "grid" not in config:
         raise JaxfaultError("campaign config needs a 'grid' list")
     config = {**DEFAULTS, **config}
-    _positive_int(config, "trials")
+    _positive_int(config, "trials", MAX_TRIALS)
     _positive_int(config, "eval_examples")
+    if config["max_trials"] is not None:
+        _positive_int(config, "max_trials", MAX_TRIALS)
     seed = config["seed"]
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise JaxfaultError(f"seed must be a non-negative integer, got {json.dumps(seed)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise JaxfaultError(f"seed must be an integer in [0, {MAX_SEED}] (the key derivation takes 32 bits), "
+                            f"got {json.dumps(seed)}")
     for name in ("checkpoint", "data_dir"):
         _optional_str(config, name)
     if not isinstance(config["output"], str) or not config["output"]:
@@ -106,16 +111,19 @@ def load_eval_data(config: dict, log=print) -> tuple[EvalData, dict]:
 
 
 def dry_run_identity(config: dict) -> dict | None:
-    """The identity a run of this config would have, without training or loading data; None
-    when the default model is not trained yet (a run would train it first)."""
+    """The identity a run of this config would have, without training or loading data; None only
+    when the config names no checkpoint and the default model is not trained yet (a run would
+    train it first). A checkpoint the config names is loaded and verified as the run does, so a
+    missing or damaged one is the same one-line error as in the run."""
     from jaxfault.checkpoints import load_checkpoint
     from jaxfault.zoo import cache_dir, cache_entry_name
 
-    path = config.get("checkpoint") or str(cache_dir() / cache_entry_name("lenet"))
-    if not (Path(path) / "jaxfault.json").is_file():
+    if config.get("checkpoint") is not None:
+        return identity_of(config, load_checkpoint(config["checkpoint"]))
+    path = cache_dir() / cache_entry_name("lenet")
+    if not (path / "jaxfault.json").is_file():
         return None
-    ckpt = load_checkpoint(path)
-    return identity_of(config, ckpt)
+    return identity_of(config, load_checkpoint(path))
 
 
 def identity_of(config: dict, ckpt=None) -> dict:

@@ -104,19 +104,48 @@ def format_table(rows: Sequence[dict], tot: dict | None = None) -> str:
 # ------------------------------------------------------------------ design-point grids
 
 
+# Sweeps: bit widths of the Eyeriss-like estimate, and the most design points of one vmapped call
+# (every point is a row of the report; 1..100000 asked for 10**10 of them)
+MIN_SWEEP_BITS, MAX_SWEEP_BITS = 1, 32
+MAX_SWEEP_POINTS = 100_000
+
+
 def parse_range(text: str, name: str = "--sweep-bits") -> list[float]:
-    """'2..16' (inclusive integers) or '2,4,8'."""
-    text = text.strip()
+    """'2..16' (inclusive integers) or '2,4,8': bit widths, each an integer in [MIN_SWEEP_BITS,
+    MAX_SWEEP_BITS]; an empty, reversed or out-of-range range is a one-line JaxfaultError naming
+    the flag and the text."""
+    text = str(text).strip()
+    bounds = f"[{MIN_SWEEP_BITS}, {MAX_SWEEP_BITS}]"
     try:
         if ".." in text:
             a, b = text.split("..", 1)
             a, b = int(a), int(b)
             if b < a:
-                raise JaxfaultError(f"{name}: empty range {text!r}")
-            return [float(v) for v in range(a, b + 1)]
-        return [float(v) for v in text.split(",") if v.strip()]
+                raise JaxfaultError(f"{name}: empty range {text!r} (the end is below the start)")
+            values = [a, b]
+        else:
+            values = [float(v) for v in text.split(",") if v.strip()]
+            if not values:
+                raise JaxfaultError(f"{name}: no bit widths in {text!r}")
     except ValueError:
         raise JaxfaultError(f"{name}: cannot parse {text!r} (use A..B or a comma list)") from None
+    for v in values:
+        if not (float(v).is_integer() and MIN_SWEEP_BITS <= v <= MAX_SWEEP_BITS):
+            raise JaxfaultError(f"{name}: bit widths must be integers in {bounds}, got {v:g} in {text!r}")
+    if ".." in text:
+        return [float(v) for v in range(values[0], values[1] + 1)]
+    return values
+
+
+def check_grid_size(grid: dict, name: str = "--grid") -> int:
+    """The number of design points of a sweep grid (the product of its axes' lengths); a one-line
+    JaxfaultError when it exceeds MAX_SWEEP_POINTS."""
+    n = 1
+    for vals in grid.values():
+        n *= max(1, len(vals) if isinstance(vals, (list, tuple)) else 1)
+    if n > MAX_SWEEP_POINTS:
+        raise JaxfaultError(f"{name} has {n} design points; at most {MAX_SWEEP_POINTS} are evaluated at once")
+    return n
 
 
 def expand_grid(grid: dict, num_layers: int, base: dict) -> tuple[dict[str, np.ndarray], list[dict]]:
@@ -132,6 +161,7 @@ def expand_grid(grid: dict, num_layers: int, base: dict) -> tuple[dict[str, np.n
         if not isinstance(vals, (list, tuple)) or not vals:
             raise JaxfaultError(f"grid[{k!r}] must be a non-empty list of values, got {plain(vals)!r}")
         axes.append((k, list(vals)))
+    check_grid_size(dict(axes), "the sweep grid")
     names = [k for k, _ in axes]
     points = []
     cols: dict[str, list] = {k: [] for k in ("qw", "qa", "pw", *HW_FIELDS)}

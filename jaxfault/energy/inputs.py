@@ -2,7 +2,6 @@
 with one-line errors naming the flag and the bad value; shared by eval.energy and eval.tradeoff."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -44,11 +43,17 @@ def parse_per_layer(text: str, name: str, network: str):
 
 
 def _read_json(path, name: str):
+    from jaxfault.config import parse_json
+
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
         raise JaxfaultError(f"{name}: cannot read {path}: {reason}") from None
+    try:
+        return parse_json(text, "it")
+    except JaxfaultError as e:
+        raise JaxfaultError(f"{name}: cannot read {path}: {e}") from None
 
 
 def _finite_number(v) -> bool:

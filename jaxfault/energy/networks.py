@@ -132,17 +132,36 @@ def network_names() -> list[str]:
 
 
 def _user_model(spec: str, num_classes: int):
+    """The Flax module that 'package.module:attribute' names: a module instance, a module class, or a
+    factory function returning a module (called with num_classes when it takes it). Anything else,
+    or a factory returning something else, is a one-line JaxfaultError before the module is used."""
+    import functools
+    import inspect
+
     mod_name, _, attr = spec.partition(":")
     try:
         obj = getattr(importlib.import_module(mod_name), attr)
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, ValueError) as e:
         raise JaxfaultError(f"unknown network {spec!r}: {e}") from None
     if isinstance(obj, nn.Module):
         return obj
+    what = f"network {spec!r}"
+    if isinstance(obj, type):
+        if not issubclass(obj, nn.Module):
+            raise JaxfaultError(f"{what} is the class {obj.__name__}, not a Flax module (flax.linen.Module)")
+    elif not (inspect.isfunction(obj) or inspect.ismethod(obj) or isinstance(obj, functools.partial)):
+        raise JaxfaultError(f"{what} is a {type(obj).__name__}, not a Flax module or a function returning one")
     try:
-        return obj(num_classes=num_classes)
-    except TypeError:
-        return obj()
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        params = {}
+    try:
+        model = obj(num_classes=num_classes) if "num_classes" in params else obj()
+    except Exception as e:  # the user's constructor: report its failure in one line
+        raise JaxfaultError(f"{what} could not be built: {type(e).__name__}: {' '.join(str(e).split())[:160]}") from None
+    if not isinstance(model, nn.Module):
+        raise JaxfaultError(f"{what} returned a {type(model).__name__}, not a Flax module (flax.linen.Module)")
+    return model
 
 
 def get_model(name: str, num_classes: int | None = None) -> nn.Module:

@@ -25,7 +25,7 @@ other rows of its family (the operating point is a column of its own): "sparrow 
 """
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -177,26 +177,32 @@ def _file_method(obj: Any, path: str) -> str:
 
 def _read(path: str):
     """A JSON file, or a JSON-lines file (a campaign's results: a header line, then one row per
-    line; a torn last line is ignored) as a list of its objects."""
+    line; a torn last line is ignored) as a list of its objects; read with the limits of
+    jaxfault.config.parse_json (one-line errors for binary files, huge integers, deep nesting)."""
+    from jaxfault.config import JSONSyntaxError, parse_json
+
     try:
         text = Path(path).read_text()
+    except UnicodeDecodeError:
+        raise JaxfaultError(f"cannot read {path}: it is not UTF-8 text (a binary file?)") from None
     except OSError as e:
         raise JaxfaultError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        objs = []
-        for i, ln in enumerate(lines):
-            try:
-                objs.append(json.loads(ln))
-            except json.JSONDecodeError:
-                if i == len(lines) - 1 and objs:  # a run killed during an append
-                    break
-                raise JaxfaultError(f"cannot read {path}: {e}") from None
-        if len(objs) < 2:
-            raise JaxfaultError(f"cannot read {path}: {e}") from None
-        return objs
+        return parse_json(text, str(path))
+    except JSONSyntaxError as e:
+        whole = e
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    objs = []
+    for i, ln in enumerate(lines):
+        try:
+            objs.append(parse_json(ln, f"{path} line {i + 1}"))
+        except JSONSyntaxError:
+            if i == len(lines) - 1 and objs:  # a run killed during an append
+                break
+            raise JaxfaultError(f"cannot read {whole}") from None
+    if len(objs) < 2:
+        raise JaxfaultError(f"cannot read {whole}") from None
+    return objs
 
 
 def _campaign_rows(objs: list, source: str, skipped: list | None) -> list[dict] | None:
@@ -225,9 +231,32 @@ def _campaign_rows(objs: list, source: str, skipped: list | None) -> list[dict] 
     return out
 
 
+# what an operating point's value must be: (check, requirement)
+POINT_RANGES = {"ber": (lambda v: 0 <= v <= 1, "in [0, 1]"), "voltage": (lambda v: v > 0, "> 0"),
+                "refresh_interval_s": (lambda v: v > 0, "> 0"), "mask_p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+                "fraction": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+
+
+def check_record(rec: dict, path: str, row: int) -> None:
+    """Refuse, in one line naming the file, the row (1-based, in file order) and the value, a
+    record whose accuracy is not a number in [0, 1] (NaN included) or whose operating point is not
+    a finite number in its range (a BER given as a string, a fraction of 2)."""
+    label = f" ({rec['label']})" if rec.get("label") else ""
+    where = f"{path}: row {row}{label}"
+    acc = rec.get("accuracy_mean")
+    if not (isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0.0 <= acc <= 1.0):
+        raise JaxfaultError(f"{where}: accuracy must be a number in [0, 1], got {acc!r}")
+    for k, (ok, requirement) in POINT_RANGES.items():
+        if k not in rec:
+            continue
+        v = rec[k]
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)):
+            raise JaxfaultError(f"{where}: {k} must be a finite number {requirement}, got {v!r}")
+
+
 def load_records(paths: Sequence[str], skipped: list | None = None) -> list[dict]:
-    """Records of every file. Campaign rows of methods without an energy model are appended to
-    `skipped` when a list is given (else they are an error)."""
+    """Records of every file, each range-checked (check_record). Campaign rows of methods without
+    an energy model are appended to `skipped` when a list is given (else they are an error)."""
     recs = []
     for p in paths:
         obj = _read(str(p))
@@ -237,6 +266,8 @@ def load_records(paths: Sequence[str], skipped: list | None = None) -> list[dict
             found = find_records(obj, None if has_method else {"method": _file_method(obj, str(p))}, str(p))
         if not found:
             raise JaxfaultError(f"{p}: no records with an accuracy ({'/'.join(ACC_KEYS[:4])}) and an operating point ({'/'.join(POINT_KEYS)})")
+        for row, rec in enumerate(found, 1):
+            check_record(rec, str(p), row)
         recs.extend(found)
     return recs
 

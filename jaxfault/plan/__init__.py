@@ -37,17 +37,22 @@ def run_plan(plan: dict, *, results_path=None, log: Callable[[str], None] = prin
     import jax
 
     from jaxfault.engine import evaluation_form
-    from jaxfault.plan.energy import build_energy_model
+    from jaxfault.plan.config import check_call_memory
+    from jaxfault.plan.energy import build_energy_model, check_energy
     from jaxfault.plan.planner import evaluate_configurations, load_plan_data
     from jaxfault.plan.report import build_report
     from jaxfault.resultsfile import ResultsFile
 
     stages = active_stages(plan)
     configs = expand(plan, stages)
+    check_call_memory(plan)
+    block = plan["hbm"]["block_size"] if plan.get("hbm") else 64
     data = data or load_plan_data(plan, log)
     model, variables = evaluation_form(data.model, data.variables)
     energy_model = build_energy_model(model, variables, data.input_shape, plan, stages,
                                       {g: gv for g, gv in data.generators.items()})
+    for c in configs:  # every energy known and finite before the first trial
+        check_energy(c.knobs, energy_model.breakdown(c.knobs, block))
     if mesh is None and jax.device_count() > 1:
         from jaxfault.campaign.runner import trial_mesh
 
@@ -62,7 +67,6 @@ def run_plan(plan: dict, *, results_path=None, log: Callable[[str], None] = prin
         if plan["target"]["certify"]:
             rows = _certify(plan, data, configs, rows, planner, done, record, log)
     rows = [{**r, "nominal": c.nominal} for r, c in zip(rows, configs)]
-    block = plan["hbm"]["block_size"] if plan.get("hbm") else 64
     return build_report(plan, rows, energy_model, planner.clean_accuracy, compiled=planner.compiled,
                         seconds=time.perf_counter() - t0, block_size=block)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from jaxfault import engine
 from jaxfault.config import Field, read_json_object, validate
 from jaxfault.errors import JaxfaultError, plain
+from jaxfault.keys import MAX_SEED, MAX_TRIALS
 from jaxfault.plan import knobs
 from jaxfault.precision import PRECISIONS
 
@@ -36,15 +37,15 @@ TOP_FIELDS = [
     Field("checkpoint", str, None, nullable=True),
     Field("data_dir", str, None, nullable=True),
     Field("eval_examples", int, 10000, min=1),
-    Field("seed", int, 0, min=0),
-    Field("trials", int, 20, min=1),
+    Field("seed", int, 0, min=0, max=MAX_SEED),
+    Field("trials", int, 20, min=1, max=MAX_TRIALS),
     Field("strategy", str, "auto", choices=engine.STRATEGIES),
     Field("precision", str, "highest", choices=PRECISIONS),
     Field("eval_dtype", str, "auto", choices=EVAL_DTYPES),
     Field("batch_size", int, 1000, min=1),
     Field("configs_per_call", int, 8, min=1),
     Field("skip_fault_free", bool, True),
-    Field("inference_period_s", float, 1.0 / 30.0, min=0, min_open=True),
+    Field("inference_period_s", float, 1.0 / 30.0, min=0, min_open=True, max=1e6),
     Field("target", dict, None, nullable=True),
     Field("energy", dict, None, nullable=True),
     Field("hbm", dict, None, nullable=True),
@@ -59,7 +60,7 @@ TARGET_FIELDS = [
     Field("reference", str, "clean", choices=TARGET_REFERENCES),
     Field("level", float, 0.95, min=0, max=1, min_open=True, max_open=True),
     Field("certify", bool, False),
-    Field("max_trials", int, None, nullable=True, min=1),
+    Field("max_trials", int, None, nullable=True, min=1, max=MAX_TRIALS),
 ]
 
 HBM_FIELDS = [
@@ -88,16 +89,18 @@ CIM_FIELDS = [
     Field("selection_examples", int, 2000, min=1),
 ]
 
+# Energy settings are bounded far beyond physical values (pJ per bit, volts, seconds), so that
+# every energy stays a finite number: 1e308 pJ per bit made every energy NaN.
 ENERGY_FIELDS = [
     Field("qw", int, 16, min=1, max=32),
     Field("qa", int, 16, min=1, max=32),
-    Field("refresh_pj_per_bit", float, None, nullable=True, min=0),
-    Field("pj_per_unit", float, None, nullable=True, min=0, min_open=True),
-    Field("ecc_read_scaling", float, None, nullable=True, min=0),
-    Field("v_nominal", float, 1.0, min=0, min_open=True),
-    Field("verify_iterations", float, None, nullable=True, min=1),
-    Field("cim_pulse_pj", float, None, nullable=True, min=0),
-    Field("cim_reprogram_period_s", float, None, nullable=True, min=0, min_open=True),
+    Field("refresh_pj_per_bit", float, None, nullable=True, min=0, max=1e6),
+    Field("pj_per_unit", float, None, nullable=True, min=1e-6, max=1e6),
+    Field("ecc_read_scaling", float, None, nullable=True, min=0, max=1),
+    Field("v_nominal", float, 1.0, min=0, min_open=True, max=100),
+    Field("verify_iterations", float, None, nullable=True, min=1, max=1e6),
+    Field("cim_pulse_pj", float, None, nullable=True, min=0, max=1e6),
+    Field("cim_reprogram_period_s", float, None, nullable=True, min=0, min_open=True, max=1e9),
 ]
 
 KNOB_FIELDS = {"hbm": ("scheme", "refresh_interval_s"), "sram": ("voltage", "generator"), "cim": ("write_verify",)}
@@ -176,6 +179,32 @@ def validate_plan(plan) -> dict:
                             f"got {cfg['target']['max_trials']}")
     cfg["energy"] = validate(cfg["energy"] or {}, ENERGY_FIELDS, "plan: energy")
     return cfg
+
+
+# host bytes one program call holds per (configuration, trial): its key (8) and its outputs
+# (accuracy, forward-pass flag, fingerprint halves, realised rates), rounded up
+CALL_BYTES_PER_TRIAL = 64
+
+
+def check_call_memory(plan: dict, budget: int | None = None) -> int:
+    """The bytes one program call of a validated plan holds for its configs_per_call x trials
+    keys and results; a one-line JaxfaultError, before any work, when that exceeds the memory
+    budget (default: jaxfault.memory's, half the device's memory, and at most half the host's)."""
+    import os
+
+    from jaxfault import memory
+
+    C, T = plan["configs_per_call"], plan["trials"]
+    if plan["target"]["certify"] and plan["target"]["max_trials"]:
+        T = max(T, plan["target"]["max_trials"])
+    need = C * (4 * len(STAGES) + T * CALL_BYTES_PER_TRIAL)
+    if budget is None:
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        budget = min(memory.default_budget(), int(memory.DEFAULT_FRACTION * host))
+    if need > budget:
+        raise JaxfaultError(f"plan: configs_per_call {C} x trials {T} needs about {need / 2**30:.1f} GiB of memory per "
+                            f"program call, more than the budget of {budget / 2**30:.1f} GiB; lower configs_per_call")
+    return need
 
 
 def active_stages(plan: dict) -> tuple[str, ...]:

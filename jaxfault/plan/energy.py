@@ -29,6 +29,7 @@ from jaxfault.energy import protection as P
 from jaxfault.energy.analysis import evaluate as network_energy
 from jaxfault.energy.core import Hardware
 from jaxfault.energy.layers import layers_from_model
+from jaxfault.errors import JaxfaultError
 
 # ASSUMED energy of one program (or verify) pulse of a CiM device: RRAM/PCM set/reset pulses are
 # of the order of 1-10 pJ per cell (e.g. Yu & Chen, "Emerging memory technologies", IEEE SSC
@@ -87,6 +88,20 @@ class EnergyModel:
         total = compute + dram_read + refresh + generator + wv
         return {"total": total, "network": compute, "dram_weight_reads": dram_read, "refresh": refresh,
                 "generator": generator, "write_verify": wv, "stored_bits_per_weight": bits}
+
+
+def check_energy(knobs: dict, breakdown: dict) -> dict:
+    """breakdown (EnergyModel.breakdown of the configuration knobs), if every term is a finite
+    number; else a one-line JaxfaultError naming the configuration and the term, so that no plan
+    prints or chooses by a NaN energy."""
+    import math
+
+    for term, value in breakdown.items():
+        if not math.isfinite(float(value)):
+            where = " ".join(f"{k}={v}" for k, v in knobs.items())
+            raise JaxfaultError(f"plan: energy of {where or 'the nominal design'} is not finite ({term} {value!r}); "
+                                f"check the plan's \"energy\" settings")
+    return breakdown
 
 
 def build_energy_model(model, variables, input_shape, plan: dict, stages, generators: dict | None = None) -> EnergyModel:

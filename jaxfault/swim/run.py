@@ -95,8 +95,7 @@ class SwimConfig:
             _positive_int(name.replace("_", "-"), getattr(self, name), allow_none=True)
         if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
             raise JaxfaultError(f"alpha must be finite, got {self.alpha!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise JaxfaultError(f"seed must be an integer, got {self.seed!r}")
+        jkeys.check_seed(self.seed)
         resolve_strategy(self.strategy)
         check_precision(self.precision)
 
