@@ -231,8 +231,15 @@ unit_interval_open = _flag_type("unit_interval_open", lambda v: 0 <= v < 1, "in 
 positive_int = _flag_type("positive_int", lambda v: v >= 1, ">= 1", integer=True)
 nonneg_int = _flag_type("nonneg_int", lambda v: v >= 0, ">= 0", integer=True)
 any_int = _flag_type("any_int", lambda v: True, "an integer", integer=True)
-# every CLI's --seed: what the key derivation (jaxfault.keys.root_key) takes
-seed_int = _flag_type("seed_int", lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]", integer=True)
+
+
+def seed_int(text):
+    """argparse type of every CLI's --seed: an integer in [0, MAX_SEED], what the key derivation
+    (jaxfault.keys.root_key) takes."""
+    value = nonneg_int(text)
+    if value > MAX_SEED:
+        raise FlagValueError(f"must be <= {MAX_SEED} (the key derivation takes 32 bits), got {text!r}")
+    return value
 
 
 def strategy_flag(text):

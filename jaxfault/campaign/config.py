@@ -39,8 +39,8 @@ KNOWN_KEYS = set(DEFAULTS) | {"grid"}
 def _positive_int(config, name, high: int | None = None):
     v = config[name]
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or (high is not None and v > high):
-        bound = "" if high is None else f" <= {high}"
-        raise JaxfaultError(f"{name} must be a positive integer{bound}, got {json.dumps(v)}")
+        bound = "" if high is None else f" (at most {high})"
+        raise JaxfaultError(f"{name} must be a positive integer, got {json.dumps(v)}{bound}")
 
 
 def _optional_str(config, name):
@@ -66,8 +66,8 @@ def validate_config(config: dict) -> dict:
         _positive_int(config, "max_trials", MAX_TRIALS)
     seed = config["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise JaxfaultError(f"seed must be an integer in [0, {MAX_SEED}] (the key derivation takes 32 bits), "
-                            f"got {json.dumps(seed)}")
+        raise JaxfaultError(f"seed must be a non-negative integer, got {json.dumps(seed)} (at most {MAX_SEED}: "
+                            f"the key derivation takes 32 bits)")
     for name in ("checkpoint", "data_dir"):
         _optional_str(config, name)
     if not isinstance(config["output"], str) or not config["output"]:
