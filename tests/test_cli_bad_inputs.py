@@ -10,7 +10,7 @@ import importlib
 import pytest
 
 from jaxfault import cli as jcli
-from jaxfault.cli import run_main
+from tests._cli_run import run_cli as _run
 
 CLIS = ["eval.accuracy", "eval.campaign", "eval.energy", "eval.exponents", "eval.neuralfuse", "eval.plan",
         "eval.sparrow", "eval.swim", "eval.tradeoff", "train.base", "train.neuralfuse"]
@@ -54,14 +54,6 @@ def _bad_values(type_name):
     if type_name == "unit_interval_open":
         bad += ["1"]
     return bad
-
-
-def _run(module, argv, capsys):
-    mod = importlib.import_module(module)
-    with pytest.raises(SystemExit) as e:
-        run_main(mod.main, argv)
-    captured = capsys.readouterr()
-    return e.value.code, captured.out, captured.err
 
 
 def test_numeric_flags_are_enumerated():

@@ -10,24 +10,8 @@ import struct
 import numpy as np
 import pytest
 
-from jaxfault.cli import run_main
 from jaxfault.errors import JaxfaultError
-
-
-def _run(module, argv, capsys):
-    mod = importlib.import_module(module)
-    with pytest.raises(SystemExit) as e:
-        run_main(mod.main, argv)
-    captured = capsys.readouterr()
-    return e.value.code, captured.out, captured.err
-
-
-def _one_error_line(code, err, *needles):
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert n in lines[0], (n, err)
-    return lines[0]
+from tests._cli_run import run_cli as _run, one_error_line as _one_error_line
 
 
 def _write_json(path, obj_or_text):

@@ -1,35 +1,18 @@
 """Outputs that cannot be created are refused before any work, in one line naming the flag and the
 path (issue 26, item 1), and resumable runs leave no header-only results file behind (item 8)."""
-import importlib
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from jaxfault.cli import run_main
 from jaxfault.errors import JaxfaultError
 from jaxfault.io import check_output_path
+from tests._cli_run import run_cli as _run, one_error_line as _one_error_line
 
 # /proc accepts no new entries, whoever asks (root included): os.access says writable, mkdir fails
 UNCREATABLE = "/proc/jaxfault-nope"
 needs_proc = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
-
-
-def _run(module, argv, capsys):
-    mod = importlib.import_module(module)
-    with pytest.raises(SystemExit) as e:
-        run_main(mod.main, argv)
-    captured = capsys.readouterr()
-    return e.value.code, captured.out, captured.err
-
-
-def _one_error_line(code, err, *needles):
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert n in lines[0], (n, err)
-    return lines[0]
 
 
 @needs_proc
