@@ -96,8 +96,7 @@ class RunClock:
     def done(self, n: int = 1) -> str:
         self.k += n
         elapsed = self._time() - self.t0
-        left = elapsed / self.k * (self.total - self.k) if self.k else 0.0
-        tail = f", about {left:.0f} s left" if self.k < self.total else ""
+        tail = f", about {self.left():.0f} s left" if self.k < self.total else ""
         return f" ({self.k}/{self.total} {self.unit}, {elapsed:.0f} s elapsed{tail})"
 
     def exclude(self, seconds: float) -> None:
