@@ -171,6 +171,12 @@ class Selected(FaultModel):
     def sites(self):  # type: ignore[override]
         return self.inner.sites
 
+    @property
+    def stored_bits(self) -> float:
+        """Stored bits per weight of the wrapped model's storage (the selection picks which
+        weights are stored that way, not how)."""
+        return self.inner.stored_bits
+
     def perturb_output(self, key, path, module_type, value, rate):
         return self.inner.perturb_output(key, path, module_type, value, rate)
 

@@ -109,3 +109,12 @@ def test_a_group_the_model_lacks_is_an_error():
     fm = select_tensors(jaxfault.sram_bit_errors(), "lm_head", model=GPT)
     with pytest.raises(JaxfaultError, match="no parameter is in the tensor group"):
         fm.perturb(jax.random.key(0), {"params": params}, jnp.float32(0.01))
+
+
+def test_a_selection_keeps_the_stored_bits_per_weight_of_its_storage():
+    from jaxfault.ecc.hbm import hbm_faults
+    from jaxfault.select import select_tensors
+
+    for scheme, bits in (("sparrow", 18), ("none", 16)):
+        fm = hbm_faults(scheme=scheme)
+        assert select_tensors(fm, "attention,mlp").stored_bits == fm.stored_bits == bits
