@@ -14,7 +14,7 @@ import jax
 
 from jaxfault import campaign as cp
 from jaxfault.campaign import distributed
-from jaxfault.campaign.report import accuracy_interval, format_table, plot_records, point_label
+from jaxfault.campaign.report import format_table, plot_records, point_label, point_summary
 from jaxfault.cli import ArgumentParser, positive_float, positive_int, run_main
 from jaxfault.io import check_output_path
 from jaxfault.resultsfile import ResultsFile
@@ -31,7 +31,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-trials", type=positive_int, default=None,
                    help="cap of a --ci-width run, overriding the config's (default: the config's, else 10 x trials)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the grid size, run nothing, write nothing")
-    p.add_argument("--plot", default=None, help="PNG of accuracy vs rate, one line per method/scheme (default: none)")
+    p.add_argument("--plot", default=None, help="PNG of accuracy (a language model: perplexity) vs rate, one line per method/scheme (default: none)")
     g = p.add_argument_group("several processes (jax.distributed; only process 0 writes)")
     g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0's coordinator (default: one process)")
     g.add_argument("--num-processes", type=int, default=None, help="number of processes (default: one process)")
@@ -87,10 +87,7 @@ def main(argv=None) -> int:
 
         def on_point(rec, i, n):
             el = time.perf_counter() - t0
-            lo, hi, trials = accuracy_interval(rec)
-            say(f"[{i}/{n}] {rec['config']['method']} {point_label(rec['config'])}: "
-                f"acc {rec['accuracy_mean']:.4f} [{lo:.4f}, {hi:.4f}] over {trials} trials"
-                + (f" ({rec['stop']})" if rec.get("stop") else "") + "  "
+            say(f"[{i}/{n}] {rec['config']['method']} {point_label(rec['config'])}: {point_summary(rec)}  "
                 f"({el:.0f} s elapsed, ETA {el / i * (n - i):.0f} s)", flush=True)
 
         def record(rec):
@@ -106,7 +103,8 @@ def main(argv=None) -> int:
     if args.plot and writer:
         plot_records(records, args.plot)
         say(f"plot: {args.plot}")
-    say(f"next: python -m eval.tradeoff {output}   (or --plot PNG for accuracy vs rate)")
+    if data.task is None:
+        say(f"next: python -m eval.tradeoff {output}   (or --plot PNG for accuracy vs rate)")
     return 0
 
 

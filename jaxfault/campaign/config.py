@@ -5,10 +5,15 @@
      "seed": 0, "trials": 20, "eval_examples": 10000, "strategy": "auto", "precision": "highest",
      "data_dir": null,
      "ci_width": null, "max_trials": null,    # or: chunks of `trials` until the accuracy's half-width <= ci_width
+     "task": null,                            # null: the checkpoint's kind; or classification / language_model
+     "eval_windows": 32,                      # language models: validation windows of seq_len tokens evaluated
      "grid": [{"method": "sparrow", "scheme": ["sparrow", "secded", "none"], "ber": [1e-4, 1e-3]},
               {"method": "bitflip", "ber": [1e-5, 1e-4]}]}
 
-List-valued fields of a grid entry are crossed (jaxfault.campaign.grid).
+List-valued fields of a grid entry are crossed (jaxfault.campaign.grid). A language model (an LM
+checkpoint or Hugging Face folder, or "task": "language_model" for the cached default one) is
+scored by perplexity on its first `eval_windows` validation windows; its points run a fixed number
+of trials (no ci_width: the sequential rule stops on a bounded mean, and a perplexity is neither).
 """
 from __future__ import annotations
 
@@ -32,7 +37,8 @@ from jaxfault.stats import check_sequential
 
 DEFAULTS = {"output": "runs/campaign/results.jsonl", "checkpoint": None, "seed": 0, "trials": 20,
             "eval_examples": 10000, "strategy": "auto", "precision": "highest", "data_dir": None,
-            "ci_width": None, "max_trials": None}
+            "ci_width": None, "max_trials": None, "task": None, "eval_windows": 32}
+TASKS = ("classification", "language_model")
 KNOWN_KEYS = set(DEFAULTS) | {"grid"}
 
 
@@ -78,12 +84,32 @@ def validate_config(config: dict) -> dict:
     engine.resolve_strategy(config["strategy"])
     check_precision(config["precision"])
     check_sequential(config["trials"], config["ci_width"], config["max_trials"])
+    _positive_int(config, "eval_windows")
+    if config["task"] is not None and config["task"] not in TASKS:
+        raise JaxfaultError(f"task must be null or one of {', '.join(TASKS)}, got {json.dumps(config['task'])}")
+    if is_lm(config):
+        _check_lm(config)
     for point in expand_grid(config["grid"]):
         methods.validate_point(point.params)
         for k, v in point.params.items():
             if isinstance(v, float) and not math.isfinite(v):
                 raise JaxfaultError(f"grid field {k!r} must be finite, got {v!r}")
     return config
+
+
+def is_lm(config: dict) -> bool:
+    """True when the campaign evaluates a language model: task language_model, or no task and a
+    checkpoint that holds one."""
+    from jaxfault.lm import is_language_model
+
+    return config.get("task") == "language_model" or (config.get("task") is None
+                                                      and is_language_model(config.get("checkpoint")))
+
+
+def _check_lm(config: dict) -> None:
+    if config.get("ci_width") is not None:
+        raise JaxfaultError("ci_width stops a point on the interval of a mean accuracy; a language-model campaign "
+                            "runs a fixed number of trials (set ci_width to null)")
 
 
 def load_config(path: str, overrides: dict | None = None) -> dict:
@@ -94,9 +120,20 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
 
 
 def load_eval_data(config: dict, log=print) -> tuple[EvalData, dict]:
-    """(EvalData, identity) for a validated config: the checkpoint (the cached default LeNet when
-    null) and the first eval_examples test images. identity describes what the numbers depend on."""
+    """(EvalData, identity) for a validated config: the checkpoint (the cached default LeNet, or
+    the default language model, when null) and its evaluation data: the first eval_examples test
+    images, or the first eval_windows validation windows of a language model. identity describes
+    what the numbers depend on."""
     from jaxfault.checkpoints import load_checkpoint
+
+    if is_lm(config):
+        from jaxfault.lm import load_lm_and_data
+
+        _check_lm(config)
+        path, model, variables, x, y, task = load_lm_and_data(config.get("checkpoint"), config["eval_windows"], log)
+        ev = EvalData(model=model, variables=jax.tree_util.tree_map(jnp.asarray, variables), images=jnp.asarray(x),
+                      labels=jnp.asarray(y), task=task)
+        return ev, identity_of(config, _lm_checkpoint(path))
     from jaxfault.data import load_dataset
     from jaxfault.zoo import default_classifier
 
@@ -110,6 +147,18 @@ def load_eval_data(config: dict, log=print) -> tuple[EvalData, dict]:
     return ev, identity_of(config, ckpt)
 
 
+def _lm_checkpoint(path):
+    """What identity_of needs of a language model's folder: a jaxfault checkpoint is loaded and
+    verified; a Hugging Face folder is identified by its path (its safetensors were read by from_hf)."""
+    from types import SimpleNamespace
+
+    from jaxfault.checkpoints import META_FILE, load_checkpoint
+
+    if (Path(path) / META_FILE).is_file():
+        return load_checkpoint(path, kind="language_model")
+    return SimpleNamespace(path=path, hf=True)
+
+
 def dry_run_identity(config: dict) -> dict | None:
     """The identity a run of this config would have, without training or loading data; None only
     when the config names no checkpoint and the default model is not trained yet (a run would
@@ -118,6 +167,13 @@ def dry_run_identity(config: dict) -> dict | None:
     from jaxfault.checkpoints import load_checkpoint
     from jaxfault.zoo import cache_dir, cache_entry_name
 
+    if is_lm(config):
+        from jaxfault.zoo import lm_cache_entry_name
+
+        path = config.get("checkpoint") or cache_dir() / lm_cache_entry_name()
+        if config.get("checkpoint") is None and not (Path(path) / "jaxfault.json").is_file():
+            return None
+        return identity_of(config, _lm_checkpoint(path))
     if config.get("checkpoint") is not None:
         return identity_of(config, load_checkpoint(config["checkpoint"]))
     path = cache_dir() / cache_entry_name("lenet")
@@ -136,8 +192,22 @@ def identity_of(config: dict, ckpt=None) -> dict:
     if config.get("ci_width") is not None:   # trials until a target width: part of every row's numbers
         ident["ci_width"] = config["ci_width"]
         ident["max_trials"] = check_sequential(config["trials"], config["ci_width"], config.get("max_trials"))
-    if ckpt is not None:
-        ident["checkpoint"] = str(Path(ckpt.path).resolve())
-        ident["checkpoint_digest"] = checkpoint_digest(ckpt.path)[:16]
-        ident["dataset"] = ckpt.config["dataset"]
+    if is_lm(config):
+        ident.pop("eval_examples")
+        ident.update(task="language_model", eval_windows=config["eval_windows"])
+    if ckpt is None:
+        return ident
+    ident["checkpoint"] = str(Path(ckpt.path).resolve())
+    if getattr(ckpt, "hf", False):                # a Hugging Face folder: its config and tensor files
+        import hashlib
+
+        folder = Path(ckpt.path)
+        h = hashlib.sha256((folder / "config.json").read_bytes())
+        for f in sorted(folder.glob("*.safetensors")):
+            h.update(f"{f.name}:{f.stat().st_size}".encode())
+        ident["checkpoint_digest"] = h.hexdigest()[:16]
+        ident["dataset"] = "kjv"
+        return ident
+    ident["checkpoint_digest"] = checkpoint_digest(ckpt.path)[:16]
+    ident["dataset"] = ckpt.config.get("corpus") if is_lm(config) else ckpt.config["dataset"]
     return ident

@@ -38,6 +38,7 @@ class EvalData:
     images: Any
     labels: Any
     batch_size: int = 1000
+    task: Any = None                     # a jaxfault.tasks.Task; None: classification (top-1)
 
 
 @dataclasses.dataclass
@@ -76,7 +77,8 @@ class ProgramCache:
             fm, _, _ = methods.build_point(params, self.bounds[g])
             model, prepared, x = engine.prepare(self.data.model, self.data.variables, self.data.images, fm)
             y = jnp.asarray(self.data.labels)
-            metric = engine.make_metric_fn(model, batch_size=min(self.data.batch_size, int(y.shape[0])))
+            metric = engine.make_metric_fn(model, batch_size=min(self.data.batch_size, int(y.shape[0])),
+                                           task=self.data.task)
             prog = engine.make_trial_program(metric, fm, strategy=self.campaign.strategy,
                                              precision=self.campaign.precision, mesh=self.mesh)
             self.programs[g] = (prog, prepared, x, y)
@@ -98,6 +100,8 @@ def run_point(point: GridPoint, cache: ProgramCache) -> dict:
     cap = stats.check_sequential(c.trials, c.ci_width, c.max_trials)
     all_keys = trial_keys(pkey, cap or c.trials)
     rates = jnp.asarray([rate], jnp.float32)
+    if cache.data.task is not None and cache.data.task.name == "language_model":
+        return _language_model_record(point, cache, prog, variables, x, y, rates, all_keys, t0)
 
     def chunk(start, count):
         ks = all_keys[start:start + count]
@@ -122,6 +126,27 @@ def run_point(point: GridPoint, cache: ProgramCache) -> dict:
     if c.ci_width is not None:
         rec.update(stop=run["stop"], ci_width=c.ci_width, max_trials=cap)
     return rec
+
+
+def _language_model_record(point: GridPoint, cache: ProgramCache, prog, variables, x, y, rates, keys, t0) -> dict:
+    """A language-model point: its fixed trials' perplexities, summarised by the median with its
+    order-statistic interval (a trial whose logits overflow has perplexity inf), the fraction of
+    trials that diverged, and next-token top-1."""
+    c = cache.campaign
+    metrics, st = jax.device_get(prog.run(variables, x, y, rates, engine.shard_keys(keys[None], cache.mesh)))
+    ppl = np.asarray(metrics["perplexity"], np.float64)[0]
+    top1 = np.asarray(metrics["top1"], np.float64)[0]
+    diverged = np.asarray(metrics["diverged"], np.float64)[0] > 0
+    realised = (np.asarray(st["realised_ber"], np.float64)[0] if "realised_ber" in st else np.zeros_like(ppl))
+    s = stats.summarize(ppl, bounds=None, level=c.level)
+    lo, hi = stats.proportion_ci(int(diverged.sum()), int(ppl.size), c.level)
+    return {"point_id": point.point_id, "config": point.params, "seed": c.seed, "trials": int(ppl.size),
+            "metric": "perplexity", "perplexity": ppl.tolist(), "perplexity_median": s["median"],
+            "perplexity_median_lo": s["median_lo"], "perplexity_median_hi": s["median_hi"],
+            "perplexity_summary": s, "top1": top1.tolist(), "top1_mean": float(top1.mean()),
+            "diverged_fraction": float(diverged.mean()), "diverged_lo": float(lo), "diverged_hi": float(hi),
+            "fault_rate": realised.tolist(), "fault_rate_mean": float(realised.mean()),
+            "seconds": time.perf_counter() - t0, "devices": int(cache.mesh.devices.size)}
 
 
 def run_campaign(campaign: Campaign, data: EvalData, *, done: dict | None = None,
