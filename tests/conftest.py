@@ -12,8 +12,27 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+def _compile_cache_dir() -> str:
+    """One persistent XLA compilation cache per test run, shared by its xdist workers: many tests
+    compile the same small programs (the same tiny LeNet, the same fault model), and a program
+    compiled by one test is loaded by the next instead of compiled again, as the CLIs do between
+    runs. A fresh run starts empty, so no result depends on an earlier run."""
+    import tempfile
+
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+    return os.path.join(tempfile.gettempdir(), f"jaxfault-test-xla-{run}")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test, deselected by default (run with -m slow)")
+    from jaxfault.compile_cache import enable_compile_cache
+
+    enable_compile_cache(_compile_cache_dir())
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):          # the controller (or a run without xdist), after the workers
+        shutil.rmtree(_compile_cache_dir(), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
