@@ -11,19 +11,21 @@ and each mu_k is estimated from trials drawn conditioned on exactly k class faul
 holds the estimator (strata, tail bound, Neyman allocation, interval) as pure host functions,
 and :func:`evaluate_stratified`, which runs it through :func:`jaxfault.engine.evaluate`.
 
-Estimator (two phases, the estimate unbiased for the truncated sum):
+Estimator (pilot, allocation round, main phase; the estimate unbiased for the truncated sum):
 
 1. Strata k = 0 .. k_max, with k_max the smallest k whose upper tail P(K > k_max) is at most
    ``tail``. When the class holds every possible fault, k = 0 is the fault-free model and needs
    one evaluation, no trials.
-2. Pilot: ``pilot`` trials in every sampled stratum; their standard deviations s_k give the
-   Neyman allocation n_k proportional to P(K = k) max(s_k, max_j s_j / 10), at least ``pilot``
-   per stratum, so that every stratum's variance has pilot - 1 degrees of freedom (the floor keeps a stratum whose pilot happened to vary by nothing from starving; it
-   shapes the shares only: a target half-width sets the total from the pilot's own s_k).
-3. Main phase: n_k fresh trials per stratum (fresh keys). The estimate uses these only, so the
-   allocation (a function of the pilot) is independent of the values averaged and the stratum
-   means are unbiased: mu_hat = sum_k P(K = k) mean_k + P(K > k_max) mean_{k_max}.
-4. Interval: se^2 = sum_k P(K = k)^2 s_k^2 / n_k, a Student-t quantile with the Welch-Satterthwaite
+2. Pilot: ``pilot`` trials in every sampled stratum give first standard deviations s_k.
+3. Allocation round: ``refine`` times the pilot's planned trials, Neyman-allocated
+   (n_k proportional to P(K = k) s_k, at least ``pilot`` per stratum); with the pilot's trials it
+   re-estimates s_k, because a few pilot trials of a bimodal stratum (collapse or not) often agree.
+4. Main phase: fresh trials, Neyman-allocated from those s_k (at least ``pilot`` per stratum, so
+   every stratum's variance has pilot - 1 degrees of freedom), their total set by a target
+   half-width when one is given. The estimate uses these only: the counts depend on the earlier
+   rounds, whose trials are independent of the main phase's, so the stratum means are unbiased:
+   mu_hat = sum_k P(K = k) mean_k + P(K > k_max) mean_{k_max}.
+5. Interval: se^2 = sum_k P(K = k)^2 s_k^2 / n_k, a Student-t quantile with the Welch-Satterthwaite
    degrees of freedom, and the tail's unknown contribution added as its full range:
    [T - t se + tail lo_m, T + t se + tail hi_m] with T the truncated sum and the metric in
    [lo_m, hi_m]. The tail plug-in in mu_hat biases it by at most P(K > k_max) (hi_m - lo_m).
