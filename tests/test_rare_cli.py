@@ -64,6 +64,9 @@ def test_stratified_and_auto_rows(tiny):
     assert high["top1"]["n"] == 8 and len(high["top1"]["values"]) == 8
     text = format_comparison({**rep, "rows": [low]})
     assert "stratified" in text and "forward passes" in text and "estimator auto" in text
+    assert "plain:" not in text                                  # no plain row, no plain legend
+    both = format_comparison(rep)
+    assert "plain: betting" in both and both.count("\n") == 4   # header, 2 rows, legend
     only = evaluate_schemes(SparrowEvalConfig(bers=(1e-3,), schemes=("none",), zero_to_one=0.5, trials=8,
                                               strategy="map", estimator="stratified"),
                             model, variables, x, labels, topk=(1,))

@@ -383,8 +383,9 @@ def format_comparison(report: dict) -> str:
                            f"images; estimator {report.get('estimator')} (docs/rare.md)"]
                           + [format_row(r) for r in rows]
                           + [f"interval: 95 % for the mean; stratified: Student-t over the strata's main-phase "
-                             f"trials, widened by the unsampled tail; plain: {r0['top1'].get('method', 'betting')}"
-                             f" (docs/statistics.md)"]) + "\n"
+                             f"trials, widened by the unsampled tail (docs/rare.md)"
+                             + next((f"; plain: {r['top1'].get('method', 'betting')} (docs/statistics.md)"
+                                     for r in rows if r.get("estimator") == "plain"), "")]) + "\n"
     for r in rows:
         t = r["top1"]
         cell = f"{100 * t['mean']:.2f} [{100 * t['ci_lo']:.2f}, {100 * t['ci_hi']:.2f}]"
