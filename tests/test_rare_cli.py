@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import pytest
 
 from _cli_run import one_error_line, run_cli
-from jaxfault.ecc.evaluate import SparrowEvalConfig, evaluate_schemes, format_comparison, result_config
+from jaxfault.ecc.evaluate import (SparrowEvalConfig, evaluate_schemes, format_comparison, result_config,
+                                   sweep_table)
 from jaxfault.errors import JaxfaultError
 
 
@@ -67,6 +68,8 @@ def test_stratified_and_auto_rows(tiny):
     assert "plain:" not in text                                  # no plain row, no plain legend
     both = format_comparison(rep)
     assert "plain: betting" in both and both.count("\n") == 4   # header, 2 rows, legend
+    table = sweep_table(rep)
+    assert f"({t['n']}, stratified)" in table and "(8)" in table
     only = evaluate_schemes(SparrowEvalConfig(bers=(1e-3,), schemes=("none",), zero_to_one=0.5, trials=8,
                                               strategy="map", estimator="stratified"),
                             model, variables, x, labels, topk=(1,))

@@ -427,8 +427,8 @@ def sweep_table(report: dict) -> str:
     schemes = list(dict.fromkeys(r["scheme"] for r in report["rows"]))
     bers = list(dict.fromkeys(r["ber"] for r in report["rows"]))
     counts = sorted({r["top1"]["n"] for r in report["rows"]})
-    per_cell = len(counts) > 1
-    head = "top-1 %, mean [95 % interval] (trials)" if per_cell else f"top-1 %, mean [95 % interval], {counts[0]} trials"
+    per_cell = len(counts) > 1 or any(r.get("estimator") == "stratified" for r in report["rows"])
+    head = "top-1 %, mean [95 % interval] (trials averaged; stratified: docs/rare.md)" if per_cell else f"top-1 %, mean [95 % interval], {counts[0]} trials"
     lines = [head + ":", "", "| BER | " + " | ".join(schemes) + " |", "|---|" + "---|" * len(schemes)]
     if report.get("task") == "language_model":
         lines = ["| BER (perplexity median [95 % interval], diverged %) | " + " | ".join(schemes) + " |",
@@ -441,7 +441,8 @@ def sweep_table(report: dict) -> str:
         return "\n".join(lines) + "\n"
     for b in bers:
         cells = [next(f"{100 * r['top1']['mean']:.2f} [{100 * r['top1']['ci_lo']:.2f}, {100 * r['top1']['ci_hi']:.2f}]"
-                      + (f" ({r['top1']['n']})" if per_cell else "") for r in report["rows"]
+                      + (f" ({r['top1']['n']}{', stratified' if r.get('estimator') == 'stratified' else ''})"
+                         if per_cell else "") for r in report["rows"]
                       if r["ber"] == b and r["scheme"] == s) for s in schemes]
         lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
