@@ -358,7 +358,8 @@ class RareResult:
 
 
 def evaluate_stratified(model, variables, images, labels, fault_model, ber: float, key, *, trials: int = 64,
-                        pilot: int = 4, half_width: float | None = None, positions=None, direction: str = "any",
+                        pilot: int = 4, refine: float = REFINE, half_width: float | None = None, positions=None,
+                        direction: str = "any",
                         tail: float = 1e-6, level: float = 0.95, metric: str = "top1", metric_range=(0.0, 1.0),
                         max_strata: int = MAX_STRATA, chunk: int = 16, strategy: str = "auto",
                         precision: str = "highest", batch_size: int = 1000, topk: Sequence[int] = (1,),
@@ -370,7 +371,7 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
       fault_model: a :class:`jaxfault.ecc.hbm.HBMFaults` (its scheme, 0->1 share, mode, leaves).
       ber: the per-cell fault probability.
       key: typed PRNG key of the estimate.
-      trials, pilot, half_width, level: see :func:`stratified`.
+      trials, pilot, refine, half_width, level: see :func:`stratified`.
       positions, direction: the stratification class (None: every stored cell; "any" direction).
       tail: the largest P(K > k_max) left out of the strata.
       metric: the engine metric to estimate ("top1"); metric_range: its bounds.
@@ -432,6 +433,6 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
         return np.concatenate(out)
 
     est = stratified(sample, weights, tail_mass, key, complete=cfm.is_complete(), trials=trials, pilot=pilot,
-                     half_width=half_width, level=level, metric_range=metric_range, log=log)
+                     refine=refine, half_width=half_width, level=level, metric_range=metric_range, log=log)
     return RareResult(est, "stratified", ber, cfm.positions, direction, n_cls, p_cls, n_cls * p_cls, clean,
                       evaluated[0], time.perf_counter() - t_start)

@@ -253,7 +253,7 @@ def test_bimodal_stratum_is_not_starved():
     # nearly every seed. Tolerance: with a good plan the achieved half-width scatters about the
     # target by the error of the s_k it was planned with (it passed 1.5x the target in 5 of 60 seeds
     # when this test was written); a plan that starves k = 1 lands near 3x. At most 1 of 12 seeds
-    # may pass 1.5x (the pilot-only plan with a floor on s_k did in 16 of 20).
+    # may pass 1.5x (the plan from the pilot alone with a floor on s_k did in 12 of 12).
     target = 1e-3
     exact = 0.994 * 0.9055 + 0.006 * 0.6
     ests = [rare.stratified(_bimodal_sample, BIMODAL_W, 0.0, jax.random.key(r), complete=False, trials=100_000,
