@@ -70,10 +70,6 @@ def test_stratified_and_auto_rows(tiny):
     assert "plain: betting" in both and both.count("\n") == 4   # header, 2 rows, legend
     table = sweep_table(rep)
     assert f"({t['n']}, stratified)" in table and "(8)" in table
-    only = evaluate_schemes(SparrowEvalConfig(bers=(1e-3,), schemes=("none",), zero_to_one=0.5, trials=8,
-                                              strategy="map", estimator="stratified"),
-                            model, variables, x, labels, topk=(1,))
-    assert only["rows"][0]["estimator"] == "stratified"
     plain = evaluate_schemes(SparrowEvalConfig(bers=(1e-3,), schemes=("none",), trials=2, strategy="map"),
                              model, variables, x, labels, topk=(1,))
     assert plain["estimator"] == "plain" and "estimator" not in plain["rows"][0]
