@@ -1,6 +1,7 @@
 """Rare faults: stratified estimation vs plain Monte Carlo on the default LeNet, scheme none.
 
-    python -m bench.rare [--limit 2000] [--half-width 2e-4] [--out runs/bench/rare.json]
+    python -m bench.rare [--limit 2000] [--half-width 2e-4] [--plain-trials 200] [--trials 5000]
+                         [--out runs/bench/rare.json]
 
 The model and fault model are the main job's (eval.sparrow): the cached default LeNet, its
 kernels as bf16 words with no protection, stuck-at faults with a 0->1 share of 0.01. The
@@ -8,14 +9,18 @@ stratification class is the exponent MSB (bit 30) stuck at 1: for a bf16 weight 
 magnitude that fault multiplies it by 2^128, the one single-cell fault that collapses the model,
 so the strata separate the collapsed trials from the rest (docs/rare.md).
 
-(a) BER 1e-3: the stratified estimate and plain Monte Carlo (``--plain-trials`` trials), both with
-95 % intervals, and whether the intervals overlap.
-(b) BER 1e-7, 1e-6, 1e-5: the stratified estimator run to ``--half-width``; the forward passes
-plain Monte Carlo needs for the same half-width, n = (z sd / w)^2, with sd its per-trial standard
+(a) BER 1e-3: the stratified estimate (``--a-trials`` main-phase trials) and plain Monte Carlo
+(``--plain-trials`` trials), both with 95 % intervals, and whether the intervals overlap.
+(b) BER 1e-7, 1e-6, 1e-5: the stratified estimator run to ``--half-width`` w, the same stated
+half-width at every BER; the forward passes plain Monte Carlo needs for that half-width,
+n = (z sd / w)^2 (z the normal 97.5 % quantile), with sd its per-trial standard
 deviation (i) measured on a plain pilot of ``--plain-pilot`` trials and (ii) estimated from the
 strata by the law of total variance (sum_k P(k) (s_k^2 + (m_k - mean)^2)), which sees the
 collapsed trials at their exact probability where a short plain pilot usually sees none. The
-ratio uses (ii). A forward pass is one evaluation of the model on the evaluated test images.
+ratio uses (ii) at the stated w, and the stratified run's passes count its pilot and allocation
+round. Per stratum it prints P(k), the pilot's sd, the sd the main phase was allocated by, and
+the main-phase trials n_k. A forward pass is one evaluation of the model on the evaluated test
+images.
 """
 from __future__ import annotations
 
@@ -69,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=positive_int, default=2000, help="test images evaluated (default: 2000)")
     ap.add_argument("--half-width", type=positive_float, default=2e-4, help="target half-width of part (b) (default: 2e-4)")
     ap.add_argument("--plain-trials", type=positive_int, default=60, help="plain trials of part (a) (default: 60)")
+    ap.add_argument("--a-trials", type=positive_int, default=48,
+                    help="stratified main-phase trials of part (a) (default: 48)")
     ap.add_argument("--plain-pilot", type=positive_int, default=16, help="plain pilot trials of part (b) (default: 16)")
     ap.add_argument("--trials", type=positive_int, default=600, help="most stratified main-phase trials (default: 600)")
     ap.add_argument("--parts", choices=("ab", "a", "b"), default="ab", help="which parts to run (default: ab)")
@@ -107,7 +114,7 @@ def part_a(a, model, variables, x, y, fm, key, tick) -> dict:
     pm = engine.evaluate(model, variables, x, y, fm, [ber], jax.random.split(jax.random.fold_in(key, 1), a.plain_trials))
     plain = rare.plain_estimate(pm.accuracy[0])
     tick(f"plain Monte Carlo at BER {ber:g}")
-    st = rare.evaluate_stratified(model, variables, x, y, fm, ber, jax.random.fold_in(key, 2), trials=48, pilot=4,
+    st = rare.evaluate_stratified(model, variables, x, y, fm, ber, jax.random.fold_in(key, 2), trials=a.a_trials, pilot=4,
                                   positions=CLASS_POSITIONS, direction=CLASS_DIRECTION)
     e = st.estimate
     tick(f"stratified at BER {ber:g}")
@@ -117,9 +124,9 @@ def part_a(a, model, variables, x, y, fm, key, tick) -> dict:
     print(f"    stratified {fmt(e.lo, e.mean, e.hi)}  ({e.passes} passes, {len(e.k)} strata, "
           f"{st.expected_class_faults:.3f} class faults per trial)")
     print(f"    intervals overlap: {'yes' if overlap else 'NO'}")
-    print("    strata k / P(k) / mean / sd / trials: " + "; ".join(
-        f"{k} / {w:.3g} / {100 * m:.2f} % / {100 * sd:.2f} / {n}"
-        for k, w, m, sd, n in zip(e.k, e.weights, e.means, e.sds, e.trials)))
+    print("    strata k / P(k) / pilot sd / plan sd / main trials / mean / sd: " + "; ".join(
+        f"{k} / {w:.3g} / {ps:.3g} / {qs:.3g} / {n} / {100 * m:.2f} % / {sd:.3g}"
+        for k, w, ps, qs, n, m, sd in zip(e.k, e.weights, e.pilot_sds, e.plan_sds, e.trials, e.means, e.sds)))
     return {"ber": ber, "plain": plain, "stratified": st.as_dict(), "overlap": overlap}
 
 
@@ -137,24 +144,31 @@ def part_b(a, model, variables, x, y, fm, key, tick) -> list:
         e = st.estimate
         tick(f"stratified at BER {ber:g}")
         sd_strata = plain_sd_from_strata(e)
-        w = e.half_width
+        w = a.half_width
         n_pilot = rare.plain_trials_needed(pilot["sd"], w) if pilot["sd"] > 0 else 0.0
         n_strata = rare.plain_trials_needed(sd_strata, w)
         row = {"ber": ber, "plain_pilot": pilot, "stratified": st.as_dict(), "plain_sd_from_strata": sd_strata,
+               "stated_half_width": w, "reached": e.half_width <= w,
                "plain_passes_needed_pilot_sd": n_pilot, "plain_passes_needed_strata_sd": n_strata,
                "stratified_passes": e.passes, "ratio": n_strata / e.passes,
                "agree": max(pilot["lo"], e.lo) <= min(pilot["hi"], e.hi)}
         rows.append(row)
-    print(f"(b) target half-width {a.half_width:g} ({100 * a.half_width:.3g} points), {len(y)} images, scheme none:")
-    print("    BER     stratified (95 %)                        passes  plain pilot (95 %)                 "
-          "plain sd (pilot / strata)  plain passes needed (pilot sd / strata sd)  ratio")
+    print(f"(b) stated half-width {a.half_width:g} ({100 * a.half_width:.3g} points) at every BER, {len(y)} images, "
+          f"scheme none:")
+    print("    BER     stratified (95 %)                        half-width  passes (engine)  plain pilot (95 %)  "
+          "plain sd (pilot / strata)  plain passes needed for the stated width (pilot sd / strata sd)  ratio")
     for r in rows:
         e = r["stratified"]["estimate"]
         p = r["plain_pilot"]
-        print(f"    {r['ber']:.0e}  {fmt(e['lo'], e['mean'], e['hi'])}  {e['passes']:5d}  "
+        print(f"    {r['ber']:.0e}  {fmt(e['lo'], e['mean'], e['hi'])}  {e['half_width']:.2e} "
+              f"({'reached' if r['reached'] else 'MISSED'})  {e['passes']:5d} ({r['stratified']['forward_passes']})  "
               f"{fmt(p['lo'], p['mean'], p['hi'])} ({p['trials']})  {p['sd']:.2e} / {r['plain_sd_from_strata']:.2e}  "
               f"{r['plain_passes_needed_pilot_sd']:.0f} / {r['plain_passes_needed_strata_sd']:.0f}  "
-              f"{r['ratio']:.0f}x  {'>= 50x' if r['ratio'] >= 50 else '< 50x'}")
+              f"{r['ratio']:.0f}x  {'>= 50x' if r['ratio'] >= 50 and r['reached'] else 'not >= 50x'}")
+        print("      strata k: P(k), pilot sd, plan sd, main trials n_k, mean, sd: " + "; ".join(
+            f"{k}: {w_:.3g}, {ps:.3g}, {qs:.3g}, {n}, {100 * m:.2f} %, {sd:.3g}"
+            for k, w_, ps, qs, n, m, sd in zip(e["k"], e["weights"], e["pilot_sds"], e["plan_sds"], e["trials"],
+                                               e["means"], e["sds"])))
     return rows
 
 

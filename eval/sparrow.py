@@ -38,6 +38,12 @@ def build_parser() -> ArgumentParser:
                          "(default: none, a fixed number of trials)")
     ap.add_argument("--max-trials", type=positive_int, default=None,
                     help="cap of a --ci-width run (default: 10 x --trials)")
+    ap.add_argument("--estimator", choices=("plain", "stratified", "auto"), default="plain",
+                    help="plain Monte Carlo over --trials fault draws (the default: the output the README shows); "
+                         "stratified: the rare-fault estimator of docs/rare.md, strata by the number of bit-30 "
+                         "(bf16 exponent MSB) stuck-at-1 faults, --trials main-phase trials, reporting its mean, 95 %% "
+                         "interval and forward passes; auto: stratified where that class expects at most 2 faults "
+                         "per trial, plain elsewhere. Not with --ci-width, --tensors or a language model")
     ap.add_argument("--seed", type=seed_int, default=0, help="root seed of the trial keys (default: 0)")
     ap.add_argument("--checkpoint", default=None,
                     help="classifier or language-model checkpoint dir, or a Hugging Face folder (default: the cached "
@@ -72,6 +78,8 @@ def result_path(out: Path, config: SparrowEvalConfig, sweep: bool) -> Path:
     tail = f"_T{config.trials}_s{config.seed}" + (f"_n{config.limit}" if config.limit else "")
     if config.ci_width is not None:
         tail += f"_w{config.ci_width:g}_max{config.max_trials}"
+    if config.estimator != "plain":
+        tail += f"_{config.estimator}"
     if config.tensors:
         tail += "_" + "+".join(t.strip() for t in config.tensors.split(","))
     if sweep:
@@ -87,6 +95,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     check(a.max_trials is None or a.ci_width is not None, f"--max-trials {a.max_trials} needs --ci-width")
     check(a.max_trials is None or a.max_trials >= a.trials,
           f"--max-trials {a.max_trials} must be >= --trials {a.trials}")
+    if a.estimator != "plain":
+        from jaxfault.lm import is_language_model
+
+        for flag, given in (("--ci-width", a.ci_width is not None), ("--tensors", a.tensors is not None),
+                            ("--task language_model", a.task == "language_model"
+                             or (a.task is None and is_language_model(a.checkpoint)))):
+            check(not given, f"--estimator {a.estimator} cannot be combined with {flag}: the stratified estimator "
+                             f"sizes its own trials and conditions HBM faults on every selected leaf of a classifier "
+                             f"(docs/rare.md)")
     sweep = a.sweep is not None
     if a.checkpoint is not None:
         check(Path(a.checkpoint).is_dir(), f"--checkpoint {a.checkpoint!r} is not a directory")
@@ -97,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         trials=a.trials, seed=a.seed, mode=a.fault_model, leaves=a.params, compat=a.compat, strategy=a.strategy,
         precision=a.precision, batch_size=a.batch_size, limit=a.limit, checkpoint=a.checkpoint,
         ci_width=a.ci_width, max_trials=a.max_trials, task=a.task,
-        tensors=a.tensors, memory_budget=None if a.memory_budget is None else a.memory_budget * 2**30)
+        tensors=a.tensors, estimator=a.estimator, memory_budget=None if a.memory_budget is None else a.memory_budget * 2**30)
     path = result_path(Path(a.out), config, sweep)
     identity = result_config(config)
     replacing = check_result_path(path, identity, checkpoint_digest(model_source(config)), overwrite=a.overwrite,

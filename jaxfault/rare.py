@@ -11,19 +11,21 @@ and each mu_k is estimated from trials drawn conditioned on exactly k class faul
 holds the estimator (strata, tail bound, Neyman allocation, interval) as pure host functions,
 and :func:`evaluate_stratified`, which runs it through :func:`jaxfault.engine.evaluate`.
 
-Estimator (two phases, the estimate unbiased for the truncated sum):
+Estimator (pilot, allocation round, main phase; the estimate unbiased for the truncated sum):
 
 1. Strata k = 0 .. k_max, with k_max the smallest k whose upper tail P(K > k_max) is at most
    ``tail``. When the class holds every possible fault, k = 0 is the fault-free model and needs
    one evaluation, no trials.
-2. Pilot: ``pilot`` trials in every sampled stratum; their standard deviations s_k give the
-   Neyman allocation n_k proportional to P(K = k) max(s_k, max_j s_j / 10), at least ``pilot``
-   per stratum, so that every stratum's variance has pilot - 1 degrees of freedom (the floor keeps a stratum whose pilot happened to vary by nothing from starving; it
-   shapes the shares only: a target half-width sets the total from the pilot's own s_k).
-3. Main phase: n_k fresh trials per stratum (fresh keys). The estimate uses these only, so the
-   allocation (a function of the pilot) is independent of the values averaged and the stratum
-   means are unbiased: mu_hat = sum_k P(K = k) mean_k + P(K > k_max) mean_{k_max}.
-4. Interval: se^2 = sum_k P(K = k)^2 s_k^2 / n_k, a Student-t quantile with the Welch-Satterthwaite
+2. Pilot: ``pilot`` trials in every sampled stratum give first standard deviations s_k.
+3. Allocation round: ``refine`` times the pilot's planned trials, Neyman-allocated
+   (n_k proportional to P(K = k) s_k, at least ``pilot`` per stratum); with the pilot's trials it
+   re-estimates s_k, because a few pilot trials of a bimodal stratum (collapse or not) often agree.
+4. Main phase: fresh trials, Neyman-allocated from those s_k (at least ``pilot`` per stratum, so
+   every stratum's variance has pilot - 1 degrees of freedom), their total set by a target
+   half-width when one is given. The estimate uses these only: the counts depend on the earlier
+   rounds, whose trials are independent of the main phase's, so the stratum means are unbiased:
+   mu_hat = sum_k P(K = k) mean_k + P(K > k_max) mean_{k_max}.
+5. Interval: se^2 = sum_k P(K = k)^2 s_k^2 / n_k, a Student-t quantile with the Welch-Satterthwaite
    degrees of freedom, and the tail's unknown contribution added as its full range:
    [T - t se + tail lo_m, T + t se + tail hi_m] with T the truncated sum and the metric in
    [lo_m, hi_m]. The tail plug-in in mu_hat biases it by at most P(K > k_max) (hi_m - lo_m).
@@ -46,6 +48,7 @@ ESTIMATORS = ("auto", "stratified", "plain")
 AUTO_MAX_EXPECTED = 2.0     # "auto" stratifies when the class expects at most this many faults per trial
 MAX_STRATA = 32             # k_max + 1 at most
 MIN_PER_STRATUM = 2
+REFINE = 0.25              # the allocation round: this fraction of the pilot's plan
 
 
 # ------------------------------------------------------------------------------------ the law of K
@@ -112,20 +115,23 @@ def choose_estimator(estimator: str, expected_faults: float, threshold: float = 
 
 # ------------------------------------------------------------------------------------ estimator
 def neyman_allocation(weights, sds, total: int, minimum: int = MIN_PER_STRATUM) -> np.ndarray:
-    """Trials per stratum: n_k proportional to w_k max(s_k, max s / 10), at least ``minimum``.
+    """Trials per stratum: n_k proportional to w_k s_k (Neyman), at least ``minimum``.
+
+    A stratum whose trials showed no spread gets the minimum only; when none showed any, the
+    trials are shared equally. No floor is put on s_k itself: raising a heavy stratum's small s_k
+    to a fraction of the largest would hand it the trials of the light strata that carry the
+    variance.
 
     Args:
       weights: stratum probabilities (the sampled strata).
-      sds: pilot standard deviations.
+      sds: standard deviations seen so far.
       total: trials to share (the result may exceed it by the minimums and rounding up).
       minimum: trials every stratum gets.
     Returns:
       int64 array of trial counts.
     """
     w = np.asarray(weights, np.float64)
-    s = np.asarray(sds, np.float64)
-    s = np.maximum(s, s.max() / 10.0) if s.max() > 0 else np.ones_like(s)
-    share = w * s
+    share = w * np.asarray(sds, np.float64)
     share = share / share.sum() if share.sum() > 0 else np.full_like(w, 1.0 / len(w))
     return np.maximum(np.ceil(share * total).astype(np.int64), minimum)
 
@@ -145,8 +151,10 @@ class StratifiedEstimate:
 
     Fields: ``mean``, ``lo``, ``hi`` (the interval at ``level``), ``se`` (standard error of the
     truncated sum), ``df`` (Welch-Satterthwaite), ``tail`` (P(K > k_max), folded into lo/hi),
-    per stratum ``k``, ``weights``, ``means``, ``sds``, ``trials``, and ``passes`` (forward
-    passes spent: main, pilot and fault-free evaluations).
+    per stratum ``k``, ``weights``, ``means``, ``sds``, ``trials`` (of the averaged trials),
+    ``pilot_sds`` and ``plan_sds`` (the spreads seen by the pilot, and by the pilot with the
+    allocation round, that the main phase was allocated by), and ``passes`` (forward passes
+    spent: pilot, allocation round, main phase and fault-free evaluations).
     """
 
     mean: float
@@ -162,6 +170,8 @@ class StratifiedEstimate:
     sds: tuple
     trials: tuple
     passes: int
+    pilot_sds: tuple = ()
+    plan_sds: tuple = ()
 
     @property
     def half_width(self) -> float:
@@ -234,27 +244,46 @@ def plain_trials_needed(sd: float, half_width: float, level: float = 0.95) -> fl
     return (t_quantile(level, math.inf) * sd / half_width) ** 2
 
 
+def plan_total(weights, sds, trials: int, floor: int, half_width: float | None, tail: float, level: float,
+               metric_range) -> int:
+    """Main-phase trials for a target half-width: the Neyman formula (z sum_k w_k s_k / room)^2 with
+    room = half_width - tail (b - a) / 2, at least ``floor`` and at most ``trials``; ``trials``
+    without a target."""
+    if half_width is None:
+        return trials
+    check(half_width > 0, f"half_width must be > 0, got {half_width!r}")
+    room = half_width - tail * (metric_range[1] - metric_range[0]) / 2
+    check(room > 0, f"half_width {half_width:g} is below the tail bound's share {tail:g}: lower the tail")
+    need = (t_quantile(level, math.inf) * float(np.sum(np.asarray(weights) * np.asarray(sds))) / room) ** 2
+    return int(min(trials, max(math.ceil(need), floor)))
+
+
 def stratified(sample: Callable, weights, tail: float, key, *, complete: bool, trials: int = 64, pilot: int = 4,
-               half_width: float | None = None, level: float = 0.95, metric_range=(0.0, 1.0),
-               log: Callable[[str], None] | None = None) -> StratifiedEstimate:
-    """The two-phase stratified estimator over any conditional sampler (module docstring).
+               refine: float = REFINE, half_width: float | None = None, level: float = 0.95,
+               metric_range=(0.0, 1.0), log: Callable[[str], None] | None = None) -> StratifiedEstimate:
+    """The stratified estimator over any conditional sampler (module docstring, docs/rare.md).
 
     Args:
       sample: sample(ks, keys) -> 1-D metric values, one per (k, key) pair (ks int array, keys a
         typed key array of the same length): trials conditioned on exactly k class faults.
       weights: P(K = k) for k = 0 .. k_max; tail: P(K > k_max).
-      key: typed PRNG key of the estimate (pilot and main phase take independent streams).
+      key: typed PRNG key of the estimate (pilot, allocation round and main phase take independent
+        streams).
       complete: the class holds every fault, so k = 0 is one deterministic evaluation.
-      trials: main-phase trials to allocate (the most spent when ``half_width`` is given).
-      pilot: pilot trials per sampled stratum (>= 2).
-      half_width: when given, the main phase stops at the trials the pilot says the target needs.
+      trials: main-phase trials to allocate (the most spent there when ``half_width`` is given).
+      pilot: pilot trials per sampled stratum (>= 2), also the least any stratum gets in a round.
+      refine: the allocation round's size as a fraction of the pilot's plan (0: no such round).
+        Its trials and the pilot's re-estimate the s_k the main phase is allocated by; neither
+        enters the estimate.
+      half_width: when given, the main phase is sized to reach it (capped at ``trials``).
       level: interval level; metric_range: the metric's bounds.
       log: progress lines (None: quiet).
     Returns:
-      StratifiedEstimate (passes counts every conditional evaluation, the pilot included).
+      StratifiedEstimate (passes counts every evaluation: pilot, allocation round, main phase).
     """
     check(isinstance(pilot, int) and pilot >= 2, f"pilot must be an integer >= 2, got {pilot!r}")
     check(isinstance(trials, int) and trials >= 1, f"trials must be an integer >= 1, got {trials!r}")
+    check(isinstance(refine, (int, float)) and 0 <= refine <= 10, f"refine must be in [0, 10], got {refine!r}")
     w = np.asarray(weights, np.float64)
     ks = np.arange(len(w))
     sampled = ks[1:] if complete else ks
@@ -275,25 +304,34 @@ def stratified(sample: Callable, weights, tail: float, key, *, complete: bool, t
         out = np.asarray(sample(kk, keys), np.float64)
         return [out[kk == k] for k in sampled]
 
+    def sds_of(vals):
+        return np.array([v.std(ddof=1) for v in vals])
+
     t0 = time.perf_counter()
-    pilot_vals = run(1, np.full(len(sampled), pilot))
-    passes += pilot * len(sampled)
-    sds = np.array([v.std(ddof=1) for v in pilot_vals])
     ws = w[sampled]
-    total = trials
-    if half_width is not None:
-        check(half_width > 0, f"half_width must be > 0, got {half_width!r}")
-        room = half_width - tail * (metric_range[1] - metric_range[0]) / 2
-        check(room > 0, f"half_width {half_width:g} is below the tail bound's share {tail:g}: lower the tail")
-        need = (t_quantile(level, math.inf) * float(np.sum(ws * sds)) / room) ** 2
-        total = int(min(trials, max(math.ceil(need), pilot * len(sampled))))
-    counts = neyman_allocation(ws, sds, total, minimum=pilot)     # df >= pilot - 1 in every stratum
+    floor = pilot * len(sampled)
+    seen = run(1, np.full(len(sampled), pilot))
+    passes += floor
+    pilot_sds = sds_of(seen)
+    plan_sds = pilot_sds
+    if refine > 0:
+        n_ref = int(math.ceil(refine * plan_total(ws, pilot_sds, trials, floor, half_width, tail, level, metric_range)))
+        extra = neyman_allocation(ws, pilot_sds, n_ref, minimum=pilot)
+        more = run(3, extra)
+        passes += int(extra.sum())
+        seen = [np.concatenate([a, b]) for a, b in zip(seen, more)]
+        plan_sds = sds_of(seen)
+    total = plan_total(ws, plan_sds, trials, floor, half_width, tail, level, metric_range)
+    counts = neyman_allocation(ws, plan_sds, total, minimum=pilot)     # df >= pilot - 1 in every stratum
     if log:
-        log(f"pilot {pilot} x {len(sampled)} strata in {time.perf_counter() - t0:.1f} s; "
-            f"main phase {int(counts.sum())} trials: " + ", ".join(f"k={k}:{c}" for k, c in zip(sampled, counts)))
+        log(f"pilot and allocation round: {passes} trials in {time.perf_counter() - t0:.1f} s; main phase "
+            f"{int(counts.sum())} trials: " + ", ".join(f"k={k}:{c} (s {s:.3g})"
+                                                       for k, c, s in zip(sampled, counts, plan_sds)))
     main = run(2, counts)
     passes += int(counts.sum())
-    return combine_strata(w, fixed + main, tail, level=level, metric_range=metric_range, passes=passes)
+    est = combine_strata(w, fixed + main, tail, level=level, metric_range=metric_range, passes=passes)
+    pad = (0.0,) if complete else ()
+    return dataclasses.replace(est, pilot_sds=pad + tuple(pilot_sds.tolist()), plan_sds=pad + tuple(plan_sds.tolist()))
 
 
 # ------------------------------------------------------------------------------------ the engine path
@@ -320,7 +358,8 @@ class RareResult:
 
 
 def evaluate_stratified(model, variables, images, labels, fault_model, ber: float, key, *, trials: int = 64,
-                        pilot: int = 4, half_width: float | None = None, positions=None, direction: str = "any",
+                        pilot: int = 4, refine: float = REFINE, half_width: float | None = None, positions=None,
+                        direction: str = "any",
                         tail: float = 1e-6, level: float = 0.95, metric: str = "top1", metric_range=(0.0, 1.0),
                         max_strata: int = MAX_STRATA, chunk: int = 16, strategy: str = "auto",
                         precision: str = "highest", batch_size: int = 1000, topk: Sequence[int] = (1,),
@@ -332,7 +371,7 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
       fault_model: a :class:`jaxfault.ecc.hbm.HBMFaults` (its scheme, 0->1 share, mode, leaves).
       ber: the per-cell fault probability.
       key: typed PRNG key of the estimate.
-      trials, pilot, half_width, level: see :func:`stratified`.
+      trials, pilot, refine, half_width, level: see :func:`stratified`.
       positions, direction: the stratification class (None: every stored cell; "any" direction).
       tail: the largest P(K > k_max) left out of the strata.
       metric: the engine metric to estimate ("top1"); metric_range: its bounds.
@@ -394,6 +433,6 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
         return np.concatenate(out)
 
     est = stratified(sample, weights, tail_mass, key, complete=cfm.is_complete(), trials=trials, pilot=pilot,
-                     half_width=half_width, level=level, metric_range=metric_range, log=log)
+                     refine=refine, half_width=half_width, level=level, metric_range=metric_range, log=log)
     return RareResult(est, "stratified", ber, cfm.positions, direction, n_cls, p_cls, n_cls * p_cls, clean,
                       evaluated[0], time.perf_counter() - t_start)

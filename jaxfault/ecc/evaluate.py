@@ -48,6 +48,7 @@ class SparrowEvalConfig:
     task: Optional[str] = None        # None: the checkpoint's ('classification' without one)
     tensors: Optional[str] = None     # tensor groups hit (jaxfault.select); None: every selected leaf
     memory_budget: Optional[float] = None   # bytes for the trials held at once (None: jaxfault.memory's default)
+    estimator: str = "plain"          # plain, stratified or auto (jaxfault.rare, docs/rare.md)
 
     def __post_init__(self):
         bers = tuple(float(check_probability("ber", b)) for b in self.bers)
@@ -77,6 +78,16 @@ class SparrowEvalConfig:
             from jaxfault.select import parse_tensors
 
             parse_tensors(self.tensors)
+        from jaxfault import rare
+
+        check(self.estimator in rare.ESTIMATORS,
+              f"unknown estimator {self.estimator!r}; choose one of {', '.join(rare.ESTIMATORS)}")
+        if self.estimator != "plain":
+            for bad, why in ((self.ci_width is not None, "a target interval width (ci_width): it sizes its own trials"),
+                             (self.task == "language_model", "a language model: perplexity is not a bounded metric"),
+                             (self.tensors is not None, "tensor groups (tensors): it conditions HBM faults on all "
+                                                        "selected leaves")):
+                check(not bad, f"the {self.estimator} estimator cannot be combined with {why} (docs/rare.md)")
 
     def fault_model(self, scheme: str) -> HBMFaults:
         block = self.block_size if SCHEMES.get(scheme).info["block_sizes"] else 64
@@ -99,6 +110,8 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
 
     keys = trial_keys(root_key(config.seed), config.max_trials or config.trials)
     rows, clean = [], None
+    if config.estimator != "plain":
+        return _evaluate_rare(config, model, variables, images, labels, topk, log)
     lm = task is not None and task.name == "language_model"
     clock = RunClock(len(config.schemes), "schemes")
     for name in config.schemes:
@@ -140,7 +153,85 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
     return {**head, "test_examples": int(len(labels)), "strategy": engine.resolve_strategy(config.strategy),
             "precision": config.precision, "backend": jax.default_backend(), "seed": config.seed,
             "params": config.leaves, "compat": config.compat, "evaluation_dtype": "bfloat16",
-            "clean_bf16": clean, "rows": rows}
+            "estimator": "plain", "clean_bf16": clean, "rows": rows}
+
+
+STRATIFY_POSITIONS = (30,)      # the exponent MSB of a bf16 weight: its stuck-at-1 multiplies it by 2^128
+
+
+def stratification_class(config: SparrowEvalConfig) -> tuple:
+    """(positions, direction) of the class eval.sparrow stratifies by: bit 30 of the stored word
+    (the bf16 exponent's most significant bit, a stored cell in every scheme) stuck at 1, or any
+    flip of it in the flip model (docs/rare.md)."""
+    return STRATIFY_POSITIONS, ("0->1" if config.mode == "stuck-at" else "any")
+
+
+def _evaluate_rare(config: SparrowEvalConfig, model, variables, images, labels, topk, log=None) -> dict:
+    """evaluate_schemes with config.estimator 'stratified' or 'auto': per (scheme, BER) the estimator
+    rare.choose_estimator picks from the class's expected faults per trial; a stratified point
+    runs jaxfault.rare.evaluate_stratified with config.trials main-phase trials, a plain one the
+    engine over config.trials keys. Rows record the estimator, and a stratified row its estimate
+    (mean and 95 % interval in 'top1'), strata and forward passes."""
+    import time
+
+    from jaxfault import rare
+    from jaxfault.faults import conditional as fc
+
+    positions, direction = stratification_class(config)
+    root = root_key(config.seed)
+    keys = trial_keys(root, config.trials)
+    rows, clean = [], None
+    for si, name in enumerate(config.schemes):
+        fm = config.fault_model(name)
+        scheme = fm.get_scheme()
+        prepared = engine.prepare(model, variables, images, fm)[1]
+        words, layout = fm.encode(prepared["params"])
+        cells = int(words.shape[0]) * len(positions)
+        q = 0.0 if config.mode == "flip" else fc.effective_zero_to_one(config.zero_to_one)
+        free = fault_free_accuracy(fm, model, variables, images, labels, config, topk)
+        for bi, ber in enumerate(config.bers):
+            expected = cells * fc.class_probability(float(np.float32(ber)), q, direction)
+            chosen = rare.choose_estimator(config.estimator, expected)
+            t0 = time.perf_counter()
+            head = {"scheme": name, "block_size": scheme.block_size, "stored_bits_per_weight": scheme.stored_bits,
+                    "ber": ber, "zero_to_one": config.zero_to_one, "fault_model": config.mode,
+                    "trials": config.trials, "protected_weights": layout.n_values,
+                    "stored_words": int(words.shape[0]), "fault_free": free, "estimator": chosen,
+                    "expected_class_faults": expected}
+            if chosen == "stratified":
+                rr = rare.evaluate_stratified(model, variables, images, labels, fm, ber,
+                                              jax.random.fold_in(jax.random.fold_in(root, si), bi),
+                                              trials=config.trials, positions=positions, direction=direction,
+                                              strategy=config.strategy, precision=config.precision,
+                                              batch_size=config.batch_size, topk=topk)
+                e = rr.estimate
+                clean = rr.clean
+                r = {**head, "seconds": time.perf_counter() - t0, "forward_passes": rr.forward_passes,
+                     "top1": {"mean": e.mean, "ci_lo": e.lo, "ci_hi": e.hi, "level": e.level, "method": "stratified",
+                              "n": int(sum(e.trials)), "passes": e.passes},
+                     "stratified": rr.as_dict()}
+            else:
+                res = engine.evaluate(model, variables, images, labels, fm, [ber], keys, strategy=config.strategy,
+                                      precision=config.precision, batch_size=config.batch_size, topk=topk)
+                clean = res.clean
+                r = {**head, "seconds": time.perf_counter() - t0, "forward_passes": config.trials, **res.summary(0)}
+            r["drop_vs_clean_points"] = 100 * (clean["top1"] - r["top1"]["mean"])
+            rows.append(r)
+            if log is not None:
+                log(f"{name} at BER {ber:g}: {chosen} ({expected:.3g} class faults per trial)")
+    return {"test_examples": int(len(labels)), "strategy": engine.resolve_strategy(config.strategy),
+            "precision": config.precision, "backend": jax.default_backend(), "seed": config.seed,
+            "params": config.leaves, "compat": config.compat, "evaluation_dtype": "bfloat16",
+            "estimator": config.estimator, "clean_bf16": clean, "rows": rows}
+
+
+def format_stratified_row(r: dict) -> str:
+    """One line of a (scheme, BER) point estimated by the stratified estimator."""
+    t = r["top1"]
+    st = r["stratified"]["estimate"]
+    return (f"{r['scheme']:8s} ber {r['ber']:.1e}  top1 {100 * t['mean']:6.2f} [{100 * t['ci_lo']:.2f}, "
+            f"{100 * t['ci_hi']:.2f}] stratified by bit-30 faults ({r['expected_class_faults']:.3g} per trial, "
+            f"{len(st['k'])} strata), {t['passes']} forward passes ({t['n']} averaged)")
 
 
 def _until_width(config: SparrowEvalConfig, fm, model, variables, images, labels, keys, topk):
@@ -259,7 +350,10 @@ def model_source(config: SparrowEvalConfig) -> Optional[Path]:
 
 def result_config(config: SparrowEvalConfig) -> dict:
     """The configuration a result file records (jaxfault.rerun): the command and its settings."""
-    return {"command": "eval.sparrow", **dataclasses.asdict(config)}
+    fields = dataclasses.asdict(config)
+    if fields["estimator"] == "plain":          # results written before the estimator existed stay comparable
+        fields.pop("estimator")
+    return {"command": "eval.sparrow", **fields}
 
 
 COMPARE_WITH = ("secded", "none")
@@ -284,6 +378,14 @@ def format_comparison(report: dict) -> str:
             f"{report['test_examples']} test images",
             f"{'scheme':<9}{'bits/weight':>12}  {'top-1 % mean [95 % interval]':<30}{'worst trial %':>14}"
             f"{'drop (points)':>15}{'weights changed %':>19}"]
+    if any(r.get("estimator", "plain") != "plain" for r in rows):
+        return "\n".join([f"BER {r0['ber']:g} in the stored bit cells ({fault}); {report['test_examples']} test "
+                           f"images; estimator {report.get('estimator')} (docs/rare.md)"]
+                          + [format_row(r) for r in rows]
+                          + [f"interval: 95 % for the mean; stratified: Student-t over the strata's main-phase "
+                             f"trials, widened by the unsampled tail (docs/rare.md)"
+                             + next((f"; plain: {r['top1'].get('method', 'betting')} (docs/statistics.md)"
+                                     for r in rows if r.get("estimator") == "plain"), "")]) + "\n"
     for r in rows:
         t = r["top1"]
         cell = f"{100 * t['mean']:.2f} [{100 * t['ci_lo']:.2f}, {100 * t['ci_hi']:.2f}]"
@@ -301,6 +403,8 @@ def format_comparison(report: dict) -> str:
 
 def format_row(r: dict) -> str:
     """One line of a (scheme, BER) result."""
+    if r.get("estimator") == "stratified":
+        return format_stratified_row(r)
     if "perplexity_increase_pct" in r:
         p, d = r["perplexity"], r["diverged"]
         return (f"{r['scheme']:8s} ber {r['ber']:.1e}  perplexity median {p['median']:.4g} "
@@ -323,8 +427,8 @@ def sweep_table(report: dict) -> str:
     schemes = list(dict.fromkeys(r["scheme"] for r in report["rows"]))
     bers = list(dict.fromkeys(r["ber"] for r in report["rows"]))
     counts = sorted({r["top1"]["n"] for r in report["rows"]})
-    per_cell = len(counts) > 1
-    head = "top-1 %, mean [95 % interval] (trials)" if per_cell else f"top-1 %, mean [95 % interval], {counts[0]} trials"
+    per_cell = len(counts) > 1 or any(r.get("estimator") == "stratified" for r in report["rows"])
+    head = "top-1 %, mean [95 % interval] (trials averaged; stratified: docs/rare.md)" if per_cell else f"top-1 %, mean [95 % interval], {counts[0]} trials"
     lines = [head + ":", "", "| BER | " + " | ".join(schemes) + " |", "|---|" + "---|" * len(schemes)]
     if report.get("task") == "language_model":
         lines = ["| BER (perplexity median [95 % interval], diverged %) | " + " | ".join(schemes) + " |",
@@ -337,7 +441,8 @@ def sweep_table(report: dict) -> str:
         return "\n".join(lines) + "\n"
     for b in bers:
         cells = [next(f"{100 * r['top1']['mean']:.2f} [{100 * r['top1']['ci_lo']:.2f}, {100 * r['top1']['ci_hi']:.2f}]"
-                      + (f" ({r['top1']['n']})" if per_cell else "") for r in report["rows"]
+                      + (f" ({r['top1']['n']}{', stratified' if r.get('estimator') == 'stratified' else ''})"
+                         if per_cell else "") for r in report["rows"]
                       if r["ber"] == b and r["scheme"] == s) for s in schemes]
         lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
