@@ -96,6 +96,20 @@ def strata_for(n: int, p: float, tail: float, max_strata: int = MAX_STRATA) -> t
     return binomial_pmf(n, p, k_max), float(tails[k_max])
 
 
+TAIL_SHARE = 1 / 3          # of a target half-width, the most the unsampled tail may take
+
+
+def target_tail(tail: float, half_width: float | None, metric_range=(0.0, 1.0)) -> float:
+    """The upper-tail mass P(K > k_max) left out of the strata: ``tail``, or, with a target
+    half-width w, up to w / 3 over the metric's range. Strata that together can move the mean by
+    at most a third of the target width are then bounded (their full range joins the interval)
+    instead of sampled: sampling them would cost at least a pilot each and could not narrow the
+    interval by more than that third. At BER 1e-7 this leaves only k = 0 (docs/rare.md)."""
+    if half_width is None:
+        return tail
+    return max(tail, TAIL_SHARE * float(half_width) / (metric_range[1] - metric_range[0]))
+
+
 def choose_estimator(estimator: str, expected_faults: float, threshold: float = AUTO_MAX_EXPECTED) -> str:
     """"stratified" or "plain": the given one, or for "auto" stratified when the stratification
     class expects at most ``threshold`` faults per trial.
@@ -373,7 +387,8 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
       key: typed PRNG key of the estimate.
       trials, pilot, refine, half_width, level: see :func:`stratified`.
       positions, direction: the stratification class (None: every stored cell; "any" direction).
-      tail: the largest P(K > k_max) left out of the strata.
+      tail: the largest P(K > k_max) left out of the strata (with ``half_width``, at least a third
+        of it over the metric's range: :func:`target_tail`).
       metric: the engine metric to estimate ("top1"); metric_range: its bounds.
       max_strata: most strata allowed (more raises an error: use plain Monte Carlo then).
       chunk: trials per engine call (every call has this shape, so one program is compiled).
@@ -399,7 +414,7 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
     p32 = float(np.float32(ber))
     q = 0.0 if base.mode == "flip" else fc.effective_zero_to_one(base.zero_to_one)
     p_cls = fc.class_probability(p32, q, direction)
-    weights, tail_mass = strata_for(n_cls, p_cls, tail, max_strata)
+    weights, tail_mass = strata_for(n_cls, p_cls, target_tail(tail, half_width, metric_range), max_strata)
     k_bound = max(1, len(weights) - 1)
     cfm = fc.ConditionedHBM(base, probe.positions, direction, k_bound)
     program = [None]

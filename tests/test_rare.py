@@ -230,6 +230,24 @@ def test_engine_path_agrees_with_plain(tiny):
         rare.evaluate_stratified(model, variables, x, labels, object(), ber, jax.random.key(5))
 
 
+def test_a_target_width_bounds_the_strata_it_need_not_sample(tiny):
+    model, variables, x, labels = tiny
+    fm = HBMFaults(scheme="none", zero_to_one=0.3)
+    ber = 1e-7                       # 192 x 16 class cells: P(K > 0) = 3.1e-4
+    kw = dict(trials=16, pilot=2, chunk=16, strategy="map")
+    sampled = rare.evaluate_stratified(model, variables, x, labels, fm, ber, jax.random.key(5), **kw)
+    assert len(sampled.estimate.weights) >= 2                        # tail 1e-6: k = 1 is a stratum
+    r = rare.evaluate_stratified(model, variables, x, labels, fm, ber, jax.random.key(5), half_width=2e-3, **kw)
+    e = r.estimate
+    p_fault = 1 - (1 - float(np.float32(ber))) ** (192 * 16)
+    # w / 3 = 6.7e-4 >= P(K > 0): only the fault-free k = 0 is evaluated, once, and the tail's whole
+    # range [0, 1] x P(K > 0) joins the interval, which still meets the target
+    assert len(e.weights) == 1 and e.tail == pytest.approx(p_fault, rel=1e-3) and e.passes == 1
+    assert e.lo == pytest.approx(e.weights[0] * r.clean["top1"]) and e.hi == pytest.approx(e.lo + e.tail)
+    assert e.half_width <= 2e-3
+    assert rare.target_tail(1e-6, None) == 1e-6 and rare.target_tail(1e-6, 3e-3, (0.0, 1.0)) == pytest.approx(1e-3)
+
+
 # A stratum whose metric is bimodal: k = 0 holds a tight spread (sd 6.6e-4) with weight 0.994, k = 1
 # is 0.9 or 0.3 with probability 1/2 each (sd 0.3) with weight 0.006, the shape the default LeNet
 # shows at BER 1e-5 with the bit-30 class (docs/rare.md). Four pilot trials of k = 1 agree with
