@@ -106,3 +106,29 @@ def default_cache(tmp_path, monkeypatch, lenet_checkpoint, qat_lenet_checkpoint)
     shutil.copytree(qat_lenet_checkpoint, root / cache_entry_name("lenet", qat=True))
     monkeypatch.setenv("JAXFAULT_CACHE", str(root))
     return root
+
+
+@pytest.fixture()
+def make_lm_checkpoint(tmp_path, monkeypatch):
+    """make(width) -> folder of a 1-layer byte-level GPT-2 checkpoint (random weights, 16-token
+    windows) whose corpus is a small local text, found through JAXFAULT_DATA."""
+    def make(width: int = 32):
+        import jax
+        import jax.numpy as jnp
+
+        from jaxfault.checkpoints import save_checkpoint
+        from jaxfault.lm import build_language_model, lm_model_config
+
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        (data / "fox.txt").write_text("\n".join(["the quick brown fox jumps over the lazy dog"] * 3000))
+        monkeypatch.setenv("JAXFAULT_DATA", str(data))
+        cfg = lm_model_config("gpt2", vocab_size=256, layers=1, width=width, heads=2, seq_len=16)
+        model = build_language_model("gpt2", cfg)
+        variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))
+        path = tmp_path / f"lm{width}"
+        save_checkpoint(path, variables, {"kind": "language_model", "family": "gpt2", "model_config": cfg,
+                                          "corpus": "fox", "seq_len": 16, "tokenizer": "bytes"})
+        return path
+
+    return make

@@ -2,30 +2,16 @@
 keys, the table and records carry medians with intervals, and ci_width is refused."""
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxfault import campaign as cp
-from jaxfault.checkpoints import save_checkpoint
-from jaxfault.lm import build_language_model, lm_model_config
 from tests._cli_run import one_error_line, run_cli
 
 
 @pytest.fixture()
-def lm_checkpoint(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "fox.txt").write_text("\n".join(["the quick brown fox jumps over the lazy dog"] * 3000))
-    monkeypatch.setenv("JAXFAULT_DATA", str(data))
-    cfg = lm_model_config("gpt2", vocab_size=256, layers=1, width=16, heads=2, seq_len=16)
-    model = build_language_model("gpt2", cfg)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))
-    path = tmp_path / "lm"
-    save_checkpoint(path, variables, {"kind": "language_model", "family": "gpt2", "model_config": cfg,
-                                      "corpus": "fox", "seq_len": 16, "tokenizer": "bytes"})
-    return path
+def lm_checkpoint(make_lm_checkpoint):
+    return make_lm_checkpoint(16)
 
 
 def test_a_language_model_point_equals_the_engine_with_its_keys(lm_checkpoint):

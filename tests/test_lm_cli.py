@@ -2,28 +2,14 @@
 import json
 import math
 
-import jax
-import jax.numpy as jnp
 import pytest
 
-from jaxfault.checkpoints import save_checkpoint
 from jaxfault.errors import JaxfaultError
-from jaxfault.lm import build_language_model, lm_model_config
 
 
 @pytest.fixture()
-def lm_checkpoint(tmp_path, monkeypatch):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "fox.txt").write_text("\n".join(["the quick brown fox jumps over the lazy dog"] * 3000))
-    monkeypatch.setenv("JAXFAULT_DATA", str(data))
-    cfg = lm_model_config("gpt2", vocab_size=256, layers=1, width=32, heads=2, seq_len=16)
-    model = build_language_model("gpt2", cfg)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 16), jnp.int32))
-    path = tmp_path / "lm"
-    save_checkpoint(path, variables, {"kind": "language_model", "family": "gpt2", "model_config": cfg,
-                                      "corpus": "fox", "seq_len": 16, "tokenizer": "bytes"})
-    return path
+def lm_checkpoint(make_lm_checkpoint):
+    return make_lm_checkpoint(32)
 
 
 def test_sparrow_cli_reports_perplexity_of_a_language_model(lm_checkpoint, tmp_path, capsys):

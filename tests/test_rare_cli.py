@@ -1,12 +1,12 @@
 """eval.sparrow --estimator: the flag's bad values and senseless combinations are refused in one
 line before any work, and the stratified path reports the stratified estimate, its interval and
 forward passes, and records the estimator. Tiny synthetic model, so each test takes seconds."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 
 from _cli_run import one_error_line, run_cli
+from test_rare import Tiny
 from jaxfault.ecc.evaluate import (SparrowEvalConfig, evaluate_schemes, format_comparison, result_config,
                                    sweep_table)
 from jaxfault.errors import JaxfaultError
@@ -32,12 +32,6 @@ def test_config_refuses_senseless_combinations():
     # the plain default leaves the recorded configuration as it was before the flag existed
     assert "estimator" not in result_config(SparrowEvalConfig(bers=(1e-6,)))
     assert result_config(SparrowEvalConfig(bers=(1e-6,), estimator="auto"))["estimator"] == "auto"
-
-
-class Tiny(nn.Module):
-    @nn.compact
-    def __call__(self, x, train=False):
-        return nn.Dense(4)(nn.relu(nn.Dense(16)(x)))
 
 
 @pytest.fixture(scope="module")
