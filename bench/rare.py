@@ -148,9 +148,11 @@ def part_b(a, model, variables, x, y, fm, key, tick) -> list:
         e = st.estimate
         tick(f"stratified at BER {ber:g}")
         sd_source = "the estimate's strata"
-        if e.tail > REFERENCE_TAIL:
-            # the estimate bounded strata it did not sample (rare.target_tail), so its strata do not
-            # show plain Monte Carlo's spread: take sigma_plain from a reference estimate that samples
+        sd_own = plain_sd_from_strata(e)
+        if e.tail * (1.0 - 0.0) ** 2 > 0.1 * sd_own ** 2:
+            # the strata the estimate bounded without sampling them (rare.target_tail) could hold more
+            # than a tenth of plain Monte Carlo's variance (at most P(K > k_max) x range^2), so its own
+            # strata do not show plain's spread: take sigma_plain from a reference estimate that samples
             # every stratum above REFERENCE_TAIL (its passes are not the estimator's cost)
             ref = rare.evaluate_stratified(model, variables, x, y, fm, ber, jax.random.fold_in(key, 30 + i),
                                            trials=a.ref_trials, pilot=4, tail=REFERENCE_TAIL,
@@ -159,7 +161,7 @@ def part_b(a, model, variables, x, y, fm, key, tick) -> list:
             sd_source = f"a reference estimate ({ref.estimate.passes} passes, every stratum above {REFERENCE_TAIL:g})"
             tick(f"reference strata at BER {ber:g}")
         else:
-            sd_strata = plain_sd_from_strata(e)
+            sd_strata = sd_own
             tick(f"(no reference needed at BER {ber:g})")
         w = a.half_width
         n_pilot = rare.plain_trials_needed(pilot["sd"], w) if pilot["sd"] > 0 else 0.0
