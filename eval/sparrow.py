@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from jaxfault.cli import (ArgumentParser, parse_float_list, positive_float, positive_int, probability,
-                          run_main, seed_int, strategy_flag)
+from jaxfault.cli import (ArgumentParser, add_model_flags, parse_float_list, positive_float, positive_int,
+                          probability, run_main, seed_int, strategy_flag)
 from jaxfault.ecc import scheme_names
 from jaxfault.ecc.evaluate import (SparrowEvalConfig, format_comparison, format_row, model_source, plot_sweep,
                                    result_config, run, sweep_table, with_comparison)
@@ -45,12 +45,7 @@ def build_parser() -> ArgumentParser:
                          "interval and forward passes; auto: stratified where that class expects at most 2 faults "
                          "per trial, plain elsewhere. Not with --ci-width, --tensors or a language model")
     ap.add_argument("--seed", type=seed_int, default=0, help="root seed of the trial keys (default: 0)")
-    ap.add_argument("--checkpoint", default=None,
-                    help="classifier or language-model checkpoint dir, or a Hugging Face folder (default: the cached "
-                         "default LeNet; with --task language_model the cached default language model)")
-    ap.add_argument("--task", choices=("classification", "language_model"), default=None,
-                    help="what the model is scored by (default: the checkpoint's kind); language_model reports "
-                         "perplexity over validation windows of the model's corpus")
+    add_model_flags(ap)
     ap.add_argument("--tensors", default=None,
                     help="tensor groups hit: comma-separated embeddings, attention, mlp, norms, lm_head, other, "
                          "or all (default: every leaf that --params selects)")

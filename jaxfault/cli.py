@@ -233,6 +233,16 @@ nonneg_int = _flag_type("nonneg_int", lambda v: v >= 0, ">= 0", integer=True)
 any_int = _flag_type("any_int", lambda v: True, "an integer", integer=True)
 
 
+def add_model_flags(ap: argparse.ArgumentParser) -> None:
+    """--checkpoint and --task, the same on every CLI that evaluates a classifier or a language model."""
+    ap.add_argument("--checkpoint", default=None,
+                    help="classifier or language-model checkpoint dir, or a Hugging Face folder (default: the cached "
+                         "default LeNet; with --task language_model the cached default language model)")
+    ap.add_argument("--task", choices=("classification", "language_model"), default=None,
+                    help="what the model is scored by (default: the checkpoint's kind); language_model reports "
+                         "perplexity over validation windows of the model's corpus")
+
+
 def seed_int(text):
     """argparse type of every CLI's --seed: an integer in [0, MAX_SEED], what the key derivation
     (jaxfault.keys.root_key) takes."""
