@@ -374,7 +374,11 @@ def format_comparison(report: dict) -> str:
     q = r0["zero_to_one"]
     fault = (f"stuck-at faults, {100 * q:g} % of them stuck at 1" if r0["fault_model"] == "stuck-at"
              else "bit flips")
-    head = [f"BER {r0['ber']:g} in the stored bit cells ({fault}); {n} trials per scheme, "
+    stop = {"width": f"the interval's half-width reached {r0.get('ci_width', 0):g}",
+            "max_trials": f"the cap of {r0.get('max_trials')} trials ran before the half-width reached "
+                          f"{r0.get('ci_width', 0):g}"}.get(r0.get("stop"))
+    ran = f"{n} trials per scheme" + (f" (stopped: {r0['stop']}, {stop})" if stop else "")
+    head = [f"BER {r0['ber']:g} in the stored bit cells ({fault}); {ran}, "
             f"{report['test_examples']} test images",
             f"{'scheme':<9}{'bits/weight':>12}  {'top-1 % mean [95 % interval]':<30}{'worst trial %':>14}"
             f"{'drop (points)':>15}{'weights changed %':>19}"]
