@@ -41,6 +41,7 @@ from jaxfault.io import atomic_write_json
 
 CLASS_POSITIONS = (30,)
 CLASS_DIRECTION = "0->1"
+METRIC_RANGE = (0.0, 1.0)           # top-1 accuracy: the range the unsampled tail may take
 REFERENCE_TAIL = 1e-6               # the strata a reference estimate of plain's spread samples
 
 
@@ -149,7 +150,7 @@ def part_b(a, model, variables, x, y, fm, key, tick) -> list:
         tick(f"stratified at BER {ber:g}")
         sd_source = "the estimate's strata"
         sd_own = plain_sd_from_strata(e)
-        if e.tail * (1.0 - 0.0) ** 2 > 0.1 * sd_own ** 2:
+        if e.tail * (METRIC_RANGE[1] - METRIC_RANGE[0]) ** 2 > 0.1 * sd_own ** 2:
             # the strata the estimate bounded without sampling them (rare.target_tail) could hold more
             # than a tenth of plain Monte Carlo's variance (at most P(K > k_max) x range^2), so its own
             # strata do not show plain's spread: take sigma_plain from a reference estimate that samples

@@ -91,11 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     check(a.max_trials is None or a.max_trials >= a.trials,
           f"--max-trials {a.max_trials} must be >= --trials {a.trials}")
     if a.estimator != "plain":
-        from jaxfault.lm import is_language_model
+        from jaxfault.lm import scores_language_model
 
         for flag, given in (("--ci-width", a.ci_width is not None), ("--tensors", a.tensors is not None),
-                            ("--task language_model", a.task == "language_model"
-                             or (a.task is None and is_language_model(a.checkpoint)))):
+                            ("--task language_model", scores_language_model(a.task, a.checkpoint))):
             check(not given, f"--estimator {a.estimator} cannot be combined with {flag}: the stratified estimator "
                              f"sizes its own trials and conditions HBM faults on every selected leaf of a classifier "
                              f"(docs/rare.md)")

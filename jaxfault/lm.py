@@ -288,6 +288,12 @@ def is_language_model(checkpoint) -> bool:
     return (p / META_FILE).is_file() and read_metadata(p).get("kind") == "language_model"
 
 
+def scores_language_model(task, checkpoint) -> bool:
+    """True when a run is scored as a language model: task 'language_model', or no task and a
+    checkpoint that holds one (is_language_model); the rule of every CLI and config with a task."""
+    return task == "language_model" or (task is None and is_language_model(checkpoint))
+
+
 def load_lm_and_data(checkpoint=None, limit: int | None = None, log: Callable[[str], None] = print):
     """(path, model, variables, inputs, targets, task) of a language model and its evaluation
     windows: the first `limit` (default DEFAULT_EVAL_WINDOWS) validation windows of the corpus it

@@ -100,10 +100,9 @@ def validate_config(config: dict) -> dict:
 def is_lm(config: dict) -> bool:
     """True when the campaign evaluates a language model: task language_model, or no task and a
     checkpoint that holds one."""
-    from jaxfault.lm import is_language_model
+    from jaxfault.lm import scores_language_model
 
-    return config.get("task") == "language_model" or (config.get("task") is None
-                                                      and is_language_model(config.get("checkpoint")))
+    return scores_language_model(config.get("task"), config.get("checkpoint"))
 
 
 def _check_lm(config: dict) -> None:
@@ -133,7 +132,7 @@ def load_eval_data(config: dict, log=print) -> tuple[EvalData, dict]:
         path, model, variables, x, y, task = load_lm_and_data(config.get("checkpoint"), config["eval_windows"], log)
         ev = EvalData(model=model, variables=jax.tree_util.tree_map(jnp.asarray, variables), images=jnp.asarray(x),
                       labels=jnp.asarray(y), task=task)
-        return ev, identity_of(config, _lm_checkpoint(path))
+        return ev, identity_of(config, _lm_checkpoint(path, verify=False))
     from jaxfault.data import load_dataset
     from jaxfault.zoo import default_classifier
 
@@ -147,15 +146,19 @@ def load_eval_data(config: dict, log=print) -> tuple[EvalData, dict]:
     return ev, identity_of(config, ckpt)
 
 
-def _lm_checkpoint(path):
-    """What identity_of needs of a language model's folder: a jaxfault checkpoint is loaded and
-    verified; a Hugging Face folder is identified by its path (its safetensors were read by from_hf)."""
+def _lm_checkpoint(path, verify: bool = True):
+    """What identity_of needs of a language model's folder (its path and metadata). A jaxfault
+    checkpoint is loaded and verified when ``verify`` (the dry run, which loads nothing else);
+    after load_lm_and_data, which has verified its arrays, only its metadata is read. A Hugging
+    Face folder is identified by its path (its safetensors were read by from_hf)."""
     from types import SimpleNamespace
 
-    from jaxfault.checkpoints import META_FILE, load_checkpoint
+    from jaxfault.checkpoints import META_FILE, load_checkpoint, read_metadata
 
     if (Path(path) / META_FILE).is_file():
-        return load_checkpoint(path, kind="language_model")
+        if verify:
+            return load_checkpoint(path, kind="language_model")
+        return SimpleNamespace(path=Path(path).absolute(), config=read_metadata(path)["config"])
     return SimpleNamespace(path=path, hf=True)
 
 

@@ -108,10 +108,10 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
     gets one line per scheme evaluated, with the time left of the run."""
     from jaxfault.progress import RunClock
 
-    keys = trial_keys(root_key(config.seed), config.max_trials or config.trials)
-    rows, clean = [], None
     if config.estimator != "plain":
         return _evaluate_rare(config, model, variables, images, labels, topk, log)
+    keys = trial_keys(root_key(config.seed), config.max_trials or config.trials)
+    rows, clean = [], None
     lm = task is not None and task.name == "language_model"
     clock = RunClock(len(config.schemes), "schemes")
     for name in config.schemes:
@@ -325,9 +325,9 @@ def load_model_and_data(checkpoint: Optional[str], limit: Optional[int], log=pri
 
 def run(config: SparrowEvalConfig, log=print) -> dict:
     """Load the checkpoint and data, evaluate every scheme at every BER; the report dict."""
-    from jaxfault.lm import is_language_model, load_lm_and_data
+    from jaxfault.lm import load_lm_and_data, scores_language_model
 
-    if config.task == "language_model" or (config.task is None and is_language_model(config.checkpoint)):
+    if scores_language_model(config.task, config.checkpoint):
         path, model, variables, inputs, targets, task = load_lm_and_data(config.checkpoint, config.limit, log)
         report = evaluate_schemes(config, model, variables, inputs, targets, (1,), task, log=log)
         return {"checkpoint": path, **report}
@@ -386,8 +386,8 @@ def format_comparison(report: dict) -> str:
         return "\n".join([f"BER {r0['ber']:g} in the stored bit cells ({fault}); {report['test_examples']} test "
                            f"images; estimator {report.get('estimator')} (docs/rare.md)"]
                           + [format_row(r) for r in rows]
-                          + [f"interval: 95 % for the mean; stratified: Student-t over the strata's main-phase "
-                             f"trials, widened by the unsampled tail (docs/rare.md)"
+                          + ["interval: 95 % for the mean; stratified: Student-t over the strata's main-phase "
+                             "trials, widened by the unsampled tail (docs/rare.md)"
                              + next((f"; plain: {r['top1'].get('method', 'betting')} (docs/statistics.md)"
                                      for r in rows if r.get("estimator") == "plain"), "")]) + "\n"
     for r in rows:
