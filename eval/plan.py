@@ -1,4 +1,4 @@
-"""Least-energy protection plan at a target accuracy (HBM refresh + ECC, SRAM voltage + NeuralFuse, CiM write-verify).
+"""Least-energy protection plan at a target accuracy or perplexity (HBM refresh + ECC, SRAM voltage + NeuralFuse, CiM write-verify).
 
     python -m eval.plan PLAN.json [--output DIR] [--trials N] [--dry-run] [--overwrite]
 
@@ -18,7 +18,7 @@ from jaxfault.errors import JaxfaultError
 from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
 from jaxfault.plan import active_stages, expand, load_plan, run_plan
 from jaxfault.plan.config import check_call_memory
-from jaxfault.plan.report import format_table, knob_text, plot_report, summary_lines
+from jaxfault.plan.report import format_table, knob_text, plot_report, summary_lines, target_value
 
 OUTPUTS = ("plan.json", "plan.md", "plan.png")
 
@@ -61,8 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not report["reachable"]:
         b = report["configurations"][report["best"]]
         raise JaxfaultError(f"target unreachable ({report['target']['rule']}); best configuration found: "
-                            f"{knob_text(b['knobs'])} with {report['target']['metric']} "
-                            f"{100 * b['accuracy'][report['target']['metric']]:.2f} %")
+                            f"{knob_text(b['knobs'])} with {target_value(report, b)}")
     return 0
 
 

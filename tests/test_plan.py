@@ -164,13 +164,13 @@ def test_single_stage_plan_equals_the_engine_with_the_same_keys(lenet_checkpoint
     stage0 = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
     alone = engine.evaluate(data.model, data.variables, data.images, data.labels, fm, [r[0] for r in rates], stage0,
                             strategy="loop", batch_size=100)
-    np.testing.assert_allclose([c["accuracy"]["mean"] for c in cfgs], ref.accuracy.mean(axis=1), atol=1e-6)
+    np.testing.assert_allclose([c["score"]["mean"] for c in cfgs], ref.accuracy.mean(axis=1), atol=1e-6)
     np.testing.assert_array_equal(ref.accuracy, alone.accuracy)
     assert report["compiled_programs"] == 1
     from jaxfault.plan.planner import evaluate_configurations
 
     rows, _ = evaluate_configurations(plan, data, expand(plan, ("sram",)), log=lambda s: None)
-    np.testing.assert_allclose(np.array([r["accuracy"] for r in rows]), ref.accuracy, atol=1e-6)
+    np.testing.assert_allclose(np.array([r["score"] for r in rows]), ref.accuracy, atol=1e-6)
     assert ref.accuracy.min() < ref.accuracy.max()   # faults changed something: the comparison is not vacuous
 
 
@@ -212,7 +212,7 @@ def test_reusing_evaluated_weights_changes_no_number(two_stage):
     cfgs = expand(plan, ("hbm", "sram"))
     on, _ = evaluate_configurations(plan, data, cfgs, log=lambda s: None)
     off, _ = evaluate_configurations({**plan, "skip_fault_free": False}, data, cfgs, log=lambda s: None)
-    np.testing.assert_array_equal(np.array([r["accuracy"] for r in on]), np.array([r["accuracy"] for r in off]))
+    np.testing.assert_array_equal(np.array([r["score"] for r in on]), np.array([r["score"] for r in off]))
     assert sum(r["forward_passes"] for r in off) == len(cfgs) * TRIALS
     nominal = [r for r, c in zip(on, cfgs) if c.knobs["refresh_interval_s"] == 0.064 and c.knobs["voltage"] == 1.0][0]
     assert nominal["forward_passes"] < TRIALS          # ~0.03 expected SRAM faults per trial on 200 images' model
@@ -248,8 +248,8 @@ def test_two_stages_together_equal_the_stages_one_after_the_other(two_stage):
     # the weights are bit-identical (above); the accuracies come from two differently compiled
     # programs (the plan's lax.map over rates and trials, a single call here), whose float32
     # rounding may differ: at most one image of N_IMAGES may change its argmax.
-    np.testing.assert_allclose(rows[i]["accuracy"], accs, atol=1.0 / N_IMAGES + 1e-6)
-    assert min(accs) < report["clean_accuracy"]   # the stages hit the weights at these rates
+    np.testing.assert_allclose(rows[i]["score"], accs, atol=1.0 / N_IMAGES + 1e-6)
+    assert min(accs) < report["clean_score"]   # the stages hit the weights at these rates
 
 
 def test_stage_keys_are_independent():
@@ -313,12 +313,12 @@ def test_report_front_and_target(two_stage):
     for m in ("mean", "p5"):
         front = [cfgs[i] for i in report["fronts"][m]]
         for f in front:   # nothing on the front is dominated
-            assert not any(o["energy"]["total"] <= f["energy"]["total"] and o["accuracy"][m] >= f["accuracy"][m]
-                           and (o["energy"]["total"] < f["energy"]["total"] or o["accuracy"][m] > f["accuracy"][m])
+            assert not any(o["energy"]["total"] <= f["energy"]["total"] and o["score"][m] >= f["score"][m]
+                           and (o["energy"]["total"] < f["energy"]["total"] or o["score"][m] > f["score"][m])
                            for o in cfgs)
-    thr = report["target"]["threshold_accuracy"]
-    assert thr == pytest.approx(report["clean_accuracy"] - 0.01)
-    meeting = [c for c in cfgs if c["accuracy"]["p5"] >= thr]
+    thr = report["target"]["threshold_score"]
+    assert thr == pytest.approx(report["clean_score"] - 0.01)
+    meeting = [c for c in cfgs if c["score"]["p5"] >= thr]
     assert report["reachable"] == bool(meeting)
     if meeting:
         assert cfgs[report["chosen"]]["energy"]["total"] == min(c["energy"]["total"] for c in meeting)
@@ -349,7 +349,7 @@ def test_unreachable_target_is_reported_with_the_best_configuration(two_stage, t
     assert out["reachable"] is False and out["chosen"] is None
     # the best configuration: highest mean accuracy, ties broken by the lower energy
     cfgs = out["configurations"]
-    best = max(range(len(cfgs)), key=lambda i: (cfgs[i]["accuracy"]["mean"], -cfgs[i]["energy"]["total"]))
+    best = max(range(len(cfgs)), key=lambda i: (cfgs[i]["score"]["mean"], -cfgs[i]["energy"]["total"]))
     assert out["best"] == best
     assert f"best configuration found: {knob_text(cfgs[best]['knobs'])}" in captured.err
     assert (tmp_path / "out" / "plan.png").stat().st_size > 0
@@ -381,7 +381,7 @@ def test_cim_stage_uses_the_write_verify_mask_and_counts_programming_energy(lene
                 write_verify_mask(model, variables, data.images[:1], data.labels[:1], method="magnitude", mask_p=f))
         ref = engine.evaluate(model, {**variables, WRITE_VERIFY: mask}, data.images, data.labels, fm, [[0.3]], keys,
                               strategy="loop", batch_size=100)
-        assert c["accuracy"]["mean"] == pytest.approx(float(ref.accuracy.mean()), abs=1e-6)
+        assert c["score"]["mean"] == pytest.approx(float(ref.accuracy.mean()), abs=1e-6)
         assert c["forward_passes"] == TRIALS           # CiM noise touches every weight: no reuse
     e = [c["energy"]["write_verify"] for c in cfgs]
     assert 0 < e[0] < e[1] < e[2]
@@ -389,7 +389,7 @@ def test_cim_stage_uses_the_write_verify_mask_and_counts_programming_energy(lene
         model, data.input_shape, variables))
     em_cycles = float(P.write_verify_cycles(nw, 1.0))
     assert e[2] == pytest.approx(em_cycles * 10.0 / P.PJ_PER_UNIT * plan["inference_period_s"] / 3600.0, rel=1e-5)
-    assert cfgs[0]["accuracy"]["mean"] < cfgs[2]["accuracy"]["mean"]   # verifying helps at dev_var 0.3
+    assert cfgs[0]["score"]["mean"] < cfgs[2]["score"]["mean"]   # verifying helps at dev_var 0.3
 
 
 @pytest.mark.slow
@@ -421,7 +421,7 @@ def test_generator_images_are_transformed_once_and_charged(qat_lenet_checkpoint,
         x = data.images if c["knobs"]["generator"] is None else gx
         ref = engine.evaluate(data.model, data.variables, x, data.labels, fm, [c["rates"]], keys, strategy="loop",
                               batch_size=100)
-        assert c["accuracy"]["mean"] == pytest.approx(float(ref.accuracy.mean()), abs=1e-6)
+        assert c["score"]["mean"] == pytest.approx(float(ref.accuracy.mean()), abs=1e-6)
         assert (c["energy"]["generator"] > 0) == (c["knobs"]["generator"] is not None)
 
 
@@ -436,9 +436,9 @@ def test_every_configuration_carries_intervals_and_a_status(two_stage):
     assert cert["comparisons"] == k and cert["looks"] == 1 and not cert["certify"]
     assert cert["per_configuration_level"] == pytest.approx(1 - 0.05 / k)
     assert sum(cert["counts"].values()) == k
-    thr = report["target"]["threshold_accuracy"]
+    thr = report["target"]["threshold_score"]
     for e in report["configurations"]:
-        a, c = e["accuracy"], e["certification"]
+        a, c = e["score"], e["certification"]
         assert a["mean_ci"][0] <= a["mean"] <= a["mean_ci"][1] and a["n"] == TRIALS == c["trials"]
         assert a["p5_ci"][0] == 0.0           # 4 trials: no order statistic bounds the 5th percentile below
         assert c["status"] == target_status(c["bound"], c["upper"], thr) == "undecided"
@@ -459,12 +459,12 @@ def test_certified_plan_adds_trials_to_undecided_configurations_and_resumes(two_
     cert = report["certification"]
     assert cert["certify"] and cert["max_trials"] == 12 and cert["looks"] == 1    # the mean: anytime-valid bets
     cfgs = report["configurations"]
-    assert any(e["accuracy"]["n"] > TRIALS for e in cfgs), "no configuration got more trials"
+    assert any(e["score"]["n"] > TRIALS for e in cfgs), "no configuration got more trials"
     for e in cfgs:
-        c, n = e["certification"], e["accuracy"]["n"]
-        assert n in (4, 8, 12) and c["trials"] == n == len(e["accuracy"]["values"])
+        c, n = e["certification"], e["score"]["n"]
+        assert n in (4, 8, 12) and c["trials"] == n == len(e["score"]["values"])
         # the bound is the corrected interval of this configuration's own trials
-        assert [c["bound"], c["upper"]] == list(target_interval(e["accuracy"]["values"], "mean", cert))
+        assert [c["bound"], c["upper"]] == list(target_interval(e["score"]["values"], "mean", cert))
         assert c["status"] == target_status(c["bound"], c["upper"], 0.35)
         assert c["status"] != "undecided" or n == 12       # straddling: more trials up to the budget
         assert e["meets_target"] == (c["status"] == "met")
@@ -477,5 +477,92 @@ def test_certified_plan_adds_trials_to_undecided_configurations_and_resumes(two_
     # every configuration's chunks were recorded: the same plan resumes without computing anything
     monkeypatch.setattr(planner.Planner, "run_chunk", lambda *a, **k: pytest.fail("row recomputed"))
     again = run_plan(plan, data=data, log=lambda s: None, results_path=results)
-    assert [e["accuracy"] for e in again["configurations"]] == [e["accuracy"] for e in cfgs]
+    assert [e["score"] for e in again["configurations"]] == [e["score"] for e in cfgs]
     assert [e["certification"] for e in again["configurations"]] == [e["certification"] for e in cfgs]
+
+
+# ------------------------------------------------------------------------------ language models
+def _lm_plan(checkpoint, **over):
+    plan = {"checkpoint": str(checkpoint), "eval_windows": 8, "trials": TRIALS, "configs_per_call": 3,
+            "hbm": {"scheme": ["none", "sparrow"], "refresh_interval_s": [0.064, 2.896]}}
+    plan.update(over)
+    return validate_plan(plan)
+
+
+@pytest.mark.parametrize("target, pattern", [
+    ({"max_drop_points": 1.0}, "max_drop_points is not a language model's target"),
+    ({"metric": "mean"}, "metric 'mean' is not a language model's statistic; choose one of median, p95"),
+    ({"max_increase_percent": 5, "max_perplexity": 9}, "either max_increase_percent or max_perplexity"),
+    ({"max_perplexity": 0.5}, "max_perplexity must be >= 1"),
+])
+def test_language_model_targets_are_validated(make_lm_checkpoint, target, pattern):
+    with pytest.raises(JaxfaultError, match=pattern):
+        _lm_plan(make_lm_checkpoint(), target=target)
+
+
+def test_classifier_plans_refuse_perplexity_targets_and_lm_plans_generators(make_lm_checkpoint, lenet_checkpoint):
+    with pytest.raises(JaxfaultError, match="max_increase_percent is not a classifier's target"):
+        _validated(lenet_checkpoint, sram={"voltage": [1.0]}, target={"max_increase_percent": 5})
+    with pytest.raises(JaxfaultError, match="metric 'p95' is not a classifier's statistic"):
+        _validated(lenet_checkpoint, sram={"voltage": [1.0]}, target={"metric": "p95"})
+    with pytest.raises(JaxfaultError, match="a NeuralFuse generator transforms images"):
+        _lm_plan(make_lm_checkpoint(), sram={"voltage": [1.0], "generator": [str(lenet_checkpoint)]})
+    plan = _lm_plan(make_lm_checkpoint())
+    assert plan["task"] == "language_model" and plan["target"]["metric"] == "p95"
+    assert plan["target"]["max_increase_percent"] == 5.0
+
+
+def test_language_model_plan_scores_are_the_engines_inverse_perplexities(make_lm_checkpoint):
+    """Each trial's score is 1 / the perplexity engine.evaluate gives for the plan's trial keys;
+    the report's perplexity statistics and threshold follow from the scores (module docstring of
+    jaxfault.plan.report), and a diverged trial is perplexity inf, never a NaN."""
+    from jaxfault.plan.planner import evaluate_configurations
+
+    path = make_lm_checkpoint()
+    plan = _lm_plan(path, eval_dtype="bfloat16", trials=6,
+                    hbm={"scheme": ["none"], "refresh_interval_s": [0.064, 2.896]},
+                    target={"metric": "p95", "max_increase_percent": 2.0})
+    data = load_plan_data(plan, log=lambda s: None)
+    assert data.task == "language_model" and data.images.shape == (8, 16)
+    configs = expand(plan, ("hbm",))
+    rows, planner = evaluate_configurations(plan, data, configs, log=lambda s: None)
+    keys = plan_trial_keys(plan["seed"], plan["trials"])
+    fm = InDtype(compose(stage_fault_model("hbm", plan, "none")), "bfloat16")
+    from jaxfault.tasks import language_model
+
+    ref = engine.evaluate(data.model, data.variables, data.images, data.labels, fm, [c.rates for c in configs], keys,
+                          strategy="loop", task=language_model())
+    ppl = np.asarray(ref.metrics["perplexity"], np.float64)
+    np.testing.assert_allclose(np.array([r["score"] for r in rows]), 1.0 / ppl, rtol=1e-6)
+    assert np.ptp(ppl[1]) > 0 and np.all(np.isfinite(ppl[0]))   # 2.9 s: faults changed the perplexity
+    assert planner.clean_score == pytest.approx(float(1.0 / ppl[0, 0]), rel=1e-6)   # 64 ms: no fault drawn
+
+    from jaxfault.plan.report import perplexity_stats, score_stats, target_threshold
+
+    sc = score_stats([0.2, 0.25, 0.0, 0.1, 0.2])
+    p = perplexity_stats(sc)
+    assert p["diverged"] == 1 and p["p95"] == 1.0 / sc["p5"] and p["median"] == pytest.approx(5.0)
+    assert p["median_ci"][0] <= p["median"] <= p["median_ci"][1]
+    assert not any(np.isnan(v) for v in (p["median"], p["p95"], *p["median_ci"], *p["p95_ci"]))
+    assert target_threshold(plan["target"], "language_model", 0.25) == pytest.approx(0.25 / 1.02)
+
+
+def test_language_model_plan_through_the_cli(make_lm_checkpoint, tmp_path, capsys):
+    from eval.plan import main
+
+    path = make_lm_checkpoint()
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"checkpoint": str(path), "eval_windows": 8, "trials": TRIALS,
+                                     "output": str(tmp_path / "out"), "configs_per_call": 4,
+                                     "target": {"metric": "median", "max_perplexity": 1e9},
+                                     "hbm": {"scheme": ["none"], "refresh_interval_s": [0.064, 1.024]},
+                                     "sram": {"voltage": [1.0, 0.92]}}))
+    assert main([str(plan_file)]) == 0
+    out = capsys.readouterr().out
+    assert "target: perplexity median <= 1e+09" in out and "chosen:" in out and "diverged" in out
+    report = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert report["task"] == "language_model" and set(report["fronts"]) == {"median", "p95"}
+    chosen = report["configurations"][report["chosen"]]
+    assert chosen["energy"]["total"] == min(e["energy"]["total"] for e in report["configurations"])
+    assert all(e["energy"]["network"] > 0 for e in report["configurations"])   # priced from the model's matmuls
+    assert "median perplexity" in (tmp_path / "out" / "plan.md").read_text()

@@ -1,4 +1,4 @@
-"""The protection planner: the least-energy mix of protections that keeps a target accuracy.
+"""The protection planner: the least-energy mix of protections that keeps a target accuracy or perplexity.
 
     from jaxfault.plan import load_plan, run_plan
     report = run_plan(load_plan("examples/plan_lenet.json"), results_path="runs/plan/results.jsonl")
@@ -8,7 +8,8 @@ Each stage of the memory hierarchy is driven by a physical knob (HBM refresh int
 scheme, SRAM supply voltage with or without a NeuralFuse generator, CiM write-verify fraction);
 the knobs give the rates of the composed fault model (``knobs``), the energy per inference
 (``energy``), and every configuration is evaluated with the engine (``planner``), few compiled
-programs for many configurations. ``report`` finds the Pareto fronts and the cheapest
+programs for many configurations: a classifier scored by top-1 accuracy on test images, a
+language model by perplexity on validation windows. ``report`` finds the Pareto fronts and the cheapest
 configuration meeting the target. Format and worked example: docs/plan.md.
 """
 from __future__ import annotations
@@ -59,7 +60,9 @@ def run_plan(plan: dict, *, results_path=None, log: Callable[[str], None] = prin
         mesh = trial_mesh()
     t0 = time.perf_counter()
     with (ResultsFile.open(results_path, data.identity) if results_path else contextlib.nullcontext()) as rf:
-        done = rf.rows() if rf is not None else {}
+        # rows written before scores had their own name kept a classifier's accuracies as "accuracy"
+        done = {k: ({**r, "score": r["accuracy"]} if "score" not in r and "accuracy" in r else r)
+                for k, r in (rf.rows() if rf is not None else {}).items()}
         if done:
             log(f"resuming: {len(done)} row(s) already in {results_path}")
         record = (lambda rid, row: rf.append(rid, row)) if rf is not None else (lambda rid, row: None)
@@ -67,7 +70,7 @@ def run_plan(plan: dict, *, results_path=None, log: Callable[[str], None] = prin
         if plan["target"]["certify"]:
             rows = _certify(plan, data, configs, rows, planner, done, record, log)
     rows = [{**r, "nominal": c.nominal} for r, c in zip(rows, configs)]
-    return build_report(plan, rows, energy_model, planner.clean_accuracy, compiled=planner.compiled,
+    return build_report(plan, rows, energy_model, planner.clean_score, compiled=planner.compiled,
                         seconds=time.perf_counter() - t0, block_size=block)
 
 
@@ -75,26 +78,26 @@ def _certify(plan, data, configs, rows, planner, done, record, log) -> list[dict
     """More trials, one chunk of `trials` per round, for every configuration whose corrected
     interval straddles the threshold, until none does or each has max_trials (the budget)."""
     from jaxfault.plan.planner import evaluate_configurations
-    from jaxfault.plan.report import certification_settings, target_interval, target_status
+    from jaxfault.plan.report import (certification_settings, score_statistic, target_interval, target_status,
+                                      target_threshold)
 
-    target = plan["target"]
     settings = certification_settings(plan, len(configs))
     cap = settings["max_trials"]
-    threshold = (target["min_accuracy"] if target["min_accuracy"] is not None
-                 else planner.clean_accuracy - target["max_drop_points"] / 100.0)
+    stat = score_statistic(plan)
+    threshold = target_threshold(plan["target"], plan["task"], planner.clean_score)  # reference 'clean' (validated)
     rows = [dict(r) for r in rows]
     while True:
-        open_ = [i for i, r in enumerate(rows) if len(r["accuracy"]) < cap
-                 and target_status(*target_interval(r["accuracy"], target["metric"], settings), threshold) == "undecided"]
+        open_ = [i for i, r in enumerate(rows) if len(r["score"]) < cap
+                 and target_status(*target_interval(r["score"], stat, settings), threshold) == "undecided"]
         if not open_:
             return rows
-        start = min(len(rows[i]["accuracy"]) for i in open_)
-        same = [i for i in open_ if len(rows[i]["accuracy"]) == start]
+        start = min(len(rows[i]["score"]) for i in open_)
+        same = [i for i in open_ if len(rows[i]["score"]) == start]
         log(f"certify: {len(open_)} configuration(s) undecided; trials {start}.. for {len(same)} of them")
         extra, _ = evaluate_configurations(plan, data, [configs[i] for i in same], done=done, record=record, log=log,
                                            planner=planner, start=start, cap=cap)
         for i, e in zip(same, extra):
             r = rows[i]
-            r["accuracy"] = list(r["accuracy"]) + list(e["accuracy"])
+            r["score"] = list(r["score"]) + list(e["score"])
             r["forward_passes"] = r.get("forward_passes", 0) + e.get("forward_passes", 0)
             r["seconds"] = r.get("seconds", 0.0) + e.get("seconds", 0.0)

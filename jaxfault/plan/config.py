@@ -28,15 +28,22 @@ from jaxfault.precision import PRECISIONS
 
 STAGES = ("hbm", "sram", "cim")          # the order data flows through the memory hierarchy
 EVAL_DTYPES = ("auto", "float32", "bfloat16")
-TARGET_METRICS = ("mean", "p5")
+# The target's statistic over trials: of top-1 accuracy for a classifier (mean, 5th percentile,
+# median), of perplexity for a language model (median, 95th percentile: a perplexity rises with
+# faults, so its high quantile is the tail that matters).
+CLASSIFIER_METRICS = ("mean", "p5", "median")
+LM_METRICS = ("median", "p95")
+TARGET_METRICS = ("mean", "p5", "median", "p95")
 TARGET_REFERENCES = ("clean", "nominal")
 SELECTIONS = ("magnitude", "random", "SM", "second", "saliency")
 
 TOP_FIELDS = [
     Field("output", str, "runs/plan", check=bool, requirement="a non-empty path"),
     Field("checkpoint", str, None, nullable=True),
+    Field("task", str, None, nullable=True, choices=("classification", "language_model")),
     Field("data_dir", str, None, nullable=True),
     Field("eval_examples", int, 10000, min=1),
+    Field("eval_windows", int, 32, min=1),
     Field("seed", int, 0, min=0, max=MAX_SEED),
     Field("trials", int, 20, min=1, max=MAX_TRIALS),
     Field("strategy", str, "auto", choices=engine.STRATEGIES),
@@ -54,9 +61,11 @@ TOP_FIELDS = [
 ]
 
 TARGET_FIELDS = [
-    Field("metric", str, "p5", choices=TARGET_METRICS),
+    Field("metric", str, None, nullable=True, choices=TARGET_METRICS),
     Field("max_drop_points", float, None, nullable=True, min=0),
     Field("min_accuracy", float, None, nullable=True, min=0, max=1),
+    Field("max_increase_percent", float, None, nullable=True, min=0, max=1e6),
+    Field("max_perplexity", float, None, nullable=True, min=1, max=1e30),
     Field("reference", str, "clean", choices=TARGET_REFERENCES),
     Field("level", float, 0.95, min=0, max=1, min_open=True, max_open=True),
     Field("certify", bool, False),
@@ -150,19 +159,41 @@ def _stage(name: str, section) -> dict:
     return cfg
 
 
-def _target(section) -> dict:
+def _target(section, lm: bool) -> dict:
+    """The target section; its rule is of top-1 accuracy for a classifier (max_drop_points in
+    points, or min_accuracy) and of perplexity for a language model (max_increase_percent over the
+    reference, or max_perplexity)."""
     cfg = validate(section or {}, TARGET_FIELDS, "plan: target")
-    if (cfg["max_drop_points"] is None) == (cfg["min_accuracy"] is None):
-        if cfg["max_drop_points"] is None and cfg["min_accuracy"] is None:
-            cfg["max_drop_points"] = 1.0
-        else:
-            raise JaxfaultError("plan: target: give either max_drop_points or min_accuracy, not both")
-    if cfg["certify"] and cfg["reference"] == "nominal" and cfg["min_accuracy"] is None:
-        raise JaxfaultError("plan: target: certify needs a fixed threshold: reference 'clean' or min_accuracy "
+    rel, fixed = ("max_increase_percent", "max_perplexity") if lm else ("max_drop_points", "min_accuracy")
+    other = ("max_drop_points", "min_accuracy") if lm else ("max_increase_percent", "max_perplexity")
+    kind = "a language model's" if lm else "a classifier's"
+    for name in other:
+        if cfg[name] is not None:
+            raise JaxfaultError(f"plan: target: {name} is not {kind} target; give {rel} or {fixed}")
+    if cfg["metric"] is None:
+        cfg["metric"] = "p95" if lm else "p5"
+    allowed = LM_METRICS if lm else CLASSIFIER_METRICS
+    if cfg["metric"] not in allowed:
+        raise JaxfaultError(f"plan: target: metric {cfg['metric']!r} is not {kind} statistic; choose one of "
+                            f"{', '.join(allowed)}")
+    if cfg[rel] is None and cfg[fixed] is None:
+        cfg[rel] = 5.0 if lm else 1.0
+    elif cfg[rel] is not None and cfg[fixed] is not None:
+        raise JaxfaultError(f"plan: target: give either {rel} or {fixed}, not both")
+    if cfg["certify"] and cfg["reference"] == "nominal" and cfg[fixed] is None:
+        raise JaxfaultError(f"plan: target: certify needs a fixed threshold: reference 'clean' or {fixed} "
                             "(the nominal design's own statistic is itself an estimate)")
     if cfg["max_trials"] is not None and not cfg["certify"]:
         raise JaxfaultError("plan: target: max_trials is the certification budget; set \"certify\": true to use it")
     return cfg
+
+
+def plan_scores_language_model(plan: dict) -> bool:
+    """True when a (validated or raw) plan is scored as a language model: its task, or the
+    checkpoint it names holds one (jaxfault.lm.scores_language_model)."""
+    from jaxfault.lm import scores_language_model
+
+    return scores_language_model(plan.get("task"), plan.get("checkpoint"))
 
 
 def validate_plan(plan) -> dict:
@@ -173,7 +204,15 @@ def validate_plan(plan) -> dict:
         raise JaxfaultError(f"plan: no stage to plan: give at least one of {', '.join(STAGES)}")
     for s in active:
         cfg[s] = _stage(s, cfg[s])
-    cfg["target"] = _target(cfg["target"])
+    lm = plan_scores_language_model(cfg)
+    cfg["task"] = "language_model" if lm else "classification"
+    cfg["target"] = _target(cfg["target"], lm)
+    if lm and cfg["sram"] is not None and any(g is not None for g in cfg["sram"]["generator"]):
+        raise JaxfaultError("plan: sram: generator: a NeuralFuse generator transforms images; a language model's "
+                            "plan takes [null]")
+    if lm and cfg["cim"] is not None and cfg["cim"]["selection"] not in ("magnitude", "random"):
+        raise JaxfaultError(f"plan: cim: selection {cfg['cim']['selection']!r} ranks weights by a classifier's "
+                            "curvature; a language model's plan takes 'magnitude' or 'random'")
     if cfg["target"]["max_trials"] is not None and cfg["target"]["max_trials"] < cfg["trials"]:
         raise JaxfaultError(f"plan: target: max_trials must be >= trials ({cfg['trials']}), "
                             f"got {cfg['target']['max_trials']}")

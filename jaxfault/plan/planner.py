@@ -1,5 +1,9 @@
 """Evaluate every configuration of a plan with the engine: composed stages, traced rates, few programs.
 
+Each trial gives one score in [0, 1], higher is better (jaxfault.plan.report): top-1 accuracy of
+a classifier on the first ``eval_examples`` test images, or 1 / perplexity of a language model
+on its first ``eval_windows`` validation windows (0 for a diverged trial).
+
 For a configuration, the fault model is ``compose(hbm, sram, cim)`` of the active stages (in that
 order: weights are read from HBM words, buffered as quantized words in SRAM, computed in the CiM
 array), and its rate vector is (retention BER, SRAM BER, dev_var) of its knobs. Stage i of a
@@ -23,7 +27,7 @@ trial is keyed ``fold_in(trial_key, i)`` (jaxfault.keys).
   (no fault drawn; every fault masked by the stored value or corrected by the ECC; or the same
   faulty weights as an earlier configuration, e.g. the SRAM faults of one voltage under two
   refresh intervals whose HBM words drew no effective fault, since all configurations share
-  their trial keys) returns the stored accuracy through ``lax.cond``; a miss runs the forward
+  their trial keys) returns the stored score through ``lax.cond``; a miss runs the forward
   pass and enters the memo after the call. Under ``lax.map`` (CPU) the forward pass is skipped;
   under ``vmap`` the condition becomes a select and both are computed (same numbers).
 * **Resumable.** Each configuration's row is appended to a ResultsFile as soon as its call
@@ -47,9 +51,10 @@ from jaxfault.keys import point_hash, root_key, stream, trial_keys
 from jaxfault.plan.config import active_stages
 from jaxfault.plan.knobs import Configuration
 from jaxfault.protocol import FaultModel
+from jaxfault.tasks import get_task
 from jaxfault.precision import precision_scope
 
-MEMO = "plan_memo"                  # variables collection: fingerprints and accuracies of evaluated weights
+MEMO = "plan_memo"                  # variables collection: fingerprints and scores of evaluated weights
 
 
 # ------------------------------------------------------------------------------ fault models
@@ -88,24 +93,28 @@ class PlanData:
 
     model: Any
     variables: dict
-    images: Any                      # test images in the model's value range
-    labels: Any
+    images: Any                      # test images in the model's value range, or token windows (N, L)
+    labels: Any                      # labels, or next-token targets (N, L)
     input_shape: tuple
     generator_images: dict           # path -> G(images), in the model's value range
     generators: dict                 # path -> (module, variables)
     identity: dict
     selection_data: tuple | None = None   # (images, labels) of curvature-based write-verify selections
+    task: str = "classification"
 
 
 def load_plan_data(plan: dict, log: Callable[[str], None] = print) -> PlanData:
     """Load the checkpoint (the cached default LeNet when null), the first eval_examples test
-    images, and apply every generator of the plan to them once (outside any compiled trial)."""
+    images, and apply every generator of the plan to them once (outside any compiled trial); for a
+    language model (the cached default one when null), its first eval_windows validation windows."""
     from pathlib import Path
 
     from jaxfault.checkpoints import checkpoint_digest, load_checkpoint
     from jaxfault.data import load_dataset
     from jaxfault.neuralfuse.eopm import to_base_range
 
+    if plan["task"] == "language_model":
+        return _load_lm_plan_data(plan, log)
     path = plan["checkpoint"]
     if path is None:
         from jaxfault.zoo import default_classifier
@@ -145,6 +154,37 @@ def load_plan_data(plan: dict, log: Callable[[str], None] = print) -> PlanData:
                     gen_images, gens, identity, selection)
 
 
+def _load_lm_plan_data(plan: dict, log: Callable[[str], None]) -> PlanData:
+    from pathlib import Path
+
+    from jaxfault.checkpoints import META_FILE, checkpoint_digest
+    from jaxfault.lm import load_lm_and_data
+
+    path, model, variables, x, y, _ = load_lm_and_data(plan["checkpoint"], plan["eval_windows"], log)
+    digest = checkpoint_digest(path)[:16] if (Path(path) / META_FILE).is_file() else None
+    identity = {"checkpoint": str(Path(path).resolve()), "checkpoint_digest": digest, "task": "language_model",
+                "eval_windows": int(x.shape[0]), "window_tokens": int(x.shape[1]), "seed": plan["seed"],
+                "trials": plan["trials"], "precision": plan["precision"], "eval_dtype": plan["eval_dtype"],
+                "stages": list(active_stages(plan)), "generator_digests": {}}
+    return PlanData(model, jax.tree_util.tree_map(jnp.asarray, variables), jnp.asarray(x), jnp.asarray(y),
+                    (int(x.shape[1]),), {}, {}, identity, None, task="language_model")
+
+
+def score_of(metrics: dict, task: str) -> jax.Array:
+    """A trial's score (module docstring): top-1 accuracy, or 1 / perplexity (0 when inf)."""
+    if task == "language_model":
+        return 1.0 / metrics["perplexity"].astype(jnp.float32)
+    return metrics["top1"].astype(jnp.float32)
+
+
+def scoring_metric(base: Callable, task: str) -> Callable:
+    """metric(variables, inputs, targets) -> {"score": ...} of the engine's task metric."""
+    def metric(variables, inputs, targets):
+        return {"score": score_of(base(variables, inputs, targets), task)}
+
+    return metric
+
+
 # ------------------------------------------------------------------------------ rows
 def stage_settings(plan: dict) -> dict:
     """The fixed (non-knob) settings of the active stages, part of every row's id."""
@@ -162,7 +202,7 @@ def row_id(config: Configuration, plan: dict, identity: dict | None = None) -> s
                        "generator_digest": digest})
 
 
-MEMO_SIZE = 8192                    # known (fingerprint, accuracy) pairs carried into a call
+MEMO_SIZE = 8192                    # known (fingerprint, score) pairs carried into a call
 
 
 def fingerprint_multipliers(params, seed: int = 0x5EED) -> tuple:
@@ -191,8 +231,8 @@ def params_fingerprint(params, multipliers) -> jax.Array:
 
 def memo_metric(base: Callable) -> Callable:
     """metric(variables, images, labels) that looks the perturbed params' fingerprint up in the
-    table of already evaluated weights carried in variables[MEMO] (same images), returns the
-    stored accuracy on a hit and runs the forward pass otherwise; 'forward_pass' says which
+    table of already evaluated weights carried in variables[MEMO] (same inputs), returns the
+    stored score on a hit and runs the forward pass otherwise; 'forward_pass' says which
     (1.0 = run), 'fp_lo'/'fp_hi' return the fingerprint so the caller can extend the table."""
     def metric(variables, images, labels):
         memo = variables[MEMO]
@@ -216,13 +256,13 @@ def counting_metric(base: Callable) -> Callable:
 
 
 class Memo:
-    """Accuracies of already evaluated weights, by fingerprint, for one set of images."""
+    """Scores of already evaluated weights, by fingerprint, for one set of inputs."""
 
     def __init__(self):
         self.table: dict[tuple, float] = {}
 
-    def add(self, fps, top1) -> None:
-        for (lo, hi), a in zip(np.asarray(fps).reshape(-1, 2), np.asarray(top1).reshape(-1)):
+    def add(self, fps, scores) -> None:
+        for (lo, hi), a in zip(np.asarray(fps).reshape(-1, 2), np.asarray(scores).reshape(-1)):
             if len(self.table) < MEMO_SIZE:
                 self.table.setdefault((int(lo), int(hi)), float(a))
 
@@ -231,7 +271,7 @@ class Memo:
         acc = np.zeros((MEMO_SIZE,), np.float32)
         for i, (k, v) in enumerate(self.table.items()):
             fps[i], acc[i] = k, v
-        return {"fingerprints": jnp.asarray(fps), "metric": {"top1": jnp.asarray(acc)},
+        return {"fingerprints": jnp.asarray(fps), "metric": {"score": jnp.asarray(acc)},
                 "n": jnp.int32(len(self.table)), "multipliers": multipliers}
 
 
@@ -259,7 +299,7 @@ class Planner:
         self.programs: dict = {}
         self.masks: dict = {}
         self.keys = plan_trial_keys(plan["seed"], plan["trials"])
-        self.clean_accuracy: float | None = None
+        self.clean_score: float | None = None
         self.memos: dict = {}            # generator (images) -> Memo
         self.inputs: dict = {}           # group key -> (variables, images) of group_inputs
         self.multipliers = None
@@ -275,17 +315,18 @@ class Planner:
             fm = plan_fault_model(self.plan, config.knobs.get("scheme"), self.bounds[pk])
             eval_model, prepared, _ = engine.prepare(self.data.model, self.data.variables, self.data.images[:1], fm)
             y = self.data.labels
-            base = engine.make_metric_fn(eval_model, batch_size=min(self.plan["batch_size"], int(y.shape[0])))
+            base = scoring_metric(engine.make_metric_fn(eval_model, batch_size=min(self.plan["batch_size"], int(y.shape[0])),
+                                                        task=get_task(self.data.task)), self.data.task)
             metric = memo_metric(base) if self.skip else counting_metric(base)
             prog = engine.make_trial_program(metric, fm, strategy=self.plan["strategy"],
                                              precision=self.plan["precision"], mesh=self.mesh)
             self.programs[pk] = _Program(prog, fm, eval_model, prepared, base)
         return self.programs[pk]
 
-    def images_for(self, config: Configuration, dtype) -> jax.Array:
-        g = config.knobs.get("generator")
-        x = self.data.images if g is None else self.data.generator_images[g]
-        return jnp.asarray(x).astype(dtype) if dtype is not None else jnp.asarray(x)
+    def inputs_for(self, generator: str | None, dtype) -> jax.Array:
+        """The evaluation inputs (a generator's transformed images when given), floats in dtype."""
+        x = jnp.asarray(self.data.images if generator is None else self.data.generator_images[generator])
+        return x.astype(dtype) if dtype is not None and not jnp.issubdtype(x.dtype, jnp.integer) else x
 
     def mask_for(self, fraction: float, eval_model, variables) -> dict:
         """The write-verify mask of a fraction, chosen once by the plan's selection method on the
@@ -308,7 +349,7 @@ class Planner:
     def group_inputs(self, config: Configuration):
         """(variables, images) of a configuration's group: prepared weights and write-verify mask;
         when reusing results, the group's fault-free weights (the fault models' own output at rate
-        0) and their accuracy enter the memo of the group's images."""
+        0) and their score enter the memo of the group's inputs."""
         if config.group_key in self.inputs:   # a certified plan's later rounds reuse them
             return self.inputs[config.group_key]
         p = self.program_for(config)
@@ -319,12 +360,12 @@ class Planner:
 
             _, clean_vars = engine.evaluation_form(self.data.model, self.data.variables)
             variables[WRITE_VERIFY] = self.mask_for(float(config.knobs["write_verify"]), p.eval_model, clean_vars)
-        x = self.images_for(config, dtype)
+        x = self.inputs_for(config.knobs.get("generator"), dtype)
         y = self.data.labels
         with precision_scope(self.plan["precision"]):
-            if self.clean_accuracy is None:
-                plain_x = jnp.asarray(self.data.images).astype(dtype) if dtype is not None else self.data.images
-                self.clean_accuracy = float(jax.jit(p.base_metric)(p.prepared, plain_x, y)["top1"])
+            if self.clean_score is None:
+                plain_x = self.inputs_for(None, dtype)
+                self.clean_score = float(jax.jit(p.base_metric)(p.prepared, plain_x, y)["score"])
             if self.skip:
                 if self.multipliers is None:
                     self.multipliers = fingerprint_multipliers(p.prepared["params"])
@@ -332,7 +373,7 @@ class Planner:
                 ref_vars = jax.jit(lambda v: p.fault_model.perturb(jax.random.key(0), v, zeros)[0])(variables)
                 ref_metric = jax.jit(p.base_metric)(ref_vars, x, y)
                 fp = jax.jit(params_fingerprint)(ref_vars["params"], self.multipliers)
-                self.memos.setdefault(config.knobs.get("generator"), Memo()).add(fp[None], ref_metric["top1"])
+                self.memos.setdefault(config.knobs.get("generator"), Memo()).add(fp[None], ref_metric["score"])
         self.inputs[config.group_key] = (variables, x)
         return variables, x
 
@@ -367,14 +408,14 @@ class Planner:
         if memo is not None:
             run = np.asarray(metrics["forward_pass"])[:len(configs), :T] > 0
             fps = np.stack([metrics["fp_lo"], metrics["fp_hi"]], -1)[:len(configs), :T]
-            memo.add(fps[run], np.asarray(metrics["top1"])[:len(configs), :T][run])
+            memo.add(fps[run], np.asarray(metrics["score"])[:len(configs), :T][run])
         rows = []
         for i, c in enumerate(configs):
-            acc = np.asarray(metrics["top1"], np.float64)[i, :T]
+            score = np.asarray(metrics["score"], np.float64)[i, :T]
             realised = {s: float(np.mean(np.asarray(stats[f"stage{j}.realised_ber"])[i, :T]))
                         for j, s in enumerate(self.stages) if f"stage{j}.realised_ber" in stats}
             rows.append({"knobs": c.knobs, "rates": list(c.rates), "nominal": c.nominal,
-                         "accuracy": acc.tolist(),
+                         "score": score.tolist(),
                          "forward_passes": int(np.sum(np.asarray(metrics["forward_pass"])[i, :T])),
                          "realised_rates": realised, "seconds": seconds / len(configs)})
         return rows
@@ -413,7 +454,7 @@ def evaluate_configurations(plan: dict, data: PlanData, configs: list[Configurat
             log(f"[{finished}/{total}] {_label(chunk[0][0].knobs)}"
                 + (f" (trials {start}..{start + count - 1})" if start else "")
                 + f" ..: {el:.0f} s elapsed, ETA {el / finished * (total - finished):.0f} s")
-    if planner.clean_accuracy is None and configs:
+    if planner.clean_score is None and configs:
         planner.group_inputs(configs[0])
     return [done[i] for i in ids], planner
 
