@@ -327,14 +327,14 @@ def format_table(report: dict, only_front: bool = False) -> str:
 
 def score_axis(report: dict) -> tuple[float, float]:
     """The y range of the plan's chart: every configuration's two plotted statistics on it, the
-    unprotected ones far below the target included, with a margin (accuracy points, or a tenth
-    of the perplexity range; diverged statistics are drawn at the top)."""
+    unprotected ones far below the target included, with a point of margin; for perplexity, up to
+    three times the clean perplexity, higher and diverged statistics drawn at the top)."""
     task = report["task"]
     ys = [_y(e["score"][SCORE_STATISTIC[task][m]], task) for e in report["configurations"] for m in PANELS[task]]
     ys = [y for y in ys if math.isfinite(y)]
-    if task == "language_model":
-        pad = 0.1 * (max(ys) - min(ys)) or 0.1 * max(ys)
-        return min(ys) - pad, max(ys) + pad
+    if task == "language_model":   # a log axis up to 3x the clean perplexity: collapsed points at the top
+        top = min(max(ys), 3.0 / report["clean_score"]) if report["clean_score"] > 0 else max(ys)
+        return 0.98 * min(ys), 1.05 * max(top, min(ys))
     return min(ys) - 1, max(ys) + 1
 
 
@@ -398,6 +398,8 @@ def plot_report(report: dict, path) -> Path:
         ax.set_title(f"{'perplexity' if lm else 'top-1 accuracy'}, {titles[m]}, "
                      f"{100 * report['certification']['level']:g} % intervals", fontsize=9)
         ax.grid(alpha=0.3)
+    if lm:
+        axes[0].set_yscale("log")
     axes[0].set_ylim(low, high)
     axes[0].set_ylabel("perplexity (lower is better)" if lm else "top-1 accuracy (%)")
     axes[1].legend(fontsize=7, loc="upper right" if lm else "lower right")
