@@ -100,11 +100,21 @@ def _hf_config_path(name: str):
 
 
 def _language_model(name: str):
-    """The LM preset or Hugging Face config `name` describes, or None when it names neither."""
+    """The LM preset, jaxfault language-model checkpoint folder or Hugging Face config `name`
+    describes (its architecture: no weights are read), or None when it names none of them."""
     if name in LM_PRESETS:
         from jaxfault.models import GPT2
 
         return GPT2(**LM_PRESETS[name])
+    from pathlib import Path
+
+    from jaxfault.checkpoints import META_FILE, read_metadata
+
+    if (Path(name) / META_FILE).is_file() and read_metadata(name).get("kind") == "language_model":
+        from jaxfault.lm import build_language_model
+
+        cfg = read_metadata(name)["config"]
+        return build_language_model(cfg["family"], cfg["model_config"])
     path = _hf_config_path(name)
     if path is None:
         return None

@@ -14,6 +14,11 @@ stored_bits_per_weight, ber, top1.mean), eval.swim reports (selected[*] with met
 mean; "none"/"all" -> fraction 0/1) and eval.neuralfuse reports (results[*] with ber and
 perturbed_without / perturbed_with; base_model, generator).
 "dataset" (mnist, fashion_mnist, cifar10, ...) sets the input shape when input_shape is absent.
+A language model's record is scored by perplexity instead (lower is better): eval.sparrow's
+{"perplexity": {"median", "median_ci95"}} or a campaign row's perplexity_median with
+perplexity_median_lo/_hi; its energy is that of the model it names ("checkpoint", a jaxfault or
+Hugging Face folder, or "model"), for one window of the model's context. Accuracy and perplexity
+rows are not mixed in one trade-off.
 Optional "ecc"/"scheme" (none/secded/sparrow/...), "block_size", for SWIM "selection" (SM,
 magnitude, ...), and for NeuralFuse "generator" (a network name whose energy is added at the same
 voltage).
@@ -93,6 +98,31 @@ def _accuracy_ci(rec: dict):
     return None
 
 
+def _perplexity(rec: dict):
+    """(median, [lo, hi]) of a language model's record (module docstring), else None."""
+    v = rec.get("perplexity")
+    if isinstance(v, dict) and isinstance(v.get("median"), (int, float)):
+        ci = v.get("median_ci95")
+        return float(v["median"]), ([float(c) for c in ci] if isinstance(ci, list) and len(ci) == 2 else None)
+    if isinstance(rec.get("perplexity_median"), (int, float)):
+        lo, hi = rec.get("perplexity_median_lo"), rec.get("perplexity_median_hi")
+        ok = all(isinstance(c, (int, float)) for c in (lo, hi))
+        return float(rec["perplexity_median"]), ([float(lo), float(hi)] if ok else None)
+    return None
+
+
+def _lm_record(obj: dict, inherited: dict, source: str) -> dict:
+    """The record of a language model's operating point: its median perplexity (metric
+    'perplexity') and the model it was measured on (its checkpoint folder, else its 'model')."""
+    med, ci = _perplexity(obj)
+    rec = {**inherited, **{k: v for k, v in obj.items() if not isinstance(v, (dict, list))}}
+    rec.update(metric="perplexity", perplexity_median=med, perplexity_ci=ci)
+    if rec.get("checkpoint"):
+        rec["model"] = str(rec["checkpoint"])
+    rec.setdefault("source", source)
+    return rec
+
+
 def _swim_report(obj: dict, inherited: dict, source: str) -> list[dict]:
     """Rows of an eval.swim report: "none" / "all" verified (fractions 0 and 1) and every
     selected (method, mask_p); the selection method is the row's "selection", the method "swim"."""
@@ -135,7 +165,7 @@ def find_records(obj: Any, inherited: dict | None = None, source: str = "") -> l
     out = []
     if isinstance(obj, dict):
         for k in ("method", "model", "dataset", "input_shape", "ecc", "scheme", "block_size", "generator",
-                  "selection", "label"):
+                  "selection", "label", "checkpoint", "task"):
             if k in obj and not isinstance(obj[k], (dict, list)) or (k == "input_shape" and k in obj):
                 inherited[k] = obj[k]
         if "selected" in obj:  # an eval.swim report
@@ -143,8 +173,11 @@ def find_records(obj: Any, inherited: dict | None = None, source: str = "") -> l
         if isinstance(obj.get("results"), list) and any(isinstance(r, dict) and "perturbed_with" in r
                                                         for r in obj["results"]):  # an eval.neuralfuse report
             return out + _neuralfuse_report(obj, inherited, source)
-        acc = _accuracy(obj)
-        if acc is not None and any(k in obj for k in POINT_KEYS):
+        lm = _perplexity(obj) is not None and any(k in obj for k in POINT_KEYS)
+        acc = None if lm or inherited.get("task") == "language_model" else _accuracy(obj)
+        if lm:
+            out.append(_lm_record(obj, inherited, source))
+        elif acc is not None and any(k in obj for k in POINT_KEYS):
             rec = {**inherited, **{k: v for k, v in obj.items() if not isinstance(v, (dict, list)) or k == "input_shape"}}
             rec["accuracy_mean"] = acc
             rec["accuracy_std"] = _accuracy_std(obj)
@@ -212,14 +245,19 @@ def _campaign_rows(objs: list, source: str, skipped: list | None) -> list[dict] 
     if not (objs and isinstance(objs[0], dict) and "jaxfault_results" in objs[0]):
         return None
     ident = objs[0].get("identity") or {}
-    inherited = {k: ident[k] for k in ("dataset", "model") if isinstance(ident.get(k), str)}
+    inherited = {k: ident[k] for k in ("dataset", "model", "checkpoint", "task") if isinstance(ident.get(k), str)}
     out = []
     for row in objs[1:]:
-        if not (isinstance(row, dict) and isinstance(row.get("config"), dict) and _accuracy(row) is not None):
+        if not (isinstance(row, dict) and isinstance(row.get("config"), dict)):
             continue
-        rec = {**inherited, **row["config"], "accuracy_mean": _accuracy(row), "accuracy_std": _accuracy_std(row),
-               "accuracy_ci": _accuracy_ci(row),
-               "source": source}
+        if _perplexity(row) is not None:
+            rec = {**_lm_record({**row["config"], **{k: v for k, v in row.items() if k != "config"}}, inherited,
+                                source)}
+        elif _accuracy(row) is not None and inherited.get("task") != "language_model":
+            rec = {**inherited, **row["config"], "accuracy_mean": _accuracy(row), "accuracy_std": _accuracy_std(row),
+                   "accuracy_ci": _accuracy_ci(row), "source": source}
+        else:
+            continue
         try:
             family(rec)
         except JaxfaultError:
@@ -243,9 +281,17 @@ def check_record(rec: dict, path: str, row: int) -> None:
     a finite number in its range (a BER given as a string, a fraction of 2)."""
     label = f" ({rec['label']})" if rec.get("label") else ""
     where = f"{path}: row {row}{label}"
-    acc = rec.get("accuracy_mean")
-    if not (isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0.0 <= acc <= 1.0):
-        raise JaxfaultError(f"{where}: accuracy must be a number in [0, 1], got {acc!r}")
+    if rec.get("metric") == "perplexity":
+        ppl = rec.get("perplexity_median")
+        if not (isinstance(ppl, (int, float)) and not isinstance(ppl, bool) and ppl >= 1.0):
+            raise JaxfaultError(f"{where}: perplexity must be a number >= 1 (inf for a diverged model), got {ppl!r}")
+        if not rec.get("model"):
+            raise JaxfaultError(f"{where}: a perplexity row needs the language model it was measured on "
+                                "(a 'checkpoint' folder or a 'model')")
+    else:
+        acc = rec.get("accuracy_mean")
+        if not (isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0.0 <= acc <= 1.0):
+            raise JaxfaultError(f"{where}: accuracy must be a number in [0, 1], got {acc!r}")
     for k, (ok, requirement) in POINT_RANGES.items():
         if k not in rec:
             continue
@@ -269,6 +315,11 @@ def load_records(paths: Sequence[str], skipped: list | None = None) -> list[dict
         for row, rec in enumerate(found, 1):
             check_record(rec, str(p), row)
         recs.extend(found)
+    kinds = {r.get("metric") == "perplexity" for r in recs}
+    if len(kinds) > 1:
+        first = next(str(r.get("source")) for r in recs if r.get("metric") == "perplexity")
+        raise JaxfaultError(f"{first} holds a language model's perplexities, the other files accuracies; a "
+                            "trade-off compares one metric: run eval.tradeoff on each")
     return recs
 
 
@@ -390,17 +441,36 @@ def tradeoff(records: Sequence[dict], layers_for, *, qw=16, qa=16, pw=0.0, hw: H
         info = point_energy(rec, layers, e, qwv, pwv, generator_energy=gen, **kw)
         info["relative_energy"] = info["energy"] / info["reference_energy"]
         method, label = method_and_label(rec, info["family"], info.get("scheme"))
-        rows.append({"method": method, "label": label,
-                     "model": rec.get("model"), "accuracy_mean": rec["accuracy_mean"], "accuracy_std": rec.get("accuracy_std"),
-                     "accuracy_ci": rec.get("accuracy_ci"),
+        score = ({"metric": "perplexity", "perplexity_median": rec["perplexity_median"],
+                  "perplexity_ci": rec.get("perplexity_ci")} if rec.get("metric") == "perplexity" else
+                 {"metric": "top1", "accuracy_mean": rec["accuracy_mean"], "accuracy_std": rec.get("accuracy_std"),
+                  "accuracy_ci": rec.get("accuracy_ci")})
+        rows.append({"method": method, "label": label, "model": rec.get("model"), **score,
                      "operating_point": {k: rec[k] for k in POINT_KEYS if k in rec}, **info, "source": rec.get("source")})
     for fam in {r["family"] for r in rows}:
         idx = [i for i, r in enumerate(rows) if r["family"] == fam]
-        obj = np.array([[rows[i]["relative_energy"], rows[i]["accuracy_mean"]] for i in idx])
+        # the score to maximise: accuracy, or minus the perplexity (a diverged inf is the worst)
+        obj = np.array([[rows[i]["relative_energy"], _score(rows[i])] for i in idx])
         mask = pareto_mask(obj, [True, False])
         for i, m in zip(idx, mask):
             rows[i]["pareto"] = bool(m)
     return rows
+
+
+def _score(row: dict) -> float:
+    if row.get("metric") == "perplexity":
+        v = row["perplexity_median"]
+        return -v if math.isfinite(v) else -1e300
+    return row["accuracy_mean"]
+
+
+def _value_text(row: dict) -> tuple[str, str]:
+    """(value, 95 % interval) of a row as printed."""
+    if row.get("metric") == "perplexity":
+        ci = row.get("perplexity_ci")
+        return f"{row['perplexity_median']:.4g}", (f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else "n/a")
+    ci = row.get("accuracy_ci")
+    return f"{row['accuracy_mean']:.4f}", (f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "n/a")
 
 
 def format_rows(rows: Sequence[dict]) -> str:
@@ -414,11 +484,14 @@ def format_rows(rows: Sequence[dict]) -> str:
     wf = max([len("family")] + [len(s) for s in fams])
     wl = max([len("label")] + [len(r["label"]) for r in rows])
     wp = max([len("point")] + [len(s) for s in points])
-    cis = [f"[{r['accuracy_ci'][0]:.4f}, {r['accuracy_ci'][1]:.4f}]" if r.get("accuracy_ci") else "n/a" for r in rows]
-    lines = [f"{'family':<{wf}}  {'label':<{wl}}  {'point':<{wp}}  {'accuracy':>8}  {'95% interval':>16}  {'energy':>10}  "
+    values = [_value_text(r) for r in rows]
+    head = "perplexity" if rows and rows[0].get("metric") == "perplexity" else "accuracy"
+    wv = max([len(head)] + [len(v) for v, _ in values])
+    wc = max([len("95% interval")] + [len(c) for _, c in values])
+    lines = [f"{'family':<{wf}}  {'label':<{wl}}  {'point':<{wp}}  {head:>{wv}}  {'95% interval':>{wc}}  {'energy':>10}  "
              f"{'relative':>8}  pareto"]
-    for r, f, p, ci in zip(rows, fams, points, cis):
-        lines.append(f"{f:<{wf}}  {r['label']:<{wl}}  {p:<{wp}}  {r['accuracy_mean']:>8.4f}  {ci:>16}  {r['energy']:>10.4g}  "
+    for r, f, p, (v, ci) in zip(rows, fams, points, values):
+        lines.append(f"{f:<{wf}}  {r['label']:<{wl}}  {p:<{wp}}  {v:>{wv}}  {ci:>{wc}}  {r['energy']:>10.4g}  "
                      f"{r['relative_energy']:>8.4f}  {'*' if r['pareto'] else ''}".rstrip())
     return "\n".join(lines)
 
@@ -426,13 +499,32 @@ def format_rows(rows: Sequence[dict]) -> str:
 def format_legend(rows: Sequence[dict]) -> str:
     """The lines under eval.tradeoff's table: what accuracy and pareto mean, and per family the
     energy's unit and what 'relative' divides by."""
-    lines = ["accuracy: top-1 as a fraction; pareto *: no other row of the family has both less energy and "
-             "more accuracy"]
+    if rows and rows[0].get("metric") == "perplexity":
+        lines = ["perplexity: median over trials with its 95 % order-statistic interval (inf: diverged); pareto *: "
+                 "no other row of the family has both less energy and a lower perplexity"]
+    else:
+        lines = ["accuracy: top-1 as a fraction; pareto *: no other row of the family has both less energy and "
+                 "more accuracy"]
     for fam in dict.fromkeys(r["family"] for r in rows):
         unit = next(r.get("unit") for r in rows if r["family"] == fam)
         lines.append(f"{FAMILY_NAMES.get(fam, fam)}: energy in {unit}; relative = energy / energy of "
                      f"{REFERENCE_NAMES.get(fam, 'the family reference')}")
     return "\n".join(lines)
+
+
+PLOT_CAP = 1e6     # a diverged (inf) perplexity is drawn at this height
+
+
+def _plotted(row: dict) -> float:
+    if row.get("metric") == "perplexity":
+        return min(row["perplexity_median"], PLOT_CAP)
+    return row["accuracy_mean"]
+
+
+def _plotted_ci(row: dict) -> list:
+    if row.get("metric") == "perplexity":
+        return [min(c, PLOT_CAP) for c in (row.get("perplexity_ci") or [row["perplexity_median"]] * 2)]
+    return row.get("accuracy_ci") or [row["accuracy_mean"]] * 2
 
 
 def plot_tradeoff(rows: Sequence[dict], path) -> Path:
@@ -450,14 +542,18 @@ def plot_tradeoff(rows: Sequence[dict], path) -> Path:
         rs = [r for r in rows if r["family"] == fam]
         for lab in sorted({r["label"] for r in rs}):
             pts = sorted((r for r in rs if r["label"] == lab), key=lambda r: r["relative_energy"])
-            m = np.array([r["accuracy_mean"] for r in pts])
-            ci = np.array([r.get("accuracy_ci") or [r["accuracy_mean"]] * 2 for r in pts], float)
+            m = np.array([_plotted(r) for r in pts])
+            ci = np.array([_plotted_ci(r) for r in pts], float)
             ax.errorbar([r["relative_energy"] for r in pts], m, yerr=[m - ci[:, 0], ci[:, 1] - m], fmt="o", alpha=0.7,
                         capsize=2, label=lab)
         front = sorted((r for r in rs if r["pareto"]), key=lambda r: r["relative_energy"])
-        ax.plot([r["relative_energy"] for r in front], [r["accuracy_mean"] for r in front], "k--", lw=1, label="Pareto front")
+        ax.plot([r["relative_energy"] for r in front], [_plotted(r) for r in front], "k--", lw=1, label="Pareto front")
         ax.set_xlabel("energy relative to " + {"dram": "no ECC, 64 ms refresh", "sram": "nominal voltage", "verify": "full write-verify"}[fam])
-        ax.set_ylabel("accuracy, mean and 95 % interval")
+        if rs[0].get("metric") == "perplexity":
+            ax.set_yscale("log")
+            ax.set_ylabel("perplexity, median and 95 % interval")
+        else:
+            ax.set_ylabel("accuracy, mean and 95 % interval")
         ax.set_title(FAMILIES[fam], fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()
