@@ -294,6 +294,19 @@ def scores_language_model(task, checkpoint) -> bool:
     return task == "language_model" or (task is None and is_language_model(checkpoint))
 
 
+def hf_folder_digest(folder) -> str:
+    """16 hex digits identifying a Hugging Face folder's model: its config.json and the names and
+    sizes of its safetensors files (from_hf reads and checks the tensors themselves)."""
+    import hashlib
+    from pathlib import Path
+
+    folder = Path(folder)
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    for f in sorted(folder.glob("*.safetensors")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
 def load_lm_and_data(checkpoint=None, limit: int | None = None, log: Callable[[str], None] = print):
     """(path, model, variables, inputs, targets, task) of a language model and its evaluation
     windows: the first `limit` (default DEFAULT_EVAL_WINDOWS) validation windows of the corpus it

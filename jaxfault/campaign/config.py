@@ -202,13 +202,9 @@ def identity_of(config: dict, ckpt=None) -> dict:
         return ident
     ident["checkpoint"] = str(Path(ckpt.path).resolve())
     if getattr(ckpt, "hf", False):                # a Hugging Face folder: its config and tensor files
-        import hashlib
+        from jaxfault.lm import hf_folder_digest
 
-        folder = Path(ckpt.path)
-        h = hashlib.sha256((folder / "config.json").read_bytes())
-        for f in sorted(folder.glob("*.safetensors")):
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
-        ident["checkpoint_digest"] = h.hexdigest()[:16]
+        ident["checkpoint_digest"] = hf_folder_digest(ckpt.path)
         ident["dataset"] = "kjv"
         return ident
     ident["checkpoint_digest"] = checkpoint_digest(ckpt.path)[:16]

@@ -158,10 +158,10 @@ def _load_lm_plan_data(plan: dict, log: Callable[[str], None]) -> PlanData:
     from pathlib import Path
 
     from jaxfault.checkpoints import META_FILE, checkpoint_digest
-    from jaxfault.lm import load_lm_and_data
+    from jaxfault.lm import hf_folder_digest, load_lm_and_data
 
     path, model, variables, x, y, _ = load_lm_and_data(plan["checkpoint"], plan["eval_windows"], log)
-    digest = checkpoint_digest(path)[:16] if (Path(path) / META_FILE).is_file() else None
+    digest = checkpoint_digest(path)[:16] if (Path(path) / META_FILE).is_file() else hf_folder_digest(path)
     identity = {"checkpoint": str(Path(path).resolve()), "checkpoint_digest": digest, "task": "language_model",
                 "eval_windows": int(x.shape[0]), "window_tokens": int(x.shape[1]), "seed": plan["seed"],
                 "trials": plan["trials"], "precision": plan["precision"], "eval_dtype": plan["eval_dtype"],
