@@ -103,8 +103,7 @@ def main(argv=None) -> int:
     if args.plot and writer:
         plot_records(records, args.plot)
         say(f"plot: {args.plot}")
-    if data.task is None:
-        say(f"next: python -m eval.tradeoff {output}   (or --plot PNG for accuracy vs rate)")
+    say(f"next: python -m eval.tradeoff {output}   (energy of protection; --plot PNG for the metric vs rate)")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Campaigns on a language model: perplexity points equal the engine's evaluation with the same
 keys, the table and records carry medians with intervals, and ci_width is refused."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,10 +47,16 @@ def test_language_model_campaign_cli_writes_perplexity_rows(lm_checkpoint, tmp_p
     code, text, err = run_cli("eval.campaign", [str(cfg), "--plot", str(tmp_path / "p.png"), "--no-compile-cache"],
                               capsys)
     assert code == 0, err
-    assert "perplexity median [95% interval]" in text and "diverged" in text and "eval.tradeoff" not in text
+    assert "perplexity median [95% interval]" in text and "diverged" in text and "eval.tradeoff" in text
     rows = [json.loads(line) for line in out.read_text().splitlines()[1:]]
     assert len(rows) == 2 and all(len(r["perplexity"]) == 3 for r in rows)
     assert (tmp_path / "p.png").stat().st_size > 0
+    # eval.tradeoff reads these rows by median perplexity, priced from the campaign's checkpoint
+    from jaxfault.energy.tradeoff import load_records
+
+    recs = load_records([str(out)])
+    assert [r["perplexity_median"] for r in recs] == [r["perplexity_median"] for r in rows]
+    assert all(r["metric"] == "perplexity" and r["model"] == str(Path(lm_checkpoint).resolve()) for r in recs)
 
 
 def test_ci_width_on_a_language_model_is_one_line_before_work(lm_checkpoint, tmp_path, capsys):

@@ -133,8 +133,13 @@ def test_usage_names_the_command_it_was_run_as(monkeypatch, capsys):
 
 
 def test_plan_chart_shows_every_configuration():
-    from jaxfault.plan.report import accuracy_axis
+    from jaxfault.plan.report import score_axis
 
-    confs = [{"accuracy": {"mean": m, "p5": p}} for m, p in ((0.9, 0.89), (0.46, 0.068), (0.89, 0.88))]
-    lo, hi = accuracy_axis({"configurations": confs})
+    confs = [{"score": {"mean": m, "p5": p}} for m, p in ((0.9, 0.89), (0.46, 0.068), (0.89, 0.88))]
+    lo, hi = score_axis({"task": "classification", "configurations": confs})
     assert lo <= 6.8 - 1 + 1e-9 and hi >= 90
+    # a language model's axis is perplexity: the lowest median at the bottom, collapsed ones capped
+    lm = [{"score": {"median": 1 / 5.6, "p5": 1 / 6.0}}, {"score": {"median": 0.0, "p5": 0.0}},
+          {"score": {"median": 1 / 77.0, "p5": 1 / 80.0}}]
+    lo, hi = score_axis({"task": "language_model", "clean_score": 1 / 5.5, "configurations": lm})
+    assert lo <= 5.6 and 16.5 <= hi <= 1.05 * 16.5 + 1e-9
