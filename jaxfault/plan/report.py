@@ -256,7 +256,7 @@ def summary_lines(report: dict) -> list[str]:
     k = cert["counts"]
     out.append(f"{'certified' if cert['certify'] else 'certification (not used for the choice)'}: "
                f"{metric_name(t['metric'])} bound at {100 * cert['level']:g} % for all {cert['comparisons']} "
-               f"configurations together (Bonferroni: each at {100 * cert['per_configuration_level']:.4g} %"
+               f"configurations together (Bonferroni: each at {level_text(cert['per_configuration_level'])} %"
                + (f", {cert['looks']} looks each" if cert["looks"] > 1 else "")
                + f"): {k['met']} met, {k['not met']} not met, {k['undecided']} undecided; "
                f"{report['trials_run']} trials in all")
@@ -269,6 +269,15 @@ def summary_lines(report: dict) -> list[str]:
         out.append(f"unreachable: no configuration {'certainly ' if cert['certify'] else ''}meets the target; "
                    f"best found: {knob_text(b['knobs'])}: {_line(b, task)}; {_cert(b, t['metric'], task)}")
     return out
+
+
+def level_text(level: float) -> str:
+    """A confidence level in per cent with the digits that keep it below 100 (99.98, 99.999)."""
+    for digits in range(4, 12):
+        text = f"{100 * level:.{digits}g}"
+        if float(text) < 100:
+            return text
+    return f"{100 * level!r}"
 
 
 def metric_name(metric: str) -> str:
