@@ -31,11 +31,12 @@ def floor_seconds(model, variables, images, labels, fm, instances: int) -> float
     import jax
     import jax.numpy as jnp
 
+    from jaxfault import tasks
     from jaxfault import engine
 
     eval_model, prepared, x = engine.prepare(model, variables, images, fm)
     y = jnp.asarray(labels)
-    metric = engine.make_metric_fn(eval_model, batch_size=1000, topk=(1,))
+    metric = tasks.make_metric_fn(eval_model, batch_size=1000, topk=(1,))
     stacked = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (instances,) + a.shape), prepared)
     run = jax.jit(lambda vs: jax.lax.map(lambda v: metric(v, x, y), vs))
     with engine.precision_scope("highest"):

@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 
 from jaxfault.bits import BF16_MASK
-from jaxfault.cli import ArgumentParser, parse_float_list, run_main
+from jaxfault.cli import ArgumentParser, run_main
+from jaxfault.config import parse_float_list
 from jaxfault.errors import check, check_probability
 
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.cli import ArgumentParser, run_main
-from jaxfault.engine import parse_strategy
+from jaxfault.batching import parse_strategy
 from jaxfault.precision import check_precision
 from jaxfault.errors import JaxfaultError
 from jaxfault.io import atomic_write_json

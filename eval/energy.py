@@ -15,12 +15,13 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxfault.cli import (ArgumentParser, nonneg_float, parse_float_list, positive_float, positive_int,
-                          probability, run_main)
+from jaxfault.cli import (ArgumentParser, input_shape_flag, nonneg_float, positive_float, positive_int, probability,
+                          run_main)
+from jaxfault.config import parse_float_list
 from jaxfault.energy import analysis as A
 from jaxfault.energy import protection as P
 from jaxfault.energy.core import Hardware
-from jaxfault.energy.inputs import input_shape_flag, load_grid, load_table, parse_per_layer, parse_shape  # noqa: F401
+from jaxfault.energy.inputs import load_grid, load_table, parse_per_layer, parse_shape  # noqa: F401
 from jaxfault.energy.networks import get_network, network_names
 from jaxfault.errors import JaxfaultError
 from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path

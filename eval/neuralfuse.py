@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxfault import engine
-from jaxfault.cli import (ArgumentParser, parse_float_list, positive_int, probability, run_main, strategy_flag)
+from jaxfault.cli import ArgumentParser, positive_int, probability, run_main, strategy_flag
+from jaxfault.config import parse_float_list
 from jaxfault.io import atomic_write_json, check_output_path
 from jaxfault.precision import PRECISIONS
 

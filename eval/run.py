@@ -33,7 +33,7 @@ def build_parser() -> ArgumentParser:
 
 
 def config_from_args(args) -> ExperimentConfig:
-    from jaxfault.cli import parse_float_list
+    from jaxfault.config import parse_float_list
 
     fault = {}
     for item in args.fault:

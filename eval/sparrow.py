@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from jaxfault.cli import (ArgumentParser, add_model_flags, parse_float_list, positive_float, positive_int,
-                          probability, run_main, seed_int, strategy_flag)
+from jaxfault.cli import (ArgumentParser, add_model_flags, as_flags, positive_float, positive_int, probability,
+                          run_main, seed_int, strategy_flag)
+from jaxfault.config import parse_float_list
 from jaxfault.ecc import scheme_names
 from jaxfault.ecc.evaluate import (SparrowEvalConfig, format_comparison, format_row, model_source, plot_sweep,
                                    result_config, run, sweep_table, with_comparison)
@@ -125,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"clean bf16: top1 {100 * clean['top1']:.2f}%" + (f"  top5 {100 * clean['top5']:.2f}%" if "top5" in clean else ""))
     if not sweep and report.get("task") != "language_model":
-        print(format_comparison(report), end="")
+        print(as_flags(format_comparison(report)), end="")
     else:
         for r in report["rows"]:
             print(format_row(r))

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxfault.cli import (ArgumentParser, nonneg_float, nonneg_int, parse_float_list, positive_float, positive_int,
+from jaxfault.cli import (ArgumentParser, nonneg_float, nonneg_int, positive_float, positive_int,
                           probability, run_main, strategy_flag)
+from jaxfault.config import parse_float_list
 from jaxfault.precision import PRECISIONS
 from jaxfault.errors import JaxfaultError, check
 from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path

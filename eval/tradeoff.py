@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from jaxfault.cli import (ArgumentParser, nonneg_float, parse_float_list, positive_float, positive_int,
-                          probability, run_main)
+from jaxfault.cli import (ArgumentParser, input_shape_flag, nonneg_float, positive_float, positive_int, probability,
+                          run_main)
+from jaxfault.config import parse_float_list
 from jaxfault.energy import protection as P
 from jaxfault.energy import tradeoff as T
 from jaxfault.energy.core import Hardware
 from jaxfault.energy.networks import DEFAULT_INPUTS, GENERIC_INPUT, get_network
-from jaxfault.energy.inputs import input_shape_flag, load_table
+from jaxfault.energy.inputs import load_table
 from jaxfault.io import atomic_write_json, check_output_path
 
 

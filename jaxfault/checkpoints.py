@@ -334,7 +334,7 @@ def is_checkpoint(directory) -> bool:
     return (Path(directory) / META_FILE).is_file()
 
 
-def check_checkpoint_output(directory, *, overwrite: bool = False, flag: str = "--out") -> Path:
+def check_checkpoint_output(directory, *, overwrite: bool = False, flag: str = "`out`") -> Path:
     """Validate, before any work, a directory that a checkpoint will be saved into.
 
     Refused with a one-line JaxfaultError: a path that is a file or lies under one, an unwritable
@@ -346,10 +346,10 @@ def check_checkpoint_output(directory, *, overwrite: bool = False, flag: str = "
 
     p = Path(directory)
     if is_checkpoint(p) and not overwrite:
-        raise JaxfaultError(f"{flag} {p} already holds a checkpoint (pass --overwrite to replace it)")
+        raise JaxfaultError(f"{flag} {p} already holds a checkpoint (set `overwrite` to replace it)")
     if p.is_dir() and not overwrite and any(p.iterdir()):
         raise JaxfaultError(f"{flag} {p} is a non-empty folder that is not a checkpoint "
-                            f"(pass --overwrite to save into it anyway)")
+                            f"(set `overwrite` to save into it anyway)")
     return check_output_path(p, overwrite=True, kind="dir", flag=flag)
 
 

@@ -1,5 +1,5 @@
-"""Shared CLI plumbing: one-line errors with exit code 2, argparse types for numeric flags that
-name the flag and the value, and a quiet-when-not-a-TTY progress bar."""
+"""Shared CLI plumbing: one-line errors with exit code 2 (the library's `setting` names shown as
+the --setting flags), and argparse types for numeric flags that name the flag and the value."""
 from __future__ import annotations
 
 import argparse
@@ -173,6 +173,15 @@ def _drop_closed_event_loop_reports() -> None:
     sys.unraisablehook = hook
 
 
+SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+
+def as_flags(message: str) -> str:
+    """message with every setting the library names as `name` written as the flag --name (dashes
+    for underscores): the library speaks of settings, a CLI user types flags."""
+    return SETTING.sub(lambda m: "--" + m.group(1).replace("_", "-"), str(message))
+
+
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Run a CLI main(argv); JaxfaultError becomes 'error: ...' on stderr and exit code 2."""
     import contextlib
@@ -187,7 +196,7 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
         if report is not None and (line := report.line()) is not None:
             print(line)
     except JaxfaultError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {as_flags(e)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -254,14 +263,24 @@ def seed_int(text):
 
 def strategy_flag(text):
     """argparse type: a batching strategy (auto, vmap, map, loop or map:B), validated up front."""
-    from jaxfault.engine import parse_strategy
-    from jaxfault.errors import JaxfaultError
+    from jaxfault.batching import parse_strategy
 
     try:
         parse_strategy(str(text))
     except JaxfaultError as e:
-        raise FlagValueError(str(e)) from None
+        raise FlagValueError(as_flags(e)) from None
     return str(text)
+
+
+def input_shape_flag(text: str) -> tuple[int, ...]:
+    """argparse type for --input H,W,C (or a language model's context length L); argparse names
+    the flag in its one-line error."""
+    from jaxfault.energy.inputs import parse_shape
+
+    try:
+        return parse_shape(text, name="")
+    except JaxfaultError as e:
+        raise FlagValueError(as_flags(e).strip(": ")) from None
 
 
 def bounded_float(low: float | None = None, high: float | None = None, *, low_open: bool = False,
@@ -274,31 +293,3 @@ def bounded_float(low: float | None = None, high: float | None = None, *, low_op
     lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
     hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
     return _flag_type("bounded_float", ok, f"in {lo}, {hi}")
-
-
-def parse_float_list(text, name: str, *, check: Callable[[float], bool] | None = None,
-                     requirement: str = "", allow_duplicates: bool = False) -> list[float]:
-    """Parse '1e-5,1e-4' into finite floats, with a one-line error naming the flag and the bad item.
-
-    Empty lists, empty items ('1e-3,,1e-2'), NaN/inf and (unless allow_duplicates) repeated values
-    are errors; check(value) -> bool with its requirement ('in [0, 1]') adds a range check.
-    """
-    if text is None or not str(text).strip():
-        raise JaxfaultError(f"{name} needs a comma-separated list of numbers, got {'' if text is None else text!r}")
-    out: list[float] = []
-    for item in str(text).split(","):
-        item = item.strip()
-        if not item:
-            raise JaxfaultError(f"{name}: empty item in {text!r}")
-        try:
-            value = float(item)
-        except ValueError:
-            raise JaxfaultError(f"{name}: {item!r} is not a number") from None
-        if not math.isfinite(value):
-            raise JaxfaultError(f"{name}: {item!r} is not a finite number")
-        if check is not None and not check(value):
-            raise JaxfaultError(f"{name} values must be {requirement or 'valid'}, got {item!r}")
-        if not allow_duplicates and value in out:
-            raise JaxfaultError(f"{name}: {item!r} is listed twice in {text!r}")
-        out.append(value)
-    return out

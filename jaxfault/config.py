@@ -230,3 +230,31 @@ def read_json_object(path, what: str, *, parse_constant: Callable[[str], Any] | 
     if not isinstance(obj, dict):
         raise JaxfaultError(f"{what} {str(path)!r} must hold a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def parse_float_list(text, name: str, *, check: Callable[[float], bool] | None = None,
+                     requirement: str = "", allow_duplicates: bool = False) -> list[float]:
+    """Parse '1e-5,1e-4' into finite floats, with a one-line error naming the setting and the bad item.
+
+    Empty lists, empty items ('1e-3,,1e-2'), NaN/inf and (unless allow_duplicates) repeated values
+    are errors; check(value) -> bool with its requirement ('in [0, 1]') adds a range check.
+    """
+    if text is None or not str(text).strip():
+        raise JaxfaultError(f"{name} needs a comma-separated list of numbers, got {'' if text is None else text!r}")
+    out: list[float] = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if not item:
+            raise JaxfaultError(f"{name}: empty item in {text!r}")
+        try:
+            value = float(item)
+        except ValueError:
+            raise JaxfaultError(f"{name}: {item!r} is not a number") from None
+        if not math.isfinite(value):
+            raise JaxfaultError(f"{name}: {item!r} is not a finite number")
+        if check is not None and not check(value):
+            raise JaxfaultError(f"{name} values must be {requirement or 'valid'}, got {item!r}")
+        if not allow_duplicates and value in out:
+            raise JaxfaultError(f"{name}: {item!r} is listed twice in {text!r}")
+        out.append(value)
+    return out

@@ -195,9 +195,9 @@ def load_dataset(name: str = DEFAULT_DATASET, data_dir: str | os.PathLike | None
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             tried.append(f"TFDS {name!r} ({type(e).__name__}: {msg[:160]})")
     hint = ("install the offline copy with 'apt-get install dataset-fashion-mnist'" if name == "fashion_mnist"
-            else f"put its IDX files in a folder and pass --data-dir")
+            else "put its IDX files in a folder given as `data_dir`")
     raise JaxfaultError(f"dataset {name!r} not found; tried: {'; '.join(tried)}. To get it: {hint}, "
-                        f"or let TFDS download it (network needed) into --data-dir")
+                        f"or let TFDS download it (network needed) into `data_dir`")
 
 
 def _make(name, splits, num_classes, value_range, source) -> Dataset:

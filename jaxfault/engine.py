@@ -34,47 +34,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.errors import JaxfaultError, check, nearest_hint
+from jaxfault.batching import map_over, parse_strategy, resolve_strategy
+from jaxfault.errors import check
 from jaxfault.precision import check_precision, precision_scope
+from jaxfault.protocol import stats_dict
+from jaxfault.tasks import make_metric_fn
 
-STRATEGIES = ("auto", "vmap", "map", "loop")
 PyTree = Any
 
 
 # ------------------------------------------------------------------------------------ policies
-def parse_strategy(strategy: str = "auto", backend: str | None = None) -> tuple[str, int | None]:
-    """The one batching resolver: (kind, chunk) for 'auto' | 'vmap' | 'map' | 'map:B' | 'loop'.
-
-    'auto' is 'map' on CPU (vmapping per-instance convolution weights is slow on XLA's CPU
-    backend) and 'vmap' on GPU/TPU; 'map:B' runs lax.map over chunks of B instances with vmap
-    inside (a mix of both)."""
-    if not isinstance(strategy, str):
-        raise JaxfaultError(f"batching strategy must be a string, got {strategy!r}")
-    if strategy == "auto":
-        return ("map" if (backend or jax.default_backend()) == "cpu" else "vmap"), None
-    if strategy in ("vmap", "map", "loop"):
-        return strategy, None
-    if strategy.startswith("map:") and strategy[4:].isdigit() and int(strategy[4:]) >= 1:
-        return "map", int(strategy[4:])
-    raise JaxfaultError(f"unknown batching strategy {strategy!r}{nearest_hint(strategy, STRATEGIES)}; "
-                        f"choose one of {', '.join(STRATEGIES)} or map:B (B >= 1)")
-
-
-def resolve_strategy(strategy: str = "auto", backend: str | None = None) -> str:
-    """The strategy a run uses, as a name ('vmap', 'map', 'map:B' or 'loop'); see parse_strategy."""
-    kind, chunk = parse_strategy(strategy, backend)
-    return f"{kind}:{chunk}" if chunk else kind
-
-
-def map_over(fn: Callable, xs, strategy: str = "auto"):
-    """Stack fn(x) over the leading axis of xs (a pytree) inside a compiled program, batched by
-    the strategy ('loop' runs as 'map' inside a program)."""
-    kind, chunk = parse_strategy(strategy)
-    if kind == "vmap":
-        return jax.vmap(fn)(xs)
-    return jax.lax.map(fn, xs, batch_size=chunk)
-
-
 def summarize(values, name: str | None = None, **kw) -> dict:
     """The one summary of per-trial values (``jaxfault.stats.summarize``): n, mean, std (ddof=0),
     min, max, the mean's confidence interval (ci_lo, ci_hi, half_width, level, method: the
@@ -107,49 +76,7 @@ def cast_floats(tree: PyTree, dtype) -> PyTree:
                                   else x, tree)
 
 
-def stats_dict(stats) -> dict:
-    """Flatten a fault model's stats (NamedTuple, dict, or tuple of them for compositions) into
-    {name: array}; stage i of a composition is prefixed 'stage{i}.'."""
-    if stats is None:
-        return {}
-    if hasattr(stats, "_asdict"):
-        return dict(stats._asdict())
-    if isinstance(stats, dict):
-        return dict(stats)
-    if isinstance(stats, (tuple, list)):
-        out = {}
-        for i, s in enumerate(stats):
-            out.update({f"stage{i}.{k}": v for k, v in stats_dict(s).items()})
-        return out
-    raise TypeError(f"fault-model stats must be a NamedTuple, dict or tuple, got {type(stats).__name__}")
-
-
 # ------------------------------------------------------------------------------------ the program
-def make_metric_fn(model, batch_size: int = 1000, topk: Sequence[int] = (1,), task=None) -> Callable:
-    """fn(variables, inputs, targets, output_hook=None) -> {metric: scalar} of a task.
-
-    Args:
-      model: the Flax model in evaluation form.
-      batch_size: inputs per ``lax.scan`` batch.
-      topk: the top-k accuracies reported when ``task`` is None (classification).
-      task: a :class:`jaxfault.tasks.Task` (default: ``classification(topk)``).
-    Returns:
-      The metric function. Variables may carry extra collections (fault-model data); only the
-      model's are applied. With an ``output_hook`` (see :func:`jaxfault.tasks.make_metric_fn`) the
-      dict also holds ``activation_faults``, the activation faults injected over the evaluation.
-    """
-    from jaxfault import tasks
-
-    task = tasks.classification(topk) if task is None else task
-    inner = tasks.make_metric_fn(model, task, batch_size=batch_size)
-
-    def metric(variables, inputs, targets, output_hook=None):
-        metrics, extra = inner(variables, inputs, targets, output_hook)
-        return {**metrics, **extra}
-
-    return metric
-
-
 ACTIVATION_KEY_SALT = 0x61637473   # folds a trial key into its activation-fault stream ("acts")
 
 

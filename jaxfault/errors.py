@@ -1,4 +1,9 @@
-"""User-facing errors: one clear line naming the bad value, exit code 2 from CLIs."""
+"""User-facing errors: one clear line naming the bad value, exit code 2 from CLIs.
+
+The library names a setting in its messages as `name` (the config field, in backticks), never as
+a command-line flag: a Python caller reads "`test_subset` must be in [1, 10000], got 0", and
+jaxfault.cli shows the same message as "--test-subset must be in [1, 10000], got 0".
+"""
 
 
 class JaxfaultError(ValueError):

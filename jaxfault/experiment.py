@@ -79,7 +79,7 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         """Raise a one-line JaxfaultError for any invalid setting; build nothing expensive."""
-        from jaxfault.engine import parse_strategy
+        from jaxfault.batching import parse_strategy
         from jaxfault.precision import check_precision
         from jaxfault.tasks import TASKS
 

@@ -99,9 +99,9 @@ def check_output_path(path, *, overwrite: bool = False, kind: str = "file", flag
             raise JaxfaultError(f"{what}{p} is a file, expected a directory")
         if not overwrite:
             if kind == "file":
-                raise JaxfaultError(f"{what}{p} already exists (pass --overwrite to replace it)")
+                raise JaxfaultError(f"{what}{p} already exists (set `overwrite` to replace it)")
             if any(p.iterdir()):
-                raise JaxfaultError(f"{what}{p} already exists and is not empty (pass --overwrite to replace it)")
+                raise JaxfaultError(f"{what}{p} already exists and is not empty (set `overwrite` to replace it)")
         writable_dir = p if kind == "dir" else p.parent
         folder = writable_dir
     else:

@@ -76,7 +76,7 @@ def bounded_strategy(strategy: str, per_trial: int, shared: int, budget: int, tr
     """A batching strategy whose chunk of trials fits the budget: 'vmap' becomes 'map:B' when
     fewer than all trials fit, 'map:B0' gets B = min(B0, what fits); 'map' (one trial at a time)
     and 'loop' are returned unchanged (after checking that one trial fits)."""
-    from jaxfault.engine import parse_strategy
+    from jaxfault.batching import parse_strategy
 
     kind, chunk = parse_strategy(strategy)
     fit = trials_per_chunk(per_trial, shared, budget, trials)
@@ -98,7 +98,7 @@ def evaluation_trial_memory(model, variables, inputs, targets, fault_model, rate
     fm = fault_model.with_rate_bound(rate)
     eval_model, prepared, x = engine.prepare(model, variables, inputs, fm)
     y = jnp.asarray(targets)
-    metric = engine.make_metric_fn(eval_model, batch_size=min(batch_size, int(y.shape[0])), task=task)
+    metric = tasks.make_metric_fn(eval_model, batch_size=min(batch_size, int(y.shape[0])), task=task)
     acts = "activations" in fm.sites
 
     def one(v, xx, yy, key):

@@ -130,3 +130,20 @@ class Registry:
 
     def __contains__(self, name) -> bool:
         return name in self._entries
+
+
+def stats_dict(stats) -> dict:
+    """Flatten a fault model's stats (NamedTuple, dict, or tuple of them for compositions) into
+    {name: array}; stage i of a composition is prefixed 'stage{i}.'."""
+    if stats is None:
+        return {}
+    if hasattr(stats, "_asdict"):
+        return dict(stats._asdict())
+    if isinstance(stats, dict):
+        return dict(stats)
+    if isinstance(stats, (tuple, list)):
+        out = {}
+        for i, s in enumerate(stats):
+            out.update({f"stage{i}.{k}": v for k, v in stats_dict(s).items()})
+        return out
+    raise TypeError(f"fault-model stats must be a NamedTuple, dict or tuple, got {type(stats).__name__}")

@@ -398,6 +398,7 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
     Returns:
       RareResult.
     """
+    from jaxfault import tasks
     from jaxfault import engine
     from jaxfault.ecc.hbm import HBMFaults
 
@@ -433,7 +434,7 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
                 kt = jnp.concatenate([kt, jnp.repeat(kt[-1:], pad)])
             rates = np.stack([kk.astype(np.float64), np.full(chunk, ber)], axis=1)
             if program[0] is None:
-                metric_fn = engine.make_metric_fn(engine.evaluation_form(model, variables)[0],
+                metric_fn = tasks.make_metric_fn(engine.evaluation_form(model, variables)[0],
                                                   batch_size=min(batch_size, int(len(labels))), topk=topk,
                                                   task=task)
                 program[0] = engine.make_trial_program(metric_fn, cfm, strategy=strategy, precision=precision)

@@ -62,15 +62,15 @@ def check_result_path(path, config: dict, digest: str | None, *, overwrite: bool
         stored = None
     if not isinstance(stored, dict) or "config" not in stored:
         raise JaxfaultError(f"{what}{p} already exists and records no configuration to compare with "
-                            f"(pass --overwrite to replace it)")
+                            f"(set `overwrite` to replace it)")
     if canonical(stored.get("config")) != canonical(config):
         old, new = stored.get("config") or {}, canonical(config)
         keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) if isinstance(old, dict) else []
         differs = f" ({', '.join(keys[:4])} differ)" if keys else ""
         raise JaxfaultError(f"{what}{p} already exists with another configuration{differs} "
-                            f"(pass --overwrite to replace it, or choose another --out)")
+                            f"(set `overwrite` to replace it, or choose another `out`)")
     if digest is None or stored.get("checkpoint_digest") != digest:
         raise JaxfaultError(f"{what}{p} already exists and came from another model (its checkpoint changed or is "
-                            f"not trained yet); pass --overwrite to replace it, or choose another --out")
+                            f"not trained yet); set `overwrite` to replace it, or choose another `out`")
     check_output_path(p, overwrite=True, flag=flag)
     return True

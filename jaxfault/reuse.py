@@ -160,7 +160,8 @@ def _scan(spec: Spec, prepared, images, labels, rates, keys):
     row's activations, which the scan carries), or a copy of the clean row (nothing changed) or
     of an earlier row (same fingerprint). Each stage's code appears once in the program.
     Returns ({metric: (rows,)}, {stat: (rows,)}, route per row: k, -1 clean copy, -2 duplicate)."""
-    from jaxfault.engine import make_metric_fn, stats_dict
+    from jaxfault.protocol import stats_dict
+    from jaxfault.tasks import make_metric_fn
 
     stages = _stages(spec)
     params = prepared["params"]
@@ -239,7 +240,9 @@ def _scan(spec: Spec, prepared, images, labels, rates, keys):
 
 def _grid(spec: Spec, strategy: str, prepared, images, labels, rates, keys):
     """The whole rates x trials evaluation without reuse (any strategy): ({metric: (R, T)}, {stat: (R, T)})."""
-    from jaxfault.engine import make_metric_fn, map_over, stats_dict
+    from jaxfault.batching import map_over
+    from jaxfault.protocol import stats_dict
+    from jaxfault.tasks import make_metric_fn
 
     metric = make_metric_fn(spec.model, batch_size=spec.batch_size, task=spec.task)
 
@@ -251,7 +254,7 @@ def _grid(spec: Spec, strategy: str, prepared, images, labels, rates, keys):
 
 
 def _clean(spec: Spec, prepared, images, labels):
-    from jaxfault.engine import make_metric_fn
+    from jaxfault.tasks import make_metric_fn
 
     return make_metric_fn(spec.model, batch_size=spec.batch_size, task=spec.task)(prepared, images, labels)
 

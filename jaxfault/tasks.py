@@ -190,7 +190,7 @@ def get_task(name: str, **config) -> Task:
 
 
 # ------------------------------------------------------------------------------------ the metric
-def make_metric_fn(model, task: Task, batch_size: int = 1000) -> Callable:
+def batched_metric_fn(model, task: Task, batch_size: int = 1000) -> Callable:
     """fn(variables, inputs, targets, output_hook=None) -> (metrics, extra_stats).
 
     Inputs run through ``model.apply`` in fixed-size batches under ``lax.scan``. Variables may carry
@@ -237,5 +237,28 @@ def make_metric_fn(model, task: Task, batch_size: int = 1000) -> Callable:
         (sums, act), _ = jax.lax.scan(body, (zero, jnp.float32(0.0)), (x, y, jnp.arange(nb)))
         extra = {"activation_faults": act} if output_hook is not None else {}
         return task.finalize(sums, n), extra
+
+    return metric
+
+
+def make_metric_fn(model, batch_size: int = 1000, topk: Sequence[int] = (1,), task=None) -> Callable:
+    """fn(variables, inputs, targets, output_hook=None) -> {metric: scalar} of a task.
+
+    Args:
+      model: the Flax model in evaluation form.
+      batch_size: inputs per ``lax.scan`` batch.
+      topk: the top-k accuracies reported when ``task`` is None (classification).
+      task: a :class:`Task` (default: ``classification(topk)``).
+    Returns:
+      The metric function. Variables may carry extra collections (fault-model data); only the
+      model's are applied. With an ``output_hook`` (see :func:`batched_metric_fn`) the
+      dict also holds ``activation_faults``, the activation faults injected over the evaluation.
+    """
+    task = classification(topk) if task is None else task
+    inner = batched_metric_fn(model, task, batch_size=batch_size)
+
+    def metric(variables, inputs, targets, output_hook=None):
+        metrics, extra = inner(variables, inputs, targets, output_hook)
+        return {**metrics, **extra}
 
     return metric

@@ -33,7 +33,7 @@ def make_accuracy_fn(model, batch_size: int = 1000, topk: Sequence[int] = (1,)) 
 
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise JaxfaultError(f"batch_size must be positive, got {batch_size!r}")
-    metric = tasks.make_metric_fn(model, tasks.classification(topk), batch_size=batch_size)
+    metric = tasks.batched_metric_fn(model, tasks.classification(topk), batch_size=batch_size)
 
     def accuracy(variables: PyTree, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
         return metric(variables, images, labels)[0]

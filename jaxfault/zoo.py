@@ -200,3 +200,46 @@ def default_language_model(cache_dir_override=None, data_dir=None, log: Callable
         raise JaxfaultError(f"unknown language-model setting(s) {', '.join(unknown)}; known: {', '.join(LM_DEFAULTS)}")
     return cached(lm_cache_entry_name(**settings), lambda tmp: train_and_save_lm(
         tmp, data_dir=data_dir, log=log, **{**LM_DEFAULTS, **settings}), cache_dir_override, log)
+
+
+def load_lm_and_data(checkpoint=None, limit: int | None = None, log: Callable[[str], None] = print):
+    """(path, model, variables, inputs, targets, task) of a language model and its evaluation
+    windows: the first `limit` (default DEFAULT_EVAL_WINDOWS) validation windows of the corpus it
+    was trained on, seq_len tokens each; the cached default language model when checkpoint is None.
+    A Hugging Face folder is read with jaxfault.models.from_hf and evaluated on the default corpus's
+    validation text in windows of min(128, its positions) tokens: as bytes when its vocabulary has
+    256 tokens, else through its tokenizer.json."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from jaxfault import tasks
+    from jaxfault.errors import check
+    from jaxfault.lm import DEFAULT_EVAL_WINDOWS, load_language_model
+    from jaxfault.text import inputs_targets, load_text, windows
+
+    if checkpoint is None:
+        checkpoint = default_language_model(log=log)
+    tokenizer = None
+    if (Path(checkpoint) / "config.json").is_file():
+        from jaxfault.models import from_hf, load_tokenizer
+
+        model, variables = from_hf(checkpoint)
+        vocab = int(getattr(model, "vocab_size", 0))
+        if vocab != 256:
+            tokenizer = load_tokenizer(checkpoint)
+            check(tokenizer is not None, f"{checkpoint}: a vocabulary of {vocab} tokens needs its tokenizer.json "
+                                         f"to tokenize the evaluation text")
+        corpus = "kjv"
+        seq = min(128, int(getattr(model, "n_positions", 0) or getattr(model, "max_position_embeddings", 128)))
+    else:
+        model, variables, config = load_language_model(checkpoint)
+        corpus, seq = config.get("corpus", "kjv"), int(config["seq_len"])
+    text = load_text(corpus)
+    tokens = text.validation_tokens
+    if tokenizer is not None:
+        from jaxfault.text import decode_bytes
+
+        tokens = np.asarray(tokenizer.encode(decode_bytes(tokens)).ids, np.int32)
+    x, y = inputs_targets(windows(tokens, seq, limit or DEFAULT_EVAL_WINDOWS))
+    return str(checkpoint), model, variables, x, y, tasks.language_model()

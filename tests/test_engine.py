@@ -8,6 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxfault import batching
+from jaxfault import protocol
+from jaxfault import tasks
 from jaxfault import engine
 from jaxfault.errors import JaxfaultError
 from jaxfault.fault_models import compose
@@ -76,7 +79,7 @@ def test_same_key_same_result_and_keys_matter(setup):
 def test_rates_are_traced_one_program(setup):
     model, variables, x, labels = setup
     fm = Noise().with_rate_bound(1.0)
-    prog = engine.make_trial_program(engine.make_metric_fn(model, 256), fm, strategy="map")
+    prog = engine.make_trial_program(tasks.make_metric_fn(model, 256), fm, strategy="map")
     keys = jax.random.split(jax.random.key(0), 3)
     for rates in ([0.01, 0.1, 0.2], [0.3, 0.4, 0.5], [0.0, 0.0, 1.0]):
         engine.evaluate(model, variables, x, labels, fm, rates, keys, program=prog)
@@ -85,11 +88,11 @@ def test_rates_are_traced_one_program(setup):
 
 def test_bad_arguments():
     with pytest.raises(JaxfaultError, match="unknown batching strategy 'vamp'.*did you mean 'vmap'"):
-        engine.resolve_strategy("vamp")
+        batching.resolve_strategy("vamp")
     with pytest.raises(JaxfaultError, match="unknown precision"):
         check_precision("float64")
-    assert engine.resolve_strategy("auto", backend="cpu") == "map"
-    assert engine.resolve_strategy("auto", backend="gpu") == "vmap"
+    assert batching.resolve_strategy("auto", backend="cpu") == "map"
+    assert batching.resolve_strategy("auto", backend="gpu") == "vmap"
 
 
 def test_summary_policy():
@@ -113,7 +116,7 @@ def test_composition_equals_stages_in_sequence(setup):
     v2, _ = f2.perturb(jax.random.fold_in(key, 1), v1, 0.3)
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(v2)):
         np.testing.assert_array_equal(a, b)
-    assert set(engine.stats_dict(stats)) == {"stage0.realised_ber", "stage1.realised_ber"}
+    assert set(protocol.stats_dict(stats)) == {"stage0.realised_ber", "stage1.realised_ber"}
 
 
 def test_composition_stage_keys_are_independent(setup):

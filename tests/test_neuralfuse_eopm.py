@@ -14,7 +14,7 @@ from jaxfault.neuralfuse.eopm import (EVAL_SEED_BASE, PERTURBED_MODELS_ROOT, TRA
                                       make_optimizer, perturbed_model_key, reference_step_grads,
                                       seeds_to_keys, train_seeds)
 from jaxfault.neuralfuse.faults import perturb_variables
-from jaxfault.engine import parse_strategy
+from jaxfault.batching import parse_strategy
 from tests._nf_tiny import TinyNet
 
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxfault import tasks
 from jaxfault import engine
 from jaxfault.energy import protection as P
 from jaxfault.errors import JaxfaultError
@@ -227,7 +228,7 @@ def test_two_stages_together_equal_the_stages_one_after_the_other(two_stage):
     fm = compose(hbm, sram).with_rate_bound([1e-3, 1e-2])
     # prepared as the plan prepares it (plan_fault_model: the composition in the plan's eval dtype)
     eval_model, prepared, x = engine.prepare(data.model, data.variables, data.images, InDtype(fm, plan["eval_dtype"]))
-    metric = jax.jit(engine.make_metric_fn(eval_model, batch_size=min(plan["batch_size"], N_IMAGES)))
+    metric = jax.jit(tasks.make_metric_fn(eval_model, batch_size=min(plan["batch_size"], N_IMAGES)))
     keys = plan_trial_keys(plan["seed"], plan["trials"])
     i = next(j for j, c in enumerate(report["configurations"])
              if c["knobs"]["refresh_interval_s"] == 1.024 and c["knobs"]["voltage"] == 0.92)

@@ -3,9 +3,8 @@ import math
 
 import pytest
 
-from jaxfault.cli import (ArgumentParser, bounded_float, finite_float, nonneg_float, parse_float_list,
-                          positive_int, probability)
-from jaxfault.config import Field, validate
+from jaxfault.cli import ArgumentParser, as_flags, bounded_float, finite_float, nonneg_float, positive_int, probability, run_main
+from jaxfault.config import Field, parse_float_list, validate
 from jaxfault.errors import JaxfaultError, plain
 
 FIELDS = [Field("seed", int, 0, min=0), Field("trials", int, 10, min=1),
@@ -123,3 +122,23 @@ def test_unreadable_or_non_object_config_files_are_one_line(tmp_path, content, m
         load_config(str(f))
     with pytest.raises(JaxfaultError, match=match.replace("campaign config", "plan file")):
         load_plan(f)
+
+
+def test_library_settings_are_shown_as_flags_by_the_cli(capsys):
+    """The library names a setting as `name`; a CLI's one-line error shows it as --name."""
+    assert as_flags("`test_subset` must be in [1, 10], got 0") == "--test-subset must be in [1, 10], got 0"
+    assert as_flags("x exists (set `overwrite` to replace it, or choose another `out`)") == \
+        "x exists (set --overwrite to replace it, or choose another --out)"
+    assert as_flags("no setting here: `Not_A_Setting` stays, 'quoted' stays") == \
+        "no setting here: `Not_A_Setting` stays, 'quoted' stays"
+
+    def main(argv):
+        from jaxfault.campaign.distributed import initialize
+
+        initialize(coordinator="host:1")
+
+    with pytest.raises(SystemExit) as e:
+        run_main(main, ["--no-compile-cache"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == ("error: give all of --coordinator, --num-processes and --process-id "
+                                         "(or --distributed-auto)\n")

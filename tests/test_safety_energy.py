@@ -83,7 +83,7 @@ def test_energy_outputs_checked_first_and_not_replaced(tmp_path, capsys):
     for argv, match in [(["--json", str(afile / "r.json")], "is a file, not a directory"),
                         (["--plot", str(afile)], "is a file, expected a directory"),
                         (["--json", str(tmp_path)], "is a directory"),
-                        (["--json", str(afile)], "already exists (pass --overwrite")]:
+                        (["--json", str(afile)], "already exists (set --overwrite")]:
         code, out, err = run(energy_cli, NET + argv, capsys)
         assert code == 2 and match in err and err.count("\n") == 1 and out == ""  # nothing computed
     assert afile.read_text() == "keep"
@@ -110,7 +110,7 @@ def test_tradeoff_outputs_and_numbers(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("keep")
     for argv, match in [(["--json", str(afile / "t.json")], "is a file, not a directory"),
-                        (["--plot", str(afile)], "already exists (pass --overwrite"),
+                        (["--plot", str(afile)], "already exists (set --overwrite"),
                         (["--v-nominal", "nan"], "argument --v-nominal: must be a finite number"),
                         (["--pj-per-unit", "-1"], "argument --pj-per-unit: must be > 0, got '-1'"),
                         (["--ecc-read-scaling", "2"], "must be in [0, 1]"),

@@ -14,7 +14,7 @@ def test_check_output_path_files(tmp_path):
     assert not (tmp_path / "new").exists()  # validation creates nothing
     cases = [(afile / "r.json", "cannot create .*afile/r.json: .*afile is a file"),
              (afile / "a" / "b.json", "afile is a file"),
-             (afile, "already exists \\(pass --overwrite to replace it\\)"),
+             (afile, "already exists \\(set `overwrite` to replace it\\)"),
              (tmp_path, "is a directory, expected a file path"), ("", "needs a path")]
     for path, match in cases:
         with pytest.raises(JaxfaultError, match=match) as e:

@@ -69,7 +69,7 @@ def test_existing_checkpoint_refused_without_overwrite(tmp_path, capsys):
     ck = save_checkpoint(tmp_path / "ck", {"params": {"w": np.zeros(2, np.float32)}}, {"kind": "classifier"})
     before = (ck / "jaxfault.json").read_bytes()
     code, out, err = _run(["--out", str(ck)], capsys)
-    assert code == 2 and "already holds a checkpoint (pass --overwrite" in err and "training" not in out
+    assert code == 2 and "already holds a checkpoint (set --overwrite" in err and "training" not in out
     assert (ck / "jaxfault.json").read_bytes() == before
 
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxfault import tasks
 from jaxfault import engine
 from jaxfault.ecc.evaluate import SparrowEvalConfig, evaluate_schemes
 from jaxfault.ecc.hbm import HBMFaults
@@ -65,7 +66,7 @@ def test_sweep_compiles_one_program_per_scheme(setup):
     model, variables, x, labels = setup
     fm = HBMFaults(scheme="sparrow", block_size=32)
     eval_model, prepared, xx = engine.prepare(model, variables, x, fm.with_rate_bound(1e-2))
-    prog = engine.make_trial_program(engine.make_metric_fn(eval_model, 64), fm.with_rate_bound(1e-2), strategy="map")
+    prog = engine.make_trial_program(tasks.make_metric_fn(eval_model, 64), fm.with_rate_bound(1e-2), strategy="map")
     keys = jax.random.split(jax.random.key(0), 2)
     for rates in ([1e-4, 1e-3, 1e-2], [2e-3, 3e-3, 4e-3]):
         engine.evaluate(model, variables, x, labels, fm, rates, keys, program=prog)

@@ -66,7 +66,7 @@ def test_language_model_metrics_match_numpy_and_batching(lm):
     logits = model.apply(variables, tokens)
     nll, top1, _ = _lm_reference(logits, targets)
     for bs in (5, 2):   # one batch, and padded batches
-        m = jax.jit(tasks.make_metric_fn(model, tasks.language_model(), batch_size=bs))(variables, tokens, targets)[0]
+        m = jax.jit(tasks.batched_metric_fn(model, tasks.language_model(), batch_size=bs))(variables, tokens, targets)[0]
         np.testing.assert_allclose(float(m["nll"]), nll, rtol=1e-5)          # float32 log-softmax
         np.testing.assert_allclose(float(m["perplexity"]), np.exp(nll), rtol=1e-5)
         assert float(m["top1"]) == pytest.approx(top1, abs=1e-7)
@@ -83,7 +83,7 @@ def test_nonfinite_logits_give_inf_perplexity_never_nan(lm):
     logits = model.apply(bad, tokens)
     assert not np.isfinite(np.asarray(logits)).all()
     _, _, n_bad = _lm_reference(logits, targets)
-    m = jax.jit(tasks.make_metric_fn(model, tasks.language_model(), batch_size=2))(bad, tokens, targets)[0]
+    m = jax.jit(tasks.batched_metric_fn(model, tasks.language_model(), batch_size=2))(bad, tokens, targets)[0]
     assert np.isinf(float(m["perplexity"])) and np.isinf(float(m["nll"]))
     assert float(m["nonfinite_tokens"]) == n_bad > 0 and float(m["diverged"]) == 1.0
     assert not any(np.isnan(float(v)) for v in m.values())

@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jaxfault import engine
+from jaxfault import batching
 from jaxfault.campaign import methods
 from jaxfault.campaign.grid import expand_grid
 from jaxfault.campaign.runner import EvalData
@@ -81,7 +81,7 @@ def validate_config(config: dict) -> dict:
     for name in ("strategy", "precision"):
         if not isinstance(config[name], str):
             raise JaxfaultError(f"{name} must be a string, got {json.dumps(config[name])}")
-    engine.resolve_strategy(config["strategy"])
+    batching.resolve_strategy(config["strategy"])
     check_precision(config["precision"])
     check_sequential(config["trials"], config["ci_width"], config["max_trials"])
     _positive_int(config, "eval_windows")
@@ -126,7 +126,7 @@ def load_eval_data(config: dict, log=print) -> tuple[EvalData, dict]:
     from jaxfault.checkpoints import load_checkpoint
 
     if is_lm(config):
-        from jaxfault.lm import load_lm_and_data
+        from jaxfault.zoo import load_lm_and_data
 
         _check_lm(config)
         path, model, variables, x, y, task = load_lm_and_data(config.get("checkpoint"), config["eval_windows"], log)

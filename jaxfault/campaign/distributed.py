@@ -23,17 +23,17 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     """
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if any(given) and not all(given):
-        raise JaxfaultError("give all of --coordinator, --num-processes and --process-id (or --distributed-auto)")
+        raise JaxfaultError("give all of `coordinator`, `num_processes` and `process_id` (or `distributed_auto`)")
     if not any(given) and not auto:
         return False
     if all(given):
         host, _, port = coordinator.rpartition(":")
         if not host or not port.isdigit():
-            raise JaxfaultError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+            raise JaxfaultError(f"`coordinator` must be HOST:PORT, got {coordinator!r}")
         if not (isinstance(num_processes, int) and num_processes >= 1):
-            raise JaxfaultError(f"--num-processes must be >= 1, got {num_processes!r}")
+            raise JaxfaultError(f"`num_processes` must be >= 1, got {num_processes!r}")
         if not (isinstance(process_id, int) and 0 <= process_id < num_processes):
-            raise JaxfaultError(f"--process-id must be in [0, {num_processes - 1}], got {process_id!r}")
+            raise JaxfaultError(f"`process_id` must be in [0, {num_processes - 1}], got {process_id!r}")
     try:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except Exception:  # noqa: BLE001 - an older jaxlib without the option: accelerators still work

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfault import batching
+from jaxfault import tasks
 from jaxfault import engine
 from jaxfault.ecc import SCHEMES, check_scheme_block_size
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES, HBMFaults
@@ -67,7 +69,7 @@ class SparrowEvalConfig:
             check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
         check(self.limit is None or (isinstance(self.limit, int) and self.limit >= 1), f"limit must be >= 1, got {self.limit!r}")
         check(isinstance(self.seed, int) and self.seed >= 0, f"seed must be a non-negative integer, got {self.seed!r}")
-        engine.resolve_strategy(self.strategy)
+        batching.resolve_strategy(self.strategy)
         check_precision(self.precision)
         object.__setattr__(self, "max_trials", check_sequential(self.trials, self.ci_width, self.max_trials))
         check(self.memory_budget is None or (isinstance(self.memory_budget, (int, float)) and self.memory_budget > 0),
@@ -150,7 +152,7 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
         if log is not None and len(config.schemes) > 1:
             log(f"evaluated {name} at {len(config.bers)} BER(s)" + clock.done())
     head = {"task": "language_model", "tokens": int(np.size(labels))} if lm else {}
-    return {**head, "test_examples": int(len(labels)), "strategy": engine.resolve_strategy(config.strategy),
+    return {**head, "test_examples": int(len(labels)), "strategy": batching.resolve_strategy(config.strategy),
             "precision": config.precision, "backend": jax.default_backend(), "seed": config.seed,
             "params": config.leaves, "compat": config.compat, "evaluation_dtype": "bfloat16",
             "estimator": "plain", "clean_bf16": clean, "rows": rows}
@@ -219,7 +221,7 @@ def _evaluate_rare(config: SparrowEvalConfig, model, variables, images, labels, 
             rows.append(r)
             if log is not None:
                 log(f"{name} at BER {ber:g}: {chosen} ({expected:.3g} class faults per trial)")
-    return {"test_examples": int(len(labels)), "strategy": engine.resolve_strategy(config.strategy),
+    return {"test_examples": int(len(labels)), "strategy": batching.resolve_strategy(config.strategy),
             "precision": config.precision, "backend": jax.default_backend(), "seed": config.seed,
             "params": config.leaves, "compat": config.compat, "evaluation_dtype": "bfloat16",
             "estimator": config.estimator, "clean_bf16": clean, "rows": rows}
@@ -245,7 +247,7 @@ def _until_width(config: SparrowEvalConfig, fm, model, variables, images, labels
 
     eval_model, prepared, x = engine.prepare(model, variables, images, fm)
     y = jnp.asarray(labels)
-    metric = engine.make_metric_fn(eval_model, batch_size=min(config.batch_size, int(y.shape[0])), topk=topk)
+    metric = tasks.make_metric_fn(eval_model, batch_size=min(config.batch_size, int(y.shape[0])), topk=topk)
     with precision_scope(config.precision):
         clean = {k: float(v) for k, v in jax.jit(metric)(prepared, x, y).items()}
     prog = engine.make_trial_program(metric, fm, strategy=config.strategy, precision=config.precision)
@@ -283,7 +285,7 @@ def trial_strategy(config: SparrowEvalConfig, fm, model, variables, images, labe
     are kept without measuring."""
     from jaxfault import memory
 
-    kind, chunk = engine.parse_strategy(config.strategy)
+    kind, chunk = batching.parse_strategy(config.strategy)
     if kind != "vmap" and not chunk:
         return config.strategy
     per, shared = memory.evaluation_trial_memory(model, variables, images, labels, fm, max(config.bers), task=task,
@@ -296,7 +298,7 @@ def fault_free_accuracy(fm: HBMFaults, model, variables, images, labels, config,
     """Accuracy (or the task's metrics) of the scheme's decoded weights without faults (rate 0)."""
     eval_model, prepared, x = engine.prepare(model, variables, images, fm)
     y = jnp.asarray(labels)
-    metric = engine.make_metric_fn(eval_model, batch_size=min(config.batch_size, int(y.shape[0])), topk=topk,
+    metric = tasks.make_metric_fn(eval_model, batch_size=min(config.batch_size, int(y.shape[0])), topk=topk,
                                    task=task)
     with precision_scope(config.precision):
         out = jax.jit(lambda v: metric(fm.perturb(jax.random.key(0), v, 0.0)[0], x, y))(prepared)
@@ -325,7 +327,8 @@ def load_model_and_data(checkpoint: Optional[str], limit: Optional[int], log=pri
 
 def run(config: SparrowEvalConfig, log=print) -> dict:
     """Load the checkpoint and data, evaluate every scheme at every BER; the report dict."""
-    from jaxfault.lm import load_lm_and_data, scores_language_model
+    from jaxfault.lm import scores_language_model
+    from jaxfault.zoo import load_lm_and_data
 
     if scores_language_model(config.task, config.checkpoint):
         path, model, variables, inputs, targets, task = load_lm_and_data(config.checkpoint, config.limit, log)
@@ -401,7 +404,7 @@ def format_comparison(report: dict) -> str:
              "fault-free value (faults the code did not correct);",
              f"interval: {100 * r0['top1'].get('level', 0.95):g} % for the mean, valid whatever the trials' "
              f"distribution ({r0['top1'].get('method', 'betting')}, docs/statistics.md): {n} trials cannot rule out "
-             f"rare collapses, so it is wide; --ci-width W adds trials until it is narrower"]
+             f"rare collapses, so it is wide; a target half-width `ci_width` adds trials until it is narrower"]
     return "\n".join(head) + "\n"
 
 

@@ -110,7 +110,7 @@ MIN_SWEEP_BITS, MAX_SWEEP_BITS = 1, 32
 MAX_SWEEP_POINTS = 100_000
 
 
-def parse_range(text: str, name: str = "--sweep-bits") -> list[float]:
+def parse_range(text: str, name: str = "`sweep_bits`") -> list[float]:
     """'2..16' (inclusive integers) or '2,4,8': bit widths, each an integer in [MIN_SWEEP_BITS,
     MAX_SWEEP_BITS]; an empty, reversed or out-of-range range is a one-line JaxfaultError naming
     the flag and the text."""
@@ -137,7 +137,7 @@ def parse_range(text: str, name: str = "--sweep-bits") -> list[float]:
     return values
 
 
-def check_grid_size(grid: dict, name: str = "--grid") -> int:
+def check_grid_size(grid: dict, name: str = "`grid`") -> int:
     """The number of design points of a sweep grid (the product of its axes' lengths); a one-line
     JaxfaultError when it exceeds MAX_SWEEP_POINTS."""
     n = 1

@@ -1,5 +1,6 @@
 """Reading the energy model's user inputs (shapes, per-layer bit widths, BER tables, sweep grids)
-with one-line errors naming the flag and the bad value; shared by eval.energy and eval.tradeoff."""
+with one-line errors naming the setting (as `name`, which the CLIs show as --name) and the bad
+value; shared by eval.energy and eval.tradeoff."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ from pathlib import Path
 from jaxfault.errors import JaxfaultError, nearest_hint, plain
 
 
-def parse_shape(text: str, name: str = "--input") -> tuple[int, ...]:
+def parse_shape(text: str, name: str = "`input`") -> tuple[int, ...]:
     """'H,W,C' as three positive integers, or 'L', one positive integer (a language model's context
     length in tokens)."""
     try:
@@ -20,26 +21,16 @@ def parse_shape(text: str, name: str = "--input") -> tuple[int, ...]:
     return shape
 
 
-def input_shape_flag(text: str) -> tuple[int, ...]:
-    """argparse type for --input H,W,C (argparse names the flag in its one-line error)."""
-    from jaxfault.cli import FlagValueError
-
-    try:
-        return parse_shape(text, name="")
-    except JaxfaultError as e:
-        raise FlagValueError(str(e).strip(": ")) from None
-
-
 def parse_per_layer(text: str, name: str, network: str):
     """'reference' (alexnet's reference bit widths / pruning), or one number, or a per-layer list."""
-    from jaxfault.cli import parse_float_list
+    from jaxfault.config import parse_float_list
     from jaxfault.energy.networks import ALEXNET_REFERENCE
 
     if str(text).strip().lower() == "reference":
         if network != "alexnet":
-            raise JaxfaultError(f"--{name} reference: the reference bit widths exist only for alexnet")
+            raise JaxfaultError(f"`{name}` reference: the reference bit widths exist only for alexnet")
         return list(ALEXNET_REFERENCE[name])
-    return parse_float_list(text, f"--{name}", allow_duplicates=True)
+    return parse_float_list(text, f"`{name}`", allow_duplicates=True)
 
 
 def _read_json(path, name: str):
@@ -84,22 +75,22 @@ def load_table(path: str | None, name: str, default):
 def load_grid(path, allowed) -> dict:
     """A sweep grid {axis: [values]} from JSON: known axes only (nearest-name hint), non-empty lists
     of finite numbers or of per-layer lists of finite numbers, no value listed twice."""
-    grid = _read_json(path, "--grid")
+    grid = _read_json(path, "`grid`")
     if not isinstance(grid, dict) or not grid:
-        raise JaxfaultError("--grid must hold a non-empty JSON object {axis: [values]}")
+        raise JaxfaultError("`grid` must hold a non-empty JSON object {axis: [values]}")
     allowed = list(allowed)
     for axis, values in grid.items():
         if axis not in allowed:
-            raise JaxfaultError(f"--grid: unknown axis {axis!r}{nearest_hint(axis, allowed)}; "
+            raise JaxfaultError(f"`grid`: unknown axis {axis!r}{nearest_hint(axis, allowed)}; "
                                 f"allowed: {', '.join(allowed)}")
         if not isinstance(values, list) or not values:
-            raise JaxfaultError(f"--grid[{axis!r}] must be a non-empty list of values, got {plain(values)!r}")
+            raise JaxfaultError(f"`grid`[{axis!r}] must be a non-empty list of values, got {plain(values)!r}")
         seen = []
         for v in values:
             ok = _finite_number(v) or (isinstance(v, list) and v and all(_finite_number(x) for x in v))
             if not ok:
-                raise JaxfaultError(f"--grid[{axis!r}]: {plain(v)!r} is not a finite number or a list of them")
+                raise JaxfaultError(f"`grid`[{axis!r}]: {plain(v)!r} is not a finite number or a list of them")
             if v in seen:
-                raise JaxfaultError(f"--grid[{axis!r}]: {plain(v)!r} is listed twice")
+                raise JaxfaultError(f"`grid`[{axis!r}]: {plain(v)!r} is listed twice")
             seen.append(v)
     return grid

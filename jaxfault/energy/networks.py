@@ -207,7 +207,7 @@ def get_network(name: str, input_shape: Sequence[int] | None = None, num_classes
         return Network(name, layers_from_model(model, shape), shape)
     shape = tuple(input_shape) if input_shape is not None else DEFAULT_INPUTS.get(name, GENERIC_INPUT)
     if len(shape) != 3 or min(shape) < 1:
-        raise JaxfaultError(f"--input must be H,W,C positive integers, got {shape}")
+        raise JaxfaultError(f"`input` must be H,W,C positive integers, got {shape}")
     try:
         layers = layers_from_model(model, shape)
     except JaxfaultError:

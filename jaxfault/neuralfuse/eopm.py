@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfault.engine import map_over, parse_strategy
+from jaxfault.batching import map_over, parse_strategy
 from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.keys import stream
 from jaxfault.models.generators import BN_MOMENTUM

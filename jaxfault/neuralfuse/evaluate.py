@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfault import tasks
 from jaxfault import engine
 from jaxfault.checkpoints import META_FILE, load_checkpoint
 from jaxfault.errors import JaxfaultError, check, check_probability
@@ -31,9 +32,9 @@ def resolve_generator_checkpoint(path) -> Path:
         return path
     if (path / "generator" / META_FILE).is_file():
         return path / "generator"
-    hint = " (the run has no generator yet: finish it with --resume)" if (path / "state").is_dir() else ""
+    hint = " (the run has no generator yet: finish it with `resume`)" if (path / "state").is_dir() else ""
     raise JaxfaultError(f"no NeuralFuse generator checkpoint in {str(path)!r}: pass the folder train.neuralfuse "
-                        f"wrote (--out) or its generator/ subfolder{hint}")
+                        f"wrote (its `out`) or its generator/ subfolder{hint}")
 
 
 def load_generator(directory):
@@ -93,17 +94,17 @@ def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=
     gen, gen_vars, cfg = load_generator(generator_checkpoint)
     bers = list(bers) if bers is not None else [cfg["ber"]]
     ber0, placement, layout = trained_fault_settings(cfg, ber0=ber0, placement=placement, layout=layout)
-    check(models >= 1, f"--models must be >= 1, got {models}")
+    check(models >= 1, f"`models` must be >= 1, got {models}")
     base_path = base_checkpoint or cfg.get("base_checkpoint")
     if not base_path or not Path(base_path).exists():
-        raise JaxfaultError(f"base checkpoint {base_path!r} of the generator not found (pass --checkpoint)")
+        raise JaxfaultError(f"base checkpoint {base_path!r} of the generator not found (give it as `checkpoint`)")
     base = load_checkpoint(base_path, kind="classifier")
     bits = check_bits(int(cfg.get("bits") or base.config.get("quant_bits") or 8))
     base_range = base.config.get("value_range", "symmetric")
     data = load_dataset(base.config.get("dataset", "fashion_mnist"), data_dir=data_dir, value_range="symmetric")
     x, y = data.test_images, data.test_labels
     if test_subset is not None:
-        check(1 <= test_subset <= len(x), f"--test-subset must be in [1, {len(x)}], got {test_subset}")
+        check(1 <= test_subset <= len(x), f"`test_subset` must be in [1, {len(x)}], got {test_subset}")
         x, y = x[:test_subset], y[:test_subset]
     if tuple(x.shape[1:]) != tuple(cfg.get("input_shape", x.shape[1:])):
         raise JaxfaultError(f"generator was trained on inputs {tuple(cfg['input_shape'])}, data has {x.shape[1:]}")
@@ -119,7 +120,7 @@ def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=
     fm = SRAMBitErrors(ber0=ber0, bits=bits, placement=placement, layout=layout).with_rate_bound(max(bers))
     keys = seeds_to_keys(seeds)
     program = engine.make_trial_program(
-        engine.make_metric_fn(engine.evaluation_form(base.model, base_vars)[0], min(batch_size, len(y))), fm,
+        tasks.make_metric_fn(engine.evaluation_form(base.model, base_vars)[0], min(batch_size, len(y))), fm,
         strategy=strategy, precision=precision)
     without = engine.evaluate(base.model, base_vars, to_base_range(xj, base_range), yj, fm, bers, keys,
                               strategy=strategy, precision=precision, batch_size=batch_size, program=program)

@@ -62,11 +62,11 @@ def _load_state(directory: Path, template: dict, config: dict) -> tuple[dict, di
     for k in RESUME_KEYS:
         was = meta.get(k, LEGACY_DEFAULTS.get(k))
         if k in config and was != config[k]:
-            raise JaxfaultError(f"cannot --resume from {directory}: {k} was {was!r}, now {config[k]!r}")
+            raise JaxfaultError(f"cannot `resume` from {directory}: {k} was {was!r}, now {config[k]!r}")
     ck = load_checkpoint(directory, kind=STATE_KIND)
     stored = ck.variables["leaves"]
     leaves, treedef = jax.tree_util.tree_flatten(template)
-    check(len(stored) == len(leaves), f"cannot --resume from {directory}: the saved state does not match")
+    check(len(stored) == len(leaves), f"cannot `resume` from {directory}: the saved state does not match")
     restored = [jnp.asarray(stored[f"{i:05d}"], dtype=t.dtype) for i, t in enumerate(leaves)]
     return jax.tree_util.tree_unflatten(treedef, restored), meta
 
@@ -90,17 +90,17 @@ def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "UNetS", be
                      strategy=strategy, base_range=base_range).validate()
     if qbits is not None and bits != qbits:
         raise JaxfaultError(f"precision {bits} differs from the base model's QAT precision {qbits}")
-    check(epochs >= 1, f"--epochs must be >= 1, got {epochs}")
-    check(batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}")
-    check(save_every >= 1, f"--save-every must be >= 1, got {save_every}")
+    check(epochs >= 1, f"`epochs` must be >= 1, got {epochs}")
+    check(batch_size >= 1, f"`batch_size` must be >= 1, got {batch_size}")
+    check(save_every >= 1, f"`save_every` must be >= 1, got {save_every}")
 
     data = load_dataset(base.config.get("dataset", "fashion_mnist"), data_dir=data_dir, value_range="symmetric")
     x_train, y_train = data.train_images, data.train_labels
     if train_subset is not None:
-        check(1 <= train_subset <= len(x_train), f"--train-subset must be in [1, {len(x_train)}], got {train_subset}")
+        check(1 <= train_subset <= len(x_train), f"`train_subset` must be in [1, {len(x_train)}], got {train_subset}")
         idx = np.asarray(jax.random.permutation(stream(root_key(seed), "subset"), len(x_train)))[:train_subset]
         x_train, y_train = x_train[idx], y_train[idx]
-    check(len(x_train) >= batch_size, f"--batch-size {batch_size} exceeds the {len(x_train)} training images")
+    check(len(x_train) >= batch_size, f"`batch_size` {batch_size} exceeds the {len(x_train)} training images")
     steps_per_epoch = len(x_train) // batch_size
     total = steps_per_epoch * epochs
     decay_every = decay_every or max(1, total // 3)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxfault import engine
+from jaxfault import batching
 from jaxfault.config import Field, read_json_object, validate
 from jaxfault.errors import JaxfaultError, plain
 from jaxfault.keys import MAX_SEED, MAX_TRIALS
@@ -46,7 +46,7 @@ TOP_FIELDS = [
     Field("eval_windows", int, 32, min=1),
     Field("seed", int, 0, min=0, max=MAX_SEED),
     Field("trials", int, 20, min=1, max=MAX_TRIALS),
-    Field("strategy", str, "auto", choices=engine.STRATEGIES),
+    Field("strategy", str, "auto", choices=batching.STRATEGIES),
     Field("precision", str, "highest", choices=PRECISIONS),
     Field("eval_dtype", str, "auto", choices=EVAL_DTYPES),
     Field("batch_size", int, 1000, min=1),

@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfault import tasks
 from jaxfault import engine
 from jaxfault.errors import JaxfaultError
 from jaxfault.fault_models import InDtype, compose
@@ -158,7 +159,8 @@ def _load_lm_plan_data(plan: dict, log: Callable[[str], None]) -> PlanData:
     from pathlib import Path
 
     from jaxfault.checkpoints import META_FILE, checkpoint_digest
-    from jaxfault.lm import hf_folder_digest, load_lm_and_data
+    from jaxfault.lm import hf_folder_digest
+    from jaxfault.zoo import load_lm_and_data
 
     path, model, variables, x, y, _ = load_lm_and_data(plan["checkpoint"], plan["eval_windows"], log)
     digest = checkpoint_digest(path)[:16] if (Path(path) / META_FILE).is_file() else hf_folder_digest(path)
@@ -315,7 +317,7 @@ class Planner:
             fm = plan_fault_model(self.plan, config.knobs.get("scheme"), self.bounds[pk])
             eval_model, prepared, _ = engine.prepare(self.data.model, self.data.variables, self.data.images[:1], fm)
             y = self.data.labels
-            base = scoring_metric(engine.make_metric_fn(eval_model, batch_size=min(self.plan["batch_size"], int(y.shape[0])),
+            base = scoring_metric(tasks.make_metric_fn(eval_model, batch_size=min(self.plan["batch_size"], int(y.shape[0])),
                                                         task=get_task(self.data.task)), self.data.task)
             metric = memo_metric(base) if self.skip else counting_metric(base)
             prog = engine.make_trial_program(metric, fm, strategy=self.plan["strategy"],

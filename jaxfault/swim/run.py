@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault import keys as jkeys
-from jaxfault.engine import resolve_strategy
+from jaxfault.batching import resolve_strategy
 from jaxfault.precision import check_precision
 from jaxfault.progress import RunClock
 from jaxfault.errors import JaxfaultError, check_probability
@@ -124,12 +124,13 @@ def make_monte_carlo(model, variables, images, labels, noise_keys, *, dev_var: f
     """fn(mask) -> per-instance top-1 accuracies (float64 numpy): the engine's evaluation of the
     CiM variation fault model at dev_var, one compiled program for every mask (the mask travels
     as data in the variables' "write_verify" collection)."""
+    from jaxfault import tasks
     from jaxfault import engine
 
     fm = CiMVariation(write_var=write_var, n_bits=n_bits, m_bits=m_bits)
     check_variances(dev_var, write_var)
     x, y = jnp.asarray(images), jnp.asarray(labels)
-    metric = engine.make_metric_fn(model, batch_size=min(eval_batch, len(images)))
+    metric = tasks.make_metric_fn(model, batch_size=min(eval_batch, len(images)))
     program = engine.make_trial_program(metric, fm, strategy=strategy, precision=precision)
     rates = jnp.asarray([dev_var], jnp.float32)
     keys = jnp.asarray(noise_keys)[None]
