@@ -21,7 +21,6 @@ class ArgumentParser(argparse.ArgumentParser):
     negative number ('-1e-3', '-inf') as a flag's value so that range checks can name it."""
 
     def __init__(self, *args, **kwargs):
-        import_plugins()
         kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         if sys.argv and str(sys.argv[0]).startswith("jaxfault "):
             kwargs["prog"] = sys.argv[0]       # run as `jaxfault COMMAND`: usage lines name that command
@@ -29,13 +28,7 @@ class ArgumentParser(argparse.ArgumentParser):
         self._negative_number_matcher = NEGATIVE_NUMBER
         self.add_argument("--no-compile-cache", action="store_true",
                           help="turn off the persistent XLA compilation cache (by default the cache is on, in "
-                               "<jaxfault cache>/xla)")
-
-    def parse_args(self, args=None, namespace=None):
-        ns = super().parse_args(args, namespace)
-        if not ns.no_compile_cache:
-            enable_compilation_cache()
-        return ns
+                               "<jaxfault cache>/xla; jaxfault.cli.run_main, the process's entry, turns it on)")
 
     def error(self, message: str):  # noqa: D401 - argparse API
         # the same one-line form as every other bad input ('error: ...'); the usage text stays in --help
@@ -183,14 +176,20 @@ def as_flags(message: str) -> str:
 
 
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run a CLI main(argv); JaxfaultError becomes 'error: ...' on stderr and exit code 2."""
+    """Run a CLI main(argv) as a process's entry point. It owns what is process-wide: it imports
+    $JAXFAULT_PLUGINS, turns on the persistent compilation cache (unless --no-compile-cache or
+    --help is given) and reports its use in one line; JaxfaultError becomes 'error: ...' on
+    stderr and exit code 2. Calling main(argv) directly sets none of this up."""
     import contextlib
 
     _drop_closed_event_loop_reports()
     try:
-        cached = sys.argv if argv is None else argv
-        report = (CacheReport(compilation_cache_dir()) if "--no-compile-cache" not in cached and "-h" not in cached
-                  and "--help" not in cached else None)
+        import_plugins()
+        given = sys.argv[1:] if argv is None else list(argv)
+        caching = not {"--no-compile-cache", "-h", "--help"} & set(given)
+        if caching:
+            enable_compilation_cache()
+        report = CacheReport(compilation_cache_dir()) if caching else None
         with report if report is not None else contextlib.nullcontext():
             code = main(argv)
         if report is not None and (line := report.line()) is not None:
