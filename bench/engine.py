@@ -31,8 +31,7 @@ def floor_seconds(model, variables, images, labels, fm, instances: int) -> float
     import jax
     import jax.numpy as jnp
 
-    from jaxfault import tasks
-    from jaxfault import engine
+    from jaxfault import engine, tasks
 
     eval_model, prepared, x = engine.prepare(model, variables, images, fm)
     y = jnp.asarray(labels)

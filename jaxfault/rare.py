@@ -398,8 +398,7 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
     Returns:
       RareResult.
     """
-    from jaxfault import tasks
-    from jaxfault import engine
+    from jaxfault import engine, tasks
     from jaxfault.ecc.hbm import HBMFaults
 
     check(isinstance(fault_model, HBMFaults), f"stratified estimation needs HBMFaults, got {type(fault_model).__name__}")
@@ -435,8 +434,8 @@ def evaluate_stratified(model, variables, images, labels, fault_model, ber: floa
             rates = np.stack([kk.astype(np.float64), np.full(chunk, ber)], axis=1)
             if program[0] is None:
                 metric_fn = tasks.make_metric_fn(engine.evaluation_form(model, variables)[0],
-                                                  batch_size=min(batch_size, int(len(labels))), topk=topk,
-                                                  task=task)
+                                                 batch_size=min(batch_size, int(len(labels))), topk=topk,
+                                                 task=task)
                 program[0] = engine.make_trial_program(metric_fn, cfm, strategy=strategy, precision=precision)
             res = engine.evaluate(model, variables, images, labels, cfm, rates, kt[:, None], strategy=strategy,
                                   precision=precision, batch_size=batch_size, topk=topk, task=task,

@@ -14,7 +14,7 @@ import jax
 
 from jaxfault.checkpoints import META_FILE, save_checkpoint
 from jaxfault.data import DEFAULT_DATASET, load_dataset
-from jaxfault.errors import JaxfaultError
+from jaxfault.errors import JaxfaultError, check
 from jaxfault.models import create_model
 from jaxfault.training import train_classifier
 
@@ -214,7 +214,6 @@ def load_lm_and_data(checkpoint=None, limit: int | None = None, log: Callable[[s
     import numpy as np
 
     from jaxfault import tasks
-    from jaxfault.errors import check
     from jaxfault.lm import DEFAULT_EVAL_WINDOWS, load_language_model
     from jaxfault.text import inputs_targets, load_text, windows
 

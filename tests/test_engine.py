@@ -8,10 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault import batching
-from jaxfault import protocol
-from jaxfault import tasks
-from jaxfault import engine
+from jaxfault import batching, engine, protocol, tasks
 from jaxfault.errors import JaxfaultError
 from jaxfault.fault_models import compose
 from jaxfault.protocol import FaultModel

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault import tasks
-from jaxfault import engine
+from jaxfault import engine, tasks
 from jaxfault.energy import protection as P
 from jaxfault.errors import JaxfaultError
 from jaxfault.fault_models import BitFlips, compose

@@ -5,8 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault import tasks
-from jaxfault import engine
+from jaxfault import engine, tasks
 from jaxfault.ecc.evaluate import SparrowEvalConfig, evaluate_schemes
 from jaxfault.ecc.hbm import HBMFaults
 from jaxfault.errors import JaxfaultError

@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxfault import tasks
-from jaxfault import engine, stats
+from jaxfault import engine, stats, tasks
 from jaxfault.campaign import methods
 from jaxfault.campaign.grid import GridPoint
 from jaxfault.keys import stream, trial_keys
@@ -79,7 +78,7 @@ class ProgramCache:
             model, prepared, x = engine.prepare(self.data.model, self.data.variables, self.data.images, fm)
             y = jnp.asarray(self.data.labels)
             metric = tasks.make_metric_fn(model, batch_size=min(self.data.batch_size, int(y.shape[0])),
-                                           task=self.data.task)
+                                          task=self.data.task)
             prog = engine.make_trial_program(metric, fm, strategy=self.campaign.strategy,
                                              precision=self.campaign.precision, mesh=self.mesh)
             self.programs[g] = (prog, prepared, x, y)

@@ -16,9 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault import batching
-from jaxfault import tasks
-from jaxfault import engine
+from jaxfault import batching, engine, tasks
 from jaxfault.ecc import SCHEMES, check_scheme_block_size
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES, HBMFaults
 from jaxfault.errors import check, check_probability
@@ -299,7 +297,7 @@ def fault_free_accuracy(fm: HBMFaults, model, variables, images, labels, config,
     eval_model, prepared, x = engine.prepare(model, variables, images, fm)
     y = jnp.asarray(labels)
     metric = tasks.make_metric_fn(eval_model, batch_size=min(config.batch_size, int(y.shape[0])), topk=topk,
-                                   task=task)
+                                  task=task)
     with precision_scope(config.precision):
         out = jax.jit(lambda v: metric(fm.perturb(jax.random.key(0), v, 0.0)[0], x, y))(prepared)
     return {k: float(v) for k, v in out.items()}

@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault import tasks
-from jaxfault import engine
+from jaxfault import engine, tasks
 from jaxfault.checkpoints import META_FILE, load_checkpoint
 from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.models.generators import create_generator

@@ -44,8 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault import tasks
-from jaxfault import engine
+from jaxfault import engine, tasks
 from jaxfault.errors import JaxfaultError
 from jaxfault.fault_models import InDtype, compose
 from jaxfault.keys import point_hash, root_key, stream, trial_keys
@@ -318,7 +317,7 @@ class Planner:
             eval_model, prepared, _ = engine.prepare(self.data.model, self.data.variables, self.data.images[:1], fm)
             y = self.data.labels
             base = scoring_metric(tasks.make_metric_fn(eval_model, batch_size=min(self.plan["batch_size"], int(y.shape[0])),
-                                                        task=get_task(self.data.task)), self.data.task)
+                                                       task=get_task(self.data.task)), self.data.task)
             metric = memo_metric(base) if self.skip else counting_metric(base)
             prog = engine.make_trial_program(metric, fm, strategy=self.plan["strategy"],
                                              precision=self.plan["precision"], mesh=self.mesh)

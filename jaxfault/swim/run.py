@@ -124,8 +124,7 @@ def make_monte_carlo(model, variables, images, labels, noise_keys, *, dev_var: f
     """fn(mask) -> per-instance top-1 accuracies (float64 numpy): the engine's evaluation of the
     CiM variation fault model at dev_var, one compiled program for every mask (the mask travels
     as data in the variables' "write_verify" collection)."""
-    from jaxfault import tasks
-    from jaxfault import engine
+    from jaxfault import engine, tasks
 
     fm = CiMVariation(write_var=write_var, n_bits=n_bits, m_bits=m_bits)
     check_variances(dev_var, write_var)
