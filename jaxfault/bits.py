@@ -87,6 +87,26 @@ def bf16_round_trip(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(bf16_words(x), jnp.float32)
 
 
+def widen_bf16(x: jax.Array) -> jax.Array:
+    """bfloat16 -> float32 by a 16-bit shift of the word: the same values as ``x.astype(float32)``.
+
+    XLA's CPU backend does not vectorise bf16 converts inside fused loops; integer shifts it does.
+    """
+    return jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32) << 16,
+                                        jnp.float32)
+
+
+def narrow_to_bf16(y: jax.Array) -> jax.Array:
+    """float32 -> bfloat16 rounded to nearest even by integer arithmetic on the word: the same bits
+    as ``y.astype(bfloat16)`` (a NaN becomes the quiet NaN of its sign, subnormals kept, overflow to infinity), but
+    vectorised by XLA's CPU backend inside fused loops, where the native convert is not.
+    """
+    w = jax.lax.bitcast_convert_type(y, jnp.uint32)
+    rounded = (w + jnp.uint32(0x7FFF) + ((w >> 16) & jnp.uint32(1))) >> 16
+    rounded = jnp.where(jnp.isnan(y), ((w >> 16) & jnp.uint32(0x8000)) | jnp.uint32(0x7FC0), rounded)
+    return jax.lax.bitcast_convert_type(rounded.astype(jnp.uint16), jnp.bfloat16)
+
+
 class WordLayout(NamedTuple):
     """Where each selected leaf lives inside the flat word vector (static metadata)."""
 

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 
@@ -81,3 +82,20 @@ def unflatten_kernels(params: PyTree, flat: jax.Array) -> PyTree:
         else:
             out.append(x)
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def same_bits(a: PyTree, b: PyTree) -> bool:
+    """True when two pytrees have the same structure, and every leaf the same shape, dtype and
+    bit pattern (so any deterministic function of them gives the same result; NaNs compare by
+    their bits, +0 and -0 differ). Compared on the host."""
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    if ta != tb:
+        return False
+    for x, y in zip(jax.device_get(la), jax.device_get(lb)):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return False
+        if x.tobytes() != y.tobytes():
+            return False
+    return True

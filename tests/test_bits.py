@@ -98,3 +98,23 @@ def test_check_finite_words_names_value():
     w = np.asarray(bits.float_to_bits(jnp.asarray([1.0, np.inf, 2.0], jnp.float32)))
     with pytest.raises(JaxfaultError, match="inf"):
         bits.check_finite_words(w)
+
+
+def test_integer_bf16_conversions_equal_xla_casts_bit_for_bit():
+    """widen_bf16 over every bf16 word, narrow_to_bf16 over random float32 words of every kind
+    (NaNs, infinities, subnormals, exact ties, overflow to infinity): the same bits as XLA's
+    convert, both compiled (operands passed as arguments, so nothing is constant-folded)."""
+    from jaxfault.bits import narrow_to_bf16, widen_bf16
+
+    every = jax.lax.bitcast_convert_type(jnp.arange(1 << 16, dtype=jnp.uint32).astype(jnp.uint16), jnp.bfloat16)
+    got, want = jax.jit(widen_bf16)(every), jax.jit(lambda a: a.astype(jnp.float32))(every)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))
+    rng = np.random.default_rng(0)
+    words = rng.integers(0, 1 << 32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    ties = (rng.integers(0, 1 << 16, 1 << 12, dtype=np.uint64).astype(np.uint32) << 16) | np.uint32(0x8000)
+    edges = np.array([0x7F7FFFFF, 0x7F7F8000, 0x7F7F7FFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000, 0x7F800001, 0xFFC00001,
+                      0x00000001, 0x80008000, 0x00018000, 0x007FFFFF, 0x00000000, 0x80000000], np.uint32)
+    y = jnp.asarray(np.concatenate([words, ties, edges]).view(np.float32))
+    got, want = jax.jit(narrow_to_bf16)(y), jax.jit(lambda a: a.astype(jnp.bfloat16))(y)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint16), np.asarray(want).view(np.uint16))

@@ -118,3 +118,32 @@ def test_shift_add_conv_accumulates_low_precision_inputs_in_fp32():
     assert got.dtype == jnp.bfloat16
     # within one bf16 rounding of the fp32 result (a bf16 running sum of 25 taps drifts by several)
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want), rtol=2 ** -8, atol=1e-6)
+
+
+def test_shift_add_conv_with_bias_in_bf16_equals_cast_then_bf16_add_bit_for_bit():
+    """The bf16 shift-add path rounds with integer arithmetic and adds the bias inside its loop:
+    the same bits as the float32 sum cast to bf16 plus the bias in bf16, alone and under vmap;
+    gradients are XLA's convolution's plus the bias's."""
+    from jaxfault.models.layers import conv2d
+
+    pads = ((2, 2), (2, 2))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 12, 12, 1), np.float32)
+    x[0, 3, 3, 0], x[1, 4, 4, 0] = np.inf, np.nan
+    x = jnp.asarray(x, jnp.bfloat16)
+    ws = jnp.asarray(0.5 * rng.standard_normal((3, 5, 5, 1, 6)), jnp.bfloat16)
+    b = jnp.asarray(0.1 * rng.standard_normal(6), jnp.bfloat16)
+    f32 = lambda a: a.astype(jnp.float32)  # noqa: E731
+    got = jax.jit(lambda x, w, b: conv2d(x, w, (1, 1), pads, "shift_add", bias=b))
+    want = jax.jit(lambda x, w, b: conv2d(f32(x), f32(w), (1, 1), pads, "shift_add").astype(jnp.bfloat16) + b)
+    bits = lambda a: np.asarray(a).view(np.uint16)  # noqa: E731
+    g = got(x, ws[0], b)
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(bits(g), bits(want(x, ws[0], b)))
+    np.testing.assert_array_equal(bits(jax.vmap(got, (None, 0, None))(x, ws, b)),
+                                  bits(jax.vmap(want, (None, 0, None))(x, ws, b)))
+    xs, w32, b32 = jnp.asarray(rng.standard_normal((2, 9, 9, 1)), jnp.float32), f32(ws[0]), f32(b)
+    loss = lambda m: (lambda x, w, b: jnp.sum(jnp.sin(conv2d(x, w, (1, 1), pads, m, bias=b))))  # noqa: E731
+    grads = {m: jax.jit(jax.grad(loss(m), (0, 1, 2)))(xs, w32, b32) for m in ("shift_add", "xla")}
+    for a, c in zip(grads["shift_add"], grads["xla"]):
+        np.testing.assert_allclose(a, c, atol=1e-3)

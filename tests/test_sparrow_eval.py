@@ -78,3 +78,42 @@ def test_nan_weights_rejected_with_leaf_name(setup):
     bad["params"]["Dense_1"]["kernel"] = bad["params"]["Dense_1"]["kernel"].at[2, 3].set(jnp.nan)
     with pytest.raises(JaxfaultError, match="Dense_1/kernel.*nan"):
         HBMFaults().prepare(bad)
+
+
+def test_fault_free_pass_is_skipped_only_for_bit_identical_weights(setup):
+    """evaluate_schemes evaluates the clean model once: a scheme whose decoded fault-free weights
+    equal already-evaluated variables bit for bit takes their metrics; any other runs its own
+    forward pass. Bogus known metrics show which route was taken."""
+    from jaxfault.ecc.evaluate import fault_free_accuracy
+
+    model, variables, x, labels = setup
+    cfg = SparrowEvalConfig(bers=(1e-3,), schemes=("sparrow",), trials=2, strategy="map")
+    fm = cfg.fault_model("sparrow")
+    real = fault_free_accuracy(fm, model, variables, x, labels, cfg, (1,))
+    _, prepared, _ = engine.prepare(model, variables, x, fm)
+    bogus = {"top1": -1.0}
+    assert fault_free_accuracy(fm, model, variables, x, labels, cfg, (1,), known=[(prepared, bogus)]) == bogus
+    k = prepared["params"]["Dense_0"]["kernel"]
+    nudged = {**prepared, "params": {**prepared["params"], "Dense_0": {**prepared["params"]["Dense_0"],
+                                                                       "kernel": k.at[0, 0].set(-k[0, 0])}}}
+    assert fault_free_accuracy(fm, model, variables, x, labels, cfg, (1,), known=[(nudged, bogus)]) == real
+    # the whole report: the same numbers whether or not the clean pass is shared between schemes
+    cfg3 = SparrowEvalConfig(bers=(2e-2,), schemes=("sparrow", "secded", "none"), zero_to_one=0.1, trials=3,
+                             strategy="map")
+    rows = evaluate_schemes(cfg3, model, variables, x, labels)["rows"]
+    for row in rows[1:]:    # the first scheme evaluates the clean model itself
+        alone = evaluate_schemes(SparrowEvalConfig(bers=(2e-2,), schemes=(row["scheme"],), zero_to_one=0.1, trials=3,
+                                                   strategy="map"), model, variables, x, labels)["rows"][0]
+        assert row["fault_free"] == alone["fault_free"] == real
+        assert row["top1"]["values"] == alone["top1"]["values"] and row["drop_vs_clean_points"] == alone["drop_vs_clean_points"]
+
+
+def test_same_bits_compares_structure_dtype_and_bit_patterns():
+    from jaxfault.pytree import same_bits
+
+    a = {"w": jnp.array([0.0, 1.0, jnp.nan], jnp.float32), "b": jnp.ones(2, jnp.bfloat16)}
+    assert same_bits(a, {"w": jnp.array([0.0, 1.0, jnp.nan]), "b": jnp.ones(2, jnp.bfloat16)})
+    assert not same_bits(a, {"w": jnp.array([-0.0, 1.0, jnp.nan]), "b": jnp.ones(2, jnp.bfloat16)})
+    assert not same_bits(a, {"w": a["w"], "b": jnp.ones(2, jnp.float32)})
+    assert not same_bits(a, {"w": a["w"], "b": jnp.ones(3, jnp.bfloat16)})
+    assert not same_bits(a, {"w": a["w"], "c": a["b"]})

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+from jaxfault.bits import narrow_to_bf16, widen_bf16
 from jaxfault.errors import JaxfaultError
 from jaxfault.quant import fake_quant
 
@@ -32,7 +33,7 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...], pads: t
                                         dimension_numbers=_DIMENSION_NUMBERS)
 
 
-def _shift_add_conv_impl(x, kernel, strides, pads):
+def _shift_add_conv_impl(x, kernel, strides, pads, bias=None):
     """Convolution as a sum of kh*kw shifted, strided slices of the padded input times kernel taps.
 
     Computed batch-last (H, W, C, N) so XLA's CPU loop fusion vectorises over the batch; a
@@ -40,8 +41,12 @@ def _shift_add_conv_impl(x, kernel, strides, pads):
     """
     kh, kw, cin, cout = kernel.shape
     out_dtype = x.dtype
+    bf16 = x.dtype == jnp.bfloat16 and kernel.dtype == jnp.bfloat16
     acc = jnp.promote_types(x.dtype, jnp.float32)  # bf16/fp16 inputs: accumulate in fp32, like XLA's conv
-    x, kernel = x.astype(acc), kernel.astype(acc)
+    if bf16:
+        x, kernel = widen_bf16(x), widen_bf16(kernel)
+    else:
+        x, kernel = x.astype(acc), kernel.astype(acc)
     xt = jnp.transpose(x, (1, 2, 3, 0))  # H W Cin N
     xp = jnp.pad(xt, (*pads, (0, 0), (0, 0)))
     (sh, sw) = strides
@@ -54,7 +59,18 @@ def _shift_add_conv_impl(x, kernel, strides, pads):
                                                    xp.shape[3]), (sh, sw, 1, 1))  # H W Cin N
             term = jnp.einsum("hwcn,cd->hwdn", tap, kernel[i, j]) if cin > 1 else tap * kernel[i, j, 0][:, None]
             y = term if y is None else y + term
-    return jnp.transpose(y, (3, 0, 1, 2)).astype(out_dtype)
+    y = jnp.transpose(y, (3, 0, 1, 2))
+    if bf16:
+        # Integer rounding (the bias added in float32 between two roundings, as XLA adds two bf16
+        # arrays), and a barrier that keeps the bf16 ops that follow out of this loop: fused into
+        # it they run at the speed of XLA's unvectorised bf16 converts. The same bits as casting
+        # and adding in bf16.
+        y = narrow_to_bf16(y)
+        if bias is not None:
+            y = narrow_to_bf16(widen_bf16(y) + widen_bf16(bias))
+        return jax.lax.optimization_barrier(y)
+    y = y.astype(out_dtype)
+    return y if bias is None else y + bias
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -63,29 +79,58 @@ def shift_add_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...],
     """Same result as XLA's NHWC/HWIO convolution, computed as shifted multiply-adds.
 
     On XLA's CPU backend a convolution with one input channel (the first layer of every
-    grayscale model) runs at ~2 GFLOP/s; the shifted sum is ~6x faster (LeNet's first layer on
-    1000 28x28 images: 140 ms -> 21 ms, measured). Derivatives use XLA's own convolution
-    (custom JVP), so gradients, transposes and HVPs cost what they did before.
+    grayscale model) runs several times slower than this shifted sum (bench/RESULTS.md).
+    Derivatives use XLA's own convolution (custom JVP), so gradients, transposes and HVPs cost
+    what they did before.
     """
     return _shift_add_conv_impl(x, kernel, strides, pads)
 
 
-def _shift_add_conv_jvp(strides, pads, primals, tangents):
-    x, kernel = primals
-    dx, dkernel = tangents
-    y = shift_add_conv(x, kernel, strides, pads)
+def _conv_tangent(x, kernel, dx, dkernel, strides, pads):
     dy = None
     if not isinstance(dx, SymbolicZero):
         dy = _xla_conv(dx, kernel, strides, pads)
     if not isinstance(dkernel, SymbolicZero):
         dk = _xla_conv(x, dkernel, strides, pads)
         dy = dk if dy is None else dy + dk
+    return dy
+
+
+def _shift_add_conv_jvp(strides, pads, primals, tangents):
+    x, kernel = primals
+    dx, dkernel = tangents
+    y = shift_add_conv(x, kernel, strides, pads)
+    dy = _conv_tangent(x, kernel, dx, dkernel, strides, pads)
     if dy is None:
         dy = SymbolicZero(jax.core.get_aval(y).to_tangent_aval())
     return y, dy
 
 
 shift_add_conv.defjvp(_shift_add_conv_jvp, symbolic_zeros=True)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def shift_add_conv_bias(x: jax.Array, kernel: jax.Array, bias: jax.Array, strides: tuple[int, ...],
+                        pads: tuple[tuple[int, int], ...]) -> jax.Array:
+    """``shift_add_conv(x, kernel) + bias``, with the same bits; in bf16 the bias is added inside
+    the convolution's loop, where XLA's CPU backend adds it several times faster."""
+    return _shift_add_conv_impl(x, kernel, strides, pads, bias)
+
+
+def _shift_add_conv_bias_jvp(strides, pads, primals, tangents):
+    x, kernel, bias = primals
+    dx, dkernel, dbias = tangents
+    y = shift_add_conv_bias(x, kernel, bias, strides, pads)
+    dy = _conv_tangent(x, kernel, dx, dkernel, strides, pads)
+    if not isinstance(dbias, SymbolicZero):
+        db = jnp.broadcast_to(dbias, y.shape)
+        dy = db if dy is None else dy + db
+    if dy is None:
+        dy = SymbolicZero(jax.core.get_aval(y).to_tangent_aval())
+    return y, dy
+
+
+shift_add_conv_bias.defjvp(_shift_add_conv_bias_jvp, symbolic_zeros=True)
 
 
 CONV_IMPLS = ("auto", "xla", "shift_add")
@@ -98,9 +143,11 @@ def check_conv_impl(impl: str) -> str:
     return impl
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", impl: str = "auto") -> jax.Array:
-    """NHWC x HWIO convolution; impl 'xla', 'shift_add', or 'auto' (shift_add for one input
-    channel on the CPU backend, where it is measured faster, else XLA's convolution)."""
+def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", impl: str = "auto",
+           bias: jax.Array | None = None) -> jax.Array:
+    """NHWC x HWIO convolution, plus ``bias`` (per output channel) when given; impl 'xla',
+    'shift_add', or 'auto' (shift_add for one input channel on the CPU backend, where it is
+    measured faster, else XLA's convolution)."""
     check_conv_impl(impl)
     strides = tuple(int(s) for s in strides)
     kh, kw = kernel.shape[:2]
@@ -111,8 +158,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", impl
     if impl == "auto":
         impl = "shift_add" if kernel.shape[2] == 1 and jax.default_backend() == "cpu" else "xla"
     if impl == "shift_add":
+        if bias is not None:
+            return shift_add_conv_bias(x, kernel, bias, strides, pads)
         return shift_add_conv(x, kernel, strides, pads)
-    return _xla_conv(x, kernel, strides, pads)
+    y = _xla_conv(x, kernel, strides, pads)
+    return y if bias is None else y + bias
 
 
 def with_conv_impl(module: nn.Module, impl: str) -> nn.Module:
@@ -158,10 +208,8 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (*self.kernel_size, x.shape[-1], self.features))
         if self.quant_bits is not None:
             kernel = fake_quant(kernel, self.quant_bits)
-        y = conv2d(x, kernel.astype(x.dtype), self.strides, self.padding, self.conv_impl)
-        if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,)).astype(x.dtype)
-        return y
+        bias = self.param("bias", self.bias_init, (self.features,)).astype(x.dtype) if self.use_bias else None
+        return conv2d(x, kernel.astype(x.dtype), self.strides, self.padding, self.conv_impl, bias)
 
 
 class ConvTranspose(nn.Module):
