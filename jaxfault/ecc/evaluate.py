@@ -134,8 +134,7 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
         free = fault_free_accuracy(fm, model, variables, images, labels, config, topk, task, known, triple)
         hbm = getattr(fm, "inner", fm)
         scheme = hbm.get_scheme()
-        words, layout = (hbm.encode(fm.view(prepared)["params"]) if hbm is not fm
-                         else fm.encode(prepared["params"]))
+        words, layout = stored_shape(hbm, fm.view(prepared)["params"] if hbm is not fm else prepared["params"])
         for i, ber in enumerate(config.bers):
             r = {"scheme": name, "block_size": scheme.block_size, "stored_bits_per_weight": scheme.stored_bits,
                  "ber": ber, "zero_to_one": config.zero_to_one, "fault_model": config.mode, "trials": config.trials,
@@ -190,7 +189,7 @@ def _evaluate_rare(config: SparrowEvalConfig, model, variables, images, labels, 
         fm = config.fault_model(name)
         scheme = fm.get_scheme()
         prepared = engine.prepare(model, variables, images, fm)[1]
-        words, layout = fm.encode(prepared["params"])
+        words, layout = stored_shape(fm, prepared["params"])
         cells = int(words.shape[0]) * len(positions)
         q = 0.0 if config.mode == "flip" else fc.effective_zero_to_one(config.zero_to_one)
         free = fault_free_accuracy(fm, model, variables, images, labels, config, topk)
@@ -295,6 +294,17 @@ def trial_strategy(config: SparrowEvalConfig, fm, model, variables, images, labe
                                                  batch_size=config.batch_size, precision=config.precision)
     budget = int(config.memory_budget) if config.memory_budget else memory.default_budget()
     return memory.bounded_strategy(config.strategy, per, shared, budget, config.trials)
+
+
+def stored_shape(fm: HBMFaults, params):
+    """(shape of the stored words, their layout) of ``fm.encode(params)``, traced, not computed."""
+    box = {}
+
+    def encode(p):
+        words, box["layout"] = fm.encode(p)
+        return words
+
+    return jax.eval_shape(encode, params), box["layout"]
 
 
 def fault_free_accuracy(fm: HBMFaults, model, variables, images, labels, config, topk, task=None,
