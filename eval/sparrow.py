@@ -59,6 +59,10 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--params", choices=tuple(LEAF_SELECTORS), default="kernels",
                     help="protected leaves: conv/dense kernels or all float parameters (default: kernels)")
     ap.add_argument("--compat", action="store_true", help="bit-compatible zero-word quirk of the reference (default: off)")
+    ap.add_argument("--compute-dtype", choices=("bfloat16", "float32"), default=None,
+                    help="arithmetic of the forward pass: the stored bf16 weights evaluated in bf16 (the Sparrow "
+                         "reference's, and the default) or in float32 (faster on CPUs, numbers differ slightly: "
+                         "bench/RESULTS.md)")
     ap.add_argument("--batch-size", type=positive_int, default=1000, help="evaluation batch size (default: 1000)")
     ap.add_argument("--memory-budget", type=positive_float, default=None,
                     help="GiB the trials held at once may take; with --strategy vmap or map:B the chunk of trials is "
@@ -76,6 +80,8 @@ def result_path(out: Path, config: SparrowEvalConfig, sweep: bool) -> Path:
         tail += f"_w{config.ci_width:g}_max{config.max_trials}"
     if config.estimator != "plain":
         tail += f"_{config.estimator}"
+    if config.compute_dtype is not None:
+        tail += f"_{config.compute_dtype}"
     if config.tensors:
         tail += "_" + "+".join(t.strip() for t in config.tensors.split(","))
     if sweep:
@@ -99,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check(not given, f"--estimator {a.estimator} cannot be combined with {flag}: the stratified estimator "
                              f"sizes its own trials and conditions HBM faults on every selected leaf of a classifier "
                              f"(docs/rare.md)")
+    check(a.compute_dtype is None or a.estimator == "plain",
+          f"--compute-dtype {a.compute_dtype} needs --estimator plain: the stratified estimator evaluates in bf16")
     sweep = a.sweep is not None
     if a.checkpoint is not None:
         check(Path(a.checkpoint).is_dir(), f"--checkpoint {a.checkpoint!r} is not a directory")
@@ -109,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         trials=a.trials, seed=a.seed, mode=a.fault_model, leaves=a.params, compat=a.compat, strategy=a.strategy,
         precision=a.precision, batch_size=a.batch_size, limit=a.limit, checkpoint=a.checkpoint,
         ci_width=a.ci_width, max_trials=a.max_trials, task=a.task,
-        tensors=a.tensors, estimator=a.estimator, memory_budget=None if a.memory_budget is None else a.memory_budget * 2**30)
+        tensors=a.tensors, estimator=a.estimator, compute_dtype=a.compute_dtype, memory_budget=None if a.memory_budget is None else a.memory_budget * 2**30)
     path = result_path(Path(a.out), config, sweep)
     identity = result_config(config)
     replacing = check_result_path(path, identity, checkpoint_digest(model_source(config)), overwrite=a.overwrite,
@@ -120,11 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run(config)
     report = {**report, "config": identity, "checkpoint_digest": checkpoint_digest(report["checkpoint"])}
     clean = report["clean_bf16"]
+    label = "clean bf16" + (f" ({config.compute_dtype} arithmetic)" if config.compute_dtype else "")
     if report.get("task") == "language_model":
-        print(f"clean bf16: perplexity {clean['perplexity']:.4f}  next-token top1 {100 * clean['top1']:.2f}%  "
+        print(f"{label}: perplexity {clean['perplexity']:.4f}  next-token top1 {100 * clean['top1']:.2f}%  "
               f"({report['tokens']} tokens)")
     else:
-        print(f"clean bf16: top1 {100 * clean['top1']:.2f}%" + (f"  top5 {100 * clean['top5']:.2f}%" if "top5" in clean else ""))
+        print(f"{label}: top1 {100 * clean['top1']:.2f}%" + (f"  top5 {100 * clean['top5']:.2f}%" if "top5" in clean else ""))
     if not sweep and report.get("task") != "language_model":
         print(as_flags(format_comparison(report)), end="")
     else:

@@ -72,16 +72,19 @@ def test_shift_add_conv_equals_xla_conv_values_gradients_hessian_vmap(shape, ker
 
     x = jax.random.normal(jax.random.key(0), shape)
     w = jax.random.normal(jax.random.key(1), kernel)
-    fwd = {m: conv2d(x, w, strides, padding, m) for m in ("xla", "shift_add")}
+    impls = ("xla", "shift_add")
+    fwd = {m: jax.jit(lambda x, w, m=m: conv2d(x, w, strides, padding, m))(x, w) for m in impls}
     np.testing.assert_allclose(fwd["shift_add"], fwd["xla"], atol=1e-4)
-    loss = lambda m: (lambda x, w: jnp.sum(jnp.sin(conv2d(x, w, strides, padding, m))))
-    for a, b in zip(jax.grad(loss("shift_add"), (0, 1))(x, w), jax.grad(loss("xla"), (0, 1))(x, w)):
+    loss = lambda m: (lambda x, w: jnp.sum(jnp.sin(conv2d(x, w, strides, padding, m))))  # noqa: E731
+    grads = {m: jax.jit(jax.grad(loss(m), (0, 1)))(x, w) for m in impls}
+    for a, b in zip(grads["shift_add"], grads["xla"]):
         np.testing.assert_allclose(a, b, atol=1e-3)
-    if kernel[2] == 1:  # the case 'auto' uses; Hessians are the slow part of this test
-        np.testing.assert_allclose(jax.hessian(loss("shift_add"), 1)(x, w), jax.hessian(loss("xla"), 1)(x, w), atol=1e-3)
+    if kernel[2] == 1:  # the case 'auto' uses
+        hess = {m: jax.jit(jax.hessian(loss(m), 1))(x, w) for m in impls}
+        np.testing.assert_allclose(hess["shift_add"], hess["xla"], atol=1e-3)
     ws = jax.random.normal(jax.random.key(2), (3, *kernel))
-    np.testing.assert_allclose(jax.vmap(lambda w: conv2d(x, w, strides, padding, "shift_add"))(ws),
-                               jax.vmap(lambda w: conv2d(x, w, strides, padding, "xla"))(ws), atol=1e-4)
+    vm = {m: jax.jit(jax.vmap(lambda w, m=m: conv2d(x, w, strides, padding, m)))(ws) for m in impls}
+    np.testing.assert_allclose(vm["shift_add"], vm["xla"], atol=1e-4)
     with pytest.raises(JaxfaultError, match="unknown convolution implementation"):
         conv2d(x, w, strides, padding, "fft")
 

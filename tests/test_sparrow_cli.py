@@ -39,6 +39,9 @@ def run(main, argv):
     (["--ber", "1e-3", "--strategy", "vamp"], "argument --strategy"),
     (["--ber", "1e-3", "--precision", "fp64"], "argument --precision"),
     (["--ber", "1e-3", "--out", "/etc/passwd/x"], "/etc/passwd"),
+    (["--ber", "1e-3", "--compute-dtype", "fp16"], "argument --compute-dtype"),
+    (["--ber", "1e-3", "--compute-dtype", "float32", "--estimator", "stratified"],
+     "--compute-dtype float32 needs --estimator plain"),
     (["--ber", "1e-3", "--ci-width", "0"], "argument --ci-width: must be > 0, got '0'"),
     (["--ber", "1e-3", "--max-trials", "50"], "--max-trials 50 needs --ci-width"),
     (["--ber", "1e-3", "--ci-width", "0.01", "--max-trials", "5"], "--max-trials 5 must be >= --trials 20"),
@@ -101,6 +104,23 @@ def test_sparrow_cli_single_run(lenet_checkpoint, tmp_path, capsys):
     assert w["top1"]["values"][:2] == r["top1"]["values"]          # trial i draws the same faults
     text = capsys.readouterr().out                                  # the table says how many ran and why they stopped
     assert f"{w['trials']} trials per scheme (stopped: {w['stop']}" in text
+
+
+def test_sparrow_cli_compute_dtype_float32(lenet_checkpoint, tmp_path, capsys):
+    """--compute-dtype float32: its own result file, recorded and labelled; the default file name
+    and configuration of a bf16 run are unchanged (earlier results stay comparable)."""
+    out = tmp_path / "out"
+    argv = ["--ber", "1e-2", "--trials", "2", "--checkpoint", str(lenet_checkpoint), "--out", str(out), "--limit", "50",
+            "--no-compare"]
+    assert run(sp_cli.main, argv + ["--compute-dtype", "float32"]) == 0
+    assert "clean bf16 (float32 arithmetic): top1" in capsys.readouterr().out
+    r = json.loads((out / "sparrow_ber0.01_q0.01_B64_T2_s0_n50_float32_only.json").read_text())
+    assert r["evaluation_dtype"] == "float32" and r["config"]["compute_dtype"] == "float32"
+    assert run(sp_cli.main, argv) == 0
+    b = json.loads((out / "sparrow_ber0.01_q0.01_B64_T2_s0_n50_only.json").read_text())
+    assert b["evaluation_dtype"] == "bfloat16" and "compute_dtype" not in b["config"]
+    assert r["n_faults"]["values" if "values" in r["n_faults"] else "mean"] == \
+        b["n_faults"]["values" if "values" in b["n_faults"] else "mean"]          # the same faults, other arithmetic
 
 
 def test_sparrow_rerun_refuses_a_result_of_another_model(lenet_checkpoint, tmp_path, capsys):

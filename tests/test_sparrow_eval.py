@@ -117,3 +117,22 @@ def test_same_bits_compares_structure_dtype_and_bit_patterns():
     assert not same_bits(a, {"w": a["w"], "b": jnp.ones(2, jnp.float32)})
     assert not same_bits(a, {"w": a["w"], "b": jnp.ones(3, jnp.bfloat16)})
     assert not same_bits(a, {"w": a["w"], "c": a["b"]})
+
+
+def test_compute_dtype_float32_equals_the_engine_in_float32(setup):
+    """SparrowEvalConfig(compute_dtype='float32') evaluates exactly what engine.evaluate does with
+    compute_dtype='float32' on the same keys; its fault-free pass runs in float32 too."""
+    from jaxfault.keys import root_key, trial_keys
+
+    model, variables, x, labels = setup
+    cfg = SparrowEvalConfig(bers=(2e-2,), schemes=("sparrow",), zero_to_one=0.1, trials=3, strategy="map",
+                            compute_dtype="float32")
+    r = evaluate_schemes(cfg, model, variables, x, labels)
+    want = engine.evaluate(model, variables, x, labels, cfg.fault_model("sparrow"), [2e-2],
+                           trial_keys(root_key(0), 3), strategy="map", compute_dtype="float32")
+    assert r["evaluation_dtype"] == "float32" and r["rows"][0]["top1"]["values"] == want.accuracy[0].tolist()
+    assert r["clean_bf16"] == want.clean == r["rows"][0]["fault_free"]
+    with pytest.raises(JaxfaultError, match="compute dtype must be bfloat16 or float32"):
+        SparrowEvalConfig(bers=(1e-3,), compute_dtype="float16")
+    with pytest.raises(JaxfaultError, match="needs the plain estimator"):
+        SparrowEvalConfig(bers=(1e-3,), compute_dtype="float32", estimator="stratified")

@@ -50,6 +50,7 @@ class SparrowEvalConfig:
     tensors: Optional[str] = None     # tensor groups hit (jaxfault.select); None: every selected leaf
     memory_budget: Optional[float] = None   # bytes for the trials held at once (None: jaxfault.memory's default)
     estimator: str = "plain"          # plain, stratified or auto (jaxfault.rare, docs/rare.md)
+    compute_dtype: Optional[str] = None     # arithmetic of the forward pass; None: the weights' bf16
 
     def __post_init__(self):
         bers = tuple(float(check_probability("ber", b)) for b in self.bers)
@@ -83,12 +84,22 @@ class SparrowEvalConfig:
 
         check(self.estimator in rare.ESTIMATORS,
               f"unknown estimator {self.estimator!r}; choose one of {', '.join(rare.ESTIMATORS)}")
+        check(self.compute_dtype in (None, "bfloat16", "float32"),
+              f"compute dtype must be bfloat16 or float32, got {self.compute_dtype!r}")
+        check(self.estimator == "plain" or self.compute_dtype is None,
+              f"the {self.estimator} estimator evaluates in bf16; a compute dtype needs the plain estimator")
         if self.estimator != "plain":
             for bad, why in ((self.ci_width is not None, "a target interval width (ci_width): it sizes its own trials"),
                              (self.task == "language_model", "a language model: perplexity is not a bounded metric"),
                              (self.tensors is not None, "tensor groups (tensors): it conditions HBM faults on all "
                                                         "selected leaves")):
                 check(not bad, f"the {self.estimator} estimator cannot be combined with {why} (docs/rare.md)")
+
+    def evaluated(self, fm):
+        """The fault model as the forward pass runs it: in ``compute_dtype`` when one is set."""
+        from jaxfault.fault_models import InDtype
+
+        return fm if self.compute_dtype is None else InDtype(fm, self.compute_dtype)
 
     def fault_model(self, scheme: str) -> HBMFaults:
         block = self.block_size if SCHEMES.get(scheme).info["block_sizes"] else 64
@@ -118,20 +129,21 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
     clock = RunClock(len(config.schemes), "schemes")
     for name in config.schemes:
         fm = config.fault_model(name)
-        triple = engine.prepare(model, variables, images, fm)
+        efm = config.evaluated(fm)
+        triple = engine.prepare(model, variables, images, efm)
         prepared = triple[1]
         clean = next((m for v, m in known if same_bits(v, prepared)), None)
         if config.ci_width is None or (task is not None and task.name == "language_model"):
             strategy = trial_strategy(config, fm, model, variables, images, labels, task)
             res = engine.evaluate(model, variables, images, labels, fm, config.bers, keys[:config.trials],
                                   strategy=strategy, precision=config.precision, batch_size=config.batch_size,
-                                  topk=topk, task=task, clean=clean is None)
+                                  topk=topk, task=task, clean=clean is None, compute_dtype=config.compute_dtype)
             clean, summaries = clean or res.clean, [res.summary(i) for i in range(len(config.bers))]
             seconds = [res.seconds / len(config.bers)] * len(config.bers)
         else:
-            clean, summaries, seconds = _until_width(config, fm, model, variables, images, labels, keys, topk)
+            clean, summaries, seconds = _until_width(config, efm, model, variables, images, labels, keys, topk)
         known.append((prepared, clean))
-        free = fault_free_accuracy(fm, model, variables, images, labels, config, topk, task, known, triple)
+        free = fault_free_accuracy(efm, model, variables, images, labels, config, topk, task, known, triple)
         hbm = getattr(fm, "inner", fm)
         scheme = hbm.get_scheme()
         words, layout = stored_shape(hbm, fm.view(prepared)["params"] if hbm is not fm else prepared["params"])
@@ -156,7 +168,7 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
     head = {"task": "language_model", "tokens": int(np.size(labels))} if lm else {}
     return {**head, "test_examples": int(len(labels)), "strategy": batching.resolve_strategy(config.strategy),
             "precision": config.precision, "backend": jax.default_backend(), "seed": config.seed,
-            "params": config.leaves, "compat": config.compat, "evaluation_dtype": "bfloat16",
+            "params": config.leaves, "compat": config.compat, "evaluation_dtype": config.compute_dtype or "bfloat16",
             "estimator": "plain", "clean_bf16": clean, "rows": rows}
 
 
@@ -379,6 +391,8 @@ def result_config(config: SparrowEvalConfig) -> dict:
     fields = dataclasses.asdict(config)
     if fields["estimator"] == "plain":          # results written before the estimator existed stay comparable
         fields.pop("estimator")
+    if fields["compute_dtype"] is None:         # and before the compute dtype existed
+        fields.pop("compute_dtype")
     return {"command": "eval.sparrow", **fields}
 
 
