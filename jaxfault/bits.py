@@ -82,9 +82,15 @@ def bf16_words(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(x, jnp.uint32) & BF16_MASK
 
 
-def bf16_round_trip(x: jax.Array) -> jax.Array:
-    """float32 values truncated to bf16 precision, returned as float32."""
+@jax.jit
+def _bf16_round_trip(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(bf16_words(x), jnp.float32)
+
+
+def bf16_round_trip(x: jax.Array) -> jax.Array:
+    """float32 values truncated to bf16 precision, returned as float32 (one compiled program per
+    shape: eager, its three operations each dispatch and sync on their own)."""
+    return _bf16_round_trip(jnp.asarray(x))
 
 
 def widen_bf16(x: jax.Array) -> jax.Array:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from functools import partial
 from typing import Any, Callable, Sequence
 
 import jax
@@ -68,12 +69,16 @@ def evaluation_form(model, variables: PyTree) -> tuple[Any, PyTree]:
     return model.clone(quant_bits=None), {**variables, "params": params}
 
 
+@partial(jax.jit, static_argnums=1)
+def _cast_floats(tree: PyTree, dtype) -> PyTree:
+    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def cast_floats(tree: PyTree, dtype) -> PyTree:
-    """Every floating leaf of a pytree cast to dtype (None: unchanged)."""
+    """Every floating leaf of a pytree cast to dtype (None: unchanged), in one compiled program."""
     if dtype is None:
         return tree
-    return jax.tree_util.tree_map(lambda x: x.astype(dtype) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
-                                  else x, tree)
+    return _cast_floats(tree, np.dtype(dtype))
 
 
 # ------------------------------------------------------------------------------------ the program
