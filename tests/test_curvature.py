@@ -9,6 +9,7 @@ from jax.flatten_util import ravel_pytree
 from jaxfault.swim.curvature import (becker_lecun_diag, ggn_diag_exact, hessian_diag_exact,
                                      hessian_diag_hutchinson)
 from jaxfault.errors import JaxfaultError
+from tests._fast_init import random_variables
 
 
 class MLP(nn.Module):
@@ -40,7 +41,7 @@ def _setup(model, x_shape, seed=0):
     kx, ki, ks = jax.random.split(jax.random.key(seed), 3)
     x = jax.random.normal(kx, x_shape)
     y = jnp.arange(x_shape[0]) % 3
-    v = model.init(ki, x)
+    v = random_variables(model, seed, x)
     if "batch_stats" in v:  # non-trivial running statistics
         v = {"params": v["params"], "batch_stats": {"BatchNorm_0": {
             "mean": jnp.array([0.2, -0.1]), "var": jnp.array([0.5, 2.0])}}}

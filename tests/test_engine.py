@@ -13,6 +13,7 @@ from jaxfault.errors import JaxfaultError
 from jaxfault.fault_models import compose
 from jaxfault.protocol import FaultModel
 from jaxfault.precision import check_precision
+from tests._fast_init import random_variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Tiny(nn.Module):
 def setup():
     model = Tiny()
     x = jax.random.normal(jax.random.key(0), (256, 8))
-    variables = model.init(jax.random.key(1), x)
+    variables = random_variables(model, 1, x)
     labels = jnp.argmax(model.apply(variables, x), -1)
     return model, variables, x, labels
 

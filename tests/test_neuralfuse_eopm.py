@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxfault.errors import JaxfaultError
-from jaxfault.models.generators import create_generator, init_generator
+from jaxfault.models.generators import create_generator
 from jaxfault.keys import stream
 from jaxfault.models.generators import BN_MOMENTUM
 from jaxfault.neuralfuse.eopm import (EVAL_SEED_BASE, PERTURBED_MODELS_ROOT, TRAIN_SEED_HIGH, EOPMConfig,
@@ -15,15 +15,16 @@ from jaxfault.neuralfuse.eopm import (EVAL_SEED_BASE, PERTURBED_MODELS_ROOT, TRA
                                       seeds_to_keys, train_seeds)
 from jaxfault.neuralfuse.faults import perturb_variables
 from jaxfault.batching import parse_strategy
+from tests._fast_init import random_variables
 from tests._nf_tiny import TinyNet
 
 
 @pytest.fixture(scope="module")
 def setup():
     model = TinyNet()
-    base = jax.jit(lambda k, x: model.init(k, x))(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    base = random_variables(model, 0, jnp.zeros((1, 8, 8, 1)))   # compiling the inits took most of this file's time
     gen = create_generator("UNetS")
-    gv = init_generator(gen, jax.random.key(1), (8, 8, 1))
+    gv = random_variables(gen, 1, jnp.zeros((1, 8, 8, 1)), train=False)
     x = jax.random.uniform(jax.random.key(2), (6, 8, 8, 1), minval=-1.0, maxval=1.0)
     y = jnp.arange(6) % 10
     return model, base, gen, gv, x, y

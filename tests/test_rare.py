@@ -22,6 +22,7 @@ from jaxfault.ecc.hbm import HBMFaults
 from jaxfault.errors import JaxfaultError
 from jaxfault.faults import conditional as fc
 from jaxfault.faults import words as fw
+from tests._fast_init import random_variables
 
 MASK16 = 0xFFFF0000
 
@@ -208,7 +209,7 @@ class Tiny(nn.Module):
 def tiny():
     model = Tiny()
     x = jax.random.normal(jax.random.key(0), (128, 8))
-    variables = model.init(jax.random.key(1), x)
+    variables = random_variables(model, 1, x)
     labels = jnp.argmax(model.apply(variables, x), -1)
     return model, variables, x, labels
 

@@ -10,6 +10,7 @@ from test_rare import Tiny
 from jaxfault.ecc.evaluate import (SparrowEvalConfig, evaluate_schemes, format_comparison, result_config,
                                    sweep_table)
 from jaxfault.errors import JaxfaultError
+from tests._fast_init import random_variables
 
 
 @pytest.mark.parametrize("argv, needles", [
@@ -38,7 +39,7 @@ def test_config_refuses_senseless_combinations():
 def tiny():
     model = Tiny()
     x = jax.random.normal(jax.random.key(0), (64, 8))
-    variables = model.init(jax.random.key(1), x)
+    variables = random_variables(model, 1, x)
     return model, variables, x, jnp.argmax(model.apply(variables, x), -1)
 
 

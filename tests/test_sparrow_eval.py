@@ -9,6 +9,7 @@ from jaxfault import engine, tasks
 from jaxfault.ecc.evaluate import SparrowEvalConfig, evaluate_schemes
 from jaxfault.ecc.hbm import HBMFaults
 from jaxfault.errors import JaxfaultError
+from tests._fast_init import random_variables
 
 
 class Tiny(nn.Module):
@@ -22,7 +23,7 @@ class Tiny(nn.Module):
 def setup():
     model = Tiny()
     x = jax.random.normal(jax.random.key(0), (64, 8))
-    variables = model.init(jax.random.key(1), x)
+    variables = random_variables(model, 1, x)
     labels = jnp.argmax(model.apply(variables, x), -1)
     return model, variables, x, labels
 

@@ -9,6 +9,7 @@ import jaxfault
 from jaxfault import engine, tasks
 from jaxfault.activations import activation_bit_flips
 from jaxfault.errors import JaxfaultError
+from tests._fast_init import random_variables
 
 
 class TinyLM(nn.Module):
@@ -43,7 +44,7 @@ def mlp():
     model = TinyMLP()
     x = jax.random.normal(jax.random.key(2), (24, 3, 3, 1))
     y = jax.random.randint(jax.random.key(3), (24,), 0, 4)
-    return model, model.init(jax.random.key(0), x), x, y
+    return model, random_variables(model, 0, x), x, y
 
 
 def _lm_reference(logits, targets):
