@@ -61,8 +61,8 @@ def build_parser() -> ArgumentParser:
     ap.add_argument("--compat", action="store_true", help="bit-compatible zero-word quirk of the reference (default: off)")
     ap.add_argument("--compute-dtype", choices=("bfloat16", "float32"), default=None,
                     help="arithmetic of the forward pass: the stored bf16 weights evaluated in bf16 (the Sparrow "
-                         "reference's, and the default) or in float32 (faster on CPUs, numbers differ slightly: "
-                         "bench/RESULTS.md)")
+                         "reference's, and the default) or in float32 (numbers differ slightly; speed and differences "
+                         "measured in bench/RESULTS.md)")
     ap.add_argument("--batch-size", type=positive_int, default=1000, help="evaluation batch size (default: 1000)")
     ap.add_argument("--memory-budget", type=positive_float, default=None,
                     help="GiB the trials held at once may take; with --strategy vmap or map:B the chunk of trials is "

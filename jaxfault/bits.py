@@ -88,8 +88,8 @@ def _bf16_round_trip(x: jax.Array) -> jax.Array:
 
 
 def bf16_round_trip(x: jax.Array) -> jax.Array:
-    """float32 values truncated to bf16 precision, returned as float32 (one compiled program per
-    shape: eager, its three operations each dispatch and sync on their own)."""
+    """float32 values truncated to bf16 precision, returned as float32. Compiled (once per shape):
+    run eagerly, each of its three operations would be dispatched on its own."""
     return _bf16_round_trip(jnp.asarray(x))
 
 
@@ -104,8 +104,9 @@ def widen_bf16(x: jax.Array) -> jax.Array:
 
 def narrow_to_bf16(y: jax.Array) -> jax.Array:
     """float32 -> bfloat16 rounded to nearest even by integer arithmetic on the word: the same bits
-    as ``y.astype(bfloat16)`` (a NaN becomes the quiet NaN of its sign, subnormals kept, overflow to infinity), but
-    vectorised by XLA's CPU backend inside fused loops, where the native convert is not.
+    as ``y.astype(bfloat16)`` (a NaN becomes the quiet NaN of its sign, subnormals are kept,
+    overflow goes to infinity), but vectorised by XLA's CPU backend inside fused loops, where the
+    native convert is not.
     """
     w = jax.lax.bitcast_convert_type(y, jnp.uint32)
     rounded = (w + jnp.uint32(0x7FFF) + ((w >> 16) & jnp.uint32(1))) >> 16

@@ -3,9 +3,9 @@ parameter with threefry, and compiling it costs seconds to tens of seconds on a 
 
 For tests that need some variables of the right structure, not the module's own initialisation:
 kernels are normal with variance 2/fan_in (activations keep their scale through ReLUs), other
-parameters normal with standard deviation 0.01, normalisation layers as initialised (every 'scale' 1, running mean 0 and
-variance 1). The
-values are a numpy function of the seed: the same seed, the same variables.
+parameters normal with standard deviation 0.01, normalisation layers as initialised (every
+'scale' 1, running mean 0 and variance 1). The values are a numpy function of the seed: the same
+seed, the same variables.
 """
 from __future__ import annotations
 
