@@ -171,19 +171,21 @@ class BitFlips(FaultModel):
     def perturb(self, key, variables, rate):
         from jaxfault import faults
 
-        counts = []
+        kernels = []
 
-        def flip(i, w):
-            words = jax.lax.bitcast_convert_type(w.astype(jnp.float32), jnp.uint32).ravel()
-            bad, st = faults.inject_flips(jax.random.fold_in(key, i), words, rate, rate_bound=self.rate_bound)
-            counts.append((st.n_faults, st.n_cells))
-            return jax.lax.bitcast_convert_type(bad, jnp.float32).reshape(w.shape).astype(w.dtype)
+        def collect(i, w):
+            kernels.append(w)
+            return w
 
-        params = map_kernels_with_index(flip, variables["params"])
-        nf = sum(c[0] for c in counts)
-        cells = sum(c[1] for c in counts)
-        return {**variables, "params": params}, faults.FaultStats(
-            nf, jnp.int32(0) * nf, cells, nf.astype(jnp.float32) / jnp.maximum(cells, 1.0), jnp.float32(0.0))
+        map_kernels_with_index(collect, variables["params"])
+        words = [jax.lax.bitcast_convert_type(w.astype(jnp.float32), jnp.uint32).ravel() for w in kernels]
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(len(kernels), dtype=jnp.uint32))
+        bad, st = faults.inject_flips_each(keys, words, rate, rate_bound=self.rate_bound)
+        faulty = iter(bad)
+        params = map_kernels_with_index(
+            lambda i, w: jax.lax.bitcast_convert_type(next(faulty), jnp.float32).reshape(w.shape).astype(w.dtype),
+            variables["params"])
+        return {**variables, "params": params}, st
 
 
 def bit_flips(rate_bound: float = 1e-2) -> BitFlips:

@@ -113,7 +113,8 @@ def test_many_arrays_in_one_loop_equal_one_loop_per_array():
     key_array = jnp.stack(ks)  # a key array works like a list of keys
     p32, q32 = jnp.float32(0.02), jnp.float32(0.3)
     for cap, seg in ((sampler.BLOCK, 18 * 500 + 5),):  # small chunks, several segments per array
-        out, nf, _ = words._inject_each(key_array, ws, p32, q32, stored_mask=MASK18, rate_bound=0.02, chunk_cap=cap,
+        out, nf, _ = words._inject_each(key_array, ws, p32, q32, stored_mask=MASK18, flip=False, rate_bound=0.02,
+                                        chunk_cap=cap,
                                         segment_cells=seg)
         ref = [words._inject(k, w, p32, q32, stored_mask=MASK18, flip=False, rate_bound=0.02, segment_cells=seg)
                for k, w in zip(ks, ws)]
@@ -130,6 +131,35 @@ def test_many_arrays_in_one_loop_equal_one_loop_per_array():
         faults.inject_stuck_at_each(ks[:2], ws, 0.02)
     same, st0 = faults.inject_stuck_at_each(ks, ws, 0.0)
     assert all(a is b for a, b in zip(same, ws)) and int(st0.n_faults) == 0
+
+
+def test_flips_on_many_arrays_equal_flips_per_array():
+    """inject_flips_each gives array i exactly inject_flips(keys[i], words[i]) (XOR, every stored
+    cell), and the plain fp32 bit-flip model, which draws all its kernels in that one loop, equals
+    the per-kernel draw with keys fold_in(key, kernel index)."""
+    sizes = (2500, 3, 900)
+    ws = [jax.random.bits(jax.random.key(40 + i), (n,), jnp.uint32) for i, n in enumerate(sizes)]
+    ks = [jax.random.key(50 + i) for i in range(len(sizes))]
+    each, st = faults.inject_flips_each(ks, ws, 0.01, MASK18)
+    alone = [faults.inject_flips(k, w, 0.01, MASK18) for k, w in zip(ks, ws)]
+    for a, (b, _) in zip(each, alone):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(st.n_faults) == sum(int(s.n_faults) for _, s in alone) > 0 and int(st.n_zero_to_one) == 0
+
+    from jaxfault.fault_models import bit_flips
+    params = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(1), (30, 20)), "bias": jnp.ones(20)},
+              "Dense_1": {"kernel": jax.random.normal(jax.random.key(2), (20, 7)), "bias": jnp.ones(7)}}
+    key = jax.random.key(9)
+    out, stats = jax.jit(lambda k, v: bit_flips(rate_bound=0.02).perturb(k, v, 0.02))(key, {"params": params})
+    total = 0
+    for i, name in enumerate(("Dense_0", "Dense_1")):
+        words_i = jax.lax.bitcast_convert_type(params[name]["kernel"], jnp.uint32).ravel()
+        ref, s = faults.inject_flips(jax.random.fold_in(key, i), words_i, 0.02)
+        got = jax.lax.bitcast_convert_type(out["params"][name]["kernel"], jnp.uint32).ravel()
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+        np.testing.assert_array_equal(np.asarray(out["params"][name]["bias"]), np.asarray(params[name]["bias"]))
+        total += int(s.n_faults)
+    assert int(stats.n_faults) == total > 0 and float(stats.n_cells) == 32 * (600 + 140)
 
 
 def test_edge_rates():

@@ -136,14 +136,15 @@ def _inject(key, words, p, q, *, stored_mask: int, flip: bool, rate_bound: float
     return out, fault_stats(nf, n01, words.shape[0] * len(pos))
 
 
-@partial(jax.jit, static_argnames=("stored_mask", "rate_bound", "chunk_cap", "segment_cells"))
-def _inject_each(keys, words, p, q, *, stored_mask: int, rate_bound: float, chunk_cap: int = sampler.CHUNK_CAP,
-                 segment_cells: int = sampler.MAX_SEGMENT_CELLS):
+@partial(jax.jit, static_argnames=("stored_mask", "flip", "rate_bound", "chunk_cap", "segment_cells"))
+def _inject_each(keys, words, p, q, *, stored_mask: int, flip: bool, rate_bound: float,
+                 chunk_cap: int = sampler.CHUNK_CAP, segment_cells: int = sampler.MAX_SEGMENT_CELLS):
     pos = stored_positions(stored_mask)
     sizes = [w.shape[0] for w in words]
 
     def apply(w, idx, g10, g01):
-        return w.at[idx].set((w[idx] & ~g10) | g01, mode="drop")
+        new = w[idx] ^ g10 if flip else (w[idx] & ~g10) | g01
+        return w.at[idx].set(new, mode="drop")
 
     flat = jnp.concatenate(words) if len(words) > 1 else words[0]
     out, nf, n01 = sampler.for_each_fault_group_streams(keys, sizes, pos, p, q, apply, flat, rate_bound=rate_bound,
@@ -190,6 +191,20 @@ def inject_stuck_at_each(keys, words, ber, zero_to_one=0.0, stored_mask: int = 0
     together compiles one sampler instead of one per array (a model's kernels, each with its own
     key), which keeps the program of a many-layer model small.
     """
+    return _inject_many(keys, words, ber, zero_to_one, stored_mask, rate_bound, flip=False)
+
+
+def inject_flips_each(keys, words, ber, stored_mask: int = 0xFFFFFFFF, *, rate_bound=None):
+    """XOR bit flips on several 1-D uint32 word arrays, array i drawn from keys[i], in one
+    sampler loop -> (list of faulty arrays, FaultStats over all).
+
+    Array i gets exactly the flips of ``inject_flips(keys[i], words[i], ...)``, with one sampler
+    to compile instead of one per array.
+    """
+    return _inject_many(keys, words, ber, 0.0, stored_mask, rate_bound, flip=True)
+
+
+def _inject_many(keys, words, ber, zero_to_one, stored_mask, rate_bound, *, flip: bool):
     p, q, bound = _rates(ber, zero_to_one, rate_bound)
     words = [_check_word_array(w, f"words[{i}]") for i, w in enumerate(words)]
     if isinstance(keys, jax.Array):  # a key array, one key per row
@@ -202,7 +217,7 @@ def inject_stuck_at_each(keys, words, ber, zero_to_one=0.0, stored_mask: int = 0
     cells = sum(w.shape[0] for w in words) * len(stored_positions(stored_mask))
     if not words or _is_static_zero(ber):
         return words, fault_stats(0, 0, cells)
-    out, nf, n01 = _inject_each(keys, words, p, q, stored_mask=int(stored_mask), rate_bound=bound)
+    out, nf, n01 = _inject_each(keys, words, p, q, stored_mask=int(stored_mask), flip=flip, rate_bound=bound)
     return list(out), fault_stats(nf, n01, cells)
 
 
