@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxfault.errors import JaxfaultError
 from jaxfault.protocol import FaultModel, Registry, check_rate_bound
-from jaxfault.pytree import map_kernels_with_index
+from jaxfault.pytree import is_kernel, map_kernels_with_index
 
 FAULT_MODELS = Registry("fault model")
 
@@ -171,19 +171,13 @@ class BitFlips(FaultModel):
     def perturb(self, key, variables, rate):
         from jaxfault import faults
 
-        kernels = []
-
-        def collect(i, w):
-            kernels.append(w)
-            return w
-
-        map_kernels_with_index(collect, variables["params"])
-        words = [jax.lax.bitcast_convert_type(w.astype(jnp.float32), jnp.uint32).ravel() for w in kernels]
-        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(len(kernels), dtype=jnp.uint32))
+        leaves = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+        words = [jax.lax.bitcast_convert_type(w.astype(jnp.float32), jnp.uint32).ravel()
+                 for path, w in leaves if is_kernel(path, w)]
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(len(words), dtype=jnp.uint32))
         bad, st = faults.inject_flips_each(keys, words, rate, rate_bound=self.rate_bound)
-        faulty = iter(bad)
         params = map_kernels_with_index(
-            lambda i, w: jax.lax.bitcast_convert_type(next(faulty), jnp.float32).reshape(w.shape).astype(w.dtype),
+            lambda i, w: jax.lax.bitcast_convert_type(bad[i], jnp.float32).reshape(w.shape).astype(w.dtype),
             variables["params"])
         return {**variables, "params": params}, st
 

@@ -20,12 +20,14 @@ from jaxfault.faults.placement import (ARRAY_COLS, ARRAY_ROWS, LAYOUTS, PLACEMEN
                                        unpack_cells)
 from jaxfault.faults.sampler import BLOCK, CHUNK_CAP, MAX_SEGMENT_CELLS, chunk_blocks, geometric_gaps, resolve_rate
 from jaxfault.faults.words import (FaultStats, apply_flips, apply_stuck_at, apply_stuck_at_int, fault_stats, flip_map,
-                                   inject_flips, inject_flips_each, inject_maps, inject_stuck_at, inject_stuck_at_each, int_stored_mask,
-                                   int_to_words, merge_stats, stored_positions, stuck_at_maps, words_to_int)
+                                   inject_flips, inject_flips_each, inject_maps, inject_stuck_at, inject_stuck_at_each,
+                                   int_stored_mask, int_to_words, merge_stats, stored_positions, stuck_at_maps,
+                                   words_to_int)
 
 __all__ = ["ARRAY_COLS", "ARRAY_ROWS", "BLOCK", "CHUNK_CAP", "LAYOUTS", "MAX_SEGMENT_CELLS", "PLACEMENTS",
            "FaultStats", "apply_flips", "apply_stuck_at", "apply_stuck_at_int", "check_layout", "check_placement",
            "chunk_blocks", "fault_stats", "flip_map", "from_layout_order", "geometric_gaps", "inject_flips",
-           "inject_flips_each", "inject_maps", "inject_stuck_at", "inject_stuck_at_each", "int_stored_mask", "int_to_words",
+           "inject_flips_each", "inject_maps", "inject_stuck_at", "inject_stuck_at_each", "int_stored_mask",
+           "int_to_words",
            "memory_array_maps", "memory_array_rows_slots", "memory_array_word_maps", "merge_stats", "pack_cells",
            "resolve_layout", "resolve_rate", "stored_positions", "stuck_at_maps", "to_layout_order", "unpack_cells", "words_to_int"]

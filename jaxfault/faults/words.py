@@ -122,16 +122,22 @@ def _is_static_zero(ber) -> bool:
     return not sampler.is_traced(ber) and float(ber) == 0.0
 
 
+def _word_update(flip: bool):
+    """The sampler's ``apply`` for faults applied to the words themselves: XOR the drawn cells
+    (flips) or force them (stuck-at: 1->0 cells cleared, 0->1 cells set)."""
+    def apply(w, idx, g10, g01):
+        new = w[idx] ^ g10 if flip else (w[idx] & ~g10) | g01
+        return w.at[idx].set(new, mode="drop")
+
+    return apply
+
+
 @partial(jax.jit, static_argnames=("stored_mask", "flip", "rate_bound", "chunk_cap", "segment_cells"))
 def _inject(key, words, p, q, *, stored_mask: int, flip: bool, rate_bound: float,
             chunk_cap: int = sampler.CHUNK_CAP, segment_cells: int = sampler.MAX_SEGMENT_CELLS):
     pos = stored_positions(stored_mask)
 
-    def apply(w, idx, g10, g01):
-        new = w[idx] ^ g10 if flip else (w[idx] & ~g10) | g01
-        return w.at[idx].set(new, mode="drop")
-
-    out, nf, n01 = sampler.for_each_fault_group(key, words.shape[0], pos, p, q, apply, words, rate_bound=rate_bound,
+    out, nf, n01 = sampler.for_each_fault_group(key, words.shape[0], pos, p, q, _word_update(flip), words, rate_bound=rate_bound,
                                                 chunk_cap=chunk_cap, segment_cells=segment_cells)
     return out, fault_stats(nf, n01, words.shape[0] * len(pos))
 
@@ -142,12 +148,8 @@ def _inject_each(keys, words, p, q, *, stored_mask: int, flip: bool, rate_bound:
     pos = stored_positions(stored_mask)
     sizes = [w.shape[0] for w in words]
 
-    def apply(w, idx, g10, g01):
-        new = w[idx] ^ g10 if flip else (w[idx] & ~g10) | g01
-        return w.at[idx].set(new, mode="drop")
-
     flat = jnp.concatenate(words) if len(words) > 1 else words[0]
-    out, nf, n01 = sampler.for_each_fault_group_streams(keys, sizes, pos, p, q, apply, flat, rate_bound=rate_bound,
+    out, nf, n01 = sampler.for_each_fault_group_streams(keys, sizes, pos, p, q, _word_update(flip), flat, rate_bound=rate_bound,
                                                         chunk_cap=chunk_cap, segment_cells=segment_cells)
     return jnp.split(out, np.cumsum(sizes)[:-1].tolist()), nf, n01
 
