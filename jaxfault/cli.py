@@ -241,6 +241,42 @@ nonneg_int = _flag_type("nonneg_int", lambda v: v >= 0, ">= 0", integer=True)
 any_int = _flag_type("any_int", lambda v: True, "an integer", integer=True)
 
 
+
+def _flag_kinds() -> dict:
+    return {"probability": probability, "positive_int": positive_int, "nonneg_int": nonneg_int,
+            "positive_float": positive_float, "nonneg_float": nonneg_float, "finite_float": finite_float,
+            "seed": seed_int, "strategy": strategy_flag, None: None}
+
+
+def add_setting_flags(ap: argparse.ArgumentParser, cls, skip: Sequence[str] = ()) -> None:
+    """One flag per setting of config dataclass `cls` (fields declared with
+    jaxfault.config.setting), named, typed and described as the field declares; each flag's value
+    lands in the namespace under the field's name (see settings_from_args)."""
+    import dataclasses
+
+    from jaxfault.config import settings_of
+
+    kinds = _flag_kinds()
+    for f in settings_of(cls):
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        text = as_flags(meta["help"]).replace("%", "%%")
+        if meta["kind"] == "switch":
+            ap.add_argument(flag, dest=f.name, action="store_true", help=text)
+            continue
+        default = None if f.default is dataclasses.MISSING else f.default
+        ap.add_argument(flag, dest=f.name, type=kinds[meta["kind"]], choices=meta["choices"], default=default,
+                        help=text)
+
+
+def settings_from_args(args: argparse.Namespace, cls, skip: Sequence[str] = ()) -> dict:
+    """{field: value} of the settings of `cls` that add_setting_flags put in `args`."""
+    from jaxfault.config import settings_of
+
+    return {f.name: getattr(args, f.name) for f in settings_of(cls) if f.name not in skip and hasattr(args, f.name)}
+
 def add_model_flags(ap: argparse.ArgumentParser) -> None:
     """--checkpoint and --task, the same on every CLI that evaluates a classifier or a language model."""
     ap.add_argument("--checkpoint", default=None,

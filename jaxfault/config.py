@@ -161,6 +161,37 @@ def validate(mapping: Mapping, fields: Sequence[Field], where: str = "config") -
     return out
 
 
+
+def setting(default: Any = REQUIRED, help: str = "", *, flag: str | None = None, kind: str | None = None,
+            choices: Sequence | None = None):
+    """A dataclass field declared as a user-facing setting, so that its name, help line and the
+    kind of value it takes are written once, beside the field.
+
+    Command lines make their flags from these (jaxfault.cli.add_setting_flags): the flag is
+    ``--name`` with dashes unless `flag` names another, and its value is read as `kind` (one of
+    the value kinds jaxfault.cli knows, e.g. "probability", "positive_int", "seed", "strategy";
+    "switch" for a bool that is off unless given; None for plain text) or as one of `choices`.
+    The config's own ``__post_init__`` still validates the value, for every caller.
+
+    Args:
+      default: the field's default (REQUIRED: none).
+      help: one line saying what the setting does.
+      flag: the command-line flag, when it is not ``--name``.
+      kind: how a command line reads the value.
+      choices: the values allowed, when they are a fixed list.
+    Returns:
+      A ``dataclasses.field`` carrying this description in its metadata.
+    """
+    meta = {"help": help, "flag": flag, "kind": kind, "choices": tuple(choices) if choices is not None else None}
+    if default is REQUIRED:
+        return dataclasses.field(metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def settings_of(cls) -> list:
+    """The fields of dataclass `cls` declared with setting(), in order."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
 # Limits of every JSON file jaxfault reads (configs, plans, result files): far above what any of
 # them holds, and below what makes Python's own parser fail with a traceback (integers over 4300
 # digits, nesting deeper than the interpreter's recursion limit).

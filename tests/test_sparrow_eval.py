@@ -135,5 +135,5 @@ def test_compute_dtype_float32_equals_the_engine_in_float32(setup):
     assert r["clean_bf16"] == want.clean == r["rows"][0]["fault_free"]
     with pytest.raises(JaxfaultError, match="compute dtype must be bfloat16 or float32"):
         SparrowEvalConfig(bers=(1e-3,), compute_dtype="float16")
-    with pytest.raises(JaxfaultError, match="needs the plain estimator"):
+    with pytest.raises(JaxfaultError, match="`compute_dtype` float32 needs `estimator` plain"):
         SparrowEvalConfig(bers=(1e-3,), compute_dtype="float32", estimator="stratified")

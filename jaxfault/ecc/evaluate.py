@@ -19,40 +19,95 @@ import numpy as np
 from jaxfault import batching, engine, tasks
 from jaxfault.ecc import SCHEMES, check_scheme_block_size
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES, HBMFaults
+from jaxfault.config import parse_float_list, setting
 from jaxfault.errors import check, check_probability
 from jaxfault.keys import root_key, trial_keys
-from jaxfault.precision import check_precision, precision_scope
+from jaxfault.precision import PRECISIONS, check_precision, precision_scope
 from jaxfault.pytree import same_bits
 from jaxfault.stats import check_sequential, run_until_width
 
 
 @dataclasses.dataclass(frozen=True)
 class SparrowEvalConfig:
-    """Settings of an ECC evaluation (validated on construction)."""
+    """Settings of an ECC evaluation, validated on construction. The fields declared with
+    ``setting`` are the command line's flags (jaxfault.cli.add_setting_flags)."""
 
     bers: tuple
     schemes: tuple = ("sparrow",)
-    zero_to_one: float = 0.01
-    block_size: int = 64
-    trials: int = 20
-    seed: int = 0
-    mode: str = "stuck-at"
-    leaves: str = "kernels"
-    compat: bool = False
-    strategy: str = "auto"
-    precision: str = "highest"
-    batch_size: int = 1000
-    limit: Optional[int] = None
-    checkpoint: Optional[str] = None
-    ci_width: Optional[float] = None        # trials in chunks of `trials` until top-1's half-width <= this
-    max_trials: Optional[int] = None        # the cap of such a run (default 10 x trials)
+    zero_to_one: float = setting(0.01, "share of faults stuck at 1", kind="probability")
+    block_size: int = setting(64, "Sparrow block size: 16, 32 or 64", kind="positive_int")
+    trials: int = setting(20, "fault draws per BER", kind="positive_int")
+    seed: int = setting(0, "root seed of the trial keys", kind="seed")
+    mode: str = setting("stuck-at", "stuck-at or XOR flips", flag="--fault-model", choices=MODES)
+    leaves: str = setting("kernels", "protected leaves: conv/dense kernels or all float parameters", flag="--params",
+                          choices=tuple(LEAF_SELECTORS))
+    compat: bool = setting(False, "bit-compatible zero-word quirk of the reference", kind="switch")
+    strategy: str = setting("auto", "trial batching: auto, vmap, map, map:B or loop", kind="strategy")
+    precision: str = setting("highest", "float32 matmul/conv precision", choices=PRECISIONS)
+    batch_size: int = setting(1000, "evaluation batch size", kind="positive_int")
+    limit: Optional[int] = setting(None, "evaluate only the first N test images, or N validation windows of a "
+                                         "language model (default: all images; 32 windows)", kind="positive_int")
+    checkpoint: Optional[str] = None        # None: the cached default model of the task
+    ci_width: Optional[float] = setting(
+        None, "run trials in chunks of `trials` until top-1's 95 % interval half-width is <= this, per BER "
+              "(default: none, a fixed number of trials)", kind="positive_float")
+    max_trials: Optional[int] = setting(None, "cap of a `ci_width` run (default: 10 x `trials`)", kind="positive_int")
     task: Optional[str] = None        # None: the checkpoint's ('classification' without one)
-    tensors: Optional[str] = None     # tensor groups hit (jaxfault.select); None: every selected leaf
+    tensors: Optional[str] = setting(
+        None, "tensor groups hit: comma-separated embeddings, attention, mlp, norms, lm_head, other, or all "
+              "(default: every protected leaf)")
     memory_budget: Optional[float] = None   # bytes for the trials held at once (None: jaxfault.memory's default)
-    estimator: str = "plain"          # plain, stratified or auto (jaxfault.rare, docs/rare.md)
-    compute_dtype: Optional[str] = None     # arithmetic of the forward pass; None: the weights' bf16
+    estimator: str = setting(
+        "plain", "plain Monte Carlo over `trials` fault draws (the default: the output the README shows); "
+                 "stratified: the rare-fault estimator of docs/rare.md, strata by the number of bit-30 (bf16 "
+                 "exponent MSB) stuck-at-1 faults, `trials` main-phase trials, reporting its mean, 95 % interval "
+                 "and forward passes; auto: stratified where that class expects at most 2 faults per trial, plain "
+                 "elsewhere. Not with `ci_width`, `tensors` or a language model", choices=("plain", "stratified", "auto"))
+    compute_dtype: Optional[str] = setting(
+        None, "arithmetic of the forward pass: the stored bf16 weights evaluated in bf16 (the Sparrow reference's, "
+              "and the default) or in float32 (numbers differ slightly; speed and differences measured in "
+              "bench/RESULTS.md)", choices=("bfloat16", "float32"))
+
+    @classmethod
+    def from_command(cls, *, ber: float | None = None, sweep: str | None = None, scheme: str = "sparrow",
+                     compare: bool = True, **settings) -> "SparrowEvalConfig":
+        """The config of one ``eval.sparrow`` command.
+
+        Args:
+          ber: one BER: `scheme` evaluated, with SEC-DED and no protection beside it when `compare`.
+          sweep: instead, comma-separated BERs ('1e-5,1e-4'): every registered scheme at each.
+          scheme: the scheme of a one-BER run.
+          compare: evaluate the comparison schemes beside `scheme`.
+          **settings: the other fields.
+        Returns:
+          The validated config (a one-line JaxfaultError naming the setting on bad input).
+        """
+        from jaxfault.ecc import scheme_names
+
+        check((ber is None) != (sweep is None), "give exactly one of `ber` or `sweep`")
+        if sweep is not None:
+            bers = parse_float_list(sweep, "`sweep`", check=lambda v: 0 <= v <= 1, requirement="in [0, 1]")
+            schemes = scheme_names()
+        else:
+            bers, schemes = (ber,), with_comparison(scheme) if compare else (scheme,)
+        return cls(bers=tuple(bers), schemes=tuple(schemes), **settings)
 
     def __post_init__(self):
+        m, e = self.max_trials, self.estimator
+        check(m is None or self.ci_width is not None, f"`max_trials` {m} needs `ci_width`")
+        check(m is None or not isinstance(m, int) or m >= self.trials, f"`max_trials` {m} must be >= `trials` {self.trials}")
+        if e != "plain":
+            from jaxfault.lm import scores_language_model
+
+            for given, what in ((self.ci_width is not None, "`ci_width`: it sizes its own trials"),
+                                (self.tensors is not None, "`tensors`: it conditions HBM faults on every selected leaf"),
+                                (scores_language_model(self.task, self.checkpoint),
+                                 "a language model (`task` language_model): perplexity is not a bounded metric")):
+                check(not given, f"`estimator` {e} cannot be combined with {what} (docs/rare.md)")
+        check(self.compute_dtype is None or e == "plain",
+              f"`compute_dtype` {self.compute_dtype} needs `estimator` plain: the stratified estimator evaluates in bf16")
+        check(self.checkpoint is None or Path(self.checkpoint).is_dir(),
+              f"`checkpoint` {self.checkpoint!r} is not a directory")
         bers = tuple(float(check_probability("ber", b)) for b in self.bers)
         check(len(bers) >= 1, "give at least one BER")
         check(len(set(bers)) == len(bers), f"BERs repeat: {', '.join(f'{b:g}' for b in bers)}")
@@ -86,14 +141,6 @@ class SparrowEvalConfig:
               f"unknown estimator {self.estimator!r}; choose one of {', '.join(rare.ESTIMATORS)}")
         check(self.compute_dtype in (None, "bfloat16", "float32"),
               f"compute dtype must be bfloat16 or float32, got {self.compute_dtype!r}")
-        check(self.estimator == "plain" or self.compute_dtype is None,
-              f"the {self.estimator} estimator evaluates in bf16; a compute dtype needs the plain estimator")
-        if self.estimator != "plain":
-            for bad, why in ((self.ci_width is not None, "a target interval width (ci_width): it sizes its own trials"),
-                             (self.task == "language_model", "a language model: perplexity is not a bounded metric"),
-                             (self.tensors is not None, "tensor groups (tensors): it conditions HBM faults on all "
-                                                        "selected leaves")):
-                check(not bad, f"the {self.estimator} estimator cannot be combined with {why} (docs/rare.md)")
 
     def evaluated(self, fm):
         """The fault model as the forward pass runs it: in ``compute_dtype`` when one is set."""
@@ -395,6 +442,98 @@ def result_config(config: SparrowEvalConfig) -> dict:
         fields.pop("compute_dtype")
     return {"command": "eval.sparrow", **fields}
 
+
+
+def result_path(out: Path, config: SparrowEvalConfig, sweep: bool) -> Path:
+    """The result file of a run in folder `out`: distinct per scheme, rates, trials, seed, image
+    limit and every setting that changes the numbers, so that runs do not overwrite each other."""
+    tail = f"_T{config.trials}_s{config.seed}" + (f"_n{config.limit}" if config.limit else "")
+    if config.ci_width is not None:
+        tail += f"_w{config.ci_width:g}_max{config.max_trials}"
+    if config.estimator != "plain":
+        tail += f"_{config.estimator}"
+    if config.compute_dtype is not None:
+        tail += f"_{config.compute_dtype}"
+    if config.tensors:
+        tail += "_" + "+".join(t.strip() for t in config.tensors.split(","))
+    if sweep:
+        return out / f"sweep{tail}.json"
+    if len(config.schemes) == 1:
+        tail += "_only"
+    return out / f"{config.schemes[0]}_ber{config.bers[0]:g}_q{config.zero_to_one:g}_B{config.block_size}{tail}.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Output:
+    """Where a run's results go, checked before the run (prepare_output)."""
+
+    path: Path
+    sweep: bool
+    replacing: bool          # an earlier result of the same configuration and model is replaced
+
+
+def prepare_output(config: SparrowEvalConfig, out, *, sweep: bool, overwrite: bool = False) -> Output:
+    """Check, before any work, that the result files of `config` can be written in folder `out`.
+
+    Args:
+      config: the run's config.
+      out: the output folder.
+      sweep: a sweep (JSON, Markdown table and plot) rather than one BER (JSON).
+      overwrite: replace existing files whatever they hold.
+    Returns:
+      The Output to pass to write_report. An existing result of the same configuration and model
+      is replaced; any other existing file is a one-line JaxfaultError unless `overwrite`.
+    """
+    from jaxfault.io import check_output_path
+    from jaxfault.rerun import check_result_path, checkpoint_digest
+
+    path = result_path(Path(out), config, sweep)
+    replacing = check_result_path(path, result_config(config), checkpoint_digest(model_source(config)),
+                                  overwrite=overwrite, flag="`out`")
+    if sweep:
+        for extra in (".md", ".png"):
+            check_output_path(path.with_suffix(extra), overwrite=overwrite or replacing, flag="`out`")
+    return Output(path, sweep, replacing)
+
+
+def report_text(report: dict, config: SparrowEvalConfig, sweep: bool) -> str:
+    """What a run prints: the clean model's line, then the comparison table (one BER of a
+    classifier) or one line per row, and a sweep's table."""
+    clean = report["clean_bf16"]
+    label = "clean bf16" + (f" ({config.compute_dtype} arithmetic)" if config.compute_dtype else "")
+    if report.get("task") == "language_model":
+        lines = [f"{label}: perplexity {clean['perplexity']:.4f}  next-token top1 {100 * clean['top1']:.2f}%  "
+                 f"({report['tokens']} tokens)\n"]
+    else:
+        lines = [f"{label}: top1 {100 * clean['top1']:.2f}%"
+                 + (f"  top5 {100 * clean['top5']:.2f}%" if "top5" in clean else "") + "\n"]
+    if not sweep and report.get("task") != "language_model":
+        lines.append(format_comparison(report))
+    else:
+        lines += [format_row(r) + "\n" for r in report["rows"]]
+    if sweep:
+        lines.append(sweep_table(report))
+    return "".join(lines)
+
+
+def write_report(report: dict, config: SparrowEvalConfig, output: Output) -> list[Path]:
+    """Write a run's report atomically where prepare_output said: a sweep as JSON, a Markdown
+    table and a plot; one BER as one JSON object (the comparison schemes under "comparison"),
+    each recording its configuration and the checkpoint's digest. Returns the paths written."""
+    from jaxfault.io import atomic_write_json, atomic_write_text
+    from jaxfault.rerun import checkpoint_digest
+
+    path = output.path
+    report = {**report, "config": result_config(config), "checkpoint_digest": checkpoint_digest(report["checkpoint"])}
+    if output.sweep:
+        atomic_write_json(path, report)
+        atomic_write_text(path.with_suffix(".md"), sweep_table(report))
+        plot_sweep(report, path.with_suffix(".png"))
+        return [path, path.with_suffix(".md"), path.with_suffix(".png")]
+    first, *others = report["rows"]
+    atomic_write_json(path, {**{k: v for k, v in report.items() if k != "rows"}, **first,
+                             **({"comparison": others} if others else {})})
+    return [path]
 
 COMPARE_WITH = ("secded", "none")
 
