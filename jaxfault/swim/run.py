@@ -21,11 +21,12 @@ import numpy as np
 
 from jaxfault import keys as jkeys
 from jaxfault.batching import resolve_strategy
-from jaxfault.precision import check_precision
+from jaxfault.config import setting
+from jaxfault.precision import PRECISIONS, check_precision
 from jaxfault.progress import RunClock
 from jaxfault.errors import JaxfaultError, check_probability
-from jaxfault.pytree import count_kernel_weights, map_kernels
-from jaxfault.swim.selection import (CURVATURES, NEEDS_CURVATURE, THRESHOLDS, canonical_method, full_mask,
+from jaxfault.pytree import count_kernel_weights
+from jaxfault.swim.selection import (CURVATURES, METHODS, NEEDS_CURVATURE, THRESHOLDS, canonical_method, full_mask,
                                      protection_mask, selection_buffer)
 from jaxfault.swim.variation import WRITE_VERIFY, CiMVariation, check_bits_per_device, check_variances
 
@@ -50,27 +51,64 @@ class SwimConfig:
     round(mask_p * n) weights) or "quantile" (the code's rule).
     """
 
-    checkpoint: str | None = None
-    data_dir: str | None = None
+    checkpoint: str | None = setting(None, "classifier checkpoint (default: cached LeNet on Fashion-MNIST)")
+    data_dir: str | None = setting(None, "dataset folder (default: TFDS / the local IDX files)")
     methods: tuple = ("SM",)
     mask_ps: tuple = (0.05,)
-    alpha: float | None = None
-    dev_var: float = 0.1
-    write_var: float = 0.03
-    n_bits: int = 8
-    m_bits: int = 1
-    noise_instances: int = 100
-    curvature: str = "becker-lecun"
+    alpha: float | None = setting(None, "SM: 1e6 by default; saliency: 2 by default", kind="positive_float")
+    dev_var: float = setting(0.1, "device variation sigma (not verified)", kind="nonneg_float")
+    write_var: float = setting(0.03, "variation sigma after write-verify", kind="nonneg_float")
+    n_bits: int = setting(8, "bits per weight N", kind="positive_int")
+    m_bits: int = setting(1, "bits per device m (N must be a multiple)", kind="positive_int")
+    noise_instances: int = setting(100, "Monte Carlo noise draws", kind="positive_int")
+    curvature: str = setting("becker-lecun", f"d2L/dw2 estimator: {', '.join(CURVATURES)}")
     curvature_examples: int | None = None
-    selection_batch: int = 128
+    selection_batch: int = setting(128, "batch size of the gradient term", kind="positive_int")
     gradient_term: bool = True
-    threshold: str = "count"
-    hutchinson_samples: int = 200
-    strategy: str = "auto"
-    precision: str = "highest"
-    eval_batch: int = 1000
-    test_examples: int | None = None
-    seed: int = 0
+    threshold: str = setting("count", f"mask threshold rule: {', '.join(THRESHOLDS)}")
+    hutchinson_samples: int = setting(200, "probe vectors of the hutchinson curvature", kind="positive_int")
+    strategy: str = setting("auto", "noise-instance batching: auto, map, map:B, vmap, loop", kind="strategy")
+    precision: str = setting("highest", "float32 matmul/conv precision of the evaluation", choices=PRECISIONS)
+    eval_batch: int = setting(1000, "test images per forward pass", kind="positive_int")
+    test_examples: int | None = setting(None, "evaluate on the first N test images", kind="positive_int")
+    seed: int = setting(0, "root seed of the noise keys", kind="nonneg_int")
+
+    @classmethod
+    def from_command(cls, *, method: str = "SM", methods: str | None = None, mask_p: float = 0.05,
+                     sweep_mask_p: str | None = None, curvature_examples: str = "all", gradient_term: bool = True,
+                     **settings) -> "SwimConfig":
+        """The config of one ``eval.swim`` command.
+
+        Args:
+          method: the selection method of a one-mask_p run.
+          methods: comma-separated methods instead (default: `method`; every method for a sweep).
+          mask_p: the fraction of kernel weights write-verified.
+          sweep_mask_p: comma-separated mask_p values instead: every method compared at each.
+          curvature_examples: 'all' training images of the selection pass, or the first N.
+          gradient_term: score with the gradient term (else s^2 * curvature only).
+          **settings: the other fields.
+        Returns:
+          The validated config (a one-line JaxfaultError naming the setting on bad input).
+        """
+        from jaxfault.config import parse_float_list
+
+        examples = None
+        if curvature_examples != "all":
+            try:
+                examples = int(curvature_examples)
+            except ValueError:
+                raise JaxfaultError(f"`curvature_examples` must be a positive integer or 'all', "
+                                    f"got {curvature_examples!r}") from None
+        mask_ps = (mask_p,) if sweep_mask_p is None else tuple(parse_float_list(
+            sweep_mask_p, "`sweep_mask_p`", check=lambda v: 0 <= v <= 1, requirement="in [0, 1]"))
+        if methods is not None:
+            chosen = tuple(m.strip() for m in methods.split(","))
+            if not (all(chosen) and len(set(chosen)) == len(chosen)):
+                raise JaxfaultError(f"`methods` needs distinct comma-separated method names, got {methods!r}")
+        else:
+            chosen = METHODS if sweep_mask_p is not None else (method,)
+        return cls(methods=chosen, mask_ps=mask_ps, curvature_examples=examples, gradient_term=gradient_term,
+                   **settings)
 
     def __post_init__(self):
         methods = tuple(canonical_method(m) for m in self.methods)
@@ -225,6 +263,17 @@ def run(config: SwimConfig, *, log: Callable[[str], None] = print) -> dict:
             "all": {**summary(allv), "accuracies": allv.tolist()},
             "selected": selected, "timings": timings}
 
+
+
+def write_report(report: dict, out, *, sweep: bool) -> list[Path]:
+    """Write a run's report atomically in folder `out`: swim.json, swim.txt (the table) and, for a
+    sweep of mask_p, the plot swim_sweep.png. Returns the paths written."""
+    from jaxfault.io import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    atomic_write_json(out / "swim.json", report)
+    atomic_write_text(out / "swim.txt", format_table(report))
+    return [out / "swim.json", out / "swim.txt"] + ([plot_sweep(report, out / "swim_sweep.png")] if sweep else [])
 
 def format_table(report: dict) -> str:
     """The report as a fixed-width text table."""
