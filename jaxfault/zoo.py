@@ -202,6 +202,24 @@ def default_language_model(cache_dir_override=None, data_dir=None, log: Callable
         tmp, data_dir=data_dir, log=log, **{**LM_DEFAULTS, **settings}), cache_dir_override, log)
 
 
+def load_classifier_and_data(checkpoint=None, limit: int | None = None, log: Callable[[str], None] = print):
+    """(checkpoint path, model, variables, test images, test labels, topk) of a classifier
+    checkpoint (the cached default LeNet when None) and the first `limit` test images of the
+    dataset it was trained on; topk is (1, 5) with more than 5 classes, else (1,)."""
+    from jaxfault.checkpoints import load_checkpoint
+
+    if checkpoint is None:
+        checkpoint = default_classifier(log=log)
+    ck = load_checkpoint(checkpoint, kind="classifier")
+    cfg = ck.config
+    ds = load_dataset(cfg.get("dataset", "fashion_mnist"), value_range=cfg.get("value_range", "symmetric"))
+    images, labels = ds.test_images, ds.test_labels
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    topk = (1, 5) if ds.num_classes > 5 else (1,)
+    return str(checkpoint), ck.model, ck.variables, images, labels, topk
+
+
 def load_lm_and_data(checkpoint=None, limit: int | None = None, log: Callable[[str], None] = print):
     """(path, model, variables, inputs, targets, task) of a language model and its evaluation
     windows: the first `limit` (default DEFAULT_EVAL_WINDOWS) validation windows of the corpus it

@@ -25,6 +25,7 @@ from jaxfault.keys import root_key, trial_keys
 from jaxfault.precision import PRECISIONS, check_precision, precision_scope
 from jaxfault.pytree import same_bits
 from jaxfault.stats import check_sequential, run_until_width
+from jaxfault.zoo import load_classifier_and_data as load_model_and_data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,26 +386,6 @@ def fault_free_accuracy(fm: HBMFaults, model, variables, images, labels, config,
     with precision_scope(config.precision):
         out = jax.jit(lambda v: metric(fm.perturb(jax.random.key(0), v, 0.0)[0], x, y))(prepared)
     return {k: float(v) for k, v in out.items()}
-
-
-def load_model_and_data(checkpoint: Optional[str], limit: Optional[int], log=print):
-    """(checkpoint path, model, variables, test images, test labels, topk) of a classifier
-    checkpoint (the cached default LeNet when None)."""
-    from jaxfault.checkpoints import load_checkpoint
-    from jaxfault.data import load_dataset
-
-    if checkpoint is None:
-        from jaxfault.zoo import default_classifier
-
-        checkpoint = default_classifier(log=log)
-    ck = load_checkpoint(checkpoint, kind="classifier")
-    cfg = ck.config
-    ds = load_dataset(cfg.get("dataset", "fashion_mnist"), value_range=cfg.get("value_range", "symmetric"))
-    images, labels = ds.test_images, ds.test_labels
-    if limit:
-        images, labels = images[:limit], labels[:limit]
-    topk = (1, 5) if ds.num_classes > 5 else (1,)
-    return str(checkpoint), ck.model, ck.variables, images, labels, topk
 
 
 def run(config: SparrowEvalConfig, log=print) -> dict:
