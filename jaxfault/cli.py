@@ -245,7 +245,7 @@ any_int = _flag_type("any_int", lambda v: True, "an integer", integer=True)
 def _flag_kinds() -> dict:
     return {"probability": probability, "positive_int": positive_int, "nonneg_int": nonneg_int,
             "positive_float": positive_float, "nonneg_float": nonneg_float, "finite_float": finite_float,
-            "seed": seed_int, "strategy": strategy_flag, None: None}
+            "seed": seed_int, "strategy": strategy_flag, "shape": input_shape_flag, None: None}
 
 
 def add_setting_flags(ap: argparse.ArgumentParser, cls, skip: Sequence[str] = ()) -> None:
@@ -261,13 +261,14 @@ def add_setting_flags(ap: argparse.ArgumentParser, cls, skip: Sequence[str] = ()
         if f.name in skip:
             continue
         meta = f.metadata
-        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        flags = meta["flag"] or "--" + f.name.replace("_", "-")
+        flags = (flags,) if isinstance(flags, str) else tuple(flags)
         text = as_flags(meta["help"]).replace("%", "%%")
         if meta["kind"] == "switch":
-            ap.add_argument(flag, dest=f.name, action="store_true", help=text)
+            ap.add_argument(*flags, dest=f.name, action="store_true", help=text)
             continue
         default = None if f.default is dataclasses.MISSING else f.default
-        ap.add_argument(flag, dest=f.name, type=kinds[meta["kind"]], choices=meta["choices"], default=default,
+        ap.add_argument(*flags, dest=f.name, type=kinds[meta["kind"]], choices=meta["choices"], default=default,
                         help=text)
 
 

@@ -162,7 +162,7 @@ def validate(mapping: Mapping, fields: Sequence[Field], where: str = "config") -
 
 
 
-def setting(default: Any = REQUIRED, help: str = "", *, flag: str | None = None, kind: str | None = None,
+def setting(default: Any = REQUIRED, help: str = "", *, flag: str | Sequence[str] | None = None, kind: str | None = None,
             choices: Sequence | None = None):
     """A dataclass field declared as a user-facing setting, so that its name, help line and the
     kind of value it takes are written once, beside the field.
@@ -176,7 +176,7 @@ def setting(default: Any = REQUIRED, help: str = "", *, flag: str | None = None,
     Args:
       default: the field's default (REQUIRED: none).
       help: one line saying what the setting does.
-      flag: the command-line flag, when it is not ``--name``.
+      flag: the command-line flag, when it is not ``--name`` (or several: a flag and its aliases).
       kind: how a command line reads the value.
       choices: the values allowed, when they are a fixed list.
     Returns:
