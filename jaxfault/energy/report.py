@@ -32,8 +32,9 @@ LIST_SETTINGS = (("refresh_interval", lambda v: v > 0, "> 0"), ("voltage", lambd
 
 
 @dataclasses.dataclass(frozen=True)
-class EnergyRun:
-    """The settings of one energy report (the command line's flags are made from them)."""
+class EnergyModel:
+    """The settings an energy report and a trade-off share: the network and its input, its bits
+    and pruning, and the constants of the energy of protection (docs/energy.md)."""
 
     network: str = setting("alexnet", f"one of {', '.join(network_names())}, a Hugging Face folder or config.json "
                                       f"(gpt2/llama/mistral/qwen2), or package.module:attribute (a Flax module or "
@@ -46,6 +47,27 @@ class EnergyRun:
     qw: str = setting("16", "weight bits: one value, a per-layer comma list, or 'reference' (alexnet)")
     qa: str = setting("16", "activation bits (same forms as `qw`)")
     pw: str = setting("0", "weight pruning ratio in [0, 1) (same forms as `qw`)")
+    refresh_pj_per_bit: float = setting(P.REFRESH_PJ_PER_BIT, "DRAM refresh energy per stored bit and refresh, pJ",
+                                        kind="nonneg_float")
+    ecc_read_scaling: float = setting(P.ECC_READ_SCALING, "share of DRAM weight-read energy that grows with the "
+                                                          "ECC's stored bits (1: check bits move with the data)",
+                                      kind="probability")
+    inference_period: float = setting(P.INFERENCE_PERIOD_S, "seconds of DRAM residency charged to one inference",
+                                      kind="positive_float")
+    pj_per_unit: float = setting(P.PJ_PER_UNIT, "pJ per normalised energy unit (one 16-bit MAC)", kind="positive_float")
+    retention_table: Optional[str] = setting(None, "JSON [[interval_s, ber], ...]")
+    v_nominal: float = setting(P.NOMINAL_VOLTAGE, "nominal SRAM supply voltage", kind="positive_float")
+    voltage_table: Optional[str] = setting(None, "JSON [[voltage, ber], ...]")
+    verify_iterations: float = setting(P.VERIFY_ITERATIONS, "mean program-and-verify pulses per verified device",
+                                       kind="positive_float")
+    weight_bits: int = setting(P.WEIGHT_BITS, "bits per weight in the CiM array (N)", kind="positive_int")
+    bits_per_device: int = setting(P.BITS_PER_DEVICE, "bits per CiM device (m)", kind="positive_int")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnergyRun(EnergyModel):
+    """The settings of one energy report (the command line's flags are made from them)."""
+
     mac: float = setting(_HW.mac, "hardware: energy of one 16-bit MAC", kind="nonneg_float")
     rf: float = setting(_HW.rf, "hardware: register-file access energy", kind="nonneg_float")
     noc: float = setting(_HW.noc, "hardware: NoC transfer energy", kind="nonneg_float")
@@ -62,24 +84,9 @@ class EnergyRun:
     pareto_csv: Optional[str] = setting(None, "also write the Pareto table as CSV")
     ecc: Optional[str] = setting(None, "DRAM ECC: none, secded, sparrow, sparrow-b16 or stored bits per 16-bit weight")
     refresh_interval: Optional[str] = setting(None, "refresh intervals in s, comma list (default 0.064)")
-    refresh_pj_per_bit: float = setting(P.REFRESH_PJ_PER_BIT, "DRAM refresh energy per stored bit and refresh, pJ",
-                                        kind="nonneg_float")
-    ecc_read_scaling: float = setting(P.ECC_READ_SCALING, "share of DRAM weight-read energy that grows with the "
-                                                          "ECC's stored bits (1: check bits move with the data)",
-                                      kind="probability")
-    inference_period: float = setting(P.INFERENCE_PERIOD_S, "seconds of DRAM residency charged to one inference",
-                                      kind="positive_float")
-    pj_per_unit: float = setting(P.PJ_PER_UNIT, "pJ per normalised energy unit (one 16-bit MAC)", kind="positive_float")
-    retention_table: Optional[str] = setting(None, "JSON [[interval_s, ber], ...]")
     voltage: Optional[str] = setting(None, "SRAM supply voltages (relative to `v_nominal`), comma list")
     ber: Optional[str] = setting(None, "SRAM BERs to map to voltages through the voltage table, comma list")
-    v_nominal: float = setting(P.NOMINAL_VOLTAGE, "nominal SRAM supply voltage", kind="positive_float")
-    voltage_table: Optional[str] = setting(None, "JSON [[voltage, ber], ...]")
     verify_fraction: Optional[str] = setting(None, "fractions of weights write-verified (SWIM), comma list")
-    verify_iterations: float = setting(P.VERIFY_ITERATIONS, "mean program-and-verify pulses per verified device",
-                                       kind="positive_float")
-    weight_bits: int = setting(P.WEIGHT_BITS, "bits per weight in the CiM array (N)", kind="positive_int")
-    bits_per_device: int = setting(P.BITS_PER_DEVICE, "bits per CiM device (m)", kind="positive_int")
 
     @property
     def sweeps(self) -> bool:
@@ -155,6 +162,77 @@ class EnergyRun:
             written += [str(p) for p in paths]
         return written
 
+
+
+@dataclasses.dataclass(frozen=True)
+class TradeoffRun(EnergyModel):
+    """The settings of one accuracy-vs-energy trade-off over result files (jaxfault.energy.tradeoff)."""
+
+    network: Optional[str] = setting(None, "network for the energy model (default: each file's 'model', else lenet)")
+    input: Optional[tuple] = setting(None, "H,W,C (default: the file's input_shape or the network's default)",
+                                     kind="shape")
+    num_classes: Optional[int] = setting(None, "classifier outputs (default: the network's)", kind="positive_int")
+    qw: str = setting("16", "weight bits of the energy model: one value or a per-layer comma list")
+    json: Optional[str] = setting(None, "write all points with energies and Pareto flags here")
+    plot: Optional[str] = setting(None, "write the accuracy-vs-energy PNG here")
+
+    def check(self, overwrite: bool = False) -> None:
+        """The output paths and the tables checked before any work."""
+        for name in ("json", "plot"):
+            if getattr(self, name) is not None:
+                check_output_path(getattr(self, name), overwrite=overwrite, flag=f"`{name}`")
+        for name in ("retention_table", "voltage_table"):
+            if getattr(self, name) is not None:
+                load_table(getattr(self, name), f"`{name}`", None)
+
+    def evaluate(self, results, log=print) -> list[dict]:
+        """The trade-off rows of every operating point in the result files `results`; campaign rows
+        of a method without an energy model are skipped, with one line to `log`."""
+        from jaxfault.energy import tradeoff as T
+        from jaxfault.energy.networks import DEFAULT_INPUTS, GENERIC_INPUT
+
+        skipped: list = []
+        records = T.load_records(results, skipped=skipped)
+        if skipped:
+            methods = sorted({str(r.get("method")) for r in skipped})
+            log(f"skipped {len(skipped)} campaign row(s) of {', '.join(methods)}: no energy model for that method")
+
+        def layers_for(model, shape):
+            shp = self.input or (tuple(shape) if shape else None)
+            return get_network(self.network or model or "lenet", shp, self.num_classes).layers
+
+        def generator_layers_for(name, shape, model):
+            # a NeuralFuse generator in front of the classifier: `network` names the classifier only,
+            # and the generator sees the classifier's input
+            net = self.network or (model if model not in (None, "None") else None) or "lenet"
+            shp = self.input or (tuple(shape) if shape else None) or DEFAULT_INPUTS.get(net, GENERIC_INPUT)
+            return get_network(name, shp).layers
+
+        def one(name):
+            v = parse_float_list(getattr(self, name), f"`{name}`", allow_duplicates=True)
+            return v[0] if len(v) == 1 else v
+
+        return T.tradeoff(
+            records, layers_for, generator_layers_for=generator_layers_for, qw=one("qw"), qa=one("qa"), pw=one("pw"),
+            hw=Hardware(), dram_kw=dict(pj_per_bit=self.refresh_pj_per_bit, period_s=self.inference_period,
+                                        pj_per_unit=self.pj_per_unit),
+            retention_table=load_table(self.retention_table, "`retention_table`", P.RETENTION_BER_TABLE),
+            voltage_table=load_table(self.voltage_table, "`voltage_table`", P.VOLTAGE_BER_TABLE),
+            v_nominal=self.v_nominal, ecc_read_scaling=self.ecc_read_scaling,
+            write_verify=P.WriteVerify(self.weight_bits, self.bits_per_device, self.verify_iterations))
+
+    def write(self, rows: list[dict]) -> list[str]:
+        """Write the JSON and the plot that were asked for; the paths written."""
+        from jaxfault.energy import tradeoff as T
+
+        written = []
+        if self.json:
+            atomic_write_json(self.json, {"points": rows})
+            written.append(self.json)
+        if self.plot:
+            T.plot_tradeoff(rows, self.plot)
+            written.append(self.plot)
+        return written
 
 def report_text(report: dict) -> str:
     """A report as the command line prints it: the per-layer table and totals, then the
