@@ -267,9 +267,9 @@ def add_setting_flags(ap: argparse.ArgumentParser, cls, skip: Sequence[str] = ()
         if meta["kind"] == "switch":
             ap.add_argument(*flags, dest=f.name, action="store_true", help=text)
             continue
-        default = None if f.default is dataclasses.MISSING else f.default
-        ap.add_argument(*flags, dest=f.name, type=kinds[meta["kind"]], choices=meta["choices"], default=default,
-                        help=text)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ap.add_argument(*flags, dest=f.name, type=kinds[meta["kind"]], choices=meta["choices"], required=required,
+                        default=None if required else f.default, help=text)
 
 
 def settings_from_args(args: argparse.Namespace, cls, skip: Sequence[str] = ()) -> dict:

@@ -11,9 +11,14 @@ unless include_partial. Two zero policies:
 """
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
 import numpy as np
 
 from jaxfault.bits import BF16_MASK
+from jaxfault.config import setting
 from jaxfault.errors import check
 from jaxfault.io import atomic_savefig, atomic_write_bytes
 
@@ -147,3 +152,48 @@ def plot(path, name, r):
     plt.close(fig)
 
 
+
+
+@dataclasses.dataclass(frozen=True)
+class ExponentRun:
+    """The settings of one histogram of a checkpoint's weights (``python -m eval.exponents``)."""
+
+    checkpoint: Optional[str] = setting(None, "classifier checkpoint dir, optional (default: the cached default LeNet)")
+    block_size: int = setting(64, "weights per block, >= 2", kind="positive_int")
+    exclude_zeros: bool = setting(False, "ignore zeros for max/min instead of the reference's exponent 255",
+                                  kind="switch")
+    include_partial: bool = setting(False, "also count the last partial block", kind="switch")
+    params: str = setting("kernels", "leaves counted", choices=("kernels", "all"))
+
+    def prepare_output(self, out, overwrite: bool = False) -> None:
+        """Validate the settings and check, before any work, that every output file can be written."""
+        from jaxfault.io import check_output_path
+
+        check(self.block_size >= 2, f"`block_size` must be >= 2, got {self.block_size}")
+        check(self.checkpoint is None or Path(self.checkpoint).is_dir(),
+              f"`checkpoint` {self.checkpoint!r} is not a directory")
+        for path in output_paths(out, self.block_size, "exclude-zeros" if self.exclude_zeros else "reference"):
+            check_output_path(path, overwrite=overwrite, flag="`out`")
+
+    def evaluate(self) -> dict:
+        """The histogram of the checkpoint's (default: the cached LeNet's) weights, with its model name."""
+        from jaxfault.checkpoints import load_checkpoint
+        from jaxfault.zoo import default_classifier
+
+        ck_dir = self.checkpoint if self.checkpoint is not None else default_classifier()
+        ck = load_checkpoint(ck_dir, kind="classifier")
+        r = checkpoint_histogram(ck.variables, self.block_size, leaves=self.params, exclude_zeros=self.exclude_zeros,
+                                 include_partial=self.include_partial)
+        return {**r, "model": str(ck.config.get("model", Path(ck_dir).name)), "checkpoint": str(ck_dir)}
+
+
+def summary_text(r: dict, block_size: int) -> str:
+    """The histogram as printed: the zero policy, block counts, shares within 15 and 31, and the table."""
+    policy = ("zeros ignored for max/min" if r["zero_policy"] == "exclude-zeros"
+              else "zeros set to exponent 255, differences > 128 dropped")
+    lines = [f"zero policy: {r['zero_policy']} ({policy}); block size {block_size}; {r['weights']} weights",
+             f"blocks: {r['blocks']}, counted {r['blocks_counted']}, dropped {r['blocks_dropped']}; "
+             f"diff <= 15 (F = 0): {100 * r['share_within_15']:.2f}%, diff <= 31: {100 * r['share_within_31']:.2f}%",
+             "diff  count  proportion"]
+    lines += [f"{d:4d} {c:6d}  {p:.4f}" for d, (c, p) in enumerate(zip(r["counts"], r["proportions"])) if c]
+    return "\n".join(lines) + "\n"

@@ -3,7 +3,9 @@
 jaxfault.neuralfuse.eopm.perturbed_model_key(s)), without and with the generator, in one jitted call."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,9 @@ import numpy as np
 
 from jaxfault import engine, tasks
 from jaxfault.checkpoints import META_FILE, load_checkpoint
+from jaxfault.config import parse_float_list, setting
 from jaxfault.errors import JaxfaultError, check, check_probability
+from jaxfault.precision import PRECISIONS
 from jaxfault.models.generators import create_generator
 from jaxfault.neuralfuse.eopm import eval_seeds, seeds_to_keys, to_base_range
 from jaxfault.neuralfuse.faults import SRAMBitErrors, check_layout, check_placement
@@ -192,3 +196,61 @@ def plot_sweep(report: dict, path) -> None:
     fig.tight_layout()
     atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorEvaluation:
+    """The settings of one evaluation of a trained generator (``python -m eval.neuralfuse``)."""
+
+    generator_checkpoint: str = setting(help="the run folder train.neuralfuse wrote (its --out, e.g. runs/neuralfuse) "
+                                             "or its generator/")
+    ber: Optional[float] = setting(None, "bit error rate (default: the one trained for)", kind="probability")
+    sweep: Optional[str] = setting(None, "comma-separated BERs to evaluate instead of `ber` (adds a plot)")
+    ber0: Optional[float] = setting(None, "share stuck at 1 (default: as trained)", kind="probability")
+    placement: Optional[str] = setting(None, "independent or memory_array (default: as trained)")
+    layout: Optional[str] = setting(None, "weight order in the SRAM words, torch or flax (default: as trained)")
+    models: int = setting(10, "unseen perturbed models per BER (M)", kind="positive_int")
+    checkpoint: Optional[str] = setting(None, "base classifier (default: the one the generator was trained on)")
+    test_subset: Optional[int] = setting(None, "evaluate on the first N test images (default: all)", kind="positive_int")
+    batch_size: int = setting(1000, "evaluation batch size", kind="positive_int")
+    strategy: str = setting("auto", "batching of the M models: auto, vmap, map, map:B or loop", kind="strategy")
+    precision: str = setting("highest", "float32 matmul/conv precision", choices=PRECISIONS)
+    data_dir: Optional[str] = setting(None, "dataset folder (default: TFDS / the local IDX files)")
+
+    def bers(self):
+        """The BERs evaluated: the sweep's, [ber], or None for the one trained for."""
+        if self.sweep is not None:
+            return parse_float_list(self.sweep, "`sweep`", check=lambda v: 0 <= v <= 1, requirement="in [0, 1]")
+        return [self.ber] if self.ber is not None else None
+
+    def prepare_output(self, out, overwrite: bool = False) -> list[Path]:
+        """Validate the settings and check, before any work, that the JSON (and a sweep's plot) can
+        be written in folder `out`; returns their paths."""
+        from jaxfault.io import check_output_path
+
+        if self.placement is not None:
+            check_placement(self.placement)
+        if self.layout is not None:
+            check_layout(self.layout)
+        self.bers()
+        paths = [Path(out) / "neuralfuse_eval.json"] + ([Path(out) / "neuralfuse_sweep.png"] if self.sweep else [])
+        for path in paths:
+            check_output_path(path, overwrite=overwrite, flag="`out`")
+        return paths
+
+    def evaluate(self) -> dict:
+        """The report of evaluate_generator for these settings."""
+        return evaluate_generator(self.generator_checkpoint, bers=self.bers(), ber0=self.ber0, placement=self.placement,
+                                  layout=self.layout, models=self.models, base_checkpoint=self.checkpoint,
+                                  test_subset=self.test_subset, batch_size=self.batch_size, strategy=self.strategy,
+                                  precision=self.precision, data_dir=self.data_dir)
+
+
+def write_report(report: dict, paths: list[Path]) -> list[Path]:
+    """Write the report atomically as JSON to paths[0] and, for a sweep, its plot to paths[1]."""
+    from jaxfault.io import atomic_write_json
+
+    atomic_write_json(paths[0], report)
+    if len(paths) > 1:
+        plot_sweep(report, paths[1])
+    return paths
