@@ -3,6 +3,7 @@ small byte-level language model), and a file-locked cache so that CLIs run on a 
 without a --checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import shutil
@@ -14,8 +15,11 @@ import jax
 
 from jaxfault.checkpoints import META_FILE, save_checkpoint
 from jaxfault.data import DEFAULT_DATASET, load_dataset
-from jaxfault.errors import JaxfaultError, check
+from jaxfault.config import setting
+from jaxfault.errors import JaxfaultError, check, nearest_hint
+from jaxfault.lm import LM_FAMILIES
 from jaxfault.models import create_model
+from jaxfault.precision import PRECISIONS
 from jaxfault.training import train_classifier
 
 # Defaults of `python -m train.base`: LeNet on Fashion-MNIST reaches >= 88 % with these.
@@ -126,6 +130,51 @@ def cached(name: str, train: Callable[[Path], object], cache_dir_override=None,
 LM_DEFAULTS = {"family": "gpt2", "corpus": "kjv", "layers": 2, "width": 128, "heads": 4, "seq_len": 128,
                "steps": 600, "batch_size": 16, "learning_rate": 3e-3, "seed": 0, "val_windows": 256}
 
+
+
+@dataclasses.dataclass(frozen=True)
+class LMTraining:
+    """The settings of one byte-level language-model training run (``python -m train.lm``); the
+    defaults are the default language model's (LM_DEFAULTS)."""
+
+    family: str = setting(LM_DEFAULTS["family"], f"model family: {', '.join(LM_FAMILIES)}")
+    corpus: str = setting(LM_DEFAULTS["corpus"], "text corpus: kjv (Debian's bible-kjv), a TFDS text dataset, or NAME "
+                                                 "for NAME.txt in `data_dir`")
+    data_dir: str | None = setting(None, "folder with NAME.txt corpora or the TFDS data_dir")
+    layers: int = setting(LM_DEFAULTS["layers"], "decoder layers", kind="positive_int")
+    width: int = setting(LM_DEFAULTS["width"], "model width (embedding size)", kind="positive_int")
+    heads: int = setting(LM_DEFAULTS["heads"], "attention heads (must divide `width`)", kind="positive_int")
+    seq_len: int = setting(LM_DEFAULTS["seq_len"], "tokens per training window", kind="positive_int")
+    steps: int = setting(LM_DEFAULTS["steps"], "optimisation steps", kind="positive_int")
+    batch_size: int = setting(LM_DEFAULTS["batch_size"], "windows per step", kind="positive_int")
+    lr: float = setting(LM_DEFAULTS["learning_rate"], "peak AdamW learning rate (linear warm-up, cosine decay)",
+                        kind="positive_float")
+    seed: int = setting(LM_DEFAULTS["seed"], "seed of the initialisation and the batches", kind="seed")
+    val_windows: int = setting(LM_DEFAULTS["val_windows"], "validation windows of `seq_len` tokens", kind="positive_int")
+    precision: str = setting("default", "float32 matmul precision of the training steps ('default': the backend's "
+                                        "fast mode)", choices=PRECISIONS)
+
+    def __post_init__(self):
+        if self.family not in LM_FAMILIES:
+            raise JaxfaultError(f"unknown model family {self.family!r}{nearest_hint(self.family, LM_FAMILIES)}; "
+                                f"choose one of {', '.join(LM_FAMILIES)}")
+        check(self.width % self.heads == 0, f"`width` {self.width} is not a multiple of `heads` {self.heads}")
+
+    def train(self, out=None, *, overwrite: bool = False) -> tuple[Path, dict]:
+        """Train into checkpoint folder `out` (checked before a single step), or, when None, into
+        the model cache as the default language model of these settings; (folder, metrics)."""
+        settings = dict(family=self.family, corpus=self.corpus, layers=self.layers, width=self.width,
+                        heads=self.heads, seq_len=self.seq_len, steps=self.steps, batch_size=self.batch_size,
+                        learning_rate=self.lr, seed=self.seed, val_windows=self.val_windows)
+        if out is None:
+            from jaxfault.checkpoints import read_metadata
+
+            path = default_language_model(data_dir=self.data_dir, **settings)
+            return path, read_metadata(path)["metrics"]
+        from jaxfault.checkpoints import check_checkpoint_output
+
+        check_checkpoint_output(out, overwrite=overwrite)
+        return Path(out), train_and_save_lm(out, data_dir=self.data_dir, precision=self.precision, **settings)
 
 def train_and_save_lm(out, *, family: str = LM_DEFAULTS["family"], corpus: str = LM_DEFAULTS["corpus"],
                       layers: int = LM_DEFAULTS["layers"], width: int = LM_DEFAULTS["width"],
