@@ -261,8 +261,8 @@ def add_setting_flags(ap: argparse.ArgumentParser, cls, skip: Sequence[str] = ()
         if f.name in skip:
             continue
         meta = f.metadata
-        flags = meta["flag"] or "--" + f.name.replace("_", "-")
-        flags = (flags,) if isinstance(flags, str) else tuple(flags)
+        names = meta["flag"] or f.name
+        flags = tuple("--" + n.replace("_", "-") for n in ((names,) if isinstance(names, str) else names))
         text = as_flags(meta["help"]).replace("%", "%%")
         if meta["kind"] == "switch":
             ap.add_argument(*flags, dest=f.name, action="store_true", help=text)

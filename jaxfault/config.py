@@ -168,7 +168,7 @@ def setting(default: Any = REQUIRED, help: str = "", *, flag: str | Sequence[str
     kind of value it takes are written once, beside the field.
 
     Command lines make their flags from these (jaxfault.cli.add_setting_flags): the flag is
-    ``--name`` with dashes unless `flag` names another, and its value is read as `kind` (one of
+    ``--name`` with dashes unless `flag` gives another name (or several), and its value is read as `kind` (one of
     the value kinds jaxfault.cli knows, e.g. "probability", "positive_int", "seed", "strategy";
     "switch" for a bool that is off unless given; None for plain text) or as one of `choices`.
     The config's own ``__post_init__`` still validates the value, for every caller.
@@ -176,7 +176,8 @@ def setting(default: Any = REQUIRED, help: str = "", *, flag: str | Sequence[str
     Args:
       default: the field's default (REQUIRED: none).
       help: one line saying what the setting does.
-      flag: the command-line flag, when it is not ``--name`` (or several: a flag and its aliases).
+      flag: the name the command line uses, when it is not the field's (or several: a name and its
+        aliases), e.g. "fault_model" for the flag --fault-model.
       kind: how a command line reads the value.
       choices: the values allowed, when they are a fixed list.
     Returns:

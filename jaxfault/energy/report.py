@@ -38,7 +38,7 @@ class EnergyModel:
 
     network: str = setting("alexnet", f"one of {', '.join(network_names())}, a Hugging Face folder or config.json "
                                       f"(gpt2/llama/mistral/qwen2), or package.module:attribute (a Flax module or "
-                                      f"factory)", flag=("--network", "--model"))
+                                      f"factory)", flag=("network", "model"))
     input: Optional[tuple] = setting(None, "H,W,C of one input image (default: the network's dataset shape; alexnet "
                                            "227,227,3), or for a language model its context length L in tokens "
                                            "(default: 1024, at most its positions)", kind="shape")

@@ -202,7 +202,7 @@ def plot_sweep(report: dict, path) -> None:
 class GeneratorEvaluation:
     """The settings of one evaluation of a trained generator (``python -m eval.neuralfuse``)."""
 
-    generator_checkpoint: str = setting(help="the run folder train.neuralfuse wrote (its --out, e.g. runs/neuralfuse) "
+    generator_checkpoint: str = setting(help="the run folder train.neuralfuse wrote (e.g. runs/neuralfuse) "
                                              "or its generator/")
     ber: Optional[float] = setting(None, "bit error rate (default: the one trained for)", kind="probability")
     sweep: Optional[str] = setting(None, "comma-separated BERs to evaluate instead of `ber` (adds a plot)")

@@ -117,8 +117,8 @@ class TrainingRun:
         from jaxfault.io import atomic_write_json
         from jaxfault.neuralfuse.evaluate import evaluate_generator
 
-        log(f"evaluating on {self.eval_models} unseen perturbed models (as python -m eval.neuralfuse "
-            f"--generator-checkpoint {out} --models {self.eval_models})", flush=True)
+        log(f"evaluating on {self.eval_models} unseen perturbed models (as eval.neuralfuse evaluates {out})",
+            flush=True)
         report = evaluate_generator(res["generator_checkpoint"], models=self.eval_models, data_dir=self.data_dir)
         result.update(evaluation=report, path=atomic_write_json(Path(out) / "neuralfuse_eval.json", report))
         return result
