@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     import jax
 
     import jaxfault
-    from jaxfault.ecc.evaluate import load_model_and_data
+    from jaxfault.ecc_eval import load_model_and_data
     from jaxfault.engine import summarize
 
     print(_uptime())

@@ -14,7 +14,6 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.cli import ArgumentParser, run_main

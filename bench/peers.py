@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     import pytorchfi  # noqa: F401 - fail early when the peer is missing
 
     from jaxfault.bits import bf16_round_trip
-    from jaxfault.ecc.evaluate import load_model_and_data
+    from jaxfault.ecc_eval import load_model_and_data
 
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     if a.compile_cache:

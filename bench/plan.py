@@ -10,7 +10,6 @@ group's fault-free accuracy).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxfault import engine, rare
 from jaxfault.cli import ArgumentParser, positive_int, run_main
-from jaxfault.ecc.evaluate import load_model_and_data
+from jaxfault.ecc_eval import load_model_and_data
 from jaxfault.ecc.hbm import HBMFaults
 from jaxfault.io import atomic_write_json
 

@@ -24,14 +24,12 @@ from jaxfault.fault_models import (  # noqa: E402,F401
 from jaxfault.compile_cache import enable_compile_cache  # noqa: E402,F401
 from jaxfault.ecc import SCHEMES, Scheme, get_scheme, register_scheme  # noqa: E402,F401
 from jaxfault.ecc.hbm import HBMFaults, hbm_faults  # noqa: E402,F401
+from jaxfault.neuralfuse.faults import SRAMBitErrors, sram_bit_errors  # noqa: E402,F401
+from jaxfault.swim.variation import CiMVariation, cim_variation  # noqa: E402,F401
 from jaxfault.tasks import Task, classification, language_model  # noqa: E402,F401
 from jaxfault.activations import ActivationBitFlips, activation_bit_flips  # noqa: E402,F401
 
 _LAZY = {
-    "sram_bit_errors": ("jaxfault.neuralfuse.faults", "sram_bit_errors"),
-    "SRAMBitErrors": ("jaxfault.neuralfuse.faults", "SRAMBitErrors"),
-    "cim_variation": ("jaxfault.swim", "cim_variation"),
-    "CiMVariation": ("jaxfault.swim", "CiMVariation"),
     "write_verify_mask": ("jaxfault.swim", "write_verify_mask"),
     "create_model": ("jaxfault.models", "create_model"),
     "load_checkpoint": ("jaxfault.checkpoints", "load_checkpoint"),
@@ -51,5 +49,6 @@ def __getattr__(name):
 
 __all__ = ["JaxfaultError", "FaultModel", "EvalResult", "evaluate", "evaluation_form", "summarize",
            "FAULT_MODELS", "BitFlips", "Composed", "bit_flips", "build_fault_model", "compose", "register_fault_model",
-           "SCHEMES", "Scheme", "get_scheme", "register_scheme", "HBMFaults", "hbm_faults", "enable_compile_cache",
+           "SCHEMES", "Scheme", "get_scheme", "register_scheme", "HBMFaults", "hbm_faults", "SRAMBitErrors", "sram_bit_errors",
+           "CiMVariation", "cim_variation", "enable_compile_cache",
            "Task", "classification", "language_model", "ActivationBitFlips", "activation_bit_flips", *_LAZY]

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxfault.errors import JaxfaultError
+from jaxfault.fault_models import register_fault_model
 from jaxfault.protocol import FaultModel, check_rate_bound
 
 
@@ -86,3 +87,7 @@ def activation_bit_flips(modules=("*",), module_types=("Dense", "Conv"), rate_bo
       An ActivationBitFlips fault model; its rate is the per-bit flip probability.
     """
     return ActivationBitFlips(modules, module_types, rate_bound)
+
+
+register_fault_model("activation", ActivationBitFlips, rate_name="ber",
+                     description="transient bit flips in the outputs of chosen layers while the model runs")

@@ -5,6 +5,10 @@ and which configuration fields they take, so campaigns, plans and CLIs need no p
 
     fm = build_fault_model("hbm", scheme="sparrow", zero_to_one=0.01)
 
+Each fault model registers itself where it is defined (``register_fault_model`` at the bottom of
+jaxfault/ecc/hbm.py, neuralfuse/faults.py, swim/variation.py, activations.py), and ``import
+jaxfault`` imports those modules, so the registry is complete whatever a caller imports.
+
 Composition applies several fault models to one model in one trial:
 
     fm = compose(build_fault_model("hbm", scheme="sparrow"), build_fault_model("sram", bits=8))
@@ -195,39 +199,5 @@ def bit_flips(rate_bound: float = 1e-2) -> BitFlips:
     return BitFlips(rate_bound=rate_bound)
 
 
-def _hbm(**config):
-    from jaxfault.ecc.hbm import HBMFaults
-
-    return HBMFaults(**config)
-
-
-def _sram(**config):
-    from jaxfault.neuralfuse.faults import SRAMBitErrors
-
-    return SRAMBitErrors(**config)
-
-
-def _cim(**config):
-    from jaxfault.swim import CiMVariation
-
-    return CiMVariation(**config)
-
-
-register_fault_model("hbm", _hbm, rate_name="ber", method="sparrow",
-                     description="HBM retention faults on bf16 weights under an ECC scheme (Sparrow, SEC-DED, none)")
-register_fault_model("sram", _sram, rate_name="ber", method="neuralfuse",
-                     description="low-voltage SRAM bit errors on quantized kernels (NeuralFuse)")
-register_fault_model("cim", _cim, rate_name="dev_var", method="swim",
-                     description="compute-in-memory device variation with a write-verify mask (SWIM)")
 register_fault_model("bitflip", BitFlips, rate_name="ber",
                      description="transient XOR bit flips in every bit of the fp32 kernels")
-
-
-def _activation(**config):
-    from jaxfault.activations import ActivationBitFlips
-
-    return ActivationBitFlips(**config)
-
-
-register_fault_model("activation", _activation, rate_name="ber",
-                     description="transient bit flips in the outputs of chosen layers while the model runs")

@@ -3,7 +3,7 @@
 At realistic BERs almost every plain Monte Carlo trial draws no fault that matters, so plain
 sampling spends its trials on (near) fault-free models. When the count K of faults of a
 *stratification class* (a set of stored bit positions and a direction, see
-:mod:`jaxfault.faults.conditional`) is Binomial(cells, p_class), the mean metric is
+:mod:`jaxfault.ecc.conditional`) is Binomial(cells, p_class), the mean metric is
 
     mu = sum_k P(K = k) mu_k,   mu_k = E[metric | K = k],
 
@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.errors import JaxfaultError, check, check_probability
-from jaxfault.faults import conditional as fc
+from jaxfault.ecc import conditional as fc
 
 ESTIMATORS = ("auto", "stratified", "plain")
 AUTO_MAX_EXPECTED = 2.0     # "auto" stratifies when the class expects at most this many faults per trial

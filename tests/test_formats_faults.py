@@ -14,7 +14,7 @@ from jaxfault import formats as FM
 from jaxfault.ecc.format_schemes import energy_stored_bits, get_format_scheme
 from jaxfault.errors import JaxfaultError
 from jaxfault.faults import placement as fp
-from jaxfault.faults.formatted import perturb_leaves
+from jaxfault.ecc.formatted import perturb_leaves
 from jaxfault.faults.stored import Region, inject_regions, roles_table
 
 

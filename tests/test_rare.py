@@ -20,7 +20,7 @@ from scipy import stats
 from jaxfault import engine, rare
 from jaxfault.ecc.hbm import HBMFaults
 from jaxfault.errors import JaxfaultError
-from jaxfault.faults import conditional as fc
+from jaxfault.ecc import conditional as fc
 from jaxfault.faults import words as fw
 from tests._fast_init import random_variables
 

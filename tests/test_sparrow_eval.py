@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxfault import engine, tasks
-from jaxfault.ecc.evaluate import SparrowEvalConfig, evaluate_schemes
+from jaxfault.ecc_eval import SparrowEvalConfig, evaluate_schemes
 from jaxfault.ecc.hbm import HBMFaults
 from jaxfault.errors import JaxfaultError
 from tests._fast_init import random_variables
@@ -85,7 +85,7 @@ def test_fault_free_pass_is_skipped_only_for_bit_identical_weights(setup):
     """evaluate_schemes evaluates the clean model once: a scheme whose decoded fault-free weights
     equal already-evaluated variables bit for bit takes their metrics; any other runs its own
     forward pass. Bogus known metrics show which route was taken."""
-    from jaxfault.ecc.evaluate import fault_free_accuracy
+    from jaxfault.ecc_eval import fault_free_accuracy
 
     model, variables, x, labels = setup
     cfg = SparrowEvalConfig(bers=(1e-3,), schemes=("sparrow",), trials=2, strategy="map")

@@ -29,9 +29,8 @@ Energy: ``stored_bits`` per element feeds :func:`energy_stored_bits`, the stored
 from __future__ import annotations
 
 import dataclasses
-import jax
+
 import jax.numpy as jnp
-import numpy as np
 
 from jaxfault import formats as FM
 from jaxfault.ecc import secded as _sd

@@ -11,7 +11,7 @@ the Sparrow reference does. The padding never leaks into the returned weights.
 number format of :mod:`jaxfault.formats` instead. With bf16 and one of the bf16 schemes
 (``sparrow``, ``secded``, ``none``) nothing changes; any other format, or bf16 under a scheme
 of :mod:`jaxfault.ecc.format_schemes` (``mset``, ``exp-secded``), takes the one format path
-:func:`jaxfault.faults.formatted.perturb_leaves`: each leaf quantized to the format
+:func:`jaxfault.ecc.formatted.perturb_leaves`: each leaf quantized to the format
 (``prepare``), encoded, its element words and MX scales faulted under the scheme, decoded; the
 model is evaluated in float32 and the stats add ``scale_faults`` and per-role counts.
 """
@@ -28,6 +28,7 @@ from jaxfault import faults
 from jaxfault.bits import bf16_round_trip, pytree_to_words, words_to_pytree
 from jaxfault.ecc import SCHEMES, check_scheme_block_size, get_scheme
 from jaxfault.errors import JaxfaultError, check_probability
+from jaxfault.fault_models import register_fault_model
 from jaxfault.protocol import FaultModel, check_rate_bound
 from jaxfault.pytree import is_kernel, path_to_str
 
@@ -163,7 +164,7 @@ class HBMFaults(FaultModel):
         return {**variables, "params": new}, {**st._asdict(), "changed_fraction": changed}
 
     def _perturb_format(self, key, variables, rate):
-        from jaxfault.faults.formatted import perturb_leaves
+        from jaxfault.ecc.formatted import perturb_leaves
 
         leaves, treedef = jax.tree_util.tree_flatten_with_path(variables["params"])
         idx = [j for j, (p, x) in enumerate(leaves) if self.select(p, x)]
@@ -178,3 +179,7 @@ class HBMFaults(FaultModel):
 def hbm_faults(**config) -> HBMFaults:
     """Factory: HBM retention faults under a scheme (see HBMFaults for the fields)."""
     return HBMFaults(**config)
+
+
+register_fault_model("hbm", HBMFaults, rate_name="ber", method="sparrow",
+                     description="HBM retention faults on bf16 weights under an ECC scheme (Sparrow, SEC-DED, none)")

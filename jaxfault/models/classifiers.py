@@ -7,7 +7,6 @@ from functools import partial
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxfault.models.layers import Conv, Dense

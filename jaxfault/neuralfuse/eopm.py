@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxfault.batching import map_over, parse_strategy
-from jaxfault.errors import JaxfaultError, check, check_probability
+from jaxfault.errors import check, check_probability
 from jaxfault.keys import stream
 from jaxfault.models.generators import BN_MOMENTUM
 from jaxfault.models.layers import with_conv_impl

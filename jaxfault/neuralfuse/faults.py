@@ -55,6 +55,7 @@ from jaxfault.faults.placement import (ARRAY_COLS, ARRAY_ROWS, LAYOUTS, PLACEMEN
                                        from_layout_order, memory_array_maps, memory_array_rows_slots,
                                        memory_array_word_maps, pack_cells, resolve_layout, to_layout_order,
                                        unpack_cells)
+from jaxfault.fault_models import register_fault_model
 from jaxfault.protocol import FaultModel, check_rate_bound
 from jaxfault.pytree import is_kernel
 from jaxfault.quant import check_bits, dequantize, quantize
@@ -348,9 +349,9 @@ class SRAMBitErrors(FaultModel):
 
 
     def _perturb_format(self, key, variables, rate, bound):
-        """The format path (:func:`jaxfault.faults.formatted.perturb_leaves`): kernel i's element
+        """The format path (:func:`jaxfault.ecc.formatted.perturb_leaves`): kernel i's element
         words drawn from fold_in(key, i) as above, MX scales from further keys."""
-        from jaxfault.faults.formatted import perturb_leaves
+        from jaxfault.ecc.formatted import perturb_leaves
 
         leaves, treedef = jax.tree_util.tree_flatten_with_path(variables["params"])
         idx = [j for j, (p, x) in enumerate(leaves) if is_kernel(p, x)]
@@ -369,3 +370,7 @@ def sram_bit_errors(**config) -> SRAMBitErrors:
     if unknown:
         raise JaxfaultError(f"unknown SRAM fault option {unknown[0]!r}; choose from {', '.join(sorted(names))}")
     return SRAMBitErrors(**config)
+
+
+register_fault_model("sram", SRAMBitErrors, rate_name="ber", method="neuralfuse",
+                     description="low-voltage SRAM bit errors on quantized kernels (NeuralFuse)")

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxfault.errors import JaxfaultError
+from jaxfault.fault_models import register_fault_model
 from jaxfault.protocol import FaultModel
 from jaxfault.pytree import count_kernel_weights, flatten_kernels, is_kernel, map_kernels_with_index
 
@@ -226,3 +227,7 @@ def with_write_verify(variables: PyTree, mask: PyTree | None) -> dict:
         check_masks_like(out["params"], mask)
         out[WRITE_VERIFY] = jax.tree_util.tree_map(lambda m: jnp.asarray(m, bool), mask)
     return out
+
+
+register_fault_model("cim", CiMVariation, rate_name="dev_var", method="swim",
+                     description="compute-in-memory device variation with a write-verify mask (SWIM)")

@@ -239,7 +239,7 @@ def _evaluate_rare(config: SparrowEvalConfig, model, variables, images, labels, 
     import time
 
     from jaxfault import rare
-    from jaxfault.faults import conditional as fc
+    from jaxfault.ecc import conditional as fc
 
     positions, direction = stratification_class(config)
     root = root_key(config.seed)
