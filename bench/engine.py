@@ -53,11 +53,11 @@ def main(argv=None) -> int:
     import jax
 
     import jaxfault
-    from jaxfault.ecc_eval import load_model_and_data
+    from jaxfault.zoo import load_classifier_and_data
     from jaxfault.engine import summarize
 
     print(_uptime())
-    _, model, variables, images, labels, _ = load_model_and_data(None, a.limit, log=lambda *x: None)
+    _, model, variables, images, labels, _ = load_classifier_and_data(None, a.limit, log=lambda *x: None)
     T = a.instances
     keys = jax.random.split(jax.random.key(0), T)
     print(f"LeNet5, {len(labels)} test images, {T} faulty instances per method, backend {jax.default_backend()}")

@@ -187,14 +187,14 @@ def main(argv=None) -> int:
     import pytorchfi  # noqa: F401 - fail early when the peer is missing
 
     from jaxfault.bits import bf16_round_trip
-    from jaxfault.ecc_eval import load_model_and_data
+    from jaxfault.zoo import load_classifier_and_data
 
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     if a.compile_cache:
         import jaxfault
 
         print(f"persistent compilation cache: {jaxfault.enable_compile_cache()}")
-    path, model, variables, images, labels, _ = load_model_and_data(None, a.limit, log=lambda *x: None)
+    path, model, variables, images, labels, _ = load_classifier_and_data(None, a.limit, log=lambda *x: None)
     images = np.asarray(images, np.float32)
     labels_np = np.asarray(labels)
     x_t = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())

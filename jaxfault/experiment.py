@@ -188,11 +188,11 @@ def load_inputs(config: ExperimentConfig, log: Callable[[str], None] = print):
     """(checkpoint path, model, variables, inputs, targets, task) of a config: the one loader, so
     every caller gets the same defaults (the cached default LeNet on Fashion-MNIST's test set)."""
     from jaxfault import tasks
-    from jaxfault.ecc_eval import load_model_and_data
+    from jaxfault.zoo import load_classifier_and_data
 
     check(config.task == "classification",
           f"task {config.task!r} needs a language-model checkpoint loader, which this run does not have")
-    path, model, variables, images, labels, topk = load_model_and_data(config.checkpoint, config.limit, log)
+    path, model, variables, images, labels, topk = load_classifier_and_data(config.checkpoint, config.limit, log)
     return path, model, variables, images, labels, tasks.classification(topk)
 
 

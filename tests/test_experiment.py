@@ -47,9 +47,9 @@ def test_run_writes_one_row_schema_equal_to_the_engine(lenet_checkpoint, tmp_pat
     assert rows[0]["top1"]["mean"] == pytest.approx(report["clean"]["top1"])          # rate 0 is clean
     # the same numbers as the engine called directly with the documented keys
     from jaxfault.activations import activation_bit_flips
-    from jaxfault.ecc_eval import load_model_and_data
+    from jaxfault.zoo import load_classifier_and_data
 
-    _, model, variables, x, y, _ = load_model_and_data(str(lenet_checkpoint), 200, log=lambda s: None)
+    _, model, variables, x, y, _ = load_classifier_and_data(str(lenet_checkpoint), 200, log=lambda s: None)
     keys = trial_keys(stream(root_key(0), "experiment"), 3)
     direct = engine.evaluate(model, variables, x, y, activation_bit_flips(modules=("Dense_*",)), [0.0, 1e-3], keys,
                              batch_size=100, topk=(1, 5))
