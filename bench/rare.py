@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxfault import engine, rare
 from jaxfault.cli import ArgumentParser, positive_int, run_main
-from jaxfault.ecc_eval import load_model_and_data
+from jaxfault.zoo import load_classifier_and_data
 from jaxfault.ecc.hbm import HBMFaults
 from jaxfault.io import atomic_write_json
 
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/bench/rare.json")
     a = ap.parse_args(argv)
-    _, model, variables, x, y, _ = load_model_and_data(None, a.limit, log=print)
+    _, model, variables, x, y, _ = load_classifier_and_data(None, a.limit, log=print)
     fm = HBMFaults(scheme="none", zero_to_one=0.01)
     key = jax.random.key(a.seed)
     report = {"test_images": int(len(y)), "backend": jax.default_backend(), "class_positions": list(CLASS_POSITIONS),

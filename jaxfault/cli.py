@@ -241,43 +241,6 @@ nonneg_int = _flag_type("nonneg_int", lambda v: v >= 0, ">= 0", integer=True)
 any_int = _flag_type("any_int", lambda v: True, "an integer", integer=True)
 
 
-
-def _flag_kinds() -> dict:
-    return {"probability": probability, "positive_int": positive_int, "nonneg_int": nonneg_int,
-            "positive_float": positive_float, "nonneg_float": nonneg_float, "finite_float": finite_float,
-            "seed": seed_int, "strategy": strategy_flag, "shape": input_shape_flag, None: None}
-
-
-def add_setting_flags(ap: argparse.ArgumentParser, cls, skip: Sequence[str] = ()) -> None:
-    """One flag per setting of config dataclass `cls` (fields declared with
-    jaxfault.config.setting), named, typed and described as the field declares; each flag's value
-    lands in the namespace under the field's name (see settings_from_args)."""
-    import dataclasses
-
-    from jaxfault.config import settings_of
-
-    kinds = _flag_kinds()
-    for f in settings_of(cls):
-        if f.name in skip:
-            continue
-        meta = f.metadata
-        names = meta["flag"] or f.name
-        flags = tuple("--" + n.replace("_", "-") for n in ((names,) if isinstance(names, str) else names))
-        text = as_flags(meta["help"]).replace("%", "%%")
-        if meta["kind"] == "switch":
-            ap.add_argument(*flags, dest=f.name, action="store_true", help=text)
-            continue
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ap.add_argument(*flags, dest=f.name, type=kinds[meta["kind"]], choices=meta["choices"], required=required,
-                        default=None if required else f.default, help=text)
-
-
-def settings_from_args(args: argparse.Namespace, cls, skip: Sequence[str] = ()) -> dict:
-    """{field: value} of the settings of `cls` that add_setting_flags put in `args`."""
-    from jaxfault.config import settings_of
-
-    return {f.name: getattr(args, f.name) for f in settings_of(cls) if f.name not in skip and hasattr(args, f.name)}
-
 def add_model_flags(ap: argparse.ArgumentParser) -> None:
     """--checkpoint and --task, the same on every CLI that evaluates a classifier or a language model."""
     ap.add_argument("--checkpoint", default=None,
@@ -329,3 +292,37 @@ def bounded_float(low: float | None = None, high: float | None = None, *, low_op
     lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
     hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
     return _flag_type("bounded_float", ok, f"in {lo}, {hi}")
+
+
+# how add_setting_flags reads a setting's value, by the kind jaxfault.config.setting declares
+SETTING_KINDS = {"probability": probability, "positive_int": positive_int, "nonneg_int": nonneg_int,
+                 "positive_float": positive_float, "nonneg_float": nonneg_float, "finite_float": finite_float,
+                 "seed": seed_int, "strategy": strategy_flag, "shape": input_shape_flag, None: None}
+
+
+def add_setting_flags(ap: argparse.ArgumentParser, cls) -> None:
+    """One flag per setting of config dataclass `cls` (fields declared with
+    jaxfault.config.setting), named, typed and described as the field declares; each flag's value
+    lands in the namespace under the field's name (see settings_from_args)."""
+    import dataclasses
+
+    from jaxfault.config import settings_of
+
+    for f in settings_of(cls):
+        meta = f.metadata
+        names = meta["flag"] or f.name
+        flags = tuple("--" + n.replace("_", "-") for n in ((names,) if isinstance(names, str) else names))
+        text = as_flags(meta["help"]).replace("%", "%%")
+        if meta["kind"] == "switch":
+            ap.add_argument(*flags, dest=f.name, action="store_true", help=text)
+            continue
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ap.add_argument(*flags, dest=f.name, type=SETTING_KINDS[meta["kind"]], choices=meta["choices"],
+                        required=required, default=None if required else f.default, help=text)
+
+
+def settings_from_args(args: argparse.Namespace, cls) -> dict:
+    """{field: value} of the settings of `cls`, read from the namespace add_setting_flags filled."""
+    from jaxfault.config import settings_of
+
+    return {f.name: getattr(args, f.name) for f in settings_of(cls)}

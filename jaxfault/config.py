@@ -161,16 +161,16 @@ def validate(mapping: Mapping, fields: Sequence[Field], where: str = "config") -
     return out
 
 
-
-def setting(default: Any = REQUIRED, help: str = "", *, flag: str | Sequence[str] | None = None, kind: str | None = None,
-            choices: Sequence | None = None):
+def setting(default: Any = REQUIRED, help: str = "", *, flag: str | Sequence[str] | None = None,
+            kind: str | None = None, choices: Sequence | None = None):
     """A dataclass field declared as a user-facing setting, so that its name, help line and the
     kind of value it takes are written once, beside the field.
 
     Command lines make their flags from these (jaxfault.cli.add_setting_flags): the flag is
-    ``--name`` with dashes unless `flag` gives another name (or several), and its value is read as `kind` (one of
-    the value kinds jaxfault.cli knows, e.g. "probability", "positive_int", "seed", "strategy";
-    "switch" for a bool that is off unless given; None for plain text) or as one of `choices`.
+    ``--name`` with dashes unless `flag` gives another name (or several), and its value is read as
+    `kind` (one of jaxfault.cli.SETTING_KINDS, e.g. "probability", "positive_int", "seed",
+    "strategy"; "switch" for a bool that is off unless given; None for plain text) or as one of
+    `choices`.
     The config's own ``__post_init__`` still validates the value, for every caller.
 
     Args:
@@ -192,6 +192,7 @@ def setting(default: Any = REQUIRED, help: str = "", *, flag: str | Sequence[str
 def settings_of(cls) -> list:
     """The fields of dataclass `cls` declared with setting(), in order."""
     return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
 
 # Limits of every JSON file jaxfault reads (configs, plans, result files): far above what any of
 # them holds, and below what makes Python's own parser fail with a traceback (integers over 4300
@@ -290,3 +291,9 @@ def parse_float_list(text, name: str, *, check: Callable[[float], bool] | None =
             raise JaxfaultError(f"{name}: {item!r} is listed twice in {text!r}")
         out.append(value)
     return out
+
+
+def parse_probability_list(text, name: str) -> list[float]:
+    """parse_float_list for a list of probabilities ('1e-5,1e-4': BERs, mask fractions): every
+    value in [0, 1], none repeated."""
+    return parse_float_list(text, name, check=lambda v: 0 <= v <= 1, requirement="in [0, 1]")

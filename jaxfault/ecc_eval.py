@@ -19,13 +19,13 @@ import numpy as np
 from jaxfault import batching, engine, tasks
 from jaxfault.ecc import SCHEMES, check_scheme_block_size
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES, HBMFaults
-from jaxfault.config import parse_float_list, setting
-from jaxfault.errors import check, check_probability
+from jaxfault.config import parse_probability_list, setting
+from jaxfault.errors import check, check_folder, check_probability
 from jaxfault.keys import root_key, trial_keys
 from jaxfault.precision import PRECISIONS, check_precision, precision_scope
 from jaxfault.pytree import same_bits
 from jaxfault.stats import check_sequential, run_until_width
-from jaxfault.zoo import load_classifier_and_data as load_model_and_data
+from jaxfault.zoo import load_classifier_and_data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +87,7 @@ class SparrowEvalConfig:
 
         check((ber is None) != (sweep is None), "give exactly one of `ber` or `sweep`")
         if sweep is not None:
-            bers = parse_float_list(sweep, "`sweep`", check=lambda v: 0 <= v <= 1, requirement="in [0, 1]")
+            bers = parse_probability_list(sweep, "`sweep`")
             schemes = scheme_names()
         else:
             bers, schemes = (ber,), with_comparison(scheme) if compare else (scheme,)
@@ -107,8 +107,7 @@ class SparrowEvalConfig:
                 check(not given, f"`estimator` {e} cannot be combined with {what} (docs/rare.md)")
         check(self.compute_dtype is None or e == "plain",
               f"`compute_dtype` {self.compute_dtype} needs `estimator` plain: the stratified estimator evaluates in bf16")
-        check(self.checkpoint is None or Path(self.checkpoint).is_dir(),
-              f"`checkpoint` {self.checkpoint!r} is not a directory")
+        check_folder("checkpoint", self.checkpoint)
         bers = tuple(float(check_probability("ber", b)) for b in self.bers)
         check(len(bers) >= 1, "give at least one BER")
         check(len(set(bers)) == len(bers), f"BERs repeat: {', '.join(f'{b:g}' for b in bers)}")
@@ -397,7 +396,7 @@ def run(config: SparrowEvalConfig, log=print) -> dict:
         path, model, variables, inputs, targets, task = load_lm_and_data(config.checkpoint, config.limit, log)
         report = evaluate_schemes(config, model, variables, inputs, targets, (1,), task, log=log)
         return {"checkpoint": path, **report}
-    path, model, variables, images, labels, topk = load_model_and_data(config.checkpoint, config.limit, log)
+    path, model, variables, images, labels, topk = load_classifier_and_data(config.checkpoint, config.limit, log)
     report = evaluate_schemes(config, model, variables, images, labels, topk, log=log)
     return {"checkpoint": path, **report}
 

@@ -29,6 +29,14 @@ def check_probability(name: str, value: float, *, closed_upper: bool = True) -> 
     return v
 
 
+def check_folder(name: str, path) -> None:
+    """Raise a one-line JaxfaultError naming setting `name` unless `path` is None or an existing
+    folder (a checkpoint, checked before any work)."""
+    from pathlib import Path
+
+    check(path is None or Path(path).is_dir(), f"`{name}` {str(path)!r} is not a directory")
+
+
 def nearest_hint(name, choices) -> str:
     """' (did you mean X?)' for the closest of choices to name, or '' when none is close."""
     import difflib

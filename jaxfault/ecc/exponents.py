@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxfault.bits import BF16_MASK
 from jaxfault.config import setting
-from jaxfault.errors import check
+from jaxfault.errors import check, check_folder
 from jaxfault.io import atomic_savefig, atomic_write_bytes
 
 MAX_DIFF = 128
@@ -170,8 +170,7 @@ class ExponentRun:
         from jaxfault.io import check_output_path
 
         check(self.block_size >= 2, f"`block_size` must be >= 2, got {self.block_size}")
-        check(self.checkpoint is None or Path(self.checkpoint).is_dir(),
-              f"`checkpoint` {self.checkpoint!r} is not a directory")
+        check_folder("checkpoint", self.checkpoint)
         for path in output_paths(out, self.block_size, "exclude-zeros" if self.exclude_zeros else "reference"):
             check_output_path(path, overwrite=overwrite, flag="`out`")
 

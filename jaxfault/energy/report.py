@@ -303,27 +303,36 @@ def protection_report(run: "EnergyRun", net, energy, num_weights: int, qw, pw) -
     return out
 
 
+# the columns of each protection table: (point key, header, width, number format)
+PROTECTION_COLUMNS = {
+    "dram_refresh": (("refresh_interval_s", "interval_s", 10, ".4g"), ("retention_ber", "ret_BER", 10, ".3g"),
+                     ("refresh_energy", "refresh", 11, ".4g"), ("total_energy", "total", 11, ".4g"),
+                     ("relative_to_unprotected_64ms", "rel", 7, ".4f")),
+    "sram_voltage": (("voltage", "voltage", 8, ".4f"), ("sram_ber", "SRAM_BER", 10, ".3g"),
+                     ("sram_energy", "sram", 11, ".4g"), ("total_energy", "total", 11, ".4g"),
+                     ("sram_saving", "saving", 7, ".3f"), ("relative_total", "rel", 7, ".4f")),
+    "write_verify": (("fraction", "fraction", 8, ".4g"), ("cycles", "cycles", 12, ".4g"),
+                     ("relative_to_full_verify", "rel_full", 9, ".4f")),
+}
+
+
 def format_protection(prot: dict) -> str:
-    """The protection section as text tables."""
+    """The protection section as text tables: a title line, then one column per PROTECTION_COLUMNS
+    entry and one row per point."""
+    titles = {
+        "dram_refresh": lambda d: f"DRAM refresh ({d['ecc']}, {d['stored_bits_per_weight']} bits/weight, "
+                                  f"{d['num_weights']} weights):",
+        "sram_voltage": lambda d: f"SRAM ({'+'.join(d['levels'])}) at reduced voltage (nominal {d['v_nominal']}):",
+        "write_verify": lambda d: f"Write-verify ({d['num_weights']} weights):",
+    }
     lines = []
-    if "dram_refresh" in prot:
-        d = prot["dram_refresh"]
-        lines.append(f"DRAM refresh ({d['ecc']}, {d['stored_bits_per_weight']} bits/weight, {d['num_weights']} weights):")
-        lines.append(f"  {'interval_s':>10} {'ret_BER':>10} {'refresh':>11} {'total':>11} {'rel':>7}")
-        for q in d["points"]:
-            lines.append(f"  {q['refresh_interval_s']:>10.4g} {q['retention_ber']:>10.3g} {q['refresh_energy']:>11.4g} {q['total_energy']:>11.4g} {q['relative_to_unprotected_64ms']:>7.4f}")
-    if "sram_voltage" in prot:
-        d = prot["sram_voltage"]
-        lines.append(f"SRAM ({'+'.join(d['levels'])}) at reduced voltage (nominal {d['v_nominal']}):")
-        lines.append(f"  {'voltage':>8} {'SRAM_BER':>10} {'sram':>11} {'total':>11} {'saving':>7} {'rel':>7}")
-        for q in d["points"]:
-            lines.append(f"  {q['voltage']:>8.4f} {q['sram_ber']:>10.3g} {q['sram_energy']:>11.4g} {q['total_energy']:>11.4g} {q['sram_saving']:>7.3f} {q['relative_total']:>7.4f}")
-    if "write_verify" in prot:
-        d = prot["write_verify"]
-        lines.append(f"Write-verify ({d['num_weights']} weights):")
-        lines.append(f"  {'fraction':>8} {'cycles':>12} {'rel_full':>9}")
-        for q in d["points"]:
-            lines.append(f"  {q['fraction']:>8.4g} {q['cycles']:>12.4g} {q['relative_to_full_verify']:>9.4f}")
+    for part, columns in PROTECTION_COLUMNS.items():
+        if part not in prot:
+            continue
+        d = prot[part]
+        lines.append(titles[part](d))
+        lines.append("  " + " ".join(f"{head:>{width}}" for _, head, width, _ in columns))
+        lines += ["  " + " ".join(f"{q[key]:>{width}{fmt}}" for key, _, width, fmt in columns) for q in d["points"]]
     return "\n".join(lines)
 
 

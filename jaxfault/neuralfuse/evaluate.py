@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxfault import engine, tasks
 from jaxfault.checkpoints import META_FILE, load_checkpoint
-from jaxfault.config import parse_float_list, setting
+from jaxfault.config import parse_probability_list, setting
 from jaxfault.errors import JaxfaultError, check, check_probability
 from jaxfault.precision import PRECISIONS
 from jaxfault.models.generators import create_generator
@@ -220,7 +220,7 @@ class GeneratorEvaluation:
     def bers(self):
         """The BERs evaluated: the sweep's, [ber], or None for the one trained for."""
         if self.sweep is not None:
-            return parse_float_list(self.sweep, "`sweep`", check=lambda v: 0 <= v <= 1, requirement="in [0, 1]")
+            return parse_probability_list(self.sweep, "`sweep`")
         return [self.ber] if self.ber is not None else None
 
     def prepare_output(self, out, overwrite: bool = False) -> list[Path]:

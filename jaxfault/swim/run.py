@@ -90,7 +90,7 @@ class SwimConfig:
         Returns:
           The validated config (a one-line JaxfaultError naming the setting on bad input).
         """
-        from jaxfault.config import parse_float_list
+        from jaxfault.config import parse_probability_list
 
         examples = None
         if curvature_examples != "all":
@@ -99,8 +99,7 @@ class SwimConfig:
             except ValueError:
                 raise JaxfaultError(f"`curvature_examples` must be a positive integer or 'all', "
                                     f"got {curvature_examples!r}") from None
-        mask_ps = (mask_p,) if sweep_mask_p is None else tuple(parse_float_list(
-            sweep_mask_p, "`sweep_mask_p`", check=lambda v: 0 <= v <= 1, requirement="in [0, 1]"))
+        mask_ps = (mask_p,) if sweep_mask_p is None else tuple(parse_probability_list(sweep_mask_p, "`sweep_mask_p`"))
         if methods is not None:
             chosen = tuple(m.strip() for m in methods.split(","))
             if not (all(chosen) and len(set(chosen)) == len(chosen)):
