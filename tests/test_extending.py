@@ -81,3 +81,57 @@ def test_toy_activation_fault_through_the_run_cli_and_a_campaign(lenet_checkpoin
     recs = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines() if line.strip()]
     recs = {r["config"]["p_dead"]: r for r in recs if "config" in r}
     assert recs[0.3]["accuracy_mean"] < recs[0.0]["accuracy_mean"]
+
+
+def test_toy_weight_fault_with_a_knob_relation_through_run_campaign_and_plan(lenet_checkpoint, tmp_path, capsys):
+    """A stored-weight fault model and its plan stage (a temperature knob that sets its rate, and
+    the cooling energy it costs), registered in tests/toy_hot_sign_flips.py only, run through
+    eval.run, a campaign and eval.plan with its energy report. LeNet's kernels hold 61,470 weights
+    (conv 150 + 2,400, dense 48,000 + 10,080 + 840), so a trial's realised rate is a mean of
+    61,470 Bernoulli draws: within 5 binomial standard deviations of the rate."""
+    import toy_hot_sign_flips as toy
+    from eval import campaign as campaign_cli
+    from eval import plan as plan_cli
+    from eval import run as run_cli
+
+    out = tmp_path / "run"
+    assert run(run_cli.main, ["--fault-model", "toy-sign-flips", "--rates", "0,0.01", "--trials", "3",
+                              "--limit", "100", "--checkpoint", str(lenet_checkpoint), "--out", str(out),
+                              "--no-compile-cache"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    n = 61470
+    assert [r["p_sign"] for r in rows] == [0.0, 0.01] and rows[0]["faults"]["max"] == 0
+    assert abs(rows[1]["realised_ber"]["mean"] - 0.01) < 5 * np.sqrt(0.01 * 0.99 / (3 * n))
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"checkpoint": str(lenet_checkpoint), "eval_examples": 100, "trials": 2,
+                               "output": str(tmp_path / "c.jsonl"),
+                               "grid": [{"method": "toy-sign-flips", "p_sign": [0.0, 0.2]}]}))
+    assert run(campaign_cli.main, [str(cfg), "--no-compile-cache"]) == 0
+    recs = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines() if line.strip()]
+    recs = {r["config"]["p_sign"]: r for r in recs if "config" in r}
+    assert recs[0.2]["accuracy_mean"] < recs[0.0]["accuracy_mean"]
+
+    # the plan: temperature is the knob; 85 C (uncooled) is the nominal design
+    plan = {"checkpoint": str(lenet_checkpoint), "eval_examples": 200, "trials": 4, "output": str(tmp_path / "plan"),
+            "target": {"metric": "mean", "max_drop_points": 2.0},
+            "toy_thermal": {"temperature_c": [85, 65, 25], "p_sign_at_25c": 1e-4}}
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    capsys.readouterr()
+    assert run(plan_cli.main, [str(plan_file)]) in (0, 2)      # 2: the target unreachable, reported
+    text = capsys.readouterr()
+    print(text.out, text.err)
+    assert "65 C" in text.out + text.err
+    report = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    confs = {c["knobs"]["temperature_c"]: c for c in report["configurations"]}
+    assert sorted(confs) == [25.0, 65.0, 85.0] and confs[85.0]["nominal"]
+    section = {"p_sign_at_25c": 1e-4, "doubling_c": 10.0}
+    for t, c in confs.items():     # the knob relation, and the rate each trial realised
+        assert c["rates"] == [pytest.approx(toy.thermal_rate({"temperature_c": t}, section))]
+        assert abs(c["realised_rates"]["toy_thermal"] - c["rates"][0]) < 5 * np.sqrt(c["rates"][0] / (4 * n))
+    net = confs[85.0]["energy"]["network"]       # the cooling term: 0.002 of the network's energy per degree
+    assert [confs[t]["energy"]["cooling"] for t in (85.0, 65.0, 25.0)] == \
+        [0.0, pytest.approx(0.002 * 20 * net), pytest.approx(0.002 * 60 * net)]
+    assert confs[25.0]["relative_energy"] > confs[65.0]["relative_energy"] > confs[85.0]["relative_energy"] == 1.0
+    assert confs[25.0]["score"]["mean"] >= confs[85.0]["score"]["mean"]   # p_sign 1e-4 against 6.4e-3

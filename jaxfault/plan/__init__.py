@@ -6,8 +6,9 @@
 
 Each stage of the memory hierarchy is driven by a physical knob (HBM refresh interval and ECC
 scheme, SRAM supply voltage with or without a NeuralFuse generator, CiM write-verify fraction);
-the knobs give the rates of the composed fault model (``knobs``), the energy per inference
-(``energy``), and every configuration is evaluated with the engine (``planner``), few compiled
+the stages are registered (``stages``: a registered fault model with a knob relation is a stage,
+``register_plan_stage``); the knobs give the rates of the composed fault model (``knobs``), the
+energy per inference (``energy``), and every configuration is evaluated with the engine (``planner``), few compiled
 programs for many configurations: a classifier scored by top-1 accuracy on test images, a
 language model by perplexity on validation windows. ``report`` finds the Pareto fronts and the cheapest
 configuration meeting the target. Format and worked example: docs/plan.md.
@@ -17,11 +18,13 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from jaxfault.plan.config import STAGES, active_stages, load_plan, validate_plan
-from jaxfault.plan.knobs import Configuration, expand, nominal_knobs, retention_ber, voltage_ber
+from jaxfault.plan.config import active_stages, load_plan, validate_plan
+from jaxfault.plan.knobs import retention_ber, voltage_ber
+from jaxfault.plan.stages import (PLAN_STAGES, Configuration, PlanStage, expand, nominal_knobs, register_plan_stage,
+                                  stage_names)
 
-__all__ = ["STAGES", "Configuration", "active_stages", "expand", "load_plan", "nominal_knobs", "retention_ber",
-           "run_plan", "validate_plan", "voltage_ber"]
+__all__ = ["PLAN_STAGES", "Configuration", "PlanStage", "active_stages", "expand", "load_plan", "nominal_knobs",
+           "register_plan_stage", "retention_ber", "run_plan", "stage_names", "validate_plan", "voltage_ber"]
 
 
 def run_plan(plan: dict, *, results_path=None, log: Callable[[str], None] = print, data=None, mesh=None) -> dict:

@@ -1,7 +1,8 @@
 """Plan files: read and validate strictly, before any model, data or compilation is touched.
 
-A plan names the model and data, the knob grids of up to three protection stages, the trials,
-the energy settings and a target (format and meaning: docs/plan.md):
+A plan names the model and data, the knob grids of its protection stages (one section per
+registered plan stage, jaxfault.plan.stages: the built-in hbm, sram and cim, and any other), the
+trials, the energy settings and a target (format and meaning: docs/plan.md):
 
     {"output": "runs/plan", "checkpoint": null, "eval_examples": 10000, "seed": 0, "trials": 20,
      "eval_dtype": "float32", "inference_period_s": 0.0333,
@@ -17,16 +18,13 @@ repeated knob values, an empty grid.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from jaxfault import batching
 from jaxfault.config import Field, read_json_object, validate
 from jaxfault.errors import JaxfaultError, plain
 from jaxfault.keys import MAX_SEED, MAX_TRIALS
-from jaxfault.plan import knobs
+from jaxfault.plan.stages import get_stage, stage_names
 from jaxfault.precision import PRECISIONS
 
-STAGES = ("hbm", "sram", "cim")          # the order data flows through the memory hierarchy
 EVAL_DTYPES = ("auto", "float32", "bfloat16")
 # The target's statistic over trials: of top-1 accuracy for a classifier (mean, 5th percentile,
 # median), of perplexity for a language model (median, 95th percentile: a perplexity rises with
@@ -35,7 +33,6 @@ CLASSIFIER_METRICS = ("mean", "p5", "median")
 LM_METRICS = ("median", "p95")
 TARGET_METRICS = ("mean", "p5", "median", "p95")
 TARGET_REFERENCES = ("clean", "nominal")
-SELECTIONS = ("magnitude", "random", "SM", "second", "saliency")
 
 TOP_FIELDS = [
     Field("output", str, "runs/plan", check=bool, requirement="a non-empty path"),
@@ -55,9 +52,6 @@ TOP_FIELDS = [
     Field("inference_period_s", float, 1.0 / 30.0, min=0, min_open=True, max=1e6),
     Field("target", dict, None, nullable=True),
     Field("energy", dict, None, nullable=True),
-    Field("hbm", dict, None, nullable=True),
-    Field("sram", dict, None, nullable=True),
-    Field("cim", dict, None, nullable=True),
 ]
 
 TARGET_FIELDS = [
@@ -70,32 +64,6 @@ TARGET_FIELDS = [
     Field("level", float, 0.95, min=0, max=1, min_open=True, max_open=True),
     Field("certify", bool, False),
     Field("max_trials", int, None, nullable=True, min=1, max=MAX_TRIALS),
-]
-
-HBM_FIELDS = [
-    Field("scheme", list, ["none", "secded", "sparrow"], items=str, nonempty=True, unique=True),
-    Field("refresh_interval_s", list, items=float, nonempty=True, unique=True, min=0, min_open=True),
-    Field("zero_to_one", float, 0.01, min=0, max=1),
-    Field("block_size", int, 64),
-    Field("extrapolate", bool, False),
-    Field("retention_table", list, None, nullable=True),
-]
-
-SRAM_FIELDS = [
-    Field("voltage", list, items=float, nonempty=True, unique=True, min=0, min_open=True),
-    Field("generator", list, [None], nonempty=True),
-    Field("bits", int, 8, choices=(4, 8, 16)),
-    Field("ber0", float, 0.5, min=0, max=1),
-    Field("extrapolate", bool, False),
-    Field("voltage_table", list, None, nullable=True),
-]
-
-CIM_FIELDS = [
-    Field("write_verify", list, items=float, nonempty=True, unique=True, min=0, max=1),
-    Field("selection", str, "magnitude", choices=SELECTIONS),
-    Field("dev_var", float, 0.1, min=0),
-    Field("write_var", float, 0.03, min=0),
-    Field("selection_examples", int, 2000, min=1),
 ]
 
 # Energy settings are bounded far beyond physical values (pJ per bit, volts, seconds), so that
@@ -112,8 +80,9 @@ ENERGY_FIELDS = [
     Field("cim_reprogram_period_s", float, None, nullable=True, min=0, min_open=True, max=1e9),
 ]
 
-KNOB_FIELDS = {"hbm": ("scheme", "refresh_interval_s"), "sram": ("voltage", "generator"), "cim": ("write_verify",)}
-STAGE_FIELDS = {"hbm": HBM_FIELDS, "sram": SRAM_FIELDS, "cim": CIM_FIELDS}
+def top_fields() -> list[Field]:
+    """The top-level fields of a plan: the settings above, then one section per registered stage."""
+    return TOP_FIELDS + [Field(name, dict, None, nullable=True) for name in stage_names()]
 
 
 def _as_list(section: dict, names) -> dict:
@@ -121,42 +90,13 @@ def _as_list(section: dict, names) -> dict:
     return {k: ([v] if k in names and not isinstance(v, list) else v) for k, v in section.items()}
 
 
-def _check_generators(values: list) -> list:
-    out = []
-    for i, g in enumerate(values):
-        if g is not None and not (isinstance(g, str) and g):
-            raise JaxfaultError(f"plan: sram: generator[{i}] must be a checkpoint folder path or null, got {plain(g)!r}")
-        if g in out:
-            raise JaxfaultError(f"plan: sram: generator {g!r} is listed twice")
-        if g is not None and not (Path(g) / "jaxfault.json").is_file():
-            raise JaxfaultError(f"plan: sram: generator {g!r} is not a checkpoint folder (no jaxfault.json in it)")
-        out.append(g)
-    return out
-
-
-def _stage(name: str, section) -> dict:
+def _stage(name: str, section, task: str) -> dict:
     where = f"plan: {name}"
     if not isinstance(section, dict):
         raise JaxfaultError(f"{where} must be an object of knob grids and settings, got {plain(section)!r}")
-    cfg = validate(_as_list(section, KNOB_FIELDS[name]), STAGE_FIELDS[name], where)
-    if name == "hbm":
-        from jaxfault.ecc import SCHEMES, check_scheme_block_size
-
-        for s in cfg["scheme"]:
-            if s not in SCHEMES:
-                SCHEMES.get(s)  # one-line error with the nearest name
-            check_scheme_block_size(s, cfg["block_size"])
-        table = knobs.retention_table(cfg["retention_table"], where)
-        cfg["retention_table"] = [list(r) for r in table]
-        for v in cfg["refresh_interval_s"]:
-            knobs.check_in_range(v, table, "refresh_interval_s", "s", "retention table", cfg["extrapolate"], where)
-    elif name == "sram":
-        cfg["generator"] = _check_generators(cfg["generator"])
-        table = knobs.voltage_table(cfg["voltage_table"], where)
-        cfg["voltage_table"] = [list(r) for r in table]
-        for v in cfg["voltage"]:
-            knobs.check_in_range(v, table, "voltage", "V_nom", "voltage table", cfg["extrapolate"], where)
-    return cfg
+    stage = get_stage(name)
+    cfg = validate(_as_list(section, stage.knob_names), stage.fields, where)
+    return stage.check(cfg, where, task)
 
 
 def _target(section, lm: bool) -> dict:
@@ -198,21 +138,15 @@ def plan_scores_language_model(plan: dict) -> bool:
 
 def validate_plan(plan) -> dict:
     """The plan with defaults filled in and every field checked (one-line JaxfaultError)."""
-    cfg = validate(plan, TOP_FIELDS, "plan")
-    active = [s for s in STAGES if cfg[s] is not None]
+    cfg = validate(plan, top_fields(), "plan")
+    active = [s for s in stage_names() if cfg[s] is not None]
     if not active:
-        raise JaxfaultError(f"plan: no stage to plan: give at least one of {', '.join(STAGES)}")
-    for s in active:
-        cfg[s] = _stage(s, cfg[s])
+        raise JaxfaultError(f"plan: no stage to plan: give at least one of {', '.join(stage_names())}")
     lm = plan_scores_language_model(cfg)
     cfg["task"] = "language_model" if lm else "classification"
+    for s in active:
+        cfg[s] = _stage(s, cfg[s], cfg["task"])
     cfg["target"] = _target(cfg["target"], lm)
-    if lm and cfg["sram"] is not None and any(g is not None for g in cfg["sram"]["generator"]):
-        raise JaxfaultError("plan: sram: generator: a NeuralFuse generator transforms images; a language model's "
-                            "plan takes [null]")
-    if lm and cfg["cim"] is not None and cfg["cim"]["selection"] not in ("magnitude", "random"):
-        raise JaxfaultError(f"plan: cim: selection {cfg['cim']['selection']!r} ranks weights by a classifier's "
-                            "curvature; a language model's plan takes 'magnitude' or 'random'")
     if cfg["target"]["max_trials"] is not None and cfg["target"]["max_trials"] < cfg["trials"]:
         raise JaxfaultError(f"plan: target: max_trials must be >= trials ({cfg['trials']}), "
                             f"got {cfg['target']['max_trials']}")
@@ -236,7 +170,7 @@ def check_call_memory(plan: dict, budget: int | None = None) -> int:
     C, T = plan["configs_per_call"], plan["trials"]
     if plan["target"]["certify"] and plan["target"]["max_trials"]:
         T = max(T, plan["target"]["max_trials"])
-    need = C * (4 * len(STAGES) + T * CALL_BYTES_PER_TRIAL)
+    need = C * (4 * len(active_stages(plan)) + T * CALL_BYTES_PER_TRIAL)
     if budget is None:
         host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         budget = min(memory.default_budget(), int(memory.DEFAULT_FRACTION * host))
@@ -247,8 +181,8 @@ def check_call_memory(plan: dict, budget: int | None = None) -> int:
 
 
 def active_stages(plan: dict) -> tuple[str, ...]:
-    """The stages of a validated plan, in hierarchy order (hbm, sram, cim)."""
-    return tuple(s for s in STAGES if plan.get(s) is not None)
+    """The stages of a validated plan, in registration order (hbm, sram, cim, then any other)."""
+    return tuple(s for s in stage_names() if plan.get(s) is not None)
 
 
 def load_plan(path, overrides: dict | None = None) -> dict:

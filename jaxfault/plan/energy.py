@@ -10,6 +10,7 @@ One inference at the plan's inference period T costs (normalised units, one 16-b
       + E_gen(V)                    the NeuralFuse generator's own inference at V (if any)
       + E_wv(f)                     write-verify programming of the CiM array, amortised:
                                     cycles(f) * pulse energy * T / reprogramming period
+      + the terms of any other registered stage (its ``energy`` function of its knobs)
 
 Stages that are not in the plan keep their nominal setting on both sides of the comparison
 (16-bit words at 64 ms, nominal voltage, no CiM programming term without a CiM stage). The
@@ -30,6 +31,7 @@ from jaxfault.energy.analysis import evaluate as network_energy
 from jaxfault.energy.core import Hardware
 from jaxfault.energy.layers import layers_from_model
 from jaxfault.errors import JaxfaultError
+from jaxfault.plan.stages import get_stage
 
 # ASSUMED energy of one program (or verify) pulse of a CiM device: RRAM/PCM set/reset pulses are
 # of the order of 1-10 pJ per cell (e.g. Yu & Chen, "Emerging memory technologies", IEEE SSC
@@ -58,6 +60,7 @@ class EnergyModel:
     cim_pulse_pj: float
     cim_reprogram_period_s: float
     stages: tuple
+    sections: tuple = ()            # (stage name, validated section) of the active stages
 
     def stored_bits(self, scheme: str | None, block_size: int = 64) -> int:
         if scheme is None:
@@ -85,9 +88,14 @@ class EnergyModel:
             cycles = float(P.write_verify_cycles(float(np.sum(self.num_weights)), float(knobs["write_verify"]),
                                                  self.write_verify))
             wv = cycles * self.cim_pulse_pj / self.pj_per_unit * self.period_s / self.cim_reprogram_period_s
-        total = compute + dram_read + refresh + generator + wv
-        return {"total": total, "network": compute, "dram_weight_reads": dram_read, "refresh": refresh,
-                "generator": generator, "write_verify": wv, "stored_bits_per_weight": bits}
+        terms = {"network": compute, "dram_weight_reads": dram_read, "refresh": refresh, "generator": generator,
+                 "write_verify": wv}
+        for name, section in self.sections:
+            for term, value in get_stage(name).energy(knobs, section, dict(terms)).items():
+                if term in terms:
+                    raise JaxfaultError(f"plan stage {name!r}: energy term {term!r} is already a term of the plan")
+                terms[term] = float(value)
+        return {"total": sum(terms.values()), **terms, "stored_bits_per_weight": bits}
 
 
 def check_energy(knobs: dict, breakdown: dict) -> dict:
@@ -129,4 +137,4 @@ def build_energy_model(model, variables, input_shape, plan: dict, stages, genera
                        ecc_read_scaling=pick("ecc_read_scaling", P.ECC_READ_SCALING), write_verify=wv,
                        cim_pulse_pj=pick("cim_pulse_pj", CIM_PULSE_PJ),
                        cim_reprogram_period_s=pick("cim_reprogram_period_s", CIM_REPROGRAM_PERIOD_S),
-                       stages=tuple(stages))
+                       stages=tuple(stages), sections=tuple((s, plan[s]) for s in stages))

@@ -10,7 +10,7 @@ from jaxfault.errors import JaxfaultError
 from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
 from jaxfault.plan import run_plan
 from jaxfault.plan.config import active_stages, check_call_memory
-from jaxfault.plan.knobs import expand
+from jaxfault.plan.stages import expand
 from jaxfault.plan.report import format_table, knob_text, plot_report, summary_lines, target_value
 
 OUTPUTS = ("plan.json", "plan.md", "plan.png")

@@ -12,19 +12,14 @@ Inside a table's range the documented relations are used as they are. Outside it
 error unless the stage allows extrapolation, which extends the table's end segment in the same
 space (log-log for retention, log-linear for voltage), with the BER capped at 0.5.
 
-A configuration is one value of every knob of the active stages; :func:`expand` builds the
-cartesian product in a fixed order.
+These relations are the built-in stages' (jaxfault.plan.stages); a registered stage brings its own.
 """
 from __future__ import annotations
-
-import dataclasses
-import itertools
 
 import numpy as np
 
 from jaxfault.energy import protection as P
 from jaxfault.errors import JaxfaultError, plain
-from jaxfault.keys import point_hash
 
 MAX_BER = 0.5
 
@@ -91,79 +86,3 @@ def voltage_ber(voltage: float, table: np.ndarray) -> float:
         return float(P.voltage_ber(voltage, table))
     y = _extend(voltage, table[:, 0], np.log(table[:, 1]))
     return float(min(np.exp(y), MAX_BER))
-
-
-@dataclasses.dataclass(frozen=True)
-class Configuration:
-    """One design point: a value of every knob of the active stages, and the rates they imply.
-
-    ``knobs`` holds scheme / refresh_interval_s (hbm), voltage / generator (sram) and
-    write_verify (cim) for the active stages; ``rates`` one rate per active stage, in stage
-    order (retention BER, SRAM BER, dev_var); ``nominal`` marks the reference design.
-    """
-
-    knobs: dict
-    rates: tuple
-    nominal: bool = False
-
-    @property
-    def config_id(self) -> str:
-        return point_hash(self.knobs)
-
-    @property
-    def program_key(self) -> tuple:
-        """Configurations with the same program key share one compiled program: the structure
-        of the composed fault model (the scheme) only; rates are traced, data is an input."""
-        return (self.knobs.get("scheme"),)
-
-    @property
-    def group_key(self) -> tuple:
-        """Configurations with the same group key share their inputs (images, write-verify mask)
-        and run together: the discrete knobs (scheme, generator, write-verify fraction)."""
-        return (self.knobs.get("scheme"), self.knobs.get("generator"), self.knobs.get("write_verify"))
-
-
-def stage_rate(stage: str, knobs: dict, plan: dict) -> float:
-    """The rate one stage's knobs imply under the plan's tables."""
-    if stage == "hbm":
-        return retention_ber(knobs["refresh_interval_s"], np.asarray(plan["hbm"]["retention_table"]))
-    if stage == "sram":
-        return voltage_ber(knobs["voltage"], np.asarray(plan["sram"]["voltage_table"]))
-    return float(plan["cim"]["dev_var"])
-
-
-def configuration(knobs: dict, plan: dict, stages, nominal: bool = False) -> Configuration:
-    return Configuration(dict(knobs), tuple(stage_rate(s, knobs, plan) for s in stages), nominal)
-
-
-NOMINAL_KNOBS = {"scheme": "none", "refresh_interval_s": P.NOMINAL_REFRESH_S, "voltage": 1.0, "generator": None,
-                 "write_verify": 1.0}
-
-
-def nominal_knobs(stages) -> dict:
-    """The unprotected nominal design: no ECC at 64 ms refresh, nominal voltage without a
-    generator, every weight write-verified."""
-    keep = {"hbm": ("scheme", "refresh_interval_s"), "sram": ("voltage", "generator"), "cim": ("write_verify",)}
-    return {k: NOMINAL_KNOBS[k] for s in stages for k in keep[s]}
-
-
-def expand(plan: dict, stages) -> list[Configuration]:
-    """Every configuration of the plan's knob grids (cartesian product, stage order, then the
-    order the values are listed), then the nominal design if the grid does not contain it."""
-    axes = []
-    for s in stages:
-        if s == "hbm":
-            axes += [("scheme", plan["hbm"]["scheme"]), ("refresh_interval_s", plan["hbm"]["refresh_interval_s"])]
-        elif s == "sram":
-            axes += [("voltage", plan["sram"]["voltage"]), ("generator", plan["sram"]["generator"])]
-        else:
-            axes += [("write_verify", plan["cim"]["write_verify"])]
-    names = [a[0] for a in axes]
-    nominal = nominal_knobs(stages)
-    out = []
-    for combo in itertools.product(*[a[1] for a in axes]):
-        knobs = dict(zip(names, combo))
-        out.append(configuration(knobs, plan, stages, nominal=knobs == nominal))
-    if not any(c.nominal for c in out):
-        out.append(configuration(nominal, plan, stages, nominal=True))
-    return out

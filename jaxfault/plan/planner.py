@@ -49,7 +49,7 @@ from jaxfault.errors import JaxfaultError
 from jaxfault.fault_models import InDtype, compose
 from jaxfault.keys import point_hash, root_key, stream, trial_keys
 from jaxfault.plan.config import active_stages
-from jaxfault.plan.knobs import Configuration
+from jaxfault.plan.stages import Configuration, get_stage
 from jaxfault.protocol import FaultModel
 from jaxfault.tasks import get_task
 from jaxfault.precision import precision_scope
@@ -59,25 +59,17 @@ MEMO = "plan_memo"                  # variables collection: fingerprints and sco
 
 # ------------------------------------------------------------------------------ fault models
 def stage_fault_model(stage: str, plan: dict, scheme: str | None = None) -> FaultModel:
-    """The fault model of one stage with the plan's fixed settings."""
-    if stage == "hbm":
-        from jaxfault.ecc.hbm import HBMFaults
-
-        h = plan["hbm"]
-        return HBMFaults(scheme=scheme, block_size=h["block_size"], zero_to_one=h["zero_to_one"])
-    if stage == "sram":
-        from jaxfault.neuralfuse.faults import SRAMBitErrors
-
-        return SRAMBitErrors(ber0=plan["sram"]["ber0"], bits=plan["sram"]["bits"])
-    from jaxfault.swim import CiMVariation
-
-    return CiMVariation(write_var=plan["cim"]["write_var"])
+    """The fault model of one stage with the plan's fixed settings; `scheme` is the value of its
+    structural knob, if it has one (the HBM stage's ECC scheme)."""
+    s = get_stage(stage)
+    return s.build(plan[stage], {k: scheme for k in s.structural})
 
 
-def plan_fault_model(plan: dict, scheme: str | None, rate_bounds) -> FaultModel:
-    """compose(active stages) sized for rate_bounds (one per stage), in the plan's eval dtype."""
+def plan_fault_model(plan: dict, knobs: dict, rate_bounds) -> FaultModel:
+    """compose(active stages) with a configuration's structural knobs, sized for rate_bounds (one
+    per stage), in the plan's eval dtype."""
     stages = active_stages(plan)
-    fm = compose(*[stage_fault_model(s, plan, scheme) for s in stages]).with_rate_bound(np.asarray(rate_bounds))
+    fm = compose(*[get_stage(s).build(plan[s], knobs) for s in stages]).with_rate_bound(np.asarray(rate_bounds))
     return fm if plan["eval_dtype"] == "auto" else InDtype(fm, plan["eval_dtype"])
 
 
@@ -189,9 +181,7 @@ def scoring_metric(base: Callable, task: str) -> Callable:
 # ------------------------------------------------------------------------------ rows
 def stage_settings(plan: dict) -> dict:
     """The fixed (non-knob) settings of the active stages, part of every row's id."""
-    keep = {"hbm": ("zero_to_one", "block_size"), "sram": ("bits", "ber0"),
-            "cim": ("selection", "dev_var", "write_var", "selection_examples")}
-    return {s: {k: plan[s][k] for k in keep[s]} for s in active_stages(plan)}
+    return {s: get_stage(s).recorded_settings(plan[s]) for s in active_stages(plan)}
 
 
 def row_id(config: Configuration, plan: dict, identity: dict | None = None) -> str:
@@ -292,7 +282,7 @@ class Planner:
     def __init__(self, plan: dict, data: PlanData, configs: list[Configuration], mesh=None):
         self.plan, self.data, self.configs, self.mesh = plan, data, configs, mesh
         self.stages = active_stages(plan)
-        self.skip = plan["skip_fault_free"] and "cim" not in self.stages
+        self.skip = plan["skip_fault_free"] and not any(get_stage(s).noisy for s in self.stages)
         self.bounds: dict = {}
         for c in configs:
             b = self.bounds.get(c.program_key, np.zeros(len(self.stages)))
@@ -313,7 +303,7 @@ class Planner:
     def program_for(self, config: Configuration) -> _Program:
         pk = config.program_key
         if pk not in self.programs:
-            fm = plan_fault_model(self.plan, config.knobs.get("scheme"), self.bounds[pk])
+            fm = plan_fault_model(self.plan, config.knobs, self.bounds[pk])
             eval_model, prepared, _ = engine.prepare(self.data.model, self.data.variables, self.data.images[:1], fm)
             y = self.data.labels
             base = scoring_metric(tasks.make_metric_fn(eval_model, batch_size=min(self.plan["batch_size"], int(y.shape[0])),

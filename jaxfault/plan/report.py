@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxfault import stats
 from jaxfault.energy.analysis import pareto_mask
+from jaxfault.plan.stages import knob_text, nominal_text
 
 STATUSES = ("met", "not met", "undecided")
 QUANTILES = {"p5": 0.05, "median": 0.5}        # score statistics that are quantiles
@@ -231,18 +232,6 @@ def target_value(report: dict, e: dict) -> str:
     return f"{t['metric']}{unit} {show(e['score'][t['statistic']], report['task'])}"
 
 
-def knob_text(knobs: dict) -> str:
-    parts = []
-    if "scheme" in knobs:
-        parts.append(f"{knobs['scheme']} @ {1000 * knobs['refresh_interval_s']:g} ms")
-    if "voltage" in knobs:
-        g = knobs.get("generator")
-        parts.append(f"{knobs['voltage']:g} V_nom" + (f" + G({Path(g).name})" if g else ""))
-    if "write_verify" in knobs:
-        parts.append(f"verify {100 * knobs['write_verify']:g} %")
-    return ", ".join(parts)
-
-
 def summary_lines(report: dict) -> list[str]:
     """The answer in a few lines: target, chosen configuration and saving (or unreachable, best)."""
     c = report["configurations"]
@@ -250,7 +239,7 @@ def summary_lines(report: dict) -> list[str]:
     task = report["task"]
     thr = f"perplexity {show(t['threshold_score'], task)}" if task == "language_model" else show(t['threshold_score'], task)
     out = [f"target: {t['rule']} (threshold {thr})",
-           f"nominal design (unprotected, 64 ms, nominal voltage{', full write-verify' if 'write_verify' in c[report['nominal']]['knobs'] else ''}): "
+           f"nominal design ({nominal_text(c[report['nominal']]['knobs'])}): "
            f"{_line(c[report['nominal']], task)}"]
     cert = report["certification"]
     k = cert["counts"]
