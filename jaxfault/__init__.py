@@ -10,8 +10,8 @@ The main entry points:
     res.accuracy                                               # (rates, trials)
 
 `compose(...)` stacks fault models across the memory hierarchy; `build_fault_model(name, ...)`
-builds one by registered name; `register_scheme` / `register_fault_model` extend the registries
-(docs/extending.md).
+builds one by registered name; `register_scheme`, `register_fault_model` and `register_preset`
+extend the registries (docs/extending.md).
 """
 
 __version__ = "0.3.0"   # the one version string (pyproject.toml reads it)
@@ -20,7 +20,7 @@ from jaxfault.errors import JaxfaultError  # noqa: E402,F401
 from jaxfault.protocol import FaultModel  # noqa: E402,F401
 from jaxfault.engine import EvalResult, evaluate, evaluation_form, summarize  # noqa: E402,F401
 from jaxfault.fault_models import (  # noqa: E402,F401
-    FAULT_MODELS, BitFlips, Composed, bit_flips, build_fault_model, compose, register_fault_model)
+    FAULT_MODELS, BitFlips, Composed, bit_flips, build_fault_model, compose, register_fault_model, register_preset)
 from jaxfault.compile_cache import enable_compile_cache  # noqa: E402,F401
 from jaxfault.ecc import SCHEMES, Scheme, get_scheme, register_scheme  # noqa: E402,F401
 from jaxfault.ecc.hbm import HBMFaults, hbm_faults  # noqa: E402,F401
@@ -49,6 +49,7 @@ def __getattr__(name):
 
 __all__ = ["JaxfaultError", "FaultModel", "EvalResult", "evaluate", "evaluation_form", "summarize",
            "FAULT_MODELS", "BitFlips", "Composed", "bit_flips", "build_fault_model", "compose", "register_fault_model",
+           "register_preset",
            "SCHEMES", "Scheme", "get_scheme", "register_scheme", "HBMFaults", "hbm_faults", "SRAMBitErrors", "sram_bit_errors",
            "CiMVariation", "cim_variation", "enable_compile_cache",
            "Task", "classification", "language_model", "ActivationBitFlips", "activation_bit_flips", *_LAZY]

@@ -142,11 +142,12 @@ def _check_int(name: str, value, low: int, high: int) -> None:
 
 def build_fault_model(config: ExperimentConfig):
     """The configured fault model (its fields validated by its own dataclass)."""
-    from jaxfault.fault_models import build_fault_model as build, resolve_name
+    from jaxfault.fault_models import build_fault_model as build, check_not_fixed, resolve_name
 
     check(isinstance(config.fault_model, str), f"fault_model must be a name, got {config.fault_model!r}")
     name = resolve_name(config.fault_model)
     fields = fault_model_fields(name)
+    check_not_fixed(name, config.fault)
     for k in config.fault:
         check(k in fields, f"fault model {name!r} has no field {k!r}{nearest_hint(str(k), fields)}; "
                            f"its fields are {', '.join(fields) or 'none'}")
@@ -158,10 +159,9 @@ def build_fault_model(config: ExperimentConfig):
 
 def fault_model_fields(name: str) -> tuple[str, ...]:
     """The configuration fields of a registered fault model, from its dataclass."""
-    from jaxfault.fault_models import FAULT_MODELS, resolve_name
+    from jaxfault.fault_models import config_fields
 
-    default = FAULT_MODELS.get(resolve_name(name)).factory()
-    return tuple(f.name for f in dataclasses.fields(default) if f.name != "rate_bound")
+    return tuple(f for f in config_fields(name) if f != "rate_bound")
 
 
 # ------------------------------------------------------------------------------------ running

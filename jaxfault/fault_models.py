@@ -40,6 +40,51 @@ def register_fault_model(name: str, factory, *, rate_name: str, method: str | No
     FAULT_MODELS.register(name, factory, rate_name=rate_name, method=method or name, description=description)
 
 
+def register_preset(name: str, fault_model: str, *, description: str = "", **fixed) -> None:
+    """Register a method preset: a registered fault model with some of its fields fixed, in the
+    way optax's aliases name recipes built from primitives. The preset is a fault-model name like
+    any other: ``eval.run --fault-model NAME``, a campaign's ``method``, a plan section's
+    ``fault_model`` (for a stage whose fault model it presets). Its other fields stay settable;
+    giving a fixed one is a one-line error. The fixed values are checked now, by building it.
+
+    Args:
+      name: the preset's registry name.
+      fault_model: the registered fault model (or campaign alias) it presets.
+      description: one line for listings.
+      **fixed: the fields it fixes, by the fault model's field names.
+    """
+    base = FAULT_MODELS.get(resolve_name(fault_model))
+    fields = config_fields(base.name)
+    for k in fixed:
+        if k not in fields:
+            raise JaxfaultError(f"preset {name!r}: fault model {base.name!r} has no field {k!r}; "
+                                f"its fields are {', '.join(fields)}")
+    base.factory(**fixed)
+
+    def factory(**config):
+        check_not_fixed(name, config)
+        return base.factory(**{**fixed, **config})
+
+    FAULT_MODELS.register(name, factory, rate_name=base.info["rate_name"], method=name, description=description,
+                          preset_of=base.name, fixed=dict(fixed))
+
+
+def check_not_fixed(name: str, config) -> None:
+    """A one-line error when `config` sets a field that the preset `name` fixes."""
+    reg = FAULT_MODELS.get(resolve_name(name))
+    fixed = reg.info.get("fixed", {})
+    for k in config:
+        if k in fixed:
+            raise JaxfaultError(f"fault model {reg.name!r} is a preset with {k} = {fixed[k]!r}; use "
+                                f"{reg.info['preset_of']!r} to set {k}")
+
+
+def base_fault_model(name: str) -> str:
+    """The registered fault model behind a name: itself, or the one a preset fixes fields of."""
+    reg = FAULT_MODELS.get(resolve_name(name))
+    return reg.info.get("preset_of", reg.name)
+
+
 def build_fault_model(name: str, **config) -> FaultModel:
     """A fault model by registered name (or campaign method alias) and its configuration."""
     return FAULT_MODELS.get(resolve_name(name)).factory(**config)
@@ -57,9 +102,11 @@ def resolve_name(name: str) -> str:
 
 
 def config_fields(name: str) -> tuple[str, ...]:
-    """The configuration fields a registered fault model's factory takes."""
-    default = FAULT_MODELS.get(resolve_name(name)).factory()
-    return tuple(f.name for f in dataclasses.fields(default))
+    """The configuration fields a registered fault model's factory takes (a preset's: those it
+    does not fix)."""
+    reg = FAULT_MODELS.get(resolve_name(name))
+    fixed = reg.info.get("fixed", {})
+    return tuple(f.name for f in dataclasses.fields(reg.factory()) if f.name not in fixed)
 
 
 # ------------------------------------------------------------------------------------ composition

@@ -135,3 +135,59 @@ def test_toy_weight_fault_with_a_knob_relation_through_run_campaign_and_plan(len
         [0.0, pytest.approx(0.002 * 20 * net), pytest.approx(0.002 * 60 * net)]
     assert confs[25.0]["relative_energy"] > confs[65.0]["relative_energy"] > confs[85.0]["relative_energy"] == 1.0
     assert confs[25.0]["score"]["mean"] >= confs[85.0]["score"]["mean"]   # p_sign 1e-4 against 6.4e-3
+
+
+def test_toy_method_preset_through_run_campaign_and_plan(lenet_checkpoint, tmp_path, capsys):
+    """A preset registered in tests/toy_hbm_flips_preset.py only (the HBM fault model with XOR
+    flips): eval.run gives the same rows as the HBM fault model with that field set (same keys,
+    same numbers), a campaign runs it by name and refuses the field it fixes, and a plan's HBM
+    stage takes it as its fault model, priced by the energy report."""
+    import toy_hbm_flips_preset  # noqa: F401  (registers "toy-hbm-flips")
+    from eval import campaign as campaign_cli
+    from eval import plan as plan_cli
+    from eval import run as run_cli
+
+    common = ["--rates", "0,0.01", "--trials", "3", "--limit", "100", "--checkpoint", str(lenet_checkpoint),
+              "--no-compile-cache"]
+    assert run(run_cli.main, ["--fault-model", "toy-hbm-flips", "--set", "scheme=none", "--out",
+                              str(tmp_path / "preset"), *common]) == 0
+    assert run(run_cli.main, ["--fault-model", "hbm", "--set", "scheme=none", "--set", "mode=flip", "--out",
+                              str(tmp_path / "base"), *common]) == 0
+    preset, base = ([{k: v for k, v in r.items() if k != "fault_model"}
+                     for r in json.loads((tmp_path / d / "results.json").read_text())["rows"]] for d in ("preset", "base"))
+    assert preset == base and preset[1]["realised_ber"]["mean"] > 0.005
+    capsys.readouterr()
+    assert run(run_cli.main, ["--fault-model", "toy-hbm-flips", "--set", "mode=stuck-at", "--out",
+                              str(tmp_path / "bad"), *common]) == 2
+    assert "is a preset with mode = 'flip'" in capsys.readouterr().err
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"checkpoint": str(lenet_checkpoint), "eval_examples": 100, "trials": 2,
+                               "output": str(tmp_path / "c.jsonl"),
+                               "grid": [{"method": "toy-hbm-flips", "scheme": ["none", "sparrow"], "ber": [0.01]}]}))
+    assert run(campaign_cli.main, [str(cfg), "--no-compile-cache"]) == 0
+    recs = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines() if line.strip()]
+    recs = {r["config"]["scheme"]: r for r in recs if "config" in r}
+    assert recs["sparrow"]["accuracy_mean"] > recs["none"]["accuracy_mean"]   # Sparrow corrects exponent flips
+    cfg.write_text(json.dumps({"checkpoint": str(lenet_checkpoint), "output": str(tmp_path / "d.jsonl"),
+                               "grid": [{"method": "toy-hbm-flips", "mode": "stuck-at", "ber": [0.01]}]}))
+    capsys.readouterr()
+    assert run(campaign_cli.main, [str(cfg)]) == 2
+    assert "is a preset with mode = 'flip'" in capsys.readouterr().err
+
+    plan = {"checkpoint": str(lenet_checkpoint), "eval_examples": 200, "trials": 4, "output": str(tmp_path / "plan"),
+            "target": {"metric": "mean", "max_drop_points": 2.0},
+            "hbm": {"fault_model": "toy-hbm-flips", "scheme": ["none", "sparrow"], "refresh_interval_s": [0.064, 2.0],
+                    "extrapolate": True}}
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan))
+    assert run(plan_cli.main, [str(plan_file)]) in (0, 2)
+    report = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    confs = {(c["knobs"]["scheme"], c["knobs"]["refresh_interval_s"]): c for c in report["configurations"]}
+    assert confs[("sparrow", 2.0)]["energy"]["stored_bits_per_weight"] > confs[("none", 2.0)]["energy"]["stored_bits_per_weight"]
+    assert confs[("sparrow", 2.0)]["score"]["mean"] > confs[("none", 2.0)]["score"]["mean"]
+    bad = {**plan, "hbm": {**plan["hbm"], "fault_model": "sram"}}
+    plan_file.write_text(json.dumps(bad))
+    capsys.readouterr()
+    assert run(plan_cli.main, [str(plan_file)]) == 2
+    assert "fault_model 'sram' is not 'hbm' or a preset of it" in capsys.readouterr().err

@@ -14,7 +14,8 @@ import math
 import jax
 
 from jaxfault.errors import JaxfaultError, check_probability, nearest_hint
-from jaxfault.fault_models import FAULT_MODELS, build_fault_model, config_fields, resolve_name
+from jaxfault.fault_models import (FAULT_MODELS, base_fault_model, build_fault_model, check_not_fixed, config_fields,
+                                   resolve_name)
 
 DATA_FIELDS = {"cim": ("selection", "mask_p")}
 SWIM_SELECTIONS = ("magnitude", "random", "none", "all")
@@ -29,9 +30,10 @@ def split_point(params: dict) -> tuple[str, dict, str, float, dict]:
     reg = FAULT_MODELS.get(name)
     rate_name = reg.info["rate_name"]
     fields = config_fields(name)
-    data_fields = DATA_FIELDS.get(name, ())
+    data_fields = DATA_FIELDS.get(base_fault_model(name), ())
     allowed = set(fields) | set(data_fields) | {"method", rate_name}
     allowed.discard("rate_bound")
+    check_not_fixed(name, params)
     for k in params:
         if k not in allowed:
             raise JaxfaultError(f"unknown field {k!r} for method {method!r}{nearest_hint(k, sorted(allowed))}; "
@@ -76,7 +78,7 @@ def group_key(params: dict) -> str:
 
 def add_fault_data(name: str, data: dict, variables: dict, key: jax.Array) -> dict:
     """Variables with the fault model's data collections (SWIM's write-verify mask) added."""
-    if name != "cim":
+    if base_fault_model(name) != "cim":
         return variables
     from jaxfault.swim import WRITE_VERIFY, full_mask, protection_mask
 

@@ -96,7 +96,7 @@ def _stage(name: str, section, task: str) -> dict:
         raise JaxfaultError(f"{where} must be an object of knob grids and settings, got {plain(section)!r}")
     stage = get_stage(name)
     cfg = validate(_as_list(section, stage.knob_names), stage.fields, where)
-    return stage.check(cfg, where, task)
+    return stage.check_section(cfg, where, task)
 
 
 def _target(section, lm: bool) -> dict:

@@ -105,22 +105,42 @@ class PlanStage:
 
     @property
     def fields(self) -> list[Field]:
-        return [*self.knobs, *self.settings]
+        """The section's fields: knobs, settings, and ``fault_model``, which may name a preset of
+        the stage's fault model instead (jaxfault.fault_models.register_preset)."""
+        return [*self.knobs, *self.settings, Field("fault_model", str, self.fault_model)]
+
+    def check_section(self, section: dict, where: str, task: str) -> dict:
+        """A section whose fields are valid one by one, checked as a whole."""
+        from jaxfault.fault_models import FAULT_MODELS, base_fault_model, resolve_name
+
+        name = section["fault_model"]
+        if base_fault_model(name) != self.fault_model:
+            raise JaxfaultError(f"{where}: fault_model {name!r} is not {self.fault_model!r} or a preset of it")
+        fixed = FAULT_MODELS.get(resolve_name(name)).info.get("fixed", {})
+        for k in self.knob_names:
+            if k in fixed:
+                raise JaxfaultError(f"{where}: fault_model {name!r} fixes {k}, a knob of this stage")
+        return self.check(section, where, task)
 
     def recorded_settings(self, section: dict) -> dict:
-        """The fixed settings that enter a row's id."""
+        """The fixed settings that enter a row's id (the fault model too, when it is a preset)."""
         names = self.row_settings if self.row_settings is not None else \
             tuple(f.name for f in self.settings if f.name != "extrapolate")
-        return {k: section[k] for k in names}
+        out = {k: section[k] for k in names}
+        if section.get("fault_model", self.fault_model) != self.fault_model:
+            out["fault_model"] = section["fault_model"]
+        return out
 
     def build(self, section: dict, knobs: dict):
-        """The stage's fault model: structural knobs and the settings that are its fields."""
+        """The stage's fault model (or the section's preset of it): structural knobs and the
+        settings that are its fields."""
         from jaxfault.fault_models import build_fault_model, config_fields
 
-        fields = set(config_fields(self.fault_model))
+        name = section.get("fault_model", self.fault_model)
+        fields = set(config_fields(name))
         config = {k: section[k] for k in (f.name for f in self.settings) if k in fields}
         config.update({k: knobs[k] for k in self.structural})
-        return build_fault_model(self.fault_model, **config)
+        return build_fault_model(name, **config)
 
 
 PLAN_STAGES = Registry("plan stage")
