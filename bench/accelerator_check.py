@@ -221,7 +221,7 @@ def render_report(info: dict, meta: dict, outcomes: list[Outcome], pending: list
 
 def main(argv=None) -> int:
     from jaxfault.cli import ArgumentParser, positive_float, positive_int
-    from jaxfault.io import atomic_write_text
+    from jaxfault.core.io import atomic_write_text
 
     p = ArgumentParser(prog="bash scripts/accelerator_check.sh", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",

@@ -21,8 +21,8 @@ from jaxfault.cli import ArgumentParser, run_main
 from jaxfault.energy.core import Hardware, energy_core, total_energy_layer_major
 from jaxfault.energy.layers import to_arrays
 from jaxfault.energy.networks import get_network
-from jaxfault.errors import JaxfaultError
-from jaxfault.io import atomic_write_json
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.io import atomic_write_json
 
 
 def design_points(n: int, num_layers: int, seed: int = 0):

@@ -31,7 +31,8 @@ def floor_seconds(model, variables, images, labels, fm, instances: int) -> float
     import jax
     import jax.numpy as jnp
 
-    from jaxfault import engine, tasks
+    from jaxfault import engine
+    from jaxfault.core import tasks
 
     eval_model, prepared, x = engine.prepare(model, variables, images, fm)
     y = jnp.asarray(labels)
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     import jax
 
     import jaxfault
-    from jaxfault.zoo import load_classifier_and_data
+    from jaxfault.training.zoo import load_classifier_and_data
     from jaxfault.engine import summarize
 
     print(_uptime())
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
     for name, fm, ber, kw in methods:
         floor_fm = fm.with_rate_bound(ber)
         if kw:
-            from jaxfault.fault_models import InDtype
+            from jaxfault.faults.fault_models import InDtype
 
             floor_fm = InDtype(floor_fm, kw["compute_dtype"])
         floor = floor_seconds(model, variables, images, labels, floor_fm, T)

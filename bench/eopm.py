@@ -17,14 +17,14 @@ import jax
 import numpy as np
 
 from jaxfault.cli import ArgumentParser, run_main
-from jaxfault.config import parse_float_list
-from jaxfault.io import atomic_write_json
-from jaxfault.keys import stream
+from jaxfault.core.config import parse_float_list
+from jaxfault.core.io import atomic_write_json
+from jaxfault.core.keys import stream
 from jaxfault.models import create_model, init_variables
 from jaxfault.models.generators import create_generator, init_generator
 from jaxfault.neuralfuse.eopm import (EOPMConfig, init_train_state, make_eopm_step, make_optimizer,
                                       reference_step_grads, train_seeds)
-from jaxfault.batching import parse_strategy
+from jaxfault.core.batching import parse_strategy
 
 
 def _time(fn, repeats: int) -> tuple[float, float]:

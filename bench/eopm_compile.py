@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxfault.cli import ArgumentParser, positive_int, run_main, strategy_flag
-from jaxfault.io import atomic_write_json
-from jaxfault.keys import stream
+from jaxfault.core.io import atomic_write_json
+from jaxfault.core.keys import stream
 from jaxfault.models import create_model, init_variables
 from jaxfault.models.generators import create_generator, init_generator
 from jaxfault.neuralfuse.eopm import EOPMConfig, init_train_state, make_eopm_step, make_optimizer

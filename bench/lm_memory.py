@@ -5,7 +5,7 @@
 A GPT-2 of Hugging Face's default size (12 layers, width 768, 12 heads, vocabulary 50257: 124M
 parameters) with random weights, evaluated on random token windows under HBM stuck-at faults at
 BER 1e-3 (bf16 words under the scheme), 20 trials. The trials run in chunks that fit the memory
-budget (jaxfault.memory; default half the device's memory): the clean model and the tokens are
+budget (jaxfault.engine.memory; default half the device's memory): the clean model and the tokens are
 held once, a chunk of trials holds one faulty copy each. Prints the budget, the per-trial and
 shared bytes of XLA's memory analysis, the chunk, the wall time of the faulty evaluation and the
 scored tokens per second; /usr/bin/time -v gives the process's peak resident memory.
@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     import numpy as np
 
     import jaxfault
-    from jaxfault import memory, tasks
+    from jaxfault.engine import memory
+    from jaxfault.core import tasks
     from jaxfault.models import GPT2
 
     model = GPT2()

@@ -186,8 +186,8 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import pytorchfi  # noqa: F401 - fail early when the peer is missing
 
-    from jaxfault.bits import bf16_round_trip
-    from jaxfault.zoo import load_classifier_and_data
+    from jaxfault.core.bits import bf16_round_trip
+    from jaxfault.training.zoo import load_classifier_and_data
 
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     if a.compile_cache:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from jaxfault.cli import ArgumentParser, positive_int, run_main
-from jaxfault.io import atomic_write_json, check_output_path
+from jaxfault.core.io import atomic_write_json, check_output_path
 from jaxfault.plan import load_plan, run_plan
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -33,11 +33,12 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from jaxfault import engine, rare
+from jaxfault import engine
+from jaxfault.experiment import rare
 from jaxfault.cli import ArgumentParser, positive_int, run_main
-from jaxfault.zoo import load_classifier_and_data
+from jaxfault.training.zoo import load_classifier_and_data
 from jaxfault.ecc.hbm import HBMFaults
-from jaxfault.io import atomic_write_json
+from jaxfault.core.io import atomic_write_json
 
 CLASS_POSITIONS = (30,)
 CLASS_DIRECTION = "0->1"

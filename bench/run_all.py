@@ -60,7 +60,7 @@ def compose_report(info: dict[str, str], rows: list[str], sections: list[str], o
 def main(argv=None) -> int:
     import argparse
 
-    from jaxfault.io import atomic_write_text
+    from jaxfault.core.io import atomic_write_text
 
     p = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench/RESULTS.md")

@@ -21,10 +21,10 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxfault.bits import BF16_MASK
+from jaxfault.core.bits import BF16_MASK
 from jaxfault.cli import ArgumentParser, run_main
-from jaxfault.config import parse_float_list
-from jaxfault.errors import check, check_probability
+from jaxfault.core.config import parse_float_list
+from jaxfault.core.errors import check, check_probability
 
 
 # ------------------------------------------ numpy baseline ------------------------------------------
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{r['xla_peak_x_weights']:.2f}x weight bytes; process peak RSS growth of the pipeline (compile "
               f"included) {r['rss_pipeline_growth_mb']:.1f} MiB = {r['rss_pipeline_growth_x_weights']:.2f}x", flush=True)
     if a.out:
-        from jaxfault.io import atomic_write_json
+        from jaxfault.core.io import atomic_write_json
 
         atomic_write_json(a.out, {"block_size": a.block_size, "ber": a.ber, "zero_to_one": a.zero_to_one,
                                   "results": results})

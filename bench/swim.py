@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.cli import ArgumentParser, run_main
-from jaxfault.batching import parse_strategy
-from jaxfault.precision import check_precision
-from jaxfault.errors import JaxfaultError
-from jaxfault.io import atomic_write_json
+from jaxfault.core.batching import parse_strategy
+from jaxfault.core.precision import check_precision
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.io import atomic_write_json
 from jaxfault.swim.run import load_model, make_monte_carlo
 from jaxfault.swim.selection import full_mask, loss_curvature
 

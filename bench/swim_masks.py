@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.cli import ArgumentParser, run_main
-from jaxfault.errors import JaxfaultError, check_probability
-from jaxfault.pytree import flatten_kernels, is_kernel
+from jaxfault.core.errors import JaxfaultError, check_probability
+from jaxfault.core.pytree import flatten_kernels, is_kernel
 from jaxfault.swim.run import load_model
 from jaxfault.swim.selection import (batch_mean_gradient_sum, layer_scale, loss_curvature, second_order_buffer,
                                      select_top_fraction, sensitivity_scores)

@@ -1,10 +1,10 @@
 """Reload a checkpoint and print its test accuracy: python -m eval.accuracy --checkpoint DIR."""
 from __future__ import annotations
 
-from jaxfault.checkpoints import load_checkpoint
+from jaxfault.training.checkpoints import load_checkpoint
 from jaxfault.cli import ArgumentParser, run_main
 from jaxfault.data import load_dataset
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.training import evaluate
 
 

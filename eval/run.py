@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from jaxfault.cli import ArgumentParser, run_main, seed_int
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.experiment import ExperimentConfig, field_help, format_rows, parse_value, run
 
 KINDS = {"int": int, "int | None": int, "str": str, "str | None": str}
@@ -33,7 +33,7 @@ def build_parser() -> ArgumentParser:
 
 
 def config_from_args(args) -> ExperimentConfig:
-    from jaxfault.config import parse_float_list
+    from jaxfault.core.config import parse_float_list
 
     fault = {}
     for item in args.fault:

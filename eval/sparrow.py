@@ -12,7 +12,7 @@ from typing import Sequence
 from jaxfault.cli import (ArgumentParser, add_model_flags, add_setting_flags, as_flags, positive_float, probability,
                           run_main, settings_from_args)
 from jaxfault.ecc import scheme_names
-from jaxfault.ecc_eval import SparrowEvalConfig, prepare_output, report_text, run, write_report
+from jaxfault.experiment.ecc_eval import SparrowEvalConfig, prepare_output, report_text, run, write_report
 
 
 def build_parser() -> ArgumentParser:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxfault.cli import ArgumentParser, add_setting_flags, probability, run_main, settings_from_args
-from jaxfault.io import check_output_path
+from jaxfault.core.io import check_output_path
 from jaxfault.swim.run import SwimConfig, format_table, run, write_report
 from jaxfault.swim.selection import METHODS
 

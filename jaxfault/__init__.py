@@ -16,23 +16,23 @@ extend the registries (docs/extending.md).
 
 __version__ = "0.3.0"   # the one version string (pyproject.toml reads it)
 
-from jaxfault.errors import JaxfaultError  # noqa: E402,F401
-from jaxfault.protocol import FaultModel  # noqa: E402,F401
+from jaxfault.core.errors import JaxfaultError  # noqa: E402,F401
+from jaxfault.core.protocol import FaultModel  # noqa: E402,F401
 from jaxfault.engine import EvalResult, evaluate, evaluation_form, summarize  # noqa: E402,F401
-from jaxfault.fault_models import (  # noqa: E402,F401
+from jaxfault.faults.fault_models import (  # noqa: E402,F401
     FAULT_MODELS, BitFlips, Composed, bit_flips, build_fault_model, compose, register_fault_model, register_preset)
-from jaxfault.compile_cache import enable_compile_cache  # noqa: E402,F401
+from jaxfault.engine.compile_cache import enable_compile_cache  # noqa: E402,F401
 from jaxfault.ecc import SCHEMES, Scheme, get_scheme, register_scheme  # noqa: E402,F401
 from jaxfault.ecc.hbm import HBMFaults, hbm_faults  # noqa: E402,F401
 from jaxfault.neuralfuse.faults import SRAMBitErrors, sram_bit_errors  # noqa: E402,F401
 from jaxfault.swim.variation import CiMVariation, cim_variation  # noqa: E402,F401
-from jaxfault.tasks import Task, classification, language_model  # noqa: E402,F401
-from jaxfault.activations import ActivationBitFlips, activation_bit_flips  # noqa: E402,F401
+from jaxfault.core.tasks import Task, classification, language_model  # noqa: E402,F401
+from jaxfault.faults.activations import ActivationBitFlips, activation_bit_flips  # noqa: E402,F401
 
 _LAZY = {
     "write_verify_mask": ("jaxfault.swim", "write_verify_mask"),
     "create_model": ("jaxfault.models", "create_model"),
-    "load_checkpoint": ("jaxfault.checkpoints", "load_checkpoint"),
+    "load_checkpoint": ("jaxfault.training.checkpoints", "load_checkpoint"),
     "load_dataset": ("jaxfault.data", "load_dataset"),
 }
 

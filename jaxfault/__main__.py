@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         return 0
     name = argv[0]
     if name not in COMMANDS:
-        from jaxfault.errors import nearest_hint
+        from jaxfault.core.errors import nearest_hint
 
         print(f"jaxfault: error: unknown command {name!r}{nearest_hint(name, COMMANDS)}; "
               f"run 'jaxfault --help' for the list", file=sys.stderr)

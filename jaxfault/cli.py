@@ -8,8 +8,8 @@ import re
 import sys
 from typing import Callable, Sequence
 
-from jaxfault.errors import JaxfaultError
-from jaxfault.keys import MAX_SEED
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.keys import MAX_SEED
 
 # Anything float() reads as a negative number, including exponents, inf and nan: argparse's own
 # pattern (-1, -.5) misses '-1e-3', which it then takes for an unknown option.
@@ -90,14 +90,14 @@ def import_plugins() -> list[str]:
 
 def compilation_cache_dir():
     """Where compiled XLA programs persist between runs: <jaxfault cache>/xla."""
-    from jaxfault.compile_cache import default_cache_dir
+    from jaxfault.engine.compile_cache import default_cache_dir
 
     return default_cache_dir()
 
 
 def enable_compilation_cache(path=None) -> None:
     """Turn on JAX's persistent compilation cache (jaxfault.enable_compile_cache)."""
-    from jaxfault.compile_cache import enable_compile_cache
+    from jaxfault.engine.compile_cache import enable_compile_cache
 
     enable_compile_cache(path)
 
@@ -253,7 +253,7 @@ def add_model_flags(ap: argparse.ArgumentParser) -> None:
 
 def seed_int(text):
     """argparse type of every CLI's --seed: an integer in [0, MAX_SEED], what the key derivation
-    (jaxfault.keys.root_key) takes."""
+    (jaxfault.core.keys.root_key) takes."""
     value = nonneg_int(text)
     if value > MAX_SEED:
         raise FlagValueError(f"must be <= {MAX_SEED} (the key derivation takes 32 bits), got {text!r}")
@@ -262,7 +262,7 @@ def seed_int(text):
 
 def strategy_flag(text):
     """argparse type: a batching strategy (auto, vmap, map, loop or map:B), validated up front."""
-    from jaxfault.batching import parse_strategy
+    from jaxfault.core.batching import parse_strategy
 
     try:
         parse_strategy(str(text))
@@ -294,7 +294,7 @@ def bounded_float(low: float | None = None, high: float | None = None, *, low_op
     return _flag_type("bounded_float", ok, f"in {lo}, {hi}")
 
 
-# how add_setting_flags reads a setting's value, by the kind jaxfault.config.setting declares
+# how add_setting_flags reads a setting's value, by the kind jaxfault.core.config.setting declares
 SETTING_KINDS = {"probability": probability, "positive_int": positive_int, "nonneg_int": nonneg_int,
                  "positive_float": positive_float, "nonneg_float": nonneg_float, "finite_float": finite_float,
                  "seed": seed_int, "strategy": strategy_flag, "shape": input_shape_flag, None: None}
@@ -302,11 +302,11 @@ SETTING_KINDS = {"probability": probability, "positive_int": positive_int, "nonn
 
 def add_setting_flags(ap: argparse.ArgumentParser, cls) -> None:
     """One flag per setting of config dataclass `cls` (fields declared with
-    jaxfault.config.setting), named, typed and described as the field declares; each flag's value
+    jaxfault.core.config.setting), named, typed and described as the field declares; each flag's value
     lands in the namespace under the field's name (see settings_from_args)."""
     import dataclasses
 
-    from jaxfault.config import settings_of
+    from jaxfault.core.config import settings_of
 
     for f in settings_of(cls):
         meta = f.metadata
@@ -323,6 +323,6 @@ def add_setting_flags(ap: argparse.ArgumentParser, cls) -> None:
 
 def settings_from_args(args: argparse.Namespace, cls) -> dict:
     """{field: value} of the settings of `cls`, read from the namespace add_setting_flags filled."""
-    from jaxfault.config import settings_of
+    from jaxfault.core.config import settings_of
 
     return {f.name: getattr(args, f.name) for f in settings_of(cls)}

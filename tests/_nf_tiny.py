@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxfault.quant import fake_quant
+from jaxfault.core.quant import fake_quant
 
 
 class QConv(nn.Module):

@@ -25,7 +25,7 @@ def _compile_cache_dir() -> str:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test, deselected by default (run with -m slow)")
-    from jaxfault.compile_cache import enable_compile_cache
+    from jaxfault.engine.compile_cache import enable_compile_cache
 
     enable_compile_cache(_compile_cache_dir())
 
@@ -45,7 +45,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def small_dataset():
     """2000 train / 1000 test images of Fashion-MNIST when installed, else a learnable synthetic set."""
     from jaxfault.data import Dataset, load_dataset
-    from jaxfault.errors import JaxfaultError
+    from jaxfault.core.errors import JaxfaultError
 
     try:
         full = load_dataset("fashion_mnist", source="local")
@@ -68,7 +68,7 @@ def small_dataset():
 def _train_tiny(path, dataset, qat: bool):
     import jax
 
-    from jaxfault.checkpoints import save_checkpoint
+    from jaxfault.training.checkpoints import save_checkpoint
     from jaxfault.models import create_model
     from jaxfault.training import train_classifier
 
@@ -98,7 +98,7 @@ def qat_lenet_checkpoint(tmp_path_factory, small_dataset):
 def default_cache(tmp_path, monkeypatch, lenet_checkpoint, qat_lenet_checkpoint):
     """A model cache holding the tiny checkpoints under the names default_classifier() looks for,
     so CLIs run without --checkpoint in tests without training a full model."""
-    from jaxfault.zoo import cache_entry_name
+    from jaxfault.training.zoo import cache_entry_name
 
     root = tmp_path / "cache"
     root.mkdir()
@@ -116,8 +116,8 @@ def make_lm_checkpoint(tmp_path, monkeypatch):
         import jax
         import jax.numpy as jnp
 
-        from jaxfault.checkpoints import save_checkpoint
-        from jaxfault.lm import build_language_model, lm_model_config
+        from jaxfault.training.checkpoints import save_checkpoint
+        from jaxfault.training.lm import build_language_model, lm_model_config
 
         data = tmp_path / "data"
         data.mkdir(exist_ok=True)

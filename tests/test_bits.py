@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault import bits
-from jaxfault.errors import JaxfaultError
+from jaxfault.core import bits
+from jaxfault.core.errors import JaxfaultError
 
 
 @pytest.mark.parametrize("dtype,udt", [(jnp.float32, np.uint32), (jnp.float16, np.uint16), (jnp.bfloat16, np.uint16)])
@@ -104,7 +104,7 @@ def test_integer_bf16_conversions_equal_xla_casts_bit_for_bit():
     """widen_bf16 over every bf16 word, narrow_to_bf16 over random float32 words of every kind
     (NaNs, infinities, subnormals, exact ties, overflow to infinity): the same bits as XLA's
     convert, both compiled (operands passed as arguments, so nothing is constant-folded)."""
-    from jaxfault.bits import narrow_to_bf16, widen_bf16
+    from jaxfault.core.bits import narrow_to_bf16, widen_bf16
 
     every = jax.lax.bitcast_convert_type(jnp.arange(1 << 16, dtype=jnp.uint32).astype(jnp.uint16), jnp.bfloat16)
     got, want = jax.jit(widen_bf16)(every), jax.jit(lambda a: a.astype(jnp.float32))(every)

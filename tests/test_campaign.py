@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxfault import campaign as cp
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_point_equals_engine_evaluate_and_bitflip_rate(lenet_checkpoint):
     """A campaign point's trials are the engine's evaluation with the point's keys."""
     from jaxfault import engine
     from jaxfault.campaign.methods import build_point
-    from jaxfault.keys import trial_keys
+    from jaxfault.core.keys import trial_keys
 
     config = cp.validate_config({"checkpoint": str(lenet_checkpoint), "eval_examples": 300, "trials": 3,
                                  "grid": [{"method": "bitflip", "ber": 3e-5}]})
@@ -250,7 +250,7 @@ def test_ci_width_stops_each_point_and_a_killed_run_resumes_to_the_same_rows(tmp
     its first point resumes to exactly the rows of an uninterrupted run."""
     import eval.campaign as mod
     from jaxfault.campaign import runner
-    from jaxfault.stats import mean_ci
+    from jaxfault.core.stats import mean_ci
 
     bers = (1e-5, 1e-1)
     # a cap that is no multiple of the chunk: the last chunk (2 trials) is padded to the compiled shape

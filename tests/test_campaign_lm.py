@@ -18,7 +18,7 @@ def lm_checkpoint(make_lm_checkpoint):
 def test_a_language_model_point_equals_the_engine_with_its_keys(lm_checkpoint):
     from jaxfault import engine
     from jaxfault.campaign.methods import build_point
-    from jaxfault.keys import trial_keys
+    from jaxfault.core.keys import trial_keys
 
     config = cp.validate_config({"checkpoint": str(lm_checkpoint), "eval_windows": 3, "trials": 4,
                                  "grid": [{"method": "sparrow", "scheme": "none", "ber": 3e-2}]})

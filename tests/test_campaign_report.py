@@ -3,7 +3,7 @@ wide as their longest entry. No model, no JAX computation: records are written b
 import numpy as np
 
 from jaxfault.campaign.report import format_table, format_value, plot_records, point_label
-from jaxfault.stats import mean_ci
+from jaxfault.core.stats import mean_ci
 
 
 def record(method, acc=0.8951, rate=1.2e-3, **fields):

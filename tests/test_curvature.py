@@ -8,7 +8,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxfault.swim.curvature import (becker_lecun_diag, ggn_diag_exact, hessian_diag_exact,
                                      hessian_diag_hutchinson)
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from tests._fast_init import random_variables
 
 

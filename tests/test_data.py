@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxfault.data import batches, load_dataset, read_idx
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 
 def write_idx(path, array, compress=False):

@@ -5,7 +5,7 @@ import pytest
 
 from jaxfault import ecc
 from jaxfault.ecc import secded
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 
 def ref_checks(group):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxfault.ecc import sparrow
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 NBLOCKS = 2   # fixed shapes: one compilation per block size
 

@@ -9,7 +9,7 @@ import pytest
 from jaxfault.energy import Hardware, conv, energy_core, energy_jit, fc, to_arrays
 from jaxfault.energy.analysis import evaluate, make_sweep_fn
 from jaxfault.energy.core import check_design
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 UNITS = (200.0, 6.0, 2.0, 1.0)  # DRAM, GLB, NoC, RF (docs/energy.md)
 

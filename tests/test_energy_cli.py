@@ -14,7 +14,7 @@ from jaxfault.cli import run_main
 from jaxfault.energy import get_network, protection as P
 from jaxfault.energy.analysis import evaluate
 from jaxfault.energy.core import LEVELS
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 
 class TinyNet(nn.Module):

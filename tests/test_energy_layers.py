@@ -7,8 +7,8 @@ import pytest
 
 from jaxfault.energy import Layer, conv, fc, get_network, layers_from_model
 from jaxfault.energy.networks import ALEXNET_REFERENCE
-from jaxfault.errors import JaxfaultError
-from jaxfault.quant import fake_quant
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.quant import fake_quant
 
 
 class SmallCNN(nn.Module):

@@ -8,11 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault import batching, engine, protocol, tasks
-from jaxfault.errors import JaxfaultError
-from jaxfault.fault_models import compose
-from jaxfault.protocol import FaultModel
-from jaxfault.precision import check_precision
+from jaxfault import engine
+from jaxfault.core import batching, protocol, tasks
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.faults.fault_models import compose
+from jaxfault.core.protocol import FaultModel
+from jaxfault.core.precision import check_precision
 from tests._fast_init import random_variables
 
 
@@ -141,7 +142,7 @@ def test_composition_stage_keys_are_independent(setup):
 
 def test_qat_evaluation_form_fake_quantizes_kernels():
     from jaxfault.models import create_model, init_variables
-    from jaxfault.quant import fake_quant
+    from jaxfault.core.quant import fake_quant
 
     model = create_model("lenet", 10, quant_bits=8)
     v = init_variables(model, jax.random.key(0), (28, 28, 1))
@@ -149,7 +150,7 @@ def test_qat_evaluation_form_fake_quantizes_kernels():
     assert m2.quant_bits is None
     path_leaves = jax.tree_util.tree_leaves_with_path(v2["params"])
     # every kernel is on the 8-bit grid: fake_quant is idempotent on it
-    from jaxfault.pytree import is_kernel
+    from jaxfault.core.pytree import is_kernel
     for p, w in path_leaves:
         if is_kernel(p, w):
             np.testing.assert_array_equal(np.asarray(fake_quant(w, 8)), np.asarray(w))

@@ -7,9 +7,9 @@ import pytest
 
 from jaxfault import engine
 from jaxfault.cli import run_main
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.experiment import ExperimentConfig, fault_model_fields, read_rows, run
-from jaxfault.keys import root_key, stream, trial_keys
+from jaxfault.core.keys import root_key, stream, trial_keys
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -46,8 +46,8 @@ def test_run_writes_one_row_schema_equal_to_the_engine(lenet_checkpoint, tmp_pat
                                                             "activation_faults"}
     assert rows[0]["top1"]["mean"] == pytest.approx(report["clean"]["top1"])          # rate 0 is clean
     # the same numbers as the engine called directly with the documented keys
-    from jaxfault.activations import activation_bit_flips
-    from jaxfault.zoo import load_classifier_and_data
+    from jaxfault.faults.activations import activation_bit_flips
+    from jaxfault.training.zoo import load_classifier_and_data
 
     _, model, variables, x, y, _ = load_classifier_and_data(str(lenet_checkpoint), 200, log=lambda s: None)
     keys = trial_keys(stream(root_key(0), "experiment"), 3)

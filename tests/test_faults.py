@@ -12,7 +12,7 @@ import pytest
 
 from jaxfault import faults
 from jaxfault.faults import sampler, words
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 MASK18 = 0xFFFFC000
 
@@ -146,7 +146,7 @@ def test_flips_on_many_arrays_equal_flips_per_array():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert int(st.n_faults) == sum(int(s.n_faults) for _, s in alone) > 0 and int(st.n_zero_to_one) == 0
 
-    from jaxfault.fault_models import bit_flips
+    from jaxfault.faults.fault_models import bit_flips
     params = {"Dense_0": {"kernel": jax.random.normal(jax.random.key(1), (30, 20)), "bias": jnp.ones(20)},
               "Dense_1": {"kernel": jax.random.normal(jax.random.key(2), (20, 7)), "bias": jnp.ones(7)}}
     key = jax.random.key(9)

@@ -1,4 +1,4 @@
-"""jaxfault.formats against ml_dtypes (scalar floats), jaxfault.quant (integers) and a numpy
+"""jaxfault.core.formats against ml_dtypes (scalar floats), jaxfault.core.quant (integers) and a numpy
 transcription of the OCP MX v1.0 conversion written here (MX formats).
 
 Every comparison is bit for bit (float32 bit patterns; NaN compared as NaN)."""
@@ -7,8 +7,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxfault import formats as F
-from jaxfault.errors import JaxfaultError
+from jaxfault.core import formats as F
+from jaxfault.core.errors import JaxfaultError
 
 SCALAR = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float8_e4m3fn": ml_dtypes.float8_e4m3fn,
           "float8_e5m2": ml_dtypes.float8_e5m2}
@@ -85,7 +85,7 @@ def test_float32_is_the_identity_and_roles_cover_every_bit():
 
 # ------------------------------------------------------------------------------ integers
 def test_int_per_tensor_equals_jaxfault_quant_and_per_channel_numpy():
-    from jaxfault.quant import quantize
+    from jaxfault.core.quant import quantize
 
     rng = np.random.default_rng(1)
     w = (rng.standard_normal((3, 5, 7)) * np.array([1e-3, 1.0, 30, 2, 0.5, 4, 1e-6])).astype(np.float32)

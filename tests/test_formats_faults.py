@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault import formats as FM
+from jaxfault.core import formats as FM
 from jaxfault.ecc.format_schemes import energy_stored_bits, get_format_scheme
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.faults import placement as fp
 from jaxfault.ecc.formatted import perturb_leaves
 from jaxfault.faults.stored import Region, inject_regions, roles_table

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.models.generators import (GENERATOR_NAMES, REFERENCE_GENERATORS, REFERENCE_PARAM_COUNTS,
                                         create_generator, init_generator)
 from jaxfault.models.layers import ConvTranspose
-from jaxfault.quant import fake_quant
+from jaxfault.core.quant import fake_quant
 
 
 # ---- parameter counts: the reference layers as a table (in, out, kernel, bias, batch norm after) ----

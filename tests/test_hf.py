@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.models import GPT2, Llama
 from jaxfault.models.hf import from_hf, load_tokenizer, model_from_config, read_tensors
-from jaxfault.precision import precision_scope
+from jaxfault.core.precision import precision_scope
 
 DATA = Path(__file__).parent / "data" / "hf"
 # the default suite compiles one model per case (~3-5 s each here); the rest run with -m slow

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.models import MODEL_NAMES, create_model, init_variables
-from jaxfault.pytree import count_kernel_weights
+from jaxfault.core.pytree import count_kernel_weights
 
 
 def test_lenet_swim_shapes_and_kernel_count():

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault.errors import JaxfaultError
-from jaxfault.lm import (build_language_model, lm_model_config, load_language_model, perplexity,
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.training.lm import (build_language_model, lm_model_config, load_language_model, perplexity,
                          sample_windows, train_language_model, token_nll)
-from jaxfault.text import inputs_targets, windows
-from jaxfault.zoo import default_language_model, lm_cache_entry_name
+from jaxfault.data.text import inputs_targets, windows
+from jaxfault.training.zoo import default_language_model, lm_cache_entry_name
 
 TINY = dict(layers=1, width=32, heads=2, seq_len=16)
 

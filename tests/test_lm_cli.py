@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 
 @pytest.fixture()

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import jaxfault
-from jaxfault import memory, tasks
-from jaxfault.errors import JaxfaultError
-from jaxfault.lm import build_language_model, lm_model_config
+from jaxfault.engine import memory
+from jaxfault.core import tasks
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.training.lm import build_language_model, lm_model_config
 
 
 def test_chunk_arithmetic_and_strategies():

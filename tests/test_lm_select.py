@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import jaxfault
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.models import GPT2, Llama
-from jaxfault.pytree import path_to_str
-from jaxfault.select import TENSOR_GROUPS, group_sizes, model_patterns, parse_tensors, select_tensors, tensor_group
+from jaxfault.core.pytree import path_to_str
+from jaxfault.faults.select import TENSOR_GROUPS, group_sizes, model_patterns, parse_tensors, select_tensors, tensor_group
 
 GPT = GPT2(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2, tie_word_embeddings=False)
 LLAMA = Llama(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -113,7 +113,7 @@ def test_a_group_the_model_lacks_is_an_error():
 
 def test_a_selection_keeps_the_stored_bits_per_weight_of_its_storage():
     from jaxfault.ecc.hbm import hbm_faults
-    from jaxfault.select import select_tensors
+    from jaxfault.faults.select import select_tensors
 
     for scheme, bits in (("sparrow", 18), ("none", 16)):
         fm = hbm_faults(scheme=scheme)

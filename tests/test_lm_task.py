@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import jaxfault
-from jaxfault import tasks
-from jaxfault.activations import activation_bit_flips
-from jaxfault.lm import build_language_model, lm_model_config, order_statistic_interval, summarize_trials
-from jaxfault.select import group_module_patterns, select_tensors
+from jaxfault.core import tasks
+from jaxfault.faults.activations import activation_bit_flips
+from jaxfault.training.lm import build_language_model, lm_model_config, order_statistic_interval, summarize_trials
+from jaxfault.faults.select import group_module_patterns, select_tensors
 
 MODEL = build_language_model("gpt2", lm_model_config("gpt2", vocab_size=256, layers=2, width=32, heads=2, seq_len=16))
 

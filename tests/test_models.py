@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.models import MODEL_NAMES, create_model, init_variables
-from jaxfault.pytree import kernel_names
-from jaxfault.quant import fake_quant, quantize
+from jaxfault.core.pytree import kernel_names
+from jaxfault.core.quant import fake_quant, quantize
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)

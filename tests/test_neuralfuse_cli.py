@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxfault.neuralfuse.train as nftrain
-from jaxfault.checkpoints import load_checkpoint, read_metadata
+from jaxfault.training.checkpoints import load_checkpoint, read_metadata
 from jaxfault.cli import run_main
 from jaxfault.neuralfuse.eopm import EVAL_SEED_BASE
 
@@ -120,8 +120,8 @@ def test_init_generator_fine_tunes_from_an_earlier_generator(trained, qat_lenet_
 def test_warm_start_loads_matching_generator_and_refuses_others(tmp_path):
     import jax
 
-    from jaxfault.checkpoints import save_checkpoint
-    from jaxfault.errors import JaxfaultError
+    from jaxfault.training.checkpoints import save_checkpoint
+    from jaxfault.core.errors import JaxfaultError
     from jaxfault.models.generators import create_generator, init_generator
 
     gen = create_generator("ConvS")
@@ -151,7 +151,7 @@ def test_train_bad_input_exit_2(argv, match, capsys):
 
 def _fake_checkpoint(path, kind):
     """A checkpoint folder whose metadata names `kind` (kinds are checked before any array is read)."""
-    from jaxfault.checkpoints import save_checkpoint
+    from jaxfault.training.checkpoints import save_checkpoint
 
     return save_checkpoint(path, {"params": {"w": np.zeros(2, np.float32)}}, {"kind": kind, "generator": "UNetS"})
 
@@ -192,7 +192,7 @@ def test_evaluation_uses_the_generators_weight_order(tmp_path, qat_lenet_checkpo
     import jax
 
     import jaxfault.neuralfuse.evaluate as nfeval
-    from jaxfault.checkpoints import read_metadata, save_checkpoint
+    from jaxfault.training.checkpoints import read_metadata, save_checkpoint
     from jaxfault.models.generators import create_generator
 
     # a generator of the right structure, all zeros (x' = x; running variances 1), without compiling its init
@@ -225,7 +225,7 @@ def test_evaluation_uses_the_generators_weight_order(tmp_path, qat_lenet_checkpo
 def test_resume_of_a_run_from_before_the_layout_was_recorded(tmp_path):
     """A state saved without a layout was trained in Flax's order: --resume continues it with
     layout flax and refuses to switch it to torch."""
-    from jaxfault.errors import JaxfaultError
+    from jaxfault.core.errors import JaxfaultError
 
     template = {"w": np.zeros(3, np.float32)}
     nftrain._save_state(tmp_path / "state", template, {"ber": 0.01}, {"global_step": 1})

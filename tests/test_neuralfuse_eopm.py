@@ -5,16 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.models.generators import create_generator
-from jaxfault.keys import stream
+from jaxfault.core.keys import stream
 from jaxfault.models.generators import BN_MOMENTUM
 from jaxfault.neuralfuse.eopm import (EVAL_SEED_BASE, PERTURBED_MODELS_ROOT, TRAIN_SEED_HIGH, EOPMConfig,
                                       eopm_loss_and_grads, eval_seeds, init_train_state, make_eopm_step,
                                       make_optimizer, perturbed_model_key, reference_step_grads,
                                       seeds_to_keys, train_seeds)
 from jaxfault.neuralfuse.faults import perturb_variables
-from jaxfault.batching import parse_strategy
+from jaxfault.core.batching import parse_strategy
 from tests._fast_init import random_variables
 from tests._nf_tiny import TinyNet
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from jaxfault import faults as F
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.neuralfuse import apply_reference_map, sram_bit_errors
 from jaxfault.neuralfuse.faults import (ARRAY_COLS, ARRAY_ROWS, STUCK0, STUCK1, SRAMBitErrors, fault_masks,
                                         memory_array_codes, memory_array_index, perturb_kernel, perturb_params,
                                         perturb_variables, sign_extend, to_unsigned)
-from jaxfault.quant import dequantize, quantize
+from jaxfault.core.quant import dequantize, quantize
 
 
 def popcount(x, bits):

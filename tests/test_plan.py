@@ -8,14 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault import engine, tasks
+from jaxfault import engine
+from jaxfault.core import tasks
 from jaxfault.energy import protection as P
-from jaxfault.errors import JaxfaultError
-from jaxfault.fault_models import BitFlips, compose
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.faults.fault_models import BitFlips, compose
 from jaxfault.plan import expand, knobs, load_plan, run_plan, validate_plan
-from jaxfault.fault_models import InDtype
+from jaxfault.faults.fault_models import InDtype
 from jaxfault.plan.planner import load_plan_data, plan_trial_keys, stage_fault_model
-from jaxfault.precision import precision_scope
+from jaxfault.core.precision import precision_scope
 
 N_IMAGES = 200
 TRIALS = 4
@@ -528,7 +529,7 @@ def test_language_model_plan_scores_are_the_engines_inverse_perplexities(make_lm
     rows, planner = evaluate_configurations(plan, data, configs, log=lambda s: None)
     keys = plan_trial_keys(plan["seed"], plan["trials"])
     fm = InDtype(compose(stage_fault_model("hbm", plan, "none")), "bfloat16")
-    from jaxfault.tasks import language_model
+    from jaxfault.core.tasks import language_model
 
     ref = engine.evaluate(data.model, data.variables, data.images, data.labels, fm, [c.rates for c in configs], keys,
                           strategy="loop", task=language_model())

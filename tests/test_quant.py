@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault.quant import dequantize, quantize
+from jaxfault.core.quant import dequantize, quantize
 
 
 def reference_quantize(w: np.ndarray, bits: int):

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jaxfault import engine, rare
+from jaxfault import engine
+from jaxfault.experiment import rare
 from jaxfault.ecc.hbm import HBMFaults
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.ecc import conditional as fc
 from jaxfault.faults import words as fw
 from tests._fast_init import random_variables

@@ -7,9 +7,9 @@ import pytest
 
 from _cli_run import one_error_line, run_cli
 from test_rare import Tiny
-from jaxfault.ecc_eval import (SparrowEvalConfig, evaluate_schemes, format_comparison, result_config,
+from jaxfault.experiment.ecc_eval import (SparrowEvalConfig, evaluate_schemes, format_comparison, result_config,
                                    sweep_table)
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from tests._fast_init import random_variables
 
 

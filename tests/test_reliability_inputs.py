@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from tests._cli_run import run_cli as _run, one_error_line as _one_error_line
 
 
@@ -36,7 +36,7 @@ def tiny_checkpoint(tmp_path_factory):
     """An untrained 8-bit QAT LeNet saved as a classifier checkpoint (no training: fast)."""
     import jax
 
-    from jaxfault.checkpoints import save_checkpoint
+    from jaxfault.training.checkpoints import save_checkpoint
     from jaxfault.models import create_model, init_variables
 
     model = create_model("lenet", 10, 8)
@@ -73,7 +73,7 @@ def _edit_meta(ck, edit):
 
 
 def test_checkpoint_metadata_edit_is_refused(tiny_checkpoint, tmp_path):
-    from jaxfault.checkpoints import load_checkpoint
+    from jaxfault.training.checkpoints import load_checkpoint
 
     load_checkpoint(tiny_checkpoint)  # intact: loads
     ck = _copy(tiny_checkpoint, tmp_path)
@@ -85,7 +85,7 @@ def test_checkpoint_metadata_edit_is_refused(tiny_checkpoint, tmp_path):
 
 
 def test_generator_metadata_edit_is_refused(tmp_path):
-    from jaxfault.checkpoints import load_checkpoint, read_metadata, save_checkpoint
+    from jaxfault.training.checkpoints import load_checkpoint, read_metadata, save_checkpoint
 
     ck = tmp_path / "gen"
     save_checkpoint(ck, {"params": {"w": np.ones(3, np.float32)}},
@@ -100,7 +100,7 @@ def test_generator_metadata_edit_is_refused(tmp_path):
 
 def test_checkpoint_without_metadata_digest_still_loads(tiny_checkpoint, tmp_path):
     """Checkpoints saved before the digest existed carry none: they load as before."""
-    from jaxfault.checkpoints import load_checkpoint
+    from jaxfault.training.checkpoints import load_checkpoint
 
     ck = _copy(tiny_checkpoint, tmp_path)
     _edit_meta(ck, lambda d: d.pop("metadata_sha256"))
@@ -220,7 +220,7 @@ def test_deeply_nested_config_is_one_line(tmp_path, module, capsys):
 
 
 def test_read_json_object_depth_limit_is_shared(tmp_path):
-    from jaxfault.config import read_json_object
+    from jaxfault.core.config import read_json_object
 
     path = _write_json(tmp_path / "x.json", '{"a": ' + "[" * 200 + "]" * 200 + "}")
     with pytest.raises(JaxfaultError, match="nest"):
@@ -259,7 +259,7 @@ def test_swim_seed_is_bounded_before_work(capsys):
 
 
 def test_root_key_refuses_seeds_it_would_truncate():
-    from jaxfault.keys import root_key
+    from jaxfault.core.keys import root_key
 
     root_key(np.int64(2**32 - 1))
     for seed in (2**32, -1, True, 1.5):

@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 
-from jaxfault.progress import LogProgress, RunClock
+from jaxfault.core.progress import LogProgress, RunClock
 
 
 class FakeTime:

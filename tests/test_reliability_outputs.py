@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxfault.errors import JaxfaultError
-from jaxfault.io import check_output_path
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.io import check_output_path
 from tests._cli_run import run_cli as _run, one_error_line as _one_error_line
 
 # /proc accepts no new entries, whoever asks (root included): os.access says writable, mkdir fails
@@ -134,7 +134,7 @@ def test_campaign_dry_run_refuses_outputs_the_run_refuses(tmp_path, where, capsy
 
 # ------------------------------------------------------------------ header-only results files
 def test_results_file_holds_no_header_until_the_first_row(tmp_path):
-    from jaxfault.resultsfile import ResultsFile
+    from jaxfault.core.resultsfile import ResultsFile
 
     path = tmp_path / "r.jsonl"
     with ResultsFile.open(path, {"seed": 0}):
@@ -150,7 +150,7 @@ def test_results_file_holds_no_header_until_the_first_row(tmp_path):
 
 
 def test_results_file_failed_run_leaves_no_file(tmp_path):
-    from jaxfault.resultsfile import ResultsFile
+    from jaxfault.core.resultsfile import ResultsFile
 
     path = tmp_path / "sub" / "r.jsonl"
     with pytest.raises(RuntimeError):
@@ -160,7 +160,7 @@ def test_results_file_failed_run_leaves_no_file(tmp_path):
 
 
 def test_results_file_keeps_an_empty_file_it_did_not_create(tmp_path):
-    from jaxfault.resultsfile import ResultsFile
+    from jaxfault.core.resultsfile import ResultsFile
 
     path = tmp_path / "r.jsonl"
     path.write_bytes(b"")

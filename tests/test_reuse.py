@@ -1,4 +1,4 @@
-"""The engine's work-saving path (jaxfault.reuse, jaxfault.stages): the same numbers as a full
+"""The engine's work-saving path (jaxfault.engine.reuse, jaxfault.engine.stages): the same numbers as a full
 evaluation, per trial, bit for bit; compiled programs reused across calls."""
 import jax
 import jax.numpy as jnp
@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 import jaxfault
-from jaxfault import engine, reuse
+from jaxfault import engine
+from jaxfault.engine import reuse
 from jaxfault.ecc.hbm import HBMFaults
 from jaxfault.models.classifiers import ConvNet, LeNet5, LeNetSWIM
-from jaxfault.stages import model_stages, staged_apply
+from jaxfault.engine.stages import model_stages, staged_apply
 
 
 def _bits(x):

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxfault.checkpoints import (META_FILE, checkpoint_digest, load_checkpoint, read_metadata,
+from jaxfault.training.checkpoints import (META_FILE, checkpoint_digest, load_checkpoint, read_metadata,
                                   save_checkpoint)
 from jaxfault.cli import run_main
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_replacement_keeps_foreign_files_and_cleans_its_own(tmp_path):
 
 
 def test_save_interrupted_before_the_metadata_leaves_the_old_checkpoint(tmp_path, monkeypatch):
-    import jaxfault.checkpoints as C
+    import jaxfault.training.checkpoints as C
 
     d = tmp_path / "ck"
     save_checkpoint(d, {"params": {"w": np.zeros(3, np.float32)}}, {"kind": "k", "n": 1})
@@ -159,7 +159,7 @@ def test_files_honour_the_umask(tmp_path):
 SAVER = textwrap.dedent("""
     import sys
     import numpy as np
-    from jaxfault.checkpoints import save_checkpoint
+    from jaxfault.training.checkpoints import save_checkpoint
     d = sys.argv[1]
     i = 0
     print("ready", flush=True)
@@ -209,7 +209,7 @@ LEGACY = textwrap.dedent("""
         "kind": "classifier", "model": "lenet", "num_classes": 10, "quant_bits": None,
         "dataset": "fashion_mnist", "input_shape": [28, 28, 1]}, "metrics": {}}))
 """)
-LOAD = ("from jaxfault.checkpoints import load_checkpoint\nfrom jaxfault.cli import run_main\nimport sys\n"
+LOAD = ("from jaxfault.training.checkpoints import load_checkpoint\nfrom jaxfault.cli import run_main\nimport sys\n"
         "run_main(lambda a: load_checkpoint(sys.argv[1]) and 0)")
 
 
@@ -236,7 +236,7 @@ def test_concurrent_saves_into_one_folder_leave_a_complete_checkpoint(tmp_path, 
     instant: B's clean-up would remove A's arrays). Saves take turns, so the result is complete."""
     import threading
 
-    import jaxfault.checkpoints as C
+    import jaxfault.training.checkpoints as C
 
     d = tmp_path / "ck"
     save_checkpoint(d, {"params": {"w": np.zeros(4, np.float32)}}, {"kind": "k", "v": 0})

@@ -1,11 +1,11 @@
-"""Strict config validation (jaxfault.config) and the numeric CLI flag types (jaxfault.cli)."""
+"""Strict config validation (jaxfault.core.config) and the numeric CLI flag types (jaxfault.cli)."""
 import math
 
 import pytest
 
 from jaxfault.cli import ArgumentParser, as_flags, bounded_float, finite_float, nonneg_float, positive_int, probability, run_main
-from jaxfault.config import Field, parse_float_list, validate
-from jaxfault.errors import JaxfaultError, plain
+from jaxfault.core.config import Field, parse_float_list, validate
+from jaxfault.core.errors import JaxfaultError, plain
 
 FIELDS = [Field("seed", int, 0, min=0), Field("trials", int, 10, min=1),
           Field("ber", float, min=0, max=1), Field("dev_var", float, 0.1, min=0, min_open=True),

@@ -1,10 +1,10 @@
-"""jaxfault.io: output paths validated before work, atomic writes honour the umask."""
+"""jaxfault.core.io: output paths validated before work, atomic writes honour the umask."""
 import os
 
 import pytest
 
-from jaxfault.errors import JaxfaultError
-from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.io import atomic_write_json, atomic_write_text, check_output_path
 
 
 def test_check_output_path_files(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxfault.neuralfuse.train as nftrain
-from jaxfault.checkpoints import read_metadata, save_checkpoint
+from jaxfault.training.checkpoints import read_metadata, save_checkpoint
 from jaxfault.cli import run_main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from jaxfault.errors import JaxfaultError
-from jaxfault.resultsfile import ResultsFile, row_id
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.resultsfile import ResultsFile, row_id
 
 IDENTITY = {"model": "lenet", "checkpoint": "ab12", "eval_examples": 1000, "seed": 0, "trials": 4,
             "precision": "bf16"}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxfault.checkpoints import load_checkpoint, read_metadata, save_checkpoint
+from jaxfault.training.checkpoints import load_checkpoint, read_metadata, save_checkpoint
 from jaxfault.cli import run_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,11 +120,11 @@ def test_train_base_killed_at_random_instants_over_a_checkpoint(tmp_path, small_
 
 def test_stale_cache_temporaries_are_removed(tmp_path, monkeypatch):
     """A killed cache training leaves .NAME.xxxx folders; the next training of NAME removes them."""
-    import jaxfault.zoo as zoo
+    import jaxfault.training.zoo as zoo
 
     root = tmp_path / "cache"
     name = zoo.cache_entry_name("lenet")
-    killer = ("import sys, time, jaxfault.zoo as z\n"
+    killer = ("import sys, time, jaxfault.training.zoo as z\n"
               "def slow(out, **k):\n"
               "    (out / 'partial.npy').write_bytes(b'x' * 100); print('training', flush=True); time.sleep(60)\n"
               "z.train_and_save = slow\n"

@@ -48,7 +48,7 @@ def run(main, argv):
 ])
 def test_sparrow_cli_bad_input_exit_2(argv, needle, capsys, monkeypatch):
     """One line, exit 2, before any model is loaded (loading would raise here)."""
-    import jaxfault.ecc_eval as ev
+    import jaxfault.experiment.ecc_eval as ev
 
     monkeypatch.setattr(ev, "load_classifier_and_data", lambda *a, **k: pytest.fail("work started"))
     assert run(sp_cli.main, argv) == 2

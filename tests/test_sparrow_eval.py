@@ -5,10 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault import engine, tasks
-from jaxfault.ecc_eval import SparrowEvalConfig, evaluate_schemes
+from jaxfault import engine
+from jaxfault.core import tasks
+from jaxfault.experiment.ecc_eval import SparrowEvalConfig, evaluate_schemes
 from jaxfault.ecc.hbm import HBMFaults
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from tests._fast_init import random_variables
 
 
@@ -85,7 +86,7 @@ def test_fault_free_pass_is_skipped_only_for_bit_identical_weights(setup):
     """evaluate_schemes evaluates the clean model once: a scheme whose decoded fault-free weights
     equal already-evaluated variables bit for bit takes their metrics; any other runs its own
     forward pass. Bogus known metrics show which route was taken."""
-    from jaxfault.ecc_eval import fault_free_accuracy
+    from jaxfault.experiment.ecc_eval import fault_free_accuracy
 
     model, variables, x, labels = setup
     cfg = SparrowEvalConfig(bers=(1e-3,), schemes=("sparrow",), trials=2, strategy="map")
@@ -110,7 +111,7 @@ def test_fault_free_pass_is_skipped_only_for_bit_identical_weights(setup):
 
 
 def test_same_bits_compares_structure_dtype_and_bit_patterns():
-    from jaxfault.pytree import same_bits
+    from jaxfault.core.pytree import same_bits
 
     a = {"w": jnp.array([0.0, 1.0, jnp.nan], jnp.float32), "b": jnp.ones(2, jnp.bfloat16)}
     assert same_bits(a, {"w": jnp.array([0.0, 1.0, jnp.nan]), "b": jnp.ones(2, jnp.bfloat16)})
@@ -123,7 +124,7 @@ def test_same_bits_compares_structure_dtype_and_bit_patterns():
 def test_compute_dtype_float32_equals_the_engine_in_float32(setup):
     """SparrowEvalConfig(compute_dtype='float32') evaluates exactly what engine.evaluate does with
     compute_dtype='float32' on the same keys; its fault-free pass runs in float32 too."""
-    from jaxfault.keys import root_key, trial_keys
+    from jaxfault.core.keys import root_key, trial_keys
 
     model, variables, x, labels = setup
     cfg = SparrowEvalConfig(bers=(2e-2,), schemes=("sparrow",), zero_to_one=0.1, trials=3, strategy="map",

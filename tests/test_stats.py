@@ -1,4 +1,4 @@
-"""jaxfault.stats: distribution functions against table values, interval edge cases, and coverage
+"""jaxfault.core.stats: distribution functions against table values, interval edge cases, and coverage
 by simulation (1000 repetitions each) on synthetic fault models with a known true value.
 
 Coverage tolerance: with R = 1000 repetitions an interval of true coverage 95 % covers in
@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from jaxfault import stats as S
-from jaxfault.errors import JaxfaultError
+from jaxfault.core import stats as S
+from jaxfault.core.errors import JaxfaultError
 
 R = 1000            # repetitions of every coverage simulation
 CLEAN = 0.89        # clean accuracy of the synthetic models

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxfault.checkpoints import save_checkpoint
+from jaxfault.training.checkpoints import save_checkpoint
 from jaxfault.models import create_model, init_variables
 
 import eval.swim as swim

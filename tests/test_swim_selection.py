@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.models.layers import Dense
-from jaxfault.pytree import count_kernel_weights, flatten_kernels
+from jaxfault.core.pytree import count_kernel_weights, flatten_kernels
 from jaxfault.swim.selection import (METHODS, batch_mean_gradient_sum, loss_curvature, mask_fraction,
                                      protection_mask, second_order_buffer, select_top_fraction, selection_buffer,
                                      sensitivity_scores, write_verify_mask)

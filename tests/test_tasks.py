@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import jaxfault
-from jaxfault import engine, tasks
-from jaxfault.activations import activation_bit_flips
-from jaxfault.errors import JaxfaultError
+from jaxfault import engine
+from jaxfault.core import tasks
+from jaxfault.faults.activations import activation_bit_flips
+from jaxfault.core.errors import JaxfaultError
 from tests._fast_init import random_variables
 
 

@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxfault.errors import JaxfaultError
-from jaxfault.text import (KJV_VERSES, SPLIT_BLOCK, decode_bytes, encode_bytes, inputs_targets, load_text,
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.data.text import (KJV_VERSES, SPLIT_BLOCK, decode_bytes, encode_bytes, inputs_targets, load_text,
                            split_lines, unigram_perplexity, windows)
 
 

@@ -101,8 +101,8 @@ def test_campaign_results_file(tmp_path):
     out = T.tradeoff(recs, lambda model, shape: NET, **KW)
     assert sorted({r["label"] for r in out}) == ["none", "secded", "sparrow B64", "swim magnitude"]
     assert all(r["source"] == str(path) for r in out)
-    # rows with per-trial accuracies carry their interval (jaxfault.stats), rows without show n/a
-    from jaxfault.stats import mean_ci
+    # rows with per-trial accuracies carry their interval (jaxfault.core.stats), rows without show n/a
+    from jaxfault.core.stats import mean_ci
 
     lo, hi = mean_ci([0.8, 0.9])
     sp = [r for r in out if r["label"] == "sparrow B64"]

@@ -8,7 +8,7 @@ from jaxfault.energy import protection as P
 from jaxfault.energy import tradeoff as T
 from jaxfault.energy.analysis import evaluate
 from jaxfault.energy.networks import get_network
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 KW = dict(dram_kw={}, retention_table=P.RETENTION_BER_TABLE, voltage_table=P.VOLTAGE_BER_TABLE, v_nominal=1.0,
           write_verify=P.WriteVerify())

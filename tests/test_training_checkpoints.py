@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxfault.checkpoints import load_checkpoint, save_checkpoint
-from jaxfault.errors import JaxfaultError
+from jaxfault.training.checkpoints import load_checkpoint, save_checkpoint
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.training import evaluate
 
 
@@ -99,14 +99,14 @@ def test_train_base_cli_bad_input(capsys):
 
 
 def test_default_classifier_uses_cache(default_cache):
-    from jaxfault.zoo import default_classifier
+    from jaxfault.training.zoo import default_classifier
 
     path = default_classifier("lenet", log=lambda s: pytest.fail("must not train"))
     assert path.parent == default_cache and load_checkpoint(path).config["model"] == "lenet"
 
 
 def test_atomic_json(tmp_path):
-    from jaxfault.io import atomic_write_json
+    from jaxfault.core.io import atomic_write_json
 
     p = atomic_write_json(tmp_path / "a" / "r.json", {"x": np.float32(0.5), "y": np.arange(3)})
     assert json.loads(p.read_text()) == {"x": 0.5, "y": [0, 1, 2]}

@@ -8,7 +8,7 @@ import pytest
 
 from jaxfault.energy.core import access_counts
 from jaxfault.energy.layers import layers_from_model, to_arrays
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.models import GPT2, Llama, module_kind
 
 

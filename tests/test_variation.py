@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.faults import FaultStats
-from jaxfault.protocol import FaultModel
+from jaxfault.core.protocol import FaultModel
 from jaxfault.swim.selection import full_mask
 from jaxfault.swim.variation import (CiMVariation, apply_variation, check_bits_per_device, cim_variation,
                                      device_weights, variation_std, with_write_verify)

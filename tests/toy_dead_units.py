@@ -9,8 +9,8 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxfault.fault_models import register_fault_model
-from jaxfault.protocol import FaultModel
+from jaxfault.faults.fault_models import register_fault_model
+from jaxfault.core.protocol import FaultModel
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ stuck-at faults of the built-in HBM model. Everything else (the ECC scheme, bloc
 stays a field of the HBM fault model.
 
 It is one new file and one registration call (docs/extending.md)."""
-from jaxfault.fault_models import register_preset
+from jaxfault.faults.fault_models import register_preset
 
 register_preset("toy-hbm-flips", "hbm", mode="flip",
                 description="toy: HBM words under transient XOR flips instead of stuck-at faults")

@@ -17,11 +17,11 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxfault.config import Field
-from jaxfault.fault_models import register_fault_model
+from jaxfault.core.config import Field
+from jaxfault.faults.fault_models import register_fault_model
 from jaxfault.plan import PlanStage, register_plan_stage
-from jaxfault.protocol import FaultModel
-from jaxfault.pytree import is_kernel, map_kernels_with_index
+from jaxfault.core.protocol import FaultModel
+from jaxfault.core.pytree import is_kernel, map_kernels_with_index
 
 UNCOOLED_C = 85.0
 

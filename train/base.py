@@ -1,12 +1,12 @@
 """Train a base classifier: python -m train.base --model lenet --dataset fashion_mnist --epochs 10."""
 from __future__ import annotations
 
-from jaxfault.checkpoints import check_checkpoint_output
+from jaxfault.training.checkpoints import check_checkpoint_output
 from jaxfault.cli import ArgumentParser, positive_float, positive_int, run_main, seed_int
-from jaxfault.precision import PRECISIONS
-from jaxfault.errors import JaxfaultError, nearest_hint
+from jaxfault.core.precision import PRECISIONS
+from jaxfault.core.errors import JaxfaultError, nearest_hint
 from jaxfault.models import MODEL_NAMES
-from jaxfault.zoo import DEFAULTS, train_and_save
+from jaxfault.training.zoo import DEFAULTS, train_and_save
 
 
 def build_parser() -> ArgumentParser:
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         raise JaxfaultError(f"unknown model {args.model!r}{nearest_hint(args.model, MODEL_NAMES)}; "
                             f"choose one of {', '.join(MODEL_NAMES)}")
     if args.qat:
-        from jaxfault.quant import check_bits
+        from jaxfault.core.quant import check_bits
 
         check_bits(args.quant_bits)
     check_checkpoint_output(args.out, overwrite=args.overwrite)  # before a single epoch is spent

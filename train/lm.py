@@ -5,7 +5,7 @@ language-model CLIs use when no --checkpoint is given)."""
 from __future__ import annotations
 
 from jaxfault.cli import ArgumentParser, add_setting_flags, run_main, settings_from_args
-from jaxfault.zoo import LMTraining
+from jaxfault.training.zoo import LMTraining
 
 
 def build_parser() -> ArgumentParser:

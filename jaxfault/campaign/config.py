@@ -24,16 +24,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jaxfault import batching
+from jaxfault.core import batching
 from jaxfault.campaign import methods
 from jaxfault.campaign.grid import expand_grid
 from jaxfault.campaign.runner import EvalData
-from jaxfault.checkpoints import checkpoint_digest
-from jaxfault.config import read_json_object
-from jaxfault.errors import JaxfaultError, nearest_hint
-from jaxfault.keys import MAX_SEED, MAX_TRIALS
-from jaxfault.precision import check_precision
-from jaxfault.stats import check_sequential
+from jaxfault.training.checkpoints import checkpoint_digest
+from jaxfault.core.config import read_json_object
+from jaxfault.core.errors import JaxfaultError, nearest_hint
+from jaxfault.core.keys import MAX_SEED, MAX_TRIALS
+from jaxfault.core.precision import check_precision
+from jaxfault.core.stats import check_sequential
 
 DEFAULTS = {"output": "runs/campaign/results.jsonl", "checkpoint": None, "seed": 0, "trials": 20,
             "eval_examples": 10000, "strategy": "auto", "precision": "highest", "data_dir": None,
@@ -100,7 +100,7 @@ def validate_config(config: dict) -> dict:
 def is_lm(config: dict) -> bool:
     """True when the campaign evaluates a language model: task language_model, or no task and a
     checkpoint that holds one."""
-    from jaxfault.lm import scores_language_model
+    from jaxfault.training.lm import scores_language_model
 
     return scores_language_model(config.get("task"), config.get("checkpoint"))
 
@@ -123,10 +123,10 @@ def load_eval_data(config: dict, log=print) -> tuple[EvalData, dict]:
     the default language model, when null) and its evaluation data: the first eval_examples test
     images, or the first eval_windows validation windows of a language model. identity describes
     what the numbers depend on."""
-    from jaxfault.checkpoints import load_checkpoint
+    from jaxfault.training.checkpoints import load_checkpoint
 
     if is_lm(config):
-        from jaxfault.zoo import load_lm_and_data
+        from jaxfault.training.zoo import load_lm_and_data
 
         _check_lm(config)
         path, model, variables, x, y, task = load_lm_and_data(config.get("checkpoint"), config["eval_windows"], log)
@@ -134,7 +134,7 @@ def load_eval_data(config: dict, log=print) -> tuple[EvalData, dict]:
                       labels=jnp.asarray(y), task=task)
         return ev, identity_of(config, _lm_checkpoint(path, verify=False))
     from jaxfault.data import load_dataset
-    from jaxfault.zoo import default_classifier
+    from jaxfault.training.zoo import default_classifier
 
     ckpt_dir = config.get("checkpoint") or default_classifier(log=log)
     ckpt = load_checkpoint(ckpt_dir)
@@ -153,7 +153,7 @@ def _lm_checkpoint(path, verify: bool = True):
     Face folder is identified by its path (its safetensors were read by from_hf)."""
     from types import SimpleNamespace
 
-    from jaxfault.checkpoints import META_FILE, load_checkpoint, read_metadata
+    from jaxfault.training.checkpoints import META_FILE, load_checkpoint, read_metadata
 
     if (Path(path) / META_FILE).is_file():
         if verify:
@@ -167,11 +167,11 @@ def dry_run_identity(config: dict) -> dict | None:
     when the config names no checkpoint and the default model is not trained yet (a run would
     train it first). A checkpoint the config names is loaded and verified as the run does, so a
     missing or damaged one is the same one-line error as in the run."""
-    from jaxfault.checkpoints import load_checkpoint
-    from jaxfault.zoo import cache_dir, cache_entry_name
+    from jaxfault.training.checkpoints import load_checkpoint
+    from jaxfault.training.zoo import cache_dir, cache_entry_name
 
     if is_lm(config):
-        from jaxfault.zoo import lm_cache_entry_name
+        from jaxfault.training.zoo import lm_cache_entry_name
 
         path = config.get("checkpoint") or cache_dir() / lm_cache_entry_name()
         if config.get("checkpoint") is None and not (Path(path) / "jaxfault.json").is_file():
@@ -188,7 +188,7 @@ def dry_run_identity(config: dict) -> dict | None:
 def identity_of(config: dict, ckpt=None) -> dict:
     """What every number of a campaign depends on besides its grid point: the checkpoint (its path
     and array checksums), data, evaluation examples, seed, trials and precision. A results file
-    written under another identity is refused rather than mixed (jaxfault.resultsfile)."""
+    written under another identity is refused rather than mixed (jaxfault.core.resultsfile)."""
     ident = {"checkpoint": config.get("checkpoint"), "data_dir": config.get("data_dir"),
              "eval_examples": config["eval_examples"],
              "seed": config["seed"], "trials": config["trials"], "precision": config["precision"]}
@@ -202,7 +202,7 @@ def identity_of(config: dict, ckpt=None) -> dict:
         return ident
     ident["checkpoint"] = str(Path(ckpt.path).resolve())
     if getattr(ckpt, "hf", False):                # a Hugging Face folder: its config and tensor files
-        from jaxfault.lm import hf_folder_digest
+        from jaxfault.training.lm import hf_folder_digest
 
         ident["checkpoint_digest"] = hf_folder_digest(ckpt.path)
         ident["dataset"] = "kjv"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,

@@ -17,8 +17,8 @@ from jaxfault.campaign.grid import expand_grid
 from jaxfault.campaign.methods import group_key
 from jaxfault.campaign.report import format_table, plot_records, point_label, point_summary
 from jaxfault.campaign.runner import Campaign, run_campaign
-from jaxfault.io import check_output_path
-from jaxfault.resultsfile import ResultsFile
+from jaxfault.core.io import check_output_path
+from jaxfault.core.resultsfile import ResultsFile
 
 
 def run_config(config: dict, *, plot=None, dry_run: bool = False, log: Callable[..., None] = print) -> list | None:

@@ -2,7 +2,7 @@
 
 A point's id and key depend only on its parameters (and the campaign seed), never on its
 position in the grid, the device count or earlier interruptions, so resumed or re-sharded runs
-compute the same numbers (jaxfault.keys.point_key).
+compute the same numbers (jaxfault.core.keys.point_key).
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import itertools
 
 import jax
 
-from jaxfault.errors import JaxfaultError
-from jaxfault.keys import point_hash, point_key
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.keys import point_hash, point_key
 
 
 @dataclasses.dataclass(frozen=True)

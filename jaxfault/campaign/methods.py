@@ -13,8 +13,8 @@ import math
 
 import jax
 
-from jaxfault.errors import JaxfaultError, check_probability, nearest_hint
-from jaxfault.fault_models import (FAULT_MODELS, base_fault_model, build_fault_model, check_not_fixed, config_fields,
+from jaxfault.core.errors import JaxfaultError, check_probability, nearest_hint
+from jaxfault.faults.fault_models import (FAULT_MODELS, base_fault_model, build_fault_model, check_not_fixed, config_fields,
                                    resolve_name)
 
 DATA_FIELDS = {"cim": ("selection", "mask_p")}

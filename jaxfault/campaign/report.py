@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from jaxfault.stats import mean_ci
+from jaxfault.core.stats import mean_ci
 
 
 def format_value(v) -> str:
@@ -116,7 +116,7 @@ def plot_records(records: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     from jaxfault.campaign.methods import split_point
-    from jaxfault.io import atomic_savefig
+    from jaxfault.core.io import atomic_savefig
 
     groups: dict[str, list] = {}
     lm = bool(records) and all(is_lm_record(r) for r in records)

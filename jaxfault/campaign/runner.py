@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxfault import engine, stats, tasks
+from jaxfault import engine
+from jaxfault.core import stats, tasks
 from jaxfault.campaign import methods
 from jaxfault.campaign.grid import GridPoint
-from jaxfault.keys import stream, trial_keys
+from jaxfault.core.keys import stream, trial_keys
 
 
 def trial_mesh(devices=None) -> Mesh:
@@ -37,7 +38,7 @@ class EvalData:
     images: Any
     labels: Any
     batch_size: int = 1000
-    task: Any = None                     # a jaxfault.tasks.Task; None: classification (top-1)
+    task: Any = None                     # a jaxfault.core.tasks.Task; None: classification (top-1)
 
 
 @dataclasses.dataclass

@@ -14,10 +14,10 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxfault.bits import BF16_MASK
+from jaxfault.core.bits import BF16_MASK
 from jaxfault.ecc import hamming, secded, sparrow  # noqa: F401
-from jaxfault.errors import JaxfaultError
-from jaxfault.protocol import Registry
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.protocol import Registry
 
 
 class Scheme(NamedTuple):

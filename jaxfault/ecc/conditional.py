@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.bits import words_to_pytree
-from jaxfault.errors import JaxfaultError, check
+from jaxfault.core.bits import words_to_pytree
+from jaxfault.core.errors import JaxfaultError, check
 from jaxfault.faults import sampler
 from jaxfault.faults import words as fw
-from jaxfault.protocol import FaultModel
+from jaxfault.core.protocol import FaultModel
 
 U32 = jnp.uint32
 DIRECTIONS = ("any", "0->1", "1->0")

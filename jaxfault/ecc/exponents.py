@@ -17,10 +17,10 @@ from typing import Optional
 
 import numpy as np
 
-from jaxfault.bits import BF16_MASK
-from jaxfault.config import setting
-from jaxfault.errors import check, check_folder
-from jaxfault.io import atomic_savefig, atomic_write_bytes
+from jaxfault.core.bits import BF16_MASK
+from jaxfault.core.config import setting
+from jaxfault.core.errors import check, check_folder
+from jaxfault.core.io import atomic_savefig, atomic_write_bytes
 
 MAX_DIFF = 128
 
@@ -73,7 +73,7 @@ def histogram(words, block_size: int = 64, *, exclude_zeros: bool = False, inclu
 def checkpoint_histogram(variables, block_size: int = 64, *, leaves: str = "kernels", exclude_zeros: bool = False,
                          include_partial: bool = False) -> dict:
     """Histogram of a model's selected leaves (bf16 view, tree_flatten order, one stream of words)."""
-    from jaxfault.bits import pytree_to_words
+    from jaxfault.core.bits import pytree_to_words
     from jaxfault.ecc.hbm import LEAF_SELECTORS, check_finite_leaves
 
     check(isinstance(block_size, int) and block_size >= 2, f"block size must be an integer >= 2, got {block_size!r}")
@@ -97,7 +97,7 @@ def write_outputs(out, name: str, r: dict) -> list:
     """JSON, CSV, XLSX (when openpyxl is installed) and PNG of one histogram; the paths written."""
     from pathlib import Path
 
-    from jaxfault.io import atomic_write_json, atomic_write_text
+    from jaxfault.core.io import atomic_write_json, atomic_write_text
 
     out = Path(out)
     stem = output_paths(out, r["block_size"], r["zero_policy"])[0].stem
@@ -167,7 +167,7 @@ class ExponentRun:
 
     def prepare_output(self, out, overwrite: bool = False) -> None:
         """Validate the settings and check, before any work, that every output file can be written."""
-        from jaxfault.io import check_output_path
+        from jaxfault.core.io import check_output_path
 
         check(self.block_size >= 2, f"`block_size` must be >= 2, got {self.block_size}")
         check_folder("checkpoint", self.checkpoint)
@@ -176,8 +176,8 @@ class ExponentRun:
 
     def evaluate(self) -> dict:
         """The histogram of the checkpoint's (default: the cached LeNet's) weights, with its model name."""
-        from jaxfault.checkpoints import load_checkpoint
-        from jaxfault.zoo import default_classifier
+        from jaxfault.training.checkpoints import load_checkpoint
+        from jaxfault.training.zoo import default_classifier
 
         ck_dir = self.checkpoint if self.checkpoint is not None else default_classifier()
         ck = load_checkpoint(ck_dir, kind="classifier")

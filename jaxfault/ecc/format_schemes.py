@@ -1,4 +1,4 @@
-"""Protection of stored words of any number format (jaxfault.formats): a second scheme registry.
+"""Protection of stored words of any number format (jaxfault.core.formats): a second scheme registry.
 
 The bf16 schemes of :mod:`jaxfault.ecc` (``sparrow``, ``secded``, ``none``) work on bf16 words
 and stay as published. The schemes here work on the element words of any format (``bits`` wide,
@@ -32,11 +32,11 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from jaxfault import formats as FM
+from jaxfault.core import formats as FM
 from jaxfault.ecc import secded as _sd
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.faults.stored import Region, roles_table
-from jaxfault.protocol import Registry
+from jaxfault.core.protocol import Registry
 
 U32 = jnp.uint32
 FORMAT_SCHEMES = Registry("format protection scheme")

@@ -1,7 +1,7 @@
 """Faults on weights stored in any number format, optionally under a format protection scheme.
 
 :func:`perturb_leaves` is the one code path that the HBM and SRAM fault models take for a
-``format``: every selected leaf is encoded (:mod:`jaxfault.formats`), its element words (in the
+``format``: every selected leaf is encoded (:mod:`jaxfault.core.formats`), its element words (in the
 ``layout`` weight order) and, for MX formats, its scale bytes are turned into stored regions by
 the scheme (:mod:`jaxfault.ecc.format_schemes`), the regions are faulted
 (:func:`jaxfault.faults.stored.inject_regions`), decoded, corrected and put back.
@@ -19,7 +19,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxfault import formats as FM
+from jaxfault.core import formats as FM
 from jaxfault.faults import placement as fp
 from jaxfault.faults.stored import inject_regions
 

@@ -8,7 +8,7 @@ words are decoded and put back into the leaves. Evaluation runs in bf16, inputs 
 the Sparrow reference does. The padding never leaks into the returned weights.
 
 ``format`` (default ``"bfloat16"``, the behaviour above) stores the selected leaves in any
-number format of :mod:`jaxfault.formats` instead. With bf16 and one of the bf16 schemes
+number format of :mod:`jaxfault.core.formats` instead. With bf16 and one of the bf16 schemes
 (``sparrow``, ``secded``, ``none``) nothing changes; any other format, or bf16 under a scheme
 of :mod:`jaxfault.ecc.format_schemes` (``mset``, ``exp-secded``), takes the one format path
 :func:`jaxfault.ecc.formatted.perturb_leaves`: each leaf quantized to the format
@@ -25,12 +25,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxfault import faults
-from jaxfault.bits import bf16_round_trip, pytree_to_words, words_to_pytree
+from jaxfault.core.bits import bf16_round_trip, pytree_to_words, words_to_pytree
 from jaxfault.ecc import SCHEMES, check_scheme_block_size, get_scheme
-from jaxfault.errors import JaxfaultError, check_probability
-from jaxfault.fault_models import register_fault_model
-from jaxfault.protocol import FaultModel, check_rate_bound
-from jaxfault.pytree import is_kernel, path_to_str
+from jaxfault.core.errors import JaxfaultError, check_probability
+from jaxfault.faults.fault_models import register_fault_model
+from jaxfault.core.protocol import FaultModel, check_rate_bound
+from jaxfault.core.pytree import is_kernel, path_to_str
 
 MODES = ("stuck-at", "flip")
 
@@ -73,7 +73,7 @@ class HBMFaults(FaultModel):
     rate_name: ClassVar[str] = "ber"
 
     def __post_init__(self):
-        from jaxfault import formats as FM
+        from jaxfault.core import formats as FM
         from jaxfault.ecc.format_schemes import FORMAT_SCHEMES, check_pair
 
         FM.get(self.format)
@@ -126,7 +126,7 @@ class HBMFaults(FaultModel):
         format; NaN/Inf rejected, before and after quantization."""
         check_finite_leaves(variables["params"], self.select)
         if not self.bf16_path:
-            from jaxfault import formats as FM
+            from jaxfault.core import formats as FM
 
             fmt = FM.get(self.format)
             params = jax.tree_util.tree_map_with_path(

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.bits import BF16_MASK
+from jaxfault.core.bits import BF16_MASK
 
 
 GROUP = 4
@@ -106,7 +106,7 @@ def _check(words):
 
 def encode(words) -> jax.Array:
     """SEC-DED-encode a 1-D uint32 array of fp32 words (length a multiple of 4)."""
-    from jaxfault.bits import check_finite_words
+    from jaxfault.core.bits import check_finite_words
 
     words = _check(words)
     check_finite_words(words, "words")

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.bits import BF16_MASK, check_finite_words
+from jaxfault.core.bits import BF16_MASK, check_finite_words
 from jaxfault.ecc import hamming
-from jaxfault.errors import JaxfaultError, check
+from jaxfault.core.errors import JaxfaultError, check
 
 BLOCK_SIZES = (16, 32, 64)
 U32 = jnp.uint32

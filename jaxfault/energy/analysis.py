@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxfault.energy.core import LEVELS, TYPES, Energy, Hardware, check_design, energy_core
 from jaxfault.energy.layers import Layer, to_arrays
-from jaxfault.errors import JaxfaultError, plain
+from jaxfault.core.errors import JaxfaultError, plain
 
 ROW_KEYS = ("computation", "weights", "inputs", "psums", "DRAM", "GLB", "NoC", "RF", "total")
 HW_FIELDS = Hardware._fields
@@ -247,7 +247,7 @@ def plot_breakdown(rows: Sequence[dict], outdir, title: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jaxfault.io import atomic_savefig
+    from jaxfault.core.io import atomic_savefig
 
     outdir = Path(outdir)
     names = [r["name"] for r in rows]
@@ -304,7 +304,7 @@ def plot_sweep(sweep: dict, path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jaxfault.io import atomic_savefig
+    from jaxfault.core.io import atomic_savefig
 
     pts = sweep["points"]
     x = np.array([(p["mean_qw"] + p["mean_qa"]) / 2 for p in pts])

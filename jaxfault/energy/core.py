@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.errors import JaxfaultError, plain
+from jaxfault.core.errors import JaxfaultError, plain
 
 REF_BITS = 16.0  # unit energies are normalised to 16-bit operands (docs/energy.md)
 TYPES = ("weights", "inputs", "psums")

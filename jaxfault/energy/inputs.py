@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from jaxfault.errors import JaxfaultError, nearest_hint, plain
+from jaxfault.core.errors import JaxfaultError, nearest_hint, plain
 
 
 def parse_shape(text: str, name: str = "`input`") -> tuple[int, ...]:
@@ -23,7 +23,7 @@ def parse_shape(text: str, name: str = "`input`") -> tuple[int, ...]:
 
 def parse_per_layer(text: str, name: str, network: str):
     """'reference' (alexnet's reference bit widths / pruning), or one number, or a per-layer list."""
-    from jaxfault.config import parse_float_list
+    from jaxfault.core.config import parse_float_list
     from jaxfault.energy.networks import ALEXNET_REFERENCE
 
     if str(text).strip().lower() == "reference":
@@ -34,7 +34,7 @@ def parse_per_layer(text: str, name: str, network: str):
 
 
 def _read_json(path, name: str):
-    from jaxfault.config import parse_json
+    from jaxfault.core.config import parse_json
 
     try:
         text = Path(path).read_text()

@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.energy.core import LayerArrays, output_size
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.models.layers import with_conv_impl
-from jaxfault.pytree import path_to_str
+from jaxfault.core.pytree import path_to_str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from jaxfault.energy.layers import Layer, layers_from_model
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 # The reference example (docs/energy.md, "The reference example: AlexNet"): per-layer bit widths
 # and pruning ratios of AlexNet.
@@ -108,10 +108,10 @@ def _language_model(name: str):
         return GPT2(**LM_PRESETS[name])
     from pathlib import Path
 
-    from jaxfault.checkpoints import META_FILE, read_metadata
+    from jaxfault.training.checkpoints import META_FILE, read_metadata
 
     if (Path(name) / META_FILE).is_file() and read_metadata(name).get("kind") == "language_model":
-        from jaxfault.lm import build_language_model
+        from jaxfault.training.lm import build_language_model
 
         cfg = read_metadata(name)["config"]
         return build_language_model(cfg["family"], cfg["model_config"])

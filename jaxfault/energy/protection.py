@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault.energy.core import LEVELS, Energy
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 # ------------------------------------------------------------------ units
 # pJ per normalised unit: the model's DRAM access (200 units per 16-bit word) set equal to half of

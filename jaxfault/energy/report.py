@@ -15,14 +15,14 @@ from typing import Optional
 
 import numpy as np
 
-from jaxfault.config import parse_float_list, setting
+from jaxfault.core.config import parse_float_list, setting
 from jaxfault.energy import analysis as A
 from jaxfault.energy import protection as P
 from jaxfault.energy.core import Hardware
 from jaxfault.energy.inputs import load_grid, load_table, parse_per_layer
 from jaxfault.energy.networks import get_network, network_names
-from jaxfault.errors import JaxfaultError
-from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.io import atomic_write_json, atomic_write_text, check_output_path
 
 _HW = Hardware()
 

@@ -39,8 +39,8 @@ import numpy as np
 from jaxfault.energy import protection as P
 from jaxfault.energy.analysis import evaluate, pareto_mask
 from jaxfault.energy.core import Hardware
-from jaxfault.errors import JaxfaultError
-from jaxfault.stats import mean_ci
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.stats import mean_ci
 
 ACC_KEYS = ("accuracy_mean", "acc_mean", "mean_accuracy", "top1_mean", "accuracy", "acc", "top1", "mean")
 DATASET_INPUTS = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
@@ -84,7 +84,7 @@ def _accuracy_std(rec: dict):
 
 def _accuracy_ci(rec: dict):
     """[lo, hi] of the accuracy's 95 % interval: the one a record stores (campaign rows, eval
-    summaries with ci_lo/ci_hi), else from its per-trial accuracies (jaxfault.stats.mean_ci), else
+    summaries with ci_lo/ci_hi), else from its per-trial accuracies (jaxfault.core.stats.mean_ci), else
     None (a file in the minimal schema carries no interval)."""
     if isinstance(rec.get("accuracy_ci_lo"), (int, float)) and isinstance(rec.get("accuracy_ci_hi"), (int, float)):
         return [float(rec["accuracy_ci_lo"]), float(rec["accuracy_ci_hi"])]
@@ -211,8 +211,8 @@ def _file_method(obj: Any, path: str) -> str:
 def _read(path: str):
     """A JSON file, or a JSON-lines file (a campaign's results: a header line, then one row per
     line; a torn last line is ignored) as a list of its objects; read with the limits of
-    jaxfault.config.parse_json (one-line errors for binary files, huge integers, deep nesting)."""
-    from jaxfault.config import JSONSyntaxError, parse_json
+    jaxfault.core.config.parse_json (one-line errors for binary files, huge integers, deep nesting)."""
+    from jaxfault.core.config import JSONSyntaxError, parse_json
 
     try:
         text = Path(path).read_text()
@@ -534,7 +534,7 @@ def plot_tradeoff(rows: Sequence[dict], path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jaxfault.io import atomic_savefig
+    from jaxfault.core.io import atomic_savefig
 
     fams = [f for f in ("dram", "sram", "verify") if any(r["family"] == f for r in rows)]
     fig, axes = plt.subplots(1, len(fams), figsize=(4.6 * len(fams), 3.8), squeeze=False)

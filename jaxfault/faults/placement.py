@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.errors import JaxfaultError, check
+from jaxfault.core.errors import JaxfaultError, check
 from jaxfault.faults import words as fw
 
 U32 = jnp.uint32

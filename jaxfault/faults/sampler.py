@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.errors import JaxfaultError, check_probability
+from jaxfault.core.errors import JaxfaultError, check_probability
 
 U32 = jnp.uint32
 GAP_SATURATION = 1 << 30              # gaps are saturated here (> any segment length)
@@ -63,7 +63,7 @@ def resolve_rate(name: str, value, rate_bound=None, *, bounded: bool = True):
     """
     bound = None
     if rate_bound is not None:
-        from jaxfault.protocol import check_rate_bound
+        from jaxfault.core.protocol import check_rate_bound
         bound = check_rate_bound(rate_bound, "rate_bound")
     if is_traced(value):
         if jnp.shape(value) != ():

@@ -1,4 +1,4 @@
-"""Faults on the stored bits of any number format (jaxfault.formats), through the one sampler.
+"""Faults on the stored bits of any number format (jaxfault.core.formats), through the one sampler.
 
 A stored array is cut into *regions*: runs of uint32 words that share one ``stored_mask`` and
 one table of bit roles (``roles[b]`` names the role of bit b: ``"sign"``, ``"exponent"``,
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.errors import JaxfaultError, check
+from jaxfault.core.errors import JaxfaultError, check
 from jaxfault.faults import placement as fp
 from jaxfault.faults import sampler
 from jaxfault.faults import words as fw

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.errors import check
+from jaxfault.core.errors import check
 from jaxfault.faults import sampler
 
 U32 = jnp.uint32

@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.models.classifiers import (VGG, VGG_CONFIGS, BasicBlock, Bottleneck, ConvNet, LeNet5, LeNetSWIM,
                                          ResNet)
 from jaxfault.models.gpt2 import GPT2
@@ -16,7 +16,7 @@ from jaxfault.models.layers import Conv, Dense
 from jaxfault.models.llama import Llama
 from jaxfault.models.transformer import MODULE_KINDS, module_kind
 from jaxfault.models.vit import ViT
-from jaxfault.quant import check_bits
+from jaxfault.core.quant import check_bits
 
 MODEL_NAMES = ("lenet", "lenet-swim", "convnet", "resnet18", "resnet50", "vgg11", "vgg16", "vgg19", "vit")
 

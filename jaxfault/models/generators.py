@@ -51,9 +51,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.models.layers import Conv, ConvTranspose, check_conv_impl, torch_default_inits
-from jaxfault.quant import check_bits
+from jaxfault.core.quant import check_bits
 
 REFERENCE_GENERATORS = ("ConvL", "ConvS", "DeConvL", "DeConvS", "UNetL", "UNetS")
 TANH_GENERATORS = tuple(f"{n}-tanh" for n in REFERENCE_GENERATORS)

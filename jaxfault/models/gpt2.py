@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.models.layers import Dense
 from jaxfault.models.transformer import (Embed, LayerNorm, TiedLMHead, activation, attention_mask, check_activation,
                                          check_tokens, dot_product_attention)

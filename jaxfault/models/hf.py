@@ -27,7 +27,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.errors import JaxfaultError, one_line
+from jaxfault.core.errors import JaxfaultError, one_line
 from jaxfault.models.gpt2 import GPT2
 from jaxfault.models.llama import Llama
 

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from jaxfault.bits import narrow_to_bf16, widen_bf16
-from jaxfault.errors import JaxfaultError
-from jaxfault.quant import fake_quant
+from jaxfault.core.bits import narrow_to_bf16, widen_bf16
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.quant import fake_quant
 
 default_kernel_init = nn.initializers.lecun_normal()
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")

@@ -6,7 +6,7 @@ Numerics follow Hugging Face's PyTorch definitions: every module computes in the
 input (the dtype of the stored weights, since the first activation is an embedding row or a
 projection of the input), norms accumulate in float32 and cast back, and attention softmax runs
 in float32 and is cast to the dtype of the values. Float32 matmuls follow the precision scope in
-force (jaxfault.precision), so an evaluation traced under ``precision="highest"`` runs them in
+force (jaxfault.core.precision), so an evaluation traced under ``precision="highest"`` runs them in
 full float32. Linear projections are :class:`jaxfault.models.layers.Dense` (parameter ``kernel``
 of shape (in, out), optional fake quantization), so every weight fault method and the
 activation-fault site selection by module type ``Dense`` find them.
@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu", "silu")
 

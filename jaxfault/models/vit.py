@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.models.layers import Conv, Dense
 from jaxfault.models.transformer import LayerNorm, activation, dot_product_attention
 

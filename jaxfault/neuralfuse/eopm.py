@@ -23,7 +23,7 @@ uniformly in [0, TRAIN_SEED_HIGH) per step, evaluation uses seeds from EVAL_SEED
 never collide with training's. Seed s's fault map is drawn with the typed key
 
     perturbed_model_key(s) = fold_in(PERTURBED_MODELS_ROOT, s),
-    PERTURBED_MODELS_ROOT  = jaxfault.keys.stream(jax.random.key(0), "neuralfuse/perturbed_models"),
+    PERTURBED_MODELS_ROOT  = jaxfault.core.keys.stream(jax.random.key(0), "neuralfuse/perturbed_models"),
 
 so a seed names the same perturbed model in every run, process and CLI, and no other stream of
 the project (run roots ``key(seed)``, named streams) coincides with it.
@@ -48,13 +48,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfault.batching import map_over, parse_strategy
-from jaxfault.errors import check, check_probability
-from jaxfault.keys import stream
+from jaxfault.core.batching import map_over, parse_strategy
+from jaxfault.core.errors import check, check_probability
+from jaxfault.core.keys import stream
 from jaxfault.models.generators import BN_MOMENTUM
 from jaxfault.models.layers import with_conv_impl
 from jaxfault.neuralfuse.faults import check_placement, perturb_variables, resolve_layout
-from jaxfault.quant import check_bits
+from jaxfault.core.quant import check_bits
 
 TRAIN_SEED_HIGH = 30000
 EVAL_SEED_BASE = 50000

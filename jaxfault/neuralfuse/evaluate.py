@@ -11,17 +11,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault import engine, tasks
-from jaxfault.checkpoints import META_FILE, load_checkpoint
-from jaxfault.config import parse_probability_list, setting
-from jaxfault.errors import JaxfaultError, check, check_probability
-from jaxfault.precision import PRECISIONS
+from jaxfault import engine
+from jaxfault.core import tasks
+from jaxfault.training.checkpoints import META_FILE, load_checkpoint
+from jaxfault.core.config import parse_probability_list, setting
+from jaxfault.core.errors import JaxfaultError, check, check_probability
+from jaxfault.core.precision import PRECISIONS
 from jaxfault.models.generators import create_generator
 from jaxfault.neuralfuse.eopm import eval_seeds, seeds_to_keys, to_base_range
 from jaxfault.neuralfuse.faults import SRAMBitErrors, check_layout, check_placement
 from jaxfault.neuralfuse.train import GENERATOR_KIND, LEGACY_DEFAULTS
-from jaxfault.quant import check_bits
-from jaxfault.stats import paired_diff_ci
+from jaxfault.core.quant import check_bits
+from jaxfault.core.stats import paired_diff_ci
 from jaxfault.training import make_accuracy_fn
 
 
@@ -176,7 +177,7 @@ def plot_sweep(report: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jaxfault.io import atomic_savefig
+    from jaxfault.core.io import atomic_savefig
 
     bers = [r["ber"] for r in report["results"]]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -226,7 +227,7 @@ class GeneratorEvaluation:
     def prepare_output(self, out, overwrite: bool = False) -> list[Path]:
         """Validate the settings and check, before any work, that the JSON (and a sweep's plot) can
         be written in folder `out`; returns their paths."""
-        from jaxfault.io import check_output_path
+        from jaxfault.core.io import check_output_path
 
         if self.placement is not None:
             check_placement(self.placement)
@@ -248,7 +249,7 @@ class GeneratorEvaluation:
 
 def write_report(report: dict, paths: list[Path]) -> list[Path]:
     """Write the report atomically as JSON to paths[0] and, for a sweep, its plot to paths[1]."""
-    from jaxfault.io import atomic_write_json
+    from jaxfault.core.io import atomic_write_json
 
     atomic_write_json(paths[0], report)
     if len(paths) > 1:

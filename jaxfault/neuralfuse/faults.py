@@ -1,7 +1,7 @@
 """Low-voltage SRAM bit errors on quantized weights (NeuralFuse's fault model).
 
 Every conv/dense kernel is quantized per tensor (symmetric, signed, ``bits`` = 4, 8 or 16) with
-:func:`jaxfault.quant.quantize` and stored as ``bits``-bit two's-complement words. Each stored
+:func:`jaxfault.core.quant.quantize` and stored as ``bits``-bit two's-complement words. Each stored
 bit cell is faulty with probability ``ber``; a faulty cell reads 1 with probability ``ber0``
 (stuck-at-1) and 0 otherwise (stuck-at-0): ``word = (word & ~map_1to0) | map_0to1``, read back
 sign-extended, ``W' = q' * delta``. The faults come from the one sampler of
@@ -50,15 +50,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfault import faults as F
-from jaxfault.errors import JaxfaultError, check, check_probability
+from jaxfault.core.errors import JaxfaultError, check, check_probability
 from jaxfault.faults.placement import (ARRAY_COLS, ARRAY_ROWS, LAYOUTS, PLACEMENTS, check_layout, check_placement,
                                        from_layout_order, memory_array_maps, memory_array_rows_slots,
                                        memory_array_word_maps, pack_cells, resolve_layout, to_layout_order,
                                        unpack_cells)
-from jaxfault.fault_models import register_fault_model
-from jaxfault.protocol import FaultModel, check_rate_bound
-from jaxfault.pytree import is_kernel
-from jaxfault.quant import check_bits, dequantize, quantize
+from jaxfault.faults.fault_models import register_fault_model
+from jaxfault.core.protocol import FaultModel, check_rate_bound
+from jaxfault.core.pytree import is_kernel
+from jaxfault.core.quant import check_bits, dequantize, quantize
 
 PyTree = Any
 OK, STUCK1, STUCK0 = 0, 1, 2  # cell codes of memory_array_codes
@@ -304,7 +304,7 @@ class SRAMBitErrors(FaultModel):
 
     def __post_init__(self):
         if self.format is not None:
-            from jaxfault import formats as FM
+            from jaxfault.core import formats as FM
 
             FM.get(self.format)
             if self.compat:
@@ -326,7 +326,7 @@ class SRAMBitErrors(FaultModel):
             if not is_kernel(path, x):
                 return x
             if self.format is not None:
-                from jaxfault import formats as FM
+                from jaxfault.core import formats as FM
 
                 return FM.get(self.format).quantize(x).astype(x.dtype)
             q, delta = quantize(x, self.bits)

@@ -10,11 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.checkpoints import load_checkpoint, read_metadata, save_checkpoint
-from jaxfault.progress import progress
+from jaxfault.training.checkpoints import load_checkpoint, read_metadata, save_checkpoint
+from jaxfault.core.progress import progress
 from jaxfault.data import batches, load_dataset
-from jaxfault.errors import JaxfaultError, check
-from jaxfault.keys import root_key, stream
+from jaxfault.core.errors import JaxfaultError, check
+from jaxfault.core.keys import root_key, stream
 from jaxfault.models.generators import create_generator, init_generator
 from jaxfault.neuralfuse.faults import resolve_layout
 from jaxfault.neuralfuse.eopm import EOPMConfig, init_train_state, make_eopm_step, make_optimizer
@@ -195,7 +195,7 @@ def train_neuralfuse(base_checkpoint, out, *, precision: str = "default", **kwar
     precision: the float32 matmul/conv precision of the EOPM steps ('default': the backend's fast
     mode, e.g. TF32 on NVIDIA GPUs; 'highest': full float32).
     """
-    from jaxfault.precision import precision_scope
+    from jaxfault.core.precision import precision_scope
 
     with precision_scope(precision):
         return _train_neuralfuse_body(base_checkpoint, out, **kwargs)

@@ -12,11 +12,11 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Optional
 
-from jaxfault.config import setting
-from jaxfault.errors import JaxfaultError, nearest_hint
+from jaxfault.core.config import setting
+from jaxfault.core.errors import JaxfaultError, nearest_hint
 from jaxfault.models.generators import GENERATOR_NAMES
 from jaxfault.neuralfuse.faults import LAYOUTS, PLACEMENTS
-from jaxfault.precision import PRECISIONS
+from jaxfault.core.precision import PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,12 +55,12 @@ class TrainingRun:
         """Validate the settings and refuse, before any work, an `out` that cannot be written or
         whose earlier run would be lost: OUT/state or OUT/generator of an earlier run need `resume`
         (to continue it) or `overwrite`."""
-        from jaxfault.checkpoints import is_checkpoint, read_metadata
-        from jaxfault.io import check_output_path
+        from jaxfault.training.checkpoints import is_checkpoint, read_metadata
+        from jaxfault.core.io import check_output_path
         from jaxfault.models import MODEL_NAMES
         from jaxfault.models.generators import create_generator
         from jaxfault.neuralfuse.faults import resolve_layout
-        from jaxfault.quant import check_bits
+        from jaxfault.core.quant import check_bits
 
         out = Path(out)
         check_output_path(out, overwrite=True, kind="dir", flag="`out`")
@@ -99,7 +99,7 @@ class TrainingRun:
 
         base = self.checkpoint
         if base is None:
-            from jaxfault.zoo import default_classifier
+            from jaxfault.training.zoo import default_classifier
 
             base = default_classifier(model=self.model, qat=True, data_dir=self.data_dir)
         res = train_neuralfuse(base, out, generator=self.generator, ber=self.ber, ber0=self.ber0, bits=self.bits,
@@ -114,7 +114,7 @@ class TrainingRun:
                   "path": None}
         if self.eval_models == 0:
             return result
-        from jaxfault.io import atomic_write_json
+        from jaxfault.core.io import atomic_write_json
         from jaxfault.neuralfuse.evaluate import evaluate_generator
 
         log(f"evaluating on {self.eval_models} unseen perturbed models (as eval.neuralfuse evaluates {out})",

@@ -45,7 +45,7 @@ def run_plan(plan: dict, *, results_path=None, log: Callable[[str], None] = prin
     from jaxfault.plan.energy import build_energy_model, check_energy
     from jaxfault.plan.planner import evaluate_configurations, load_plan_data
     from jaxfault.plan.report import build_report
-    from jaxfault.resultsfile import ResultsFile
+    from jaxfault.core.resultsfile import ResultsFile
 
     stages = active_stages(plan)
     configs = expand(plan, stages)

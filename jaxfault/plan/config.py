@@ -18,12 +18,12 @@ repeated knob values, an empty grid.
 """
 from __future__ import annotations
 
-from jaxfault import batching
-from jaxfault.config import Field, read_json_object, validate
-from jaxfault.errors import JaxfaultError, plain
-from jaxfault.keys import MAX_SEED, MAX_TRIALS
+from jaxfault.core import batching
+from jaxfault.core.config import Field, read_json_object, validate
+from jaxfault.core.errors import JaxfaultError, plain
+from jaxfault.core.keys import MAX_SEED, MAX_TRIALS
 from jaxfault.plan.stages import get_stage, stage_names
-from jaxfault.precision import PRECISIONS
+from jaxfault.core.precision import PRECISIONS
 
 EVAL_DTYPES = ("auto", "float32", "bfloat16")
 # The target's statistic over trials: of top-1 accuracy for a classifier (mean, 5th percentile,
@@ -130,8 +130,8 @@ def _target(section, lm: bool) -> dict:
 
 def plan_scores_language_model(plan: dict) -> bool:
     """True when a (validated or raw) plan is scored as a language model: its task, or the
-    checkpoint it names holds one (jaxfault.lm.scores_language_model)."""
-    from jaxfault.lm import scores_language_model
+    checkpoint it names holds one (jaxfault.training.lm.scores_language_model)."""
+    from jaxfault.training.lm import scores_language_model
 
     return scores_language_model(plan.get("task"), plan.get("checkpoint"))
 
@@ -162,10 +162,10 @@ CALL_BYTES_PER_TRIAL = 64
 def check_call_memory(plan: dict, budget: int | None = None) -> int:
     """The bytes one program call of a validated plan holds for its configs_per_call x trials
     keys and results; a one-line JaxfaultError, before any work, when that exceeds the memory
-    budget (default: jaxfault.memory's, half the device's memory, and at most half the host's)."""
+    budget (default: jaxfault.engine.memory's, half the device's memory, and at most half the host's)."""
     import os
 
-    from jaxfault import memory
+    from jaxfault.engine import memory
 
     C, T = plan["configs_per_call"], plan["trials"]
     if plan["target"]["certify"] and plan["target"]["max_trials"]:

@@ -30,7 +30,7 @@ from jaxfault.energy import protection as P
 from jaxfault.energy.analysis import evaluate as network_energy
 from jaxfault.energy.core import Hardware
 from jaxfault.energy.layers import layers_from_model
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 from jaxfault.plan.stages import get_stage
 
 # ASSUMED energy of one program (or verify) pulse of a CiM device: RRAM/PCM set/reset pulses are

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from jaxfault.errors import JaxfaultError
-from jaxfault.io import atomic_write_json, atomic_write_text, check_output_path
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.io import atomic_write_json, atomic_write_text, check_output_path
 from jaxfault.plan import run_plan
 from jaxfault.plan.config import active_stages, check_call_memory
 from jaxfault.plan.stages import expand

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxfault.energy import protection as P
-from jaxfault.errors import JaxfaultError, plain
+from jaxfault.core.errors import JaxfaultError, plain
 
 MAX_BER = 0.5
 

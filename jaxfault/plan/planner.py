@@ -7,7 +7,7 @@ on its first ``eval_windows`` validation windows (0 for a diverged trial).
 For a configuration, the fault model is ``compose(hbm, sram, cim)`` of the active stages (in that
 order: weights are read from HBM words, buffered as quantized words in SRAM, computed in the CiM
 array), and its rate vector is (retention BER, SRAM BER, dev_var) of its knobs. Stage i of a
-trial is keyed ``fold_in(trial_key, i)`` (jaxfault.keys).
+trial is keyed ``fold_in(trial_key, i)`` (jaxfault.core.keys).
 
 * **Programs.** Configurations that share the composed fault model's structure (the ECC scheme)
   share one engine program (``engine.make_trial_program``), sized for the largest rate of each
@@ -44,15 +44,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault import engine, tasks
-from jaxfault.errors import JaxfaultError
-from jaxfault.fault_models import InDtype, compose
-from jaxfault.keys import point_hash, root_key, stream, trial_keys
+from jaxfault import engine
+from jaxfault.core import tasks
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.faults.fault_models import InDtype, compose
+from jaxfault.core.keys import point_hash, root_key, stream, trial_keys
 from jaxfault.plan.config import active_stages
 from jaxfault.plan.stages import Configuration, get_stage
-from jaxfault.protocol import FaultModel
-from jaxfault.tasks import get_task
-from jaxfault.precision import precision_scope
+from jaxfault.core.protocol import FaultModel
+from jaxfault.core.tasks import get_task
+from jaxfault.core.precision import precision_scope
 
 MEMO = "plan_memo"                  # variables collection: fingerprints and scores of evaluated weights
 
@@ -101,7 +102,7 @@ def load_plan_data(plan: dict, log: Callable[[str], None] = print) -> PlanData:
     language model (the cached default one when null), its first eval_windows validation windows."""
     from pathlib import Path
 
-    from jaxfault.checkpoints import checkpoint_digest, load_checkpoint
+    from jaxfault.training.checkpoints import checkpoint_digest, load_checkpoint
     from jaxfault.data import load_dataset
     from jaxfault.neuralfuse.eopm import to_base_range
 
@@ -109,7 +110,7 @@ def load_plan_data(plan: dict, log: Callable[[str], None] = print) -> PlanData:
         return _load_lm_plan_data(plan, log)
     path = plan["checkpoint"]
     if path is None:
-        from jaxfault.zoo import default_classifier
+        from jaxfault.training.zoo import default_classifier
 
         path = default_classifier(log=log)
     ck = load_checkpoint(path, kind="classifier")
@@ -149,9 +150,9 @@ def load_plan_data(plan: dict, log: Callable[[str], None] = print) -> PlanData:
 def _load_lm_plan_data(plan: dict, log: Callable[[str], None]) -> PlanData:
     from pathlib import Path
 
-    from jaxfault.checkpoints import META_FILE, checkpoint_digest
-    from jaxfault.lm import hf_folder_digest
-    from jaxfault.zoo import load_lm_and_data
+    from jaxfault.training.checkpoints import META_FILE, checkpoint_digest
+    from jaxfault.training.lm import hf_folder_digest
+    from jaxfault.training.zoo import load_lm_and_data
 
     path, model, variables, x, y, _ = load_lm_and_data(plan["checkpoint"], plan["eval_windows"], log)
     digest = checkpoint_digest(path)[:16] if (Path(path) / META_FILE).is_file() else hf_folder_digest(path)

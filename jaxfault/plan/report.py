@@ -16,7 +16,7 @@ of accuracy, and increases in per cent of perplexity, against the target's refer
 A configuration is on the front of a statistic when no other configuration has lower or equal
 energy and a higher or equal score statistic with one of them strict.
 
-Intervals (jaxfault.stats): every mean carries its betting interval, every quantile its
+Intervals (jaxfault.core.stats): every mean carries its betting interval, every quantile its
 order-statistic interval, at the target's level (95 % by default), over the configuration's
 trials. **Certification**: each configuration's target statistic also gets an interval at the
 Bonferroni-corrected level 1 - (1 - level) / (K x L), K the number of configurations, L the looks
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxfault import stats
+from jaxfault.core import stats
 from jaxfault.energy.analysis import pareto_mask
 from jaxfault.plan.stages import knob_text, nominal_text
 
@@ -352,7 +352,7 @@ def plot_report(report: dict, path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jaxfault.io import atomic_savefig
+    from jaxfault.core.io import atomic_savefig
 
     c, task = report["configurations"], report["task"]
     lm = task == "language_model"

@@ -1,10 +1,10 @@
 """Plan stages: a registered fault model, the knobs that set its rate, and what the knobs cost.
 
 A plan stage is one section of a plan file. It names a registered fault model
-(``jaxfault.fault_models``) and says, as data and small pure functions:
+(``jaxfault.faults.fault_models``) and says, as data and small pure functions:
 
 * ``knobs``: the knob grids of the section (lists of values, expanded as a cartesian product),
-  and ``settings``: its fixed settings (one value each). Both are ``jaxfault.config.Field`` lists,
+  and ``settings``: its fixed settings (one value each). Both are ``jaxfault.core.config.Field`` lists,
   so a section is validated like every other config, once, before any work.
 * ``rate(knobs, section)``: the knob relation, from this stage's knob values to the fault model's
   rate (a refresh interval to a retention BER, a supply voltage to an SRAM BER).
@@ -35,12 +35,12 @@ from typing import Callable
 
 import numpy as np
 
-from jaxfault.config import Field
+from jaxfault.core.config import Field
 from jaxfault.energy import protection as P
-from jaxfault.errors import JaxfaultError, plain
-from jaxfault.keys import point_hash
+from jaxfault.core.errors import JaxfaultError, plain
+from jaxfault.core.keys import point_hash
 from jaxfault.plan import knobs as K
-from jaxfault.protocol import Registry
+from jaxfault.core.protocol import Registry
 
 
 def _no_energy(knobs: dict, section: dict, terms: dict) -> dict:
@@ -106,12 +106,12 @@ class PlanStage:
     @property
     def fields(self) -> list[Field]:
         """The section's fields: knobs, settings, and ``fault_model``, which may name a preset of
-        the stage's fault model instead (jaxfault.fault_models.register_preset)."""
+        the stage's fault model instead (jaxfault.faults.fault_models.register_preset)."""
         return [*self.knobs, *self.settings, Field("fault_model", str, self.fault_model)]
 
     def check_section(self, section: dict, where: str, task: str) -> dict:
         """A section whose fields are valid one by one, checked as a whole."""
-        from jaxfault.fault_models import FAULT_MODELS, base_fault_model, resolve_name
+        from jaxfault.faults.fault_models import FAULT_MODELS, base_fault_model, resolve_name
 
         name = section["fault_model"]
         if base_fault_model(name) != self.fault_model:
@@ -134,7 +134,7 @@ class PlanStage:
     def build(self, section: dict, knobs: dict):
         """The stage's fault model (or the section's preset of it): structural knobs and the
         settings that are its fields."""
-        from jaxfault.fault_models import build_fault_model, config_fields
+        from jaxfault.faults.fault_models import build_fault_model, config_fields
 
         name = section.get("fault_model", self.fault_model)
         fields = set(config_fields(name))

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxfault.errors import JaxfaultError
+from jaxfault.core.errors import JaxfaultError
 
 PyTree = Any
 

@@ -19,13 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault import keys as jkeys
-from jaxfault.batching import resolve_strategy
-from jaxfault.config import setting
-from jaxfault.precision import PRECISIONS, check_precision
-from jaxfault.progress import RunClock
-from jaxfault.errors import JaxfaultError, check_probability
-from jaxfault.pytree import count_kernel_weights
+from jaxfault.core import keys as jkeys
+from jaxfault.core.batching import resolve_strategy
+from jaxfault.core.config import setting
+from jaxfault.core.precision import PRECISIONS, check_precision
+from jaxfault.core.progress import RunClock
+from jaxfault.core.errors import JaxfaultError, check_probability
+from jaxfault.core.pytree import count_kernel_weights
 from jaxfault.swim.selection import (CURVATURES, METHODS, NEEDS_CURVATURE, THRESHOLDS, canonical_method, full_mask,
                                      protection_mask, selection_buffer)
 from jaxfault.swim.variation import WRITE_VERIFY, CiMVariation, check_bits_per_device, check_variances
@@ -90,7 +90,7 @@ class SwimConfig:
         Returns:
           The validated config (a one-line JaxfaultError naming the setting on bad input).
         """
-        from jaxfault.config import parse_probability_list
+        from jaxfault.core.config import parse_probability_list
 
         examples = None
         if curvature_examples != "all":
@@ -141,11 +141,11 @@ def load_model(checkpoint: str | None = None, data_dir: str | None = None):
     """(model, variables, checkpoint config, path) in the form faults see them
     (jaxfault.engine.evaluation_form: a QAT model's kernels fake-quantized once, quantization
     off), so the variation perturbs the stored weights."""
-    from jaxfault.checkpoints import load_checkpoint
+    from jaxfault.training.checkpoints import load_checkpoint
     from jaxfault.engine import evaluation_form
 
     if checkpoint is None:
-        from jaxfault.zoo import default_classifier
+        from jaxfault.training.zoo import default_classifier
 
         path = default_classifier(data_dir=data_dir)
     else:
@@ -161,7 +161,8 @@ def make_monte_carlo(model, variables, images, labels, noise_keys, *, dev_var: f
     """fn(mask) -> per-instance top-1 accuracies (float64 numpy): the engine's evaluation of the
     CiM variation fault model at dev_var, one compiled program for every mask (the mask travels
     as data in the variables' "write_verify" collection)."""
-    from jaxfault import engine, tasks
+    from jaxfault import engine
+    from jaxfault.core import tasks
 
     fm = CiMVariation(write_var=write_var, n_bits=n_bits, m_bits=m_bits)
     check_variances(dev_var, write_var)
@@ -267,7 +268,7 @@ def run(config: SwimConfig, *, log: Callable[[str], None] = print) -> dict:
 def write_report(report: dict, out, *, sweep: bool) -> list[Path]:
     """Write a run's report atomically in folder `out`: swim.json, swim.txt (the table) and, for a
     sweep of mask_p, the plot swim_sweep.png. Returns the paths written."""
-    from jaxfault.io import atomic_write_json, atomic_write_text
+    from jaxfault.core.io import atomic_write_json, atomic_write_text
 
     out = Path(out)
     atomic_write_json(out / "swim.json", report)
@@ -302,7 +303,7 @@ def plot_sweep(report: dict, path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jaxfault.io import atomic_savefig
+    from jaxfault.core.io import atomic_savefig
 
     fig, ax = plt.subplots(figsize=(6, 4))
     by_method: dict[str, list] = {}

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.errors import JaxfaultError, check_probability
-from jaxfault.pytree import flatten_kernels, is_kernel, map_kernels_with_index, unflatten_kernels
+from jaxfault.core.errors import JaxfaultError, check_probability
+from jaxfault.core.pytree import flatten_kernels, is_kernel, map_kernels_with_index, unflatten_kernels
 
 PyTree = Any
 

@@ -9,7 +9,7 @@ with sigma = ``write_var`` where the weight is write-verified (mask True) and ``
 elsewhere. Biases and batch-norm leaves are never perturbed. The device draws g_i are sampled
 explicitly (not collapsed into one Gaussian), so the sampled process is the one written above.
 
-``CiMVariation`` is the same noise as a fault model of ``jaxfault.protocol``: the rate is dev_var
+``CiMVariation`` is the same noise as a fault model of ``jaxfault.core.protocol``: the rate is dev_var
 (traced), and the write-verify mask travels with the variables as the collection
 ``variables["write_verify"]``, so one compiled program serves every mask and every dev_var.
 """
@@ -23,10 +23,10 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxfault.errors import JaxfaultError
-from jaxfault.fault_models import register_fault_model
-from jaxfault.protocol import FaultModel
-from jaxfault.pytree import count_kernel_weights, flatten_kernels, is_kernel, map_kernels_with_index
+from jaxfault.core.errors import JaxfaultError
+from jaxfault.faults.fault_models import register_fault_model
+from jaxfault.core.protocol import FaultModel
+from jaxfault.core.pytree import count_kernel_weights, flatten_kernels, is_kernel, map_kernels_with_index
 
 PyTree = Any
 

@@ -1,0 +1,360 @@
+"""The engine's work-saving evaluation: same numbers as a full evaluation, per trial, bit for bit.
+
+``jaxfault.engine.evaluate`` runs here when its trials are mapped sequentially (strategy "map",
+the CPU default) on one device. Three kinds of work are skipped or shared:
+
+* **Known answers.** Every trial's perturbed variables are first compared, bit for bit, with the
+  clean ones. A trial that changed nothing (no fault drawn, every fault masked by the stored
+  value or corrected by the ECC) has the clean model's accuracy. A trial whose perturbed
+  parameters have the same fingerprint as an earlier trial's (two 32-bit linear hashes of the
+  bit patterns, ``params_fingerprint``: one value apart never collide, otherwise about 2^-64)
+  has that trial's accuracy.
+* **The clean prefix.** For a model split into stages (jaxfault.engine.stages), a trial whose first
+  changed parameter sits in stage k starts from the clean activations at the input of stage k,
+  computed once per call. Only float32 arithmetic is split (``can_stage``): in bf16, XLA keeps
+  float32 across some fused layer chains and rounds once, so the staged program rounds
+  differently from the whole one (on the default LeNet its clean top-1 moved by 3 images in
+  10,000) and bf16 evaluations run whole.
+* **Compilation.** Every program is a module-level ``jax.jit`` of a pure function whose static
+  argument is a frozen spec (model, fault model, strategy, precision, batch size, top-k): jit's
+  own cache reuses a program across calls with the same shapes and fault-model structure.
+
+One compiled trial program serves every route: ``lax.switch`` picks, per trial, the full forward
+pass, a suffix from a cut, or nothing. Under ``lax.map`` only the chosen branch runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+MAX_CACHE_BYTES = 1 << 30          # clean activations kept per call, at most
+
+
+# ------------------------------------------------------------------------------ fingerprints
+def _mix32(h):
+    """The murmur3 32-bit finalizer: a bijection of uint32 that spreads every input bit."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def fingerprint_multipliers(params, seed: int = 0x5EED) -> tuple:
+    """Two fixed odd uint32 multipliers per parameter value: the murmur3 finalizer of the value's
+    running index (over the leaves in tree order) and of a seed (the same in every program, so
+    fingerprints compare across calls; cheap to compile, unlike a random-bits generator).
+
+    Args:
+      params: a pytree of arrays.
+      seed: mixed into every multiplier.
+    Returns:
+      A tuple, per leaf, of two uint32 arrays of the leaf's shape.
+    """
+    out, offset = [], 0
+    for x in jax.tree_util.tree_leaves(params):
+        shape = jnp.shape(x)
+        idx = jnp.uint32(offset) + jax.lax.iota(jnp.uint32, max(int(np.prod(shape)), 1))[:int(np.prod(shape))]
+        idx = idx.reshape(shape)
+        out.append(tuple(_mix32(_mix32(idx * jnp.uint32(2) + jnp.uint32(j)) ^ jnp.uint32(seed + j)) | jnp.uint32(1)
+                         for j in range(2)))
+        offset += int(np.prod(shape))
+    return tuple(out)
+
+
+def params_fingerprint(params, multipliers) -> jax.Array:
+    """Two linear hashes mod 2^32 of the parameters' bit patterns with independent random odd
+    multipliers. Sets that differ in one value never share a fingerprint (an odd multiplier keeps
+    any nonzero difference nonzero mod 2^32); sets that differ in more share one with
+    probability about 2^-64.
+
+    Args:
+      params: a pytree of arrays (16- or 32-bit floats or integers).
+      multipliers: ``fingerprint_multipliers(params)``.
+    Returns:
+      A (2,) uint32 array.
+    """
+    h = [jnp.uint32(0), jnp.uint32(0)]
+    for x, (m1, m2) in zip(jax.tree_util.tree_leaves(params), multipliers):
+        b = _bits(x)
+        h[0] = h[0] + jnp.sum(b * m1, dtype=jnp.uint32)
+        h[1] = h[1] + jnp.sum((b ^ (b >> 16) ^ jnp.uint32(0x9E3779B9)) * m2, dtype=jnp.uint32)
+    return jnp.stack(h)
+
+
+def _bits(x) -> jax.Array:
+    x = jnp.asarray(x)
+    width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}.get(x.dtype.itemsize)
+    if jnp.issubdtype(x.dtype, jnp.bool_):
+        return x.astype(jnp.uint32)
+    return (jax.lax.bitcast_convert_type(x, width) if width else x).astype(jnp.uint32)
+
+
+def _changed(a, b) -> jax.Array:
+    """True when two pytrees of the same structure differ in any bit."""
+    out = jnp.bool_(False)
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        out = out | jnp.any(_bits(x) != _bits(y))
+    return out
+
+
+# ------------------------------------------------------------------------------ the spec
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """Everything static about one evaluation: jit's cache key."""
+
+    model: Any
+    fault_model: Any
+    precision: str
+    batch_size: int
+    task: Any                     # a jaxfault.core.tasks.Task (frozen, hashable)
+    staged: bool                  # start trials from clean activations (jaxfault.engine.stages)
+    clean: bool = True            # evaluate the clean row (needed to skip unchanged trials)
+
+
+def _stages(spec: Spec):
+    from jaxfault.engine.stages import model_stages
+
+    return model_stages(spec.model) if spec.staged else None
+
+
+def _batches(a, bs: int, fill=0):
+    n = a.shape[0]
+    nb = -(-n // bs)
+    a = jnp.pad(a, ((0, nb * bs - n),) + ((0, 0),) * (a.ndim - 1), constant_values=fill)
+    return a.reshape((nb, bs) + a.shape[1:])
+
+
+def _first_changed(names, clean, faulty) -> jax.Array:
+    """Index of the first stage whose parameters differ in any bit (len(names): none); any other
+    changed leaf (another collection, a parameter outside the stages) counts as stage 0."""
+    staged = {n for s in names for n in s}
+    rest = lambda v: ({k: x for k, x in v.items() if k != "params"},  # noqa: E731
+                      {k: x for k, x in v["params"].items() if k not in staged})
+    first = jnp.where(_changed(rest(faulty), rest(clean)), 0, len(names))
+    for k in reversed(range(len(names))):
+        hit = _changed([faulty["params"][n] for n in names[k]], [clean["params"][n] for n in names[k]])
+        first = jnp.where(hit, jnp.minimum(first, k), first)
+    return first.astype(jnp.int32)
+
+
+# ------------------------------------------------------------------------------ the program
+def _program(spec: Spec, prepared, images, labels, rates, keys):
+    """The clean row, then the (R, T) grid row by row, through ``_scan``."""
+    T = keys.shape[1]
+    flat_rates = jnp.repeat(rates, T, axis=0)
+    flat_rates = jnp.concatenate([jnp.zeros_like(flat_rates[:1]), flat_rates])
+    flat_keys = keys.reshape(-1)
+    return _scan(spec, prepared, images, labels, flat_rates, jnp.concatenate([flat_keys[:1], flat_keys]))
+
+
+def _scan(spec: Spec, prepared, images, labels, rates, keys):
+    """Row 0 is the clean model, rows 1.. the trials, in one ``lax.scan`` over rows. A row's
+    route is the forward pass from stage k (k = 0 the whole model; for a split model, k is the
+    first changed stage and the stages before it are skipped, their output taken from the clean
+    row's activations, which the scan carries), or a copy of the clean row (nothing changed) or
+    of an earlier row (same fingerprint). Each stage's code appears once in the program.
+    Returns ({metric: (rows,)}, {stat: (rows,)}, route per row: k, -1 clean copy, -2 duplicate)."""
+    from jaxfault.core.protocol import stats_dict
+    from jaxfault.core.tasks import make_metric_fn
+
+    stages = _stages(spec)
+    params = prepared["params"]
+    names = (tuple(params),) if stages is None else tuple(s.leaves for s in stages)
+    n_stages = len(names)
+    n = labels.shape[0]
+    bs = min(spec.batch_size, n)
+    mult = fingerprint_multipliers(params)
+    task = spec.task
+    metric = make_metric_fn(spec.model, batch_size=bs, task=task)
+    zero = {k: jnp.zeros(s.shape, s.dtype) for k, s in jax.eval_shape(metric, prepared, images, labels).items()}
+
+    if stages is None:
+        acts0 = ()
+
+        def forward(v, start, acts):
+            return metric(v, images, labels), acts
+    else:
+        x = _batches(images, bs)
+        y = _batches(labels, bs, fill=-1)
+        shapes = []
+        h = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+        for st in stages:
+            h = jax.eval_shape(lambda z, fn=st.fn: fn(params, z), h)
+            shapes.append(h)
+        acts0 = tuple(jnp.zeros((x.shape[0],) + s.shape, s.dtype) for s in shapes[:-1])
+
+        from jaxfault.core.tasks import Classification
+
+        sums0 = jnp.zeros((len(task.sum_names()),), jnp.int32 if isinstance(task, Classification) else jnp.float32)
+
+        def forward(v, start, acts):
+            def body(c, xs):
+                xb, yb, cached = xs
+                h = xb
+                outs = []
+                for k, st in enumerate(stages):
+                    if k > 0:
+                        h = jnp.where(start == k, cached[k - 1], h)
+                    h = jax.lax.cond(start <= k, lambda z, fn=st.fn: fn(v["params"], z),
+                                     lambda z, s=shapes[k]: jnp.zeros(s.shape, s.dtype), h)
+                    outs.append(h)
+                return c + task.batch_sums(h, yb), tuple(outs[:-1])
+
+            c, outs = jax.lax.scan(body, sums0, (x, y, acts))
+            return task.finalize(c, n), outs
+
+    rows = keys.shape[0]
+
+    def body(memo, row):
+        i, rate, key = row
+        fps, filled, saved, acts = memo
+        faulty, stats = spec.fault_model.perturb(key, prepared, rate)
+        is_clean = i == 0
+        v = jax.tree_util.tree_map(lambda c, f: jnp.where(is_clean, c, f), prepared, faulty)
+        first = _first_changed(names, prepared, v)
+        fp = params_fingerprint(v["params"], mult)
+        match = jnp.all(fps == fp[None], axis=1) & filled
+        dup = jnp.any(match) & ~is_clean
+        unchanged = (first == n_stages) & ~is_clean & spec.clean
+        start = jnp.where(is_clean, 0, jnp.minimum(first, n_stages - 1))
+        run = (is_clean & spec.clean) | ~(is_clean | unchanged | dup)
+        out, new_acts = jax.lax.cond(run, lambda: forward(v, start, acts), lambda: (zero, acts))
+        src = jnp.where(unchanged, 0, jnp.argmax(match))
+        out = {k: jnp.where(unchanged | dup, saved[k][src], o) for k, o in out.items()}
+        acts = jax.lax.cond(is_clean, lambda: new_acts, lambda: acts)
+        memo = (fps.at[i].set(fp), filled.at[i].set(run), {k: saved[k].at[i].set(out[k]) for k in saved}, acts)
+        kind = jnp.where(unchanged, -1, jnp.where(dup, -2, start))
+        return memo, (out, stats_dict(stats), kind)
+
+    memo = (jnp.zeros((rows, 2), jnp.uint32), jnp.zeros((rows,), bool),
+            {k: jnp.zeros((rows,), z.dtype) for k, z in zero.items()}, acts0)
+    _, (out, stats, kind) = jax.lax.scan(body, memo, (jnp.arange(rows), rates, keys))
+    return out, stats, kind
+
+
+def _grid(spec: Spec, strategy: str, prepared, images, labels, rates, keys):
+    """The whole rates x trials evaluation without reuse (any strategy): ({metric: (R, T)}, {stat: (R, T)})."""
+    from jaxfault.core.batching import map_over
+    from jaxfault.core.protocol import stats_dict
+    from jaxfault.core.tasks import make_metric_fn
+
+    metric = make_metric_fn(spec.model, batch_size=spec.batch_size, task=spec.task)
+
+    def one(rate, key):
+        faulty, stats = spec.fault_model.perturb(key, prepared, rate)
+        return metric(faulty, images, labels), stats_dict(stats)
+
+    return jax.lax.map(lambda rk: map_over(lambda k: one(rk[0], k), rk[1], strategy), (rates, keys))
+
+
+def _clean(spec: Spec, prepared, images, labels):
+    from jaxfault.core.tasks import make_metric_fn
+
+    return make_metric_fn(spec.model, batch_size=spec.batch_size, task=spec.task)(prepared, images, labels)
+
+
+_program_jit = jax.jit(_program, static_argnums=0)
+_grid_jit = jax.jit(_grid, static_argnums=(0, 1))
+_clean_jit = jax.jit(_clean, static_argnums=0)
+
+
+def can_stage(model, prepared, images, batch_size: int) -> bool:
+    """True when trials of this evaluation may start from clean activations: the model is split
+    (jaxfault.engine.stages), the arithmetic is float32 (a bf16 program may keep excess precision
+    across a cut, so a cut could change its numbers) and the activations fit MAX_CACHE_BYTES.
+
+    Args:
+      model, prepared: the model in evaluation form and its prepared variables.
+      images: the prepared inputs; batch_size: the evaluation batch size.
+    Returns:
+      A bool.
+    """
+    from jaxfault.engine.stages import model_stages
+
+    stages = model_stages(model, prepared)
+    if stages is None or images.dtype != jnp.float32:
+        return False
+    if any(jnp.asarray(x).dtype != jnp.float32 for x in jax.tree_util.tree_leaves(prepared)):
+        return False
+    bs = min(batch_size, images.shape[0])
+    shape = jax.ShapeDtypeStruct((bs,) + images.shape[1:], images.dtype)
+    total = 0
+    for s in stages[:-1]:
+        shape = jax.eval_shape(lambda x, fn=s.fn: fn(prepared["params"], x), shape)
+        total += int(np.prod(shape.shape[1:])) * shape.dtype.itemsize * images.shape[0]
+    return total <= MAX_CACHE_BYTES
+
+
+def same_layout(fault_model, prepared, rate) -> bool:
+    """True when the fault model's perturbed variables have the prepared variables' structure,
+    shapes and dtypes (so a clean row can run through the same code as a faulty one).
+
+    Args:
+      fault_model: the fault model; prepared: its prepared variables; rate: a rate of its grid.
+    Returns:
+      A bool (traced with ``jax.eval_shape``: nothing is computed).
+    """
+    out = jax.eval_shape(lambda k, r: fault_model.perturb(k, prepared, r)[0], jax.random.key(0), rate)
+    a, ta = jax.tree_util.tree_flatten(prepared)
+    b, tb = jax.tree_util.tree_flatten(out)
+    return ta == tb and all(jnp.shape(x) == y.shape and jnp.asarray(x).dtype == y.dtype for x, y in zip(a, b))
+
+
+def hashable(spec: Spec) -> bool:
+    """True when a spec can key jit's cache (every field hashable)."""
+    try:
+        hash(spec)
+    except TypeError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------ evaluation
+def evaluate_grid(spec: Spec, strategy: str, prepared, images, labels, rates, keys, clean: bool):
+    """The rates x trials evaluation through the cached grid program, without reuse.
+
+    Args:
+      spec: the static description (model in evaluation form, fault model sized for the rates).
+      strategy: a resolved batching strategy other than 'loop'.
+      prepared, images, labels: prepared variables and inputs (engine.prepare).
+      rates: (R,) or (R, S) float32; keys: (R, T) typed keys.
+      clean: whether to also compute the clean metric.
+    Returns:
+      (metrics {name: (R, T)}, stats {name: (R, T)}, clean metric dict or {}).
+    """
+    metrics, stats = _grid_jit(spec, strategy, prepared, images, labels, rates, keys)
+    cm = _clean_jit(spec, prepared, images, labels) if clean else {}
+    metrics, stats, cm = jax.device_get((metrics, stats, cm))
+    return metrics, stats, {k: float(v) for k, v in cm.items()}
+
+
+ROUTE_NAMES = {-1: "clean", -2: "duplicate", 0: "full"}
+
+
+def evaluate_reusing(spec: Spec, prepared, images, labels, rates, keys):
+    """The rates x trials evaluation with known answers skipped and clean prefixes shared.
+
+    Args:
+      spec: the static description; ``spec.staged`` only for float32 evaluation of a model that
+        jaxfault.engine.stages splits; ``spec.clean`` to evaluate the clean model (and skip unchanged
+        trials).
+      prepared, images, labels: prepared variables and inputs (engine.prepare).
+      rates: (R,) or (R, S) float32; keys: (R, T) typed keys.
+    Returns:
+      (metrics {name: (R, T)}, stats {name: (R, T)}, clean metric dict or {}, routes: a dict of
+      how many trials took each route: 'full', 'cut1', ..., 'clean', 'duplicate').
+    """
+    R, T = keys.shape
+    out, stats, kind = jax.device_get(_program_jit(spec, prepared, images, labels, rates, keys))
+    kind = np.asarray(kind)[1:]
+    routes = {ROUTE_NAMES.get(int(k), f"cut{int(k)}"): int(np.sum(kind == k)) for k in np.unique(kind)}
+    metrics = {k: np.asarray(v)[1:].reshape(R, T) for k, v in out.items()}
+    stats = {k: np.asarray(v)[1:].reshape(R, T) for k, v in stats.items()}
+    cm = {k: float(np.asarray(v)[0]) for k, v in out.items()} if spec.clean else {}
+    return metrics, stats, cm, routes
