@@ -1,6 +1,6 @@
 """Accuracy vs energy of protection for every operating point of the protection methods' results
-(eval.sparrow, eval.swim and eval.neuralfuse JSONs, eval.campaign results files, or any file in
-the minimal schema of jaxfault/energy/tradeoff.py), with the Pareto front per method family.
+(files in the row schema jaxfault.rows/1: the JSONs of eval.run, eval.sparrow, eval.swim and
+eval.neuralfuse, and eval.campaign results files), with the Pareto front per method family.
 
   python -m eval.tradeoff runs/sparrow/sweep_T10_s0.json runs/nf_eval/neuralfuse_eval.json \
       runs/swim/swim.json --network lenet --json runs/tradeoff.json --plot runs/tradeoff.png
@@ -16,7 +16,7 @@ from jaxfault.energy.report import TradeoffRun
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m eval.tradeoff", description=__doc__.split("\n\n")[0])
-    p.add_argument("results", nargs="+", help="eval JSON files (see the schema in docs/energy.md)")
+    p.add_argument("results", nargs="+", help="result files in the row schema jaxfault.rows/1 (docs/energy.md)")
     add_setting_flags(p, TradeoffRun)
     p.add_argument("--overwrite", action="store_true", help="replace existing --json and --plot files")
     return p

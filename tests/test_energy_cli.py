@@ -203,41 +203,53 @@ def test_energy_cli_bad_grid(tmp_path):
 # ------------------------------------------------------------------ eval.tradeoff
 
 
+def _row(fault_model, rate_name, rate, mean, **point):
+    from jaxfault.core.rows import make_row
+
+    return make_row(fault_model=fault_model, method=fault_model, fault=point.pop("fault", {}), rate_name=rate_name,
+                    rate=rate, trials=20, metric="top1", summary={"mean": mean, **point.pop("summary", {})}, **point)
+
+
+def _report(tmp_path, name, rows, **context):
+    from jaxfault.core.rows import report
+
+    path = tmp_path / name
+    path.write_text(json.dumps(report(rows, **context)))
+    return path
+
+
 def test_tradeoff_cli(tmp_path):
-    sp = tmp_path / "sparrow.json"
-    sp.write_text(json.dumps({"method": "sparrow", "model": TINY, "input_shape": [12, 12, 1], "results": [
-        {"ber": 1e-6, "scheme": "sparrow", "accuracy_mean": 0.90, "label": "sparrow"},
-        {"refresh_interval_s": 1.0, "scheme": "none", "accuracy_mean": 0.50, "label": "unprotected"},
-    ]}))
-    nf = tmp_path / "nf.json"
-    nf.write_text(json.dumps([
-        {"method": "neuralfuse", "model": TINY, "input_shape": [12, 12, 1], "voltage": 0.9, "accuracy": {"mean": 0.70}},
-        {"method": "neuralfuse", "model": TINY, "input_shape": [12, 12, 1], "voltage": 0.8, "accuracy": {"mean": 0.75}},
-        {"method": "neuralfuse", "model": TINY, "input_shape": [12, 12, 1], "ber": 1e-2, "accuracy": {"mean": 0.60}},
-    ]))
-    sw = tmp_path / "swim.json"
-    sw.write_text(json.dumps({"method": "swim", "model": TINY, "input_shape": [12, 12, 1], "points": [
-        {"mask_p": 0.0, "acc_mean": 0.5}, {"mask_p": 0.1, "acc_mean": 0.8}, {"mask_p": 0.2, "acc_mean": 0.7}]}))
+    ctx = dict(model=TINY, input_shape=[12, 12, 1])
+    sp = _report(tmp_path, "sparrow.json", [
+        _row("hbm", "ber", 1e-6, 0.90, fault={"scheme": "sparrow"}, label="sparrow"),
+        _row("hbm", "ber", 1e-4, 0.50, fault={"scheme": "none"}, refresh_interval_s=1.0, label="unprotected")], **ctx)
+    nf = _report(tmp_path, "nf.json", [
+        _row("sram", "ber", float(P.voltage_ber(0.9)), 0.70, voltage=0.9),
+        _row("sram", "ber", float(P.voltage_ber(0.8)), 0.75, voltage=0.8),
+        _row("sram", "ber", 1e-2, 0.60)], **ctx)
+    sw = _report(tmp_path, "swim.json", [_row("cim", "dev_var", 0.1, a, mask_p=p)
+                                         for p, a in ((0.0, 0.5), (0.1, 0.8), (0.2, 0.7))], **ctx)
     out, png = tmp_path / "t.json", tmp_path / "t.png"
     assert run(tradeoff_cli, [str(sp), str(nf), str(sw), "--json", str(out), "--plot", str(png)]) == 0
     rows = json.loads(out.read_text())["points"]
     assert len(rows) == 8 and png.stat().st_size > 0
     layers = get_network(TINY, (12, 12, 1)).layers
     e = evaluate(layers, 16, 16, 0.0)
-    by = {(r["family"], json.dumps(r["operating_point"])): r for r in rows}
+    sram_rows = {r["operating_point"].get("voltage", r["operating_point"]["ber"]): r for r in rows
+                 if r["family"] == "sram"}
     # NeuralFuse at V = 0.9: total - SRAM * (1 - 0.81)
-    r = by[("sram", json.dumps({"voltage": 0.9}))]
+    r = sram_rows[0.9]
     sram = float(np.asarray(P.sram_energy(e, 1.0)).sum())
     assert r["energy"] == pytest.approx(float(e.total) - sram * 0.19, rel=1e-5)
     assert r["relative_energy"] == pytest.approx(r["energy"] / float(e.total), rel=1e-9)
-    assert by[("sram", json.dumps({"ber": 0.01}))]["voltage"] == pytest.approx(math.sqrt(0.76), rel=1e-4)
+    assert sram_rows[0.01]["voltage"] == pytest.approx(math.sqrt(0.76), rel=1e-4)
     # the 0.9 V point (0.70) is dominated by 0.8 V (0.75, cheaper); the 1 % BER point is cheapest
-    assert not r["pareto"] and by[("sram", json.dumps({"voltage": 0.8}))]["pareto"]
+    assert not r["pareto"] and sram_rows[0.8]["pareto"]
     # SWIM: relative cycles ((1 - f) + 10 f) / 10; mask 0.2 (0.7) is dominated by mask 0.1 (0.8)
     s = {r["operating_point"]["mask_p"]: r for r in rows if r["family"] == "verify"}
     assert s[0.1]["relative_energy"] == pytest.approx(0.19) and s[0.2]["pareto"] is False and s[0.1]["pareto"]
-    # Sparrow with an explicit interval: base + 2/16 of the DRAM weight reads + refresh of 18-bit words
-    d = by[("dram", json.dumps({"refresh_interval_s": 1.0}))]
+    # an explicit interval: base + the refresh of 16-bit words every second
+    d = next(r for r in rows if r["family"] == "dram" and "refresh_interval_s" in r["operating_point"])
     nw = np.array([l.num_weights for l in layers], float)
     want = float(e.total) + float(P.dram_refresh_energy(float(P.weight_storage_bits(nw, 16, 0, 16)), 1.0))
     assert d["scheme"] == "none" and d["energy"] == pytest.approx(want, rel=1e-5)
@@ -252,18 +264,17 @@ def test_tradeoff_bad_inputs(tmp_path):
     assert run(tradeoff_cli, [str(bad), "--network", TINY, "--input", "12,12,1"]) == 2
 
 
-def test_tradeoff_reads_eval_sparrow_and_eval_swim_shaped_reports(tmp_path):
-    # shaped like eval.sparrow --sweep (sweep.json) and eval.swim (swim.json) outputs
-    sp = tmp_path / "sweep.json"
-    sp.write_text(json.dumps({"checkpoint": "x", "clean_bf16": {"top1": 0.9}, "sweep": [
-        {"scheme": s, "stored_bits_per_weight": b, "ber": ber, "top1": {"mean": acc, "std": 0.01, "values": [acc, acc]},
-         "realised_ber": {"mean": ber}, "fault_free": {"top1": 0.9}}
-        for (s, b, acc) in (("sparrow", 19, 0.88), ("secded", 18, 0.85), ("none", 16, 0.3)) for ber in (1e-5, 1e-3)]}))
-    sw = tmp_path / "swim.json"
-    sw.write_text(json.dumps({"model": "lenet", "dataset": "fashion_mnist", "clean_accuracy": 0.9, "config": {"n_bits": 8},
-                              "none": {"mean": 0.4, "std": 0.1, "accuracies": [0.3, 0.5]},
-                              "all": {"mean": 0.89, "std": 0.0, "accuracies": [0.89, 0.89]},
-                              "selected": [{"method": "SM", "mask_p": 0.05, "fraction_protected": 0.05, "mean": 0.85, "std": 0.02}]}))
+def test_tradeoff_reads_rows_of_eval_sparrow_and_eval_swim(tmp_path):
+    # the rows eval.sparrow --sweep and eval.swim write
+    sp = _report(tmp_path, "sweep.json", [
+        _row("hbm", "ber", ber, acc, fault={"scheme": s}, stored_bits_per_weight=b, summary={"std": 0.01})
+        for (s, b, acc) in (("sparrow", 19, 0.88), ("secded", 18, 0.85), ("none", 16, 0.3)) for ber in (1e-5, 1e-3)],
+        checkpoint="x")
+    sw = _report(tmp_path, "swim.json", [
+        _row("cim", "dev_var", 0.1, 0.4, selection="none", mask_p=0.0, summary={"std": 0.1}),
+        _row("cim", "dev_var", 0.1, 0.89, selection="all", mask_p=1.0, summary={"std": 0.0}),
+        _row("cim", "dev_var", 0.1, 0.85, selection="SM", mask_p=0.05, summary={"std": 0.02})],
+        model="lenet", dataset="fashion_mnist")
     out = tmp_path / "t.json"
     assert run(tradeoff_cli, [str(sp), str(sw), "--network", TINY, "--input", "12,12,1", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["points"]

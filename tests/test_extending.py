@@ -153,9 +153,9 @@ def test_toy_method_preset_through_run_campaign_and_plan(lenet_checkpoint, tmp_p
                               str(tmp_path / "preset"), *common]) == 0
     assert run(run_cli.main, ["--fault-model", "hbm", "--set", "scheme=none", "--set", "mode=flip", "--out",
                               str(tmp_path / "base"), *common]) == 0
-    preset, base = ([{k: v for k, v in r.items() if k != "fault_model"}
+    preset, base = ([{k: v for k, v in r.items() if k != "method"}
                      for r in json.loads((tmp_path / d / "results.json").read_text())["rows"]] for d in ("preset", "base"))
-    assert preset == base and preset[1]["realised_ber"]["mean"] > 0.005
+    assert preset == base and preset[1]["realised_ber"]["mean"] > 0.005 and preset[1]["fault_model"] == "hbm"
     capsys.readouterr()
     assert run(run_cli.main, ["--fault-model", "toy-hbm-flips", "--set", "mode=stuck-at", "--out",
                               str(tmp_path / "bad"), *common]) == 2

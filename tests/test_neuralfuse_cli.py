@@ -96,6 +96,16 @@ def test_eval_reports_unseen_models_and_recovery(trained, tmp_path, capsys):
     assert "recovery" in printed and f"wrote {out / 'neuralfuse_eval.json'}" in printed
     assert f"next: accuracy vs SRAM energy of these BERs: python -m eval.tradeoff {out / 'neuralfuse_eval.json'}" in printed
     assert rep["generator_checkpoint"] == str((trained / "generator").absolute())
+    # its rows (row schema): without and with the generator at each BER, read by eval.tradeoff
+    from eval.tradeoff import main as tradeoff_main
+
+    assert [(r["fault_model"], r["ber"], r["generator"]) for r in rep["rows"]] == \
+        [("sram", b, g) for b in (0.01, 0.05) for g in (None, rep["generator"])]
+    assert _exit_code(tradeoff_main, [str(out / "neuralfuse_eval.json"), "--json", str(tmp_path / "t.json")]) == 0
+    points = json.loads((tmp_path / "t.json").read_text())["points"]
+    assert {p["label"] for p in points} == {"neuralfuse none", f"neuralfuse {rep['generator']}"}
+    with_g = {p["operating_point"]["ber"]: p for p in points if p["label"] != "neuralfuse none"}
+    assert with_g[0.05]["accuracy_mean"] == rep["results"][1]["perturbed_with"]["mean"]
 
 
 @pytest.mark.slow
@@ -215,6 +225,16 @@ def test_evaluation_uses_the_generators_weight_order(tmp_path, qat_lenet_checkpo
     rep = nfeval.evaluate_generator(tmp_path / "torch", models=2, test_subset=300)
     assert rep["layout"] == "torch" and ("memory_array", "torch") in built
     assert "in torch order" in nfeval.format_table(rep).splitlines()[0]
+    # its rows in the row schema, as eval.tradeoff reads them: without and with the generator
+    import json
+
+    from jaxfault.energy.tradeoff import load_records
+
+    (tmp_path / "rep.json").write_text(json.dumps(rep))
+    recs = load_records([str(tmp_path / "rep.json")])
+    assert [(r["family"], r["generator"]) for r in recs] == [("sram", None), ("sram", "UNetS")] * len(rep["results"])
+    assert [r["accuracy_mean"] for r in recs[:2]] == [rep["results"][0][k]["mean"]
+                                                      for k in ("perturbed_without", "perturbed_with")]
     # the resolution evaluate_generator applies to a checkpoint's config and the caller's overrides
     legacy = read_metadata(tmp_path / "legacy")["config"]
     assert nfeval.trained_fault_settings(legacy) == (0.5, "memory_array", "flax")

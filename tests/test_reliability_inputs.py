@@ -168,10 +168,16 @@ def test_eval_accuracy_refuses_out_of_range_idx_labels(tiny_checkpoint, tmp_path
 
 
 # ------------------------------------------------------------------ 6d, 7: eval.tradeoff inputs
+def _hbm_row(ber, accuracy: str) -> str:
+    """A row of the row schema as JSON text, its accuracy written as given (NaN included)."""
+    return ('{"fault_model": "hbm", "method": "sparrow", "fault": {"scheme": "sparrow"}, "rate_name": "ber", '
+            f'"rate": {ber}, "ber": {ber}, "trials": 2, "metric": "top1", "summary": {{"mean": {accuracy}}}}}')
+
+
 @pytest.mark.parametrize("accuracy,shown", [("NaN", "nan"), (1.5, "1.5"), (-0.1, "-0.1")])
 def test_tradeoff_refuses_impossible_accuracies(tmp_path, accuracy, shown, capsys):
-    text = ('{"method": "sparrow", "points": [{"ber": 1e-4, "accuracy": 0.9}, {"ber": 1e-3, "accuracy": '
-            + (accuracy if isinstance(accuracy, str) else json.dumps(accuracy)) + '}]}')
+    text = ('{"schema": "jaxfault.rows/1", "rows": [' + _hbm_row(1e-4, "0.9") + ", "
+            + _hbm_row(1e-3, accuracy if isinstance(accuracy, str) else json.dumps(accuracy)) + "]}")
     path = _write_json(tmp_path / "r.json", text)
     code, out, err = _run("eval.tradeoff", [path], capsys)
     line = _one_error_line(code, err, path, "accuracy", shown)
@@ -180,12 +186,19 @@ def test_tradeoff_refuses_impossible_accuracies(tmp_path, accuracy, shown, capsy
 
 
 @pytest.mark.parametrize("point", [{"ber": "high"}, {"ber": True}, {"ber": 1.5}, {"voltage": "low"},
-                                   {"fraction": 2.0}, {"refresh_interval_s": -1}])
+                                   {"mask_p": 2.0}, {"refresh_interval_s": -1}])
 def test_tradeoff_refuses_bad_operating_points(tmp_path, point, capsys):
-    method = {"voltage": "neuralfuse", "fraction": "swim"}.get(next(iter(point)), "sparrow")
-    path = _write_json(tmp_path / "r.json", {"method": method, "points": [{**point, "accuracy": 0.9}]})
+    from jaxfault.core.rows import make_row, report
+
+    key, value = next(iter(point.items()))
+    fault_model = {"voltage": "sram", "mask_p": "cim"}.get(key, "hbm")
+    rate_name = "dev_var" if fault_model == "cim" else "ber"
+    row = make_row(fault_model=fault_model, method=fault_model, fault={}, rate_name=rate_name, rate=1e-3, trials=2,
+                   metric="top1", summary={"mean": 0.9})
+    row.update({"rate": value} if key == "ber" else {}, **point)
+    path = _write_json(tmp_path / "r.json", report([row]))
     code, out, err = _run("eval.tradeoff", [path], capsys)
-    _one_error_line(code, err, path, next(iter(point)))
+    _one_error_line(code, err, path, key)
 
 
 def test_tradeoff_refuses_a_binary_file(tmp_path, capsys):

@@ -98,10 +98,13 @@ def test_energy_outputs_checked_first_and_not_replaced(tmp_path, capsys):
 
 
 def _results(tmp_path):
+    from jaxfault.core.rows import make_row, report
+
     p = tmp_path / "sparrow.json"
-    p.write_text(json.dumps({"method": "sparrow", "model": "lenet", "results": [
-        {"ber": 1e-6, "scheme": "sparrow", "accuracy_mean": 0.9},
-        {"refresh_interval_s": 1.0, "scheme": "none", "accuracy_mean": 0.5}]}))
+    rows = [make_row(fault_model="hbm", method="sparrow", fault={"scheme": s}, rate_name="ber", rate=ber, trials=20,
+                     metric="top1", summary={"mean": acc}, **point)
+            for s, ber, acc, point in (("sparrow", 1e-6, 0.9, {}), ("none", 1e-4, 0.5, {"refresh_interval_s": 1.0}))]
+    p.write_text(json.dumps(report(rows, model="lenet")))
     return p
 
 

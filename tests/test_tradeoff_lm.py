@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from jaxfault.core.rows import make_row, report
 from jaxfault.energy import protection as P
 from jaxfault.energy import tradeoff as T
 from jaxfault.energy.analysis import evaluate
@@ -15,15 +16,17 @@ KW = dict(dram_kw={}, retention_table=P.RETENTION_BER_TABLE, voltage_table=P.VOL
 
 
 def lm_point(scheme, median, ci, bits):
-    return {"scheme": scheme, "block_size": 64, "stored_bits_per_weight": bits, "ber": 1e-3,
-            "top1": {"mean": 0.5, "n": 4},        # next-token top-1: not the trade-off's score
-            "perplexity": {"median": median, "median_ci95": ci, "values": [median] * 4}}
+    return make_row(fault_model="hbm", method="sparrow", fault={"scheme": scheme, "block_size": 64}, rate_name="ber",
+                    rate=1e-3, trials=4, metric="perplexity",
+                    summary={"median": median, "median_lo": ci[0], "median_hi": ci[1], "n": 4},
+                    stored_bits_per_weight=bits, top1={"mean": 0.5, "n": 4})   # next-token top-1: not the score
 
 
 def sparrow_lm_file(checkpoint):
-    """The shape eval.sparrow writes for a language model: a top-level point, others in comparison."""
-    return {"checkpoint": str(checkpoint), "task": "language_model", **lm_point("sparrow", 5.556, [5.55, 5.58], 18),
-            "comparison": [lm_point("secded", 5.9, [5.6, 6.3], 18), lm_point("none", float("inf"), [77.0, float("inf")], 16)]}
+    """A language model's report in the row schema, as eval.sparrow writes it."""
+    return report([lm_point("sparrow", 5.556, [5.55, 5.58], 18), lm_point("secded", 5.9, [5.6, 6.3], 18),
+                   lm_point("none", float("inf"), [77.0, float("inf")], 16)],
+                  checkpoint=str(checkpoint), task="language_model")
 
 
 def test_lm_results_are_scored_by_perplexity_and_priced_from_their_model(make_lm_checkpoint, tmp_path):
@@ -50,15 +53,17 @@ def test_lm_and_classifier_results_are_not_mixed_and_need_a_model(make_lm_checkp
     lm = tmp_path / "lm.json"
     lm.write_text(json.dumps(sparrow_lm_file(make_lm_checkpoint())))
     cls = tmp_path / "cls.json"
-    cls.write_text(json.dumps({"scheme": "sparrow", "ber": 1e-3, "top1": {"mean": 0.9}}))
+    cls.write_text(json.dumps(report([make_row(fault_model="hbm", method="sparrow", fault={"scheme": "sparrow"},
+                                               rate_name="ber", rate=1e-3, trials=4, metric="top1",
+                                               summary={"mean": 0.9})])))
     with pytest.raises(JaxfaultError, match="holds a language model's perplexities, the other files accuracies"):
         T.load_records([str(lm), str(cls)])
     bare = tmp_path / "bare.json"
-    bare.write_text(json.dumps({"scheme": "none", "ber": 1e-3, "perplexity": {"median": 6.0}}))
+    bare.write_text(json.dumps(report([{**lm_point("none", 6.0, [5.0, 7.0], 16)}])))
     with pytest.raises(JaxfaultError, match=r"bare.json: row 1: a perplexity row needs the language model"):
         T.load_records([str(bare)])
     low = tmp_path / "low.json"
-    low.write_text(json.dumps({"model": "gpt2", "scheme": "none", "ber": 1e-3, "perplexity": {"median": 0.5}}))
+    low.write_text(json.dumps(report([lm_point("none", 0.5, [0.4, 0.6], 16)], model="gpt2")))
     with pytest.raises(JaxfaultError, match=r"perplexity must be a number >= 1"):
         T.load_records([str(low)])
 
@@ -66,9 +71,9 @@ def test_lm_and_classifier_results_are_not_mixed_and_need_a_model(make_lm_checkp
 def test_lm_campaign_rows(make_lm_checkpoint, tmp_path):
     ck = make_lm_checkpoint()
     header = {"jaxfault_results": 1, "identity": {"checkpoint": str(ck), "task": "language_model", "dataset": "fox"}}
-    row = {"config": {"method": "sparrow", "ber": 1e-3}, "metric": "perplexity", "perplexity": [5.0, 5.1, 5.2],
-           "perplexity_median": 5.1, "perplexity_median_lo": 5.0, "perplexity_median_hi": 5.2,
-           "top1": [0.5, 0.5, 0.5], "top1_mean": 0.5}
+    row = {"config": {"method": "sparrow", "ber": 1e-3}, "perplexity": [5.0, 5.1, 5.2], "top1": [0.5, 0.5, 0.5],
+           **make_row(fault_model="hbm", method="sparrow", fault={"scheme": "sparrow"}, rate_name="ber", rate=1e-3,
+                      trials=3, metric="perplexity", summary={"median": 5.1, "median_lo": 5.0, "median_hi": 5.2})}
     f = tmp_path / "results.jsonl"
     f.write_text(json.dumps(header) + "\n" + json.dumps(row) + "\n")
     (rec,) = T.load_records([str(f)])

@@ -62,6 +62,22 @@ def build_point(params: dict, rate_bound: float):
     return fm, rate, data
 
 
+def row_fields(params: dict, trials: int, metric: str, summary: dict) -> dict:
+    """The fields of a point's result in the row schema (jaxfault.core.rows): its fault model
+    (the registered one, and the method name the grid used), that model's whole configuration,
+    its rate, and the metric's summary; SWIM points add their selection and fraction verified."""
+    from jaxfault.core.rows import make_row
+
+    name, config, rate_name, rate, data = split_point(params)
+    fault = {k: v for k, v in build_fault_model(name, **config).describe().items() if k != "rate_bound"}
+    point = {k: data[k] for k in ("selection", "mask_p") if k in data}
+    if base_fault_model(name) == "cim":
+        point.setdefault("selection", "magnitude")
+        point.setdefault("mask_p", 0.0)
+    return make_row(fault_model=base_fault_model(name), method=params["method"], fault=fault,
+                    rate_name=rate_name, rate=rate, trials=trials, metric=metric, summary=summary, **point)
+
+
 def validate_point(params: dict) -> None:
     """Check a grid point before any work starts: method known, fields known, values valid."""
     name, config, _, rate, _ = split_point(params)

@@ -125,6 +125,7 @@ def run_point(point: GridPoint, cache: ProgramCache) -> dict:
            "devices": int(cache.mesh.devices.size)}
     if c.ci_width is not None:
         rec.update(stop=run["stop"], ci_width=c.ci_width, max_trials=cap)
+    rec.update(methods.row_fields(point.params, run["trials"], "top1", s))
     return rec
 
 
@@ -140,7 +141,8 @@ def _language_model_record(point: GridPoint, cache: ProgramCache, prog, variable
     realised = (np.asarray(st["realised_ber"], np.float64)[0] if "realised_ber" in st else np.zeros_like(ppl))
     s = stats.summarize(ppl, bounds=None, level=c.level)
     lo, hi = stats.proportion_ci(int(diverged.sum()), int(ppl.size), c.level)
-    return {"point_id": point.point_id, "config": point.params, "seed": c.seed, "trials": int(ppl.size),
+    return {**methods.row_fields(point.params, int(ppl.size), "perplexity", s),
+            "point_id": point.point_id, "config": point.params, "seed": c.seed, "trials": int(ppl.size),
             "metric": "perplexity", "perplexity": ppl.tolist(), "perplexity_median": s["median"],
             "perplexity_median_lo": s["median_lo"], "perplexity_median_hi": s["median_hi"],
             "perplexity_summary": s, "top1": top1.tolist(), "top1_mean": float(top1.mean()),

@@ -186,8 +186,9 @@ class TradeoffRun(EnergyModel):
                 load_table(getattr(self, name), f"`{name}`", None)
 
     def evaluate(self, results, log=print) -> list[dict]:
-        """The trade-off rows of every operating point in the result files `results`; campaign rows
-        of a method without an energy model are skipped, with one line to `log`."""
+        """The trade-off rows of every operating point in the result files `results` (row schema
+        jaxfault.rows/1); rows of a fault model without an energy model are skipped, with one line
+        to `log`."""
         from jaxfault.energy import tradeoff as T
         from jaxfault.energy.networks import DEFAULT_INPUTS, GENERIC_INPUT
 
@@ -195,7 +196,7 @@ class TradeoffRun(EnergyModel):
         records = T.load_records(results, skipped=skipped)
         if skipped:
             methods = sorted({str(r.get("method")) for r in skipped})
-            log(f"skipped {len(skipped)} campaign row(s) of {', '.join(methods)}: no energy model for that method")
+            log(f"skipped {len(skipped)} row(s) of {', '.join(methods)}: no energy model for that fault model")
 
         def layers_for(model, shape):
             shp = self.input or (tuple(shape) if shape else None)

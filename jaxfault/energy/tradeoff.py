@@ -1,38 +1,35 @@
-"""Accuracy vs energy of protection: read the eval JSONs of the protection methods, give every
-operating point its energy, and find the Pareto front (max accuracy, min energy) per method.
+"""Accuracy vs energy of protection: read the rows of the protection methods' results, give every
+operating point its energy, and find the Pareto front (max accuracy, min energy) per family.
 
-Minimal input schema (anything else in the file is ignored; records may be nested anywhere):
-  {"method": "sparrow" | "secded" | "none" | "neuralfuse" | "swim",   # or per record
-   "model": "lenet", "input_shape": [28, 28, 1],                      # optional
-   "points": [ {<operating point>, <accuracy>, "label": "..."}, ... ]}
-operating point: "ber" (sparrow/secded/none: retention BER -> refresh interval; neuralfuse: SRAM
-BER -> voltage), "refresh_interval_s", "voltage", "mask_p" / "fraction" (swim: fraction verified).
-accuracy: "accuracy_mean" | "acc_mean" | "mean_accuracy" | "top1_mean" | "accuracy" | "acc" | "top1"
-| "mean" (a number, {"mean": x}, or a list of per-trial values); optional "accuracy_std".
-Also read as they are: eval.sparrow results and sweeps (records with scheme, block_size,
-stored_bits_per_weight, ber, top1.mean), eval.swim reports (selected[*] with method, mask_p and
-mean; "none"/"all" -> fraction 0/1) and eval.neuralfuse reports (results[*] with ber and
-perturbed_without / perturbed_with; base_model, generator).
-"dataset" (mnist, fashion_mnist, cifar10, ...) sets the input shape when input_shape is absent.
-A language model's record is scored by perplexity instead (lower is better): eval.sparrow's
-{"perplexity": {"median", "median_ci95"}} or a campaign row's perplexity_median with
-perplexity_median_lo/_hi; its energy is that of the model it names ("checkpoint", a jaxfault or
-Hugging Face folder, or "model"), for one window of the model's context. Accuracy and perplexity
-rows are not mixed in one trade-off.
-Optional "ecc"/"scheme" (none/secded/sparrow/...), "block_size", for SWIM "selection" (SM,
-magnitude, ...), and for NeuralFuse "generator" (a network name whose energy is added at the same
-voltage).
+Input: files in the row schema ``jaxfault.rows/1`` (jaxfault.core.rows), which every evaluation
+CLI writes (eval.run, eval.sparrow, eval.swim, eval.neuralfuse) and a campaign's results file
+holds; nothing else is read, and a file in another form is a one-line error. A row's family is
+that of its fault model:
+
+* ``hbm`` -> DRAM refresh: the rate is the retention BER, priced through the refresh interval it
+  needs (or the row's own ``refresh_interval_s``), with the scheme's stored bits
+  (``fault.scheme``, or the row's ``stored_bits_per_weight``);
+* ``sram`` -> SRAM voltage: the rate is the SRAM BER, priced through the supply voltage (or the
+  row's ``voltage``), plus the row's ``generator`` network at the same voltage when it has one;
+* ``cim`` -> write-verify: priced by the fraction verified, the row's ``mask_p`` (0, none
+  verified, when the row has none), with ``selection`` naming the selection method.
+
+Rows of other fault models have no energy model: they are listed as skipped (or refused). The
+model whose energy is computed is the row's (or its report's) ``model`` or ``checkpoint``, with
+``input_shape`` or ``dataset`` giving the input. A language model's rows (metric
+``perplexity``, lower is better) are scored by their median perplexity, for one window of the
+model's context; accuracy and perplexity rows are not mixed in one trade-off.
 
 Every row gets a label naming its method and the configuration that tells it apart from the
 other rows of its family (the operating point is a column of its own): "sparrow B64", "secded",
 "none" (DRAM); "neuralfuse UNetS", "neuralfuse none" (SRAM, with and without a generator);
-"swim SM", "swim none", "swim all" (write-verify). A record's own "label" replaces it.
+"swim SM", "swim none", "swim all" (write-verify). A row's own "label" replaces it.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -40,13 +37,11 @@ from jaxfault.energy import protection as P
 from jaxfault.energy.analysis import evaluate, pareto_mask
 from jaxfault.energy.core import Hardware
 from jaxfault.core.errors import JaxfaultError
-from jaxfault.core.stats import mean_ci
 
-ACC_KEYS = ("accuracy_mean", "acc_mean", "mean_accuracy", "top1_mean", "accuracy", "acc", "top1", "mean")
 DATASET_INPUTS = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
                   "gtsrb": (32, 32, 3)}
-POINT_KEYS = ("ber", "voltage", "refresh_interval_s", "mask_p", "fraction")
-DRAM_METHODS = {"unprotected", "ecc", "dram"}  # plus every registered ECC scheme name (P.ecc_names())
+POINT_KEYS = ("ber", "voltage", "refresh_interval_s", "mask_p")
+FAMILY_OF = {"hbm": "dram", "sram": "sram", "cim": "verify"}   # fault model -> energy family
 FAMILIES = {"dram": "DRAM refresh (Sparrow / SEC-DED)", "sram": "SRAM voltage (NeuralFuse)", "verify": "write-verify (SWIM)"}
 FAMILY_NAMES = {"dram": "DRAM refresh", "sram": "SRAM voltage", "verify": "write-verify"}
 # what each family's "relative" column divides by (the row's energy over this reference)
@@ -55,224 +50,41 @@ REFERENCE_NAMES = {"dram": "unprotected 16-bit weights refreshed every 64 ms (th
                    "verify": "write-verifying every weight"}
 
 
-def _accuracy(rec: dict):
-    for k in ACC_KEYS:
-        if k in rec:
-            v = rec[k]
-            if isinstance(v, dict):
-                v = v.get("mean", v.get("top1"))
-            if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
-                v = float(np.mean(v))  # per-trial accuracies
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                return float(v)
-    return None
-
-
-def _accuracy_std(rec: dict):
-    if isinstance(rec.get("accuracy_std"), (int, float)):
-        return float(rec["accuracy_std"])
-    for k in ACC_KEYS:
-        if k in rec:
-            v = rec[k]
-            if isinstance(v, dict) and isinstance(v.get("std"), (int, float)):
-                return float(v["std"])
-            if k == "mean" and isinstance(rec.get("std"), (int, float)):
-                return float(rec["std"])
-            return None
-    return None
-
-
-def _accuracy_ci(rec: dict):
-    """[lo, hi] of the accuracy's 95 % interval: the one a record stores (campaign rows, eval
-    summaries with ci_lo/ci_hi), else from its per-trial accuracies (jaxfault.core.stats.mean_ci), else
-    None (a file in the minimal schema carries no interval)."""
-    if isinstance(rec.get("accuracy_ci_lo"), (int, float)) and isinstance(rec.get("accuracy_ci_hi"), (int, float)):
-        return [float(rec["accuracy_ci_lo"]), float(rec["accuracy_ci_hi"])]
-    for k in ("accuracy_summary",) + ACC_KEYS:
-        v = rec.get(k)
-        if isinstance(v, dict) and isinstance(v.get("ci_lo"), (int, float)):
-            return [float(v["ci_lo"]), float(v["ci_hi"])]
-        if isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-            bounded = all(0.0 <= x <= 1.0 for x in v)
-            return [float(b) for b in mean_ci(v, method="betting" if bounded else "student-t")]
-    return None
-
-
-def _perplexity(rec: dict):
-    """(median, [lo, hi]) of a language model's record (module docstring), else None."""
-    v = rec.get("perplexity")
-    if isinstance(v, dict) and isinstance(v.get("median"), (int, float)):
-        ci = v.get("median_ci95")
-        return float(v["median"]), ([float(c) for c in ci] if isinstance(ci, list) and len(ci) == 2 else None)
-    if isinstance(rec.get("perplexity_median"), (int, float)):
-        lo, hi = rec.get("perplexity_median_lo"), rec.get("perplexity_median_hi")
-        ok = all(isinstance(c, (int, float)) for c in (lo, hi))
-        return float(rec["perplexity_median"]), ([float(lo), float(hi)] if ok else None)
-    return None
-
-
-def _lm_record(obj: dict, inherited: dict, source: str) -> dict:
-    """The record of a language model's operating point: its median perplexity (metric
-    'perplexity') and the model it was measured on (its checkpoint folder, else its 'model')."""
-    med, ci = _perplexity(obj)
-    rec = {**inherited, **{k: v for k, v in obj.items() if not isinstance(v, (dict, list))}}
-    rec.update(metric="perplexity", perplexity_median=med, perplexity_ci=ci)
-    if rec.get("checkpoint"):
-        rec["model"] = str(rec["checkpoint"])
-    rec.setdefault("source", source)
+def record_of(row: dict, context: dict, source: str) -> dict:
+    """The pricing record of one row: its context and scalar fields, its family, its scheme and
+    fraction verified where its family has them, and its score (accuracy mean, std and interval,
+    or median perplexity and interval)."""
+    rec = {**context, **{k: v for k, v in row.items() if not isinstance(v, (dict, list))}, "source": source}
+    if "input_shape" in row or "input_shape" in context:
+        rec["input_shape"] = row.get("input_shape", context.get("input_shape"))
+    rec["family"] = FAMILY_OF.get(row["fault_model"])
+    fault = row.get("fault") or {}
+    if rec["family"] == "dram":
+        rec.setdefault("scheme", fault.get("scheme", "none"))
+        if fault.get("block_size") is not None:
+            rec.setdefault("block_size", fault["block_size"])
+    elif rec["family"] == "verify":
+        rec.setdefault("mask_p", 0.0)
+    s = row["summary"]
+    if row["metric"] == "perplexity":
+        ci = [s["median_lo"], s["median_hi"]] if _number(s.get("median_lo")) and _number(s.get("median_hi")) else None
+        rec.update(metric="perplexity", perplexity_median=float(s["median"]), perplexity_ci=ci)
+        if rec.get("checkpoint"):
+            rec["model"] = str(rec["checkpoint"])
+    else:
+        ci = [float(s["ci_lo"]), float(s["ci_hi"])] if _number(s.get("ci_lo")) and _number(s.get("ci_hi")) else None
+        rec.update(metric=row["metric"], accuracy_mean=float(s["mean"]),
+                   accuracy_std=float(s["std"]) if _number(s.get("std")) else None, accuracy_ci=ci)
     return rec
 
 
-def _swim_report(obj: dict, inherited: dict, source: str) -> list[dict]:
-    """Rows of an eval.swim report: "none" / "all" verified (fractions 0 and 1) and every
-    selected (method, mask_p); the selection method is the row's "selection", the method "swim"."""
-    base = {**inherited, "method": "swim", "source": source}
-    out = []
-    for key, frac in (("none", 0.0), ("all", 1.0)):
-        if isinstance(obj.get(key), dict) and _accuracy(obj[key]) is not None:
-            out.append({**base, "selection": key, "fraction": frac, "accuracy_mean": _accuracy(obj[key]),
-                        "accuracy_std": _accuracy_std(obj[key]), "accuracy_ci": _accuracy_ci(obj[key])})
-    for sel in obj.get("selected") or []:
-        if isinstance(sel, dict) and _accuracy(sel) is not None and any(k in sel for k in ("mask_p", "fraction")):
-            rec = {**base, **{k: v for k, v in sel.items() if not isinstance(v, (dict, list))}}
-            rec.update(method="swim", selection=sel.get("method", sel.get("selection")),
-                       accuracy_mean=_accuracy(sel), accuracy_std=_accuracy_std(sel), accuracy_ci=_accuracy_ci(sel))
-            out.append(rec)
-    return out
-
-
-def _neuralfuse_report(obj: dict, inherited: dict, source: str) -> list[dict]:
-    """Rows of an eval.neuralfuse report: for every BER the perturbed models without the generator
-    ("generator": None) and with it (its energy is added)."""
-    base = {**inherited, "method": "neuralfuse", "source": source}
-    if obj.get("base_model"):
-        base["model"] = obj["base_model"]
-    out = []
-    for r in obj.get("results") or []:
-        if not isinstance(r, dict) or "ber" not in r:
-            continue
-        for key, gen in (("perturbed_without", None), ("perturbed_with", obj.get("generator"))):
-            if isinstance(r.get(key), dict) and _accuracy(r[key]) is not None:
-                out.append({**base, "ber": r["ber"], "generator": gen, "accuracy_mean": _accuracy(r[key]),
-                            "accuracy_std": _accuracy_std(r[key]), "accuracy_ci": _accuracy_ci(r[key])})
-    return out
-
-
-def find_records(obj: Any, inherited: dict | None = None, source: str = "") -> list[dict]:
-    """Every dict holding an accuracy and an operating point, with method/model/... inherited
-    from enclosing objects."""
-    inherited = dict(inherited or {})
-    out = []
-    if isinstance(obj, dict):
-        for k in ("method", "model", "dataset", "input_shape", "ecc", "scheme", "block_size", "generator",
-                  "selection", "label", "checkpoint", "task"):
-            if k in obj and not isinstance(obj[k], (dict, list)) or (k == "input_shape" and k in obj):
-                inherited[k] = obj[k]
-        if "selected" in obj:  # an eval.swim report
-            return out + _swim_report(obj, inherited, source)
-        if isinstance(obj.get("results"), list) and any(isinstance(r, dict) and "perturbed_with" in r
-                                                        for r in obj["results"]):  # an eval.neuralfuse report
-            return out + _neuralfuse_report(obj, inherited, source)
-        lm = _perplexity(obj) is not None and any(k in obj for k in POINT_KEYS)
-        acc = None if lm or inherited.get("task") == "language_model" else _accuracy(obj)
-        if lm:
-            out.append(_lm_record(obj, inherited, source))
-        elif acc is not None and any(k in obj for k in POINT_KEYS):
-            rec = {**inherited, **{k: v for k, v in obj.items() if not isinstance(v, (dict, list)) or k == "input_shape"}}
-            rec["accuracy_mean"] = acc
-            rec["accuracy_std"] = _accuracy_std(obj)
-            rec["accuracy_ci"] = _accuracy_ci(obj)
-            rec.setdefault("source", source)
-            out.append(rec)
-        for v in obj.values():
-            if isinstance(v, (dict, list)):
-                out.extend(find_records(v, inherited, source))
-    elif isinstance(obj, list):
-        for v in obj:
-            out.extend(find_records(v, inherited, source))
-    return out
-
-
-def _file_method(obj: Any, path: str) -> str:
-    """The method of a file without a top-level "method": known report shapes by their keys
-    (eval.swim: "selected"; eval.neuralfuse: "results" with "perturbed_with"; eval.sparrow: a
-    "scheme" or rows with one), else the file's name."""
-    if isinstance(obj, dict):
-        if "selected" in obj:
-            return "swim"
-        if any(isinstance(r, dict) and "perturbed_with" in r for r in obj.get("results") or []):
-            return "neuralfuse"
-        rows = obj.get("rows") or obj.get("sweep") or []
-        if "scheme" in obj or "ecc" in obj or any(isinstance(r, dict) and "scheme" in r for r in rows):
-            return "dram"
-    return Path(path).stem
-
-
-def _read(path: str):
-    """A JSON file, or a JSON-lines file (a campaign's results: a header line, then one row per
-    line; a torn last line is ignored) as a list of its objects; read with the limits of
-    jaxfault.core.config.parse_json (one-line errors for binary files, huge integers, deep nesting)."""
-    from jaxfault.core.config import JSONSyntaxError, parse_json
-
-    try:
-        text = Path(path).read_text()
-    except UnicodeDecodeError:
-        raise JaxfaultError(f"cannot read {path}: it is not UTF-8 text (a binary file?)") from None
-    except OSError as e:
-        raise JaxfaultError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        return parse_json(text, str(path))
-    except JSONSyntaxError as e:
-        whole = e
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    objs = []
-    for i, ln in enumerate(lines):
-        try:
-            objs.append(parse_json(ln, f"{path} line {i + 1}"))
-        except JSONSyntaxError:
-            if i == len(lines) - 1 and objs:  # a run killed during an append
-                break
-            raise JaxfaultError(f"cannot read {whole}") from None
-    if len(objs) < 2:
-        raise JaxfaultError(f"cannot read {whole}") from None
-    return objs
-
-
-def _campaign_rows(objs: list, source: str, skipped: list | None) -> list[dict] | None:
-    """Rows of a campaign results file (header {"jaxfault_results": ..., "identity": ...}, then rows
-    {"config": {"method", <fields>, <rate>}, "accuracy_mean", ...}), or None for another file.
-    Rows of methods without an energy model (bitflip) go to `skipped` (an error without it)."""
-    if not (objs and isinstance(objs[0], dict) and "jaxfault_results" in objs[0]):
-        return None
-    ident = objs[0].get("identity") or {}
-    inherited = {k: ident[k] for k in ("dataset", "model", "checkpoint", "task") if isinstance(ident.get(k), str)}
-    out = []
-    for row in objs[1:]:
-        if not (isinstance(row, dict) and isinstance(row.get("config"), dict)):
-            continue
-        if _perplexity(row) is not None:
-            rec = {**_lm_record({**row["config"], **{k: v for k, v in row.items() if k != "config"}}, inherited,
-                                source)}
-        elif _accuracy(row) is not None and inherited.get("task") != "language_model":
-            rec = {**inherited, **row["config"], "accuracy_mean": _accuracy(row), "accuracy_std": _accuracy_std(row),
-                   "accuracy_ci": _accuracy_ci(row), "source": source}
-        else:
-            continue
-        try:
-            family(rec)
-        except JaxfaultError:
-            if skipped is None:
-                raise
-            skipped.append(rec)
-            continue
-        out.append(rec)
-    return out
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # what an operating point's value must be: (check, requirement)
 POINT_RANGES = {"ber": (lambda v: 0 <= v <= 1, "in [0, 1]"), "voltage": (lambda v: v > 0, "> 0"),
-                "refresh_interval_s": (lambda v: v > 0, "> 0"), "mask_p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-                "fraction": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+                "refresh_interval_s": (lambda v: v > 0, "> 0"), "mask_p": (lambda v: 0 <= v <= 1, "in [0, 1]")}
 
 
 def check_record(rec: dict, path: str, row: int) -> None:
@@ -301,20 +113,26 @@ def check_record(rec: dict, path: str, row: int) -> None:
 
 
 def load_records(paths: Sequence[str], skipped: list | None = None) -> list[dict]:
-    """Records of every file, each range-checked (check_record). Campaign rows of methods without
-    an energy model are appended to `skipped` when a list is given (else they are an error)."""
+    """Records of every file's rows (jaxfault.core.rows.read), each range-checked (check_record).
+    Rows of fault models without an energy model are appended to `skipped` when a list is given
+    (else they are an error)."""
+    from jaxfault.core import rows as R
+
     recs = []
     for p in paths:
-        obj = _read(str(p))
-        found = _campaign_rows(obj, str(p), skipped) if isinstance(obj, list) else None
-        if found is None:
-            has_method = isinstance(obj, dict) and "method" in obj
-            found = find_records(obj, None if has_method else {"method": _file_method(obj, str(p))}, str(p))
-        if not found:
-            raise JaxfaultError(f"{p}: no records with an accuracy ({'/'.join(ACC_KEYS[:4])}) and an operating point ({'/'.join(POINT_KEYS)})")
-        for row, rec in enumerate(found, 1):
-            check_record(rec, str(p), row)
-        recs.extend(found)
+        context, rows = R.read(str(p))
+        if not rows:
+            raise JaxfaultError(f"{p}: no rows")
+        for i, row in enumerate(rows, 1):
+            rec = record_of(row, context, str(p))
+            if rec["family"] is None:
+                if skipped is None:
+                    raise JaxfaultError(f"{p}: row {i}: fault model {row['fault_model']!r} has no energy model "
+                                        f"(priced: {', '.join(FAMILY_OF)})")
+                skipped.append(rec)
+                continue
+            check_record(rec, str(p), i)
+            recs.append(rec)
     kinds = {r.get("metric") == "perplexity" for r in recs}
     if len(kinds) > 1:
         first = next(str(r.get("source")) for r in recs if r.get("metric") == "perplexity")
@@ -324,15 +142,10 @@ def load_records(paths: Sequence[str], skipped: list | None = None) -> list[dict
 
 
 def family(rec: dict) -> str:
-    m = str(rec.get("method", "")).lower()
-    if m in DRAM_METHODS or m in P.ecc_names() or "refresh_interval_s" in rec or "stored_bits_per_weight" in rec \
-            or str(rec.get("scheme", rec.get("ecc", ""))).lower() in P.ecc_names():
-        return "dram"
-    if m.startswith("neuralfuse") or "voltage" in rec:
-        return "sram"
-    if m.startswith("swim") or "mask_p" in rec or "fraction" in rec:
-        return "verify"
-    raise JaxfaultError(f"record of method {rec.get('method')!r} has no known operating point ({rec})")
+    """A record's energy family (record_of: from its row's fault model)."""
+    if rec.get("family") not in FAMILIES:
+        raise JaxfaultError(f"record of fault model {rec.get('fault_model')!r} has no energy model")
+    return rec["family"]
 
 
 def point_energy(rec: dict, net_layers, energy, qw, pw, *, dram_kw: dict, retention_table, voltage_table,
@@ -342,8 +155,7 @@ def point_energy(rec: dict, net_layers, energy, qw, pw, *, dram_kw: dict, retent
     fam = family(rec)
     base = float(energy.total)
     if fam == "dram":
-        m = str(rec.get("method", "")).lower()
-        scheme = rec.get("ecc") or rec.get("scheme") or (m if m in P.ecc_names() else ("none" if m == "unprotected" else "sparrow"))
+        scheme = rec["scheme"]
         bits = int(rec["stored_bits_per_weight"]) if "stored_bits_per_weight" in rec else P.ecc_stored_bits(scheme)
         if bits < 16:
             raise JaxfaultError(f"stored bits per weight must be >= 16, got {bits}")
@@ -377,7 +189,7 @@ def point_energy(rec: dict, net_layers, energy, qw, pw, *, dram_kw: dict, retent
             e += float(P.total_energy_at_voltage(generator_energy(rec["generator"]), v, v_nominal))
         return {"family": fam, "voltage": v, "energy": e, "reference_energy": base,
                 "unit": "normalised energy per inference (MAC = 1)"}
-    f = float(rec.get("mask_p", rec.get("fraction")))
+    f = float(rec["mask_p"])
     if not 0 <= f <= 1:
         raise JaxfaultError(f"fraction verified must be in [0, 1], got {f}")
     nw = sum(l.num_weights for l in net_layers)

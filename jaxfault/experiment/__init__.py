@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 from jaxfault.core.errors import JaxfaultError, check, nearest_hint
 from jaxfault.core.keys import MAX_SEED, MAX_TRIALS
+from jaxfault.core.rows import ROW_SCHEMA
 
-ROW_SCHEMA = "jaxfault.rows/1"
 RESULTS_FILE = "results.json"
 
 
@@ -200,6 +200,8 @@ def evaluate(config: ExperimentConfig, model, variables, inputs, targets, task) 
     """Evaluate loaded inputs under the configured fault model; the report (no file written)."""
     from jaxfault import engine
     from jaxfault.core.keys import root_key, stream, trial_keys
+    from jaxfault.core.rows import make_row
+    from jaxfault.faults.fault_models import base_fault_model
 
     fm = build_fault_model(config)
     rates = [float(r) for r in _as_list(config.rates, "rates")]
@@ -207,10 +209,12 @@ def evaluate(config: ExperimentConfig, model, variables, inputs, targets, task) 
     res = engine.evaluate(model, variables, inputs, targets, fm, rates, keys, strategy=config.strategy,
                           precision=config.precision, batch_size=config.batch_size, task=task)
     rows = []
+    metric = task.primary
     for i, rate in enumerate(rates):
-        row = {"fault_model": config.fault_model, "fault": fm.describe(), "rate_name": fm.rate_name, "rate": rate,
-               fm.rate_name: rate, "trials": config.trials, **res.summary(i)}
-        rows.append(row)
+        summary = res.summary(i)
+        rows.append({**summary, **make_row(fault_model=base_fault_model(config.fault_model), method=config.fault_model,
+                                           fault=fm.describe(), rate_name=fm.rate_name, rate=rate,
+                                           trials=config.trials, metric=metric, summary=summary[metric])})
     return {"schema": ROW_SCHEMA, "config": config.to_dict(), "task": task.describe(), "primary": task.primary,
             "clean": res.clean, "strategy": res.strategy, "seconds": res.seconds, "rows": rows}
 

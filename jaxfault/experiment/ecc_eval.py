@@ -197,7 +197,7 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
         words, layout = stored_shape(hbm, fm.view(prepared)["params"] if hbm is not fm else prepared["params"])
         for i, ber in enumerate(config.bers):
             r = {"scheme": name, "block_size": scheme.block_size, "stored_bits_per_weight": scheme.stored_bits,
-                 "ber": ber, "zero_to_one": config.zero_to_one, "fault_model": config.mode, "trials": config.trials,
+                 "ber": ber, "zero_to_one": config.zero_to_one, "mode": config.mode, "trials": config.trials,
                  "protected_weights": layout.n_values, "stored_words": int(words.shape[0]),
                  "seconds": seconds[i], "fault_free": free, **summaries[i]}
             r["drop_vs_clean_points"] = 100 * (clean["top1"] - r["top1"]["mean"])
@@ -210,6 +210,7 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
                           "nonfinite_tokens": s["nonfinite_tokens"],
                           "perplexity_increase_pct": 100 * (s["perplexity"]["median"] / clean["perplexity"] - 1)})
                 r.pop("nll", None)
+            r.update(row_fields(hbm, r, lm))
             rows.append(r)
         if log is not None and len(config.schemes) > 1:
             log(f"evaluated {name} at {len(config.bers)} BER(s)" + clock.done())
@@ -218,6 +219,23 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
             "precision": config.precision, "backend": jax.default_backend(), "seed": config.seed,
             "params": config.leaves, "compat": config.compat, "evaluation_dtype": config.compute_dtype or "bfloat16",
             "estimator": "plain", "clean_bf16": clean, "rows": rows}
+
+
+def row_fields(hbm: HBMFaults, r: dict, lm: bool) -> dict:
+    """A result row's fields in the row schema (jaxfault.core.rows): the HBM fault model and its
+    configuration, the BER, the trials behind the figure and the summary of its metric (top-1, or
+    a language model's perplexity, with the order-statistic interval of its median)."""
+    from jaxfault.core.rows import make_row
+
+    if lm:
+        p = r["perplexity"]
+        metric, summary = "perplexity", {"median": p["median"], "median_lo": p["median_ci95"][0],
+                                         "median_hi": p["median_ci95"][1], "n": len(p["values"])}
+    else:
+        metric, summary = "top1", {k: v for k, v in r["top1"].items() if k != "values"}
+    fault = {k: v for k, v in hbm.describe().items() if k != "rate_bound"}
+    return make_row(fault_model="hbm", method="sparrow", fault=fault, rate_name="ber", rate=r["ber"],
+                    trials=int(summary.get("n", r["trials"])), metric=metric, summary=summary)
 
 
 STRATIFY_POSITIONS = (30,)      # the exponent MSB of a bf16 weight: its stuck-at-1 multiplies it by 2^128
@@ -258,7 +276,7 @@ def _evaluate_rare(config: SparrowEvalConfig, model, variables, images, labels, 
             chosen = rare.choose_estimator(config.estimator, expected)
             t0 = time.perf_counter()
             head = {"scheme": name, "block_size": scheme.block_size, "stored_bits_per_weight": scheme.stored_bits,
-                    "ber": ber, "zero_to_one": config.zero_to_one, "fault_model": config.mode,
+                    "ber": ber, "zero_to_one": config.zero_to_one, "mode": config.mode,
                     "trials": config.trials, "protected_weights": layout.n_values,
                     "stored_words": int(words.shape[0]), "fault_free": free, "estimator": chosen,
                     "expected_class_faults": expected}
@@ -280,6 +298,7 @@ def _evaluate_rare(config: SparrowEvalConfig, model, variables, images, labels, 
                 clean = res.clean
                 r = {**head, "seconds": time.perf_counter() - t0, "forward_passes": config.trials, **res.summary(0)}
             r["drop_vs_clean_points"] = 100 * (clean["top1"] - r["top1"]["mean"])
+            r.update(row_fields(fm, r, False))
             rows.append(r)
             if log is not None:
                 log(f"{name} at BER {ber:g}: {chosen} ({expected:.3g} class faults per trial)")
@@ -503,17 +522,19 @@ def write_report(report: dict, config: SparrowEvalConfig, output: Output) -> lis
     each recording its configuration and the checkpoint's digest. Returns the paths written."""
     from jaxfault.core.io import atomic_write_json, atomic_write_text
     from jaxfault.core.rerun import checkpoint_digest
+    from jaxfault.core.rows import ROW_SCHEMA
 
     path = output.path
     report = {**report, "config": result_config(config), "checkpoint_digest": checkpoint_digest(report["checkpoint"])}
     if output.sweep:
-        atomic_write_json(path, report)
+        atomic_write_json(path, {"schema": ROW_SCHEMA, **report})
         atomic_write_text(path.with_suffix(".md"), sweep_table(report))
         plot_sweep(report, path.with_suffix(".png"))
         return [path, path.with_suffix(".md"), path.with_suffix(".png")]
     first, *others = report["rows"]
     atomic_write_json(path, {**{k: v for k, v in report.items() if k != "rows"}, **first,
-                             **({"comparison": others} if others else {})})
+                             **({"comparison": others} if others else {}), "schema": ROW_SCHEMA,
+                             "rows": report["rows"]})
     return [path]
 
 COMPARE_WITH = ("secded", "none")
@@ -532,7 +553,7 @@ def format_comparison(report: dict) -> str:
     r0, clean = rows[0], report["clean_bf16"]
     n = r0["top1"]["n"]
     q = r0["zero_to_one"]
-    fault = (f"stuck-at faults, {100 * q:g} % of them stuck at 1" if r0["fault_model"] == "stuck-at"
+    fault = (f"stuck-at faults, {100 * q:g} % of them stuck at 1" if r0["mode"] == "stuck-at"
              else "bit flips")
     stop = {"width": f"the interval's half-width reached {r0.get('ci_width', 0):g}",
             "max_trials": f"the cap of {r0.get('max_trials')} trials ran before the half-width reached "

@@ -22,6 +22,7 @@ from jaxfault.neuralfuse.eopm import eval_seeds, seeds_to_keys, to_base_range
 from jaxfault.neuralfuse.faults import SRAMBitErrors, check_layout, check_placement
 from jaxfault.neuralfuse.train import GENERATOR_KIND, LEGACY_DEFAULTS
 from jaxfault.core.quant import check_bits
+from jaxfault.core.rows import ROW_SCHEMA, make_row
 from jaxfault.core.stats import paired_diff_ci
 from jaxfault.training import make_accuracy_fn
 
@@ -143,7 +144,14 @@ def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=
             "dataset": data.name, "test_images": int(len(x)), "trained_ber": cfg.get("ber"), "ber0": ber0,
             "bits": bits, "placement": placement, "layout": layout, "models": models,
             "seeds": [int(s) for s in np.asarray(seeds)], "clean": clean,
-            "clean_drop": clean["without"] - clean["with"], "results": results}
+            "clean_drop": clean["without"] - clean["with"], "results": results,
+            "schema": ROW_SCHEMA, "model": base.config.get("model"),
+            "rows": [make_row(fault_model="sram", method="neuralfuse",
+                              fault={k: v for k, v in fm.describe().items() if k != "rate_bound"}, rate_name="ber",
+                              rate=r["ber"], trials=len(r[key]["per_model"]), metric="top1",
+                              summary={k: v for k, v in r[key].items() if k != "per_model"}, generator=gen)
+                     for r in results for key, gen in (("perturbed_without", None),
+                                                       ("perturbed_with", cfg.get("generator")))]}
 
 
 def format_table(report: dict) -> str:
