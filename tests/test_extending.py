@@ -56,6 +56,20 @@ def test_toy_scheme_through_cli_campaign_and_energy(lenet_checkpoint, tmp_path, 
     text = capsys.readouterr().out
     assert "tmr" in text
 
+    # a plan's HBM stage takes it as one of its schemes; the energy report stores 32 bits a weight
+    from eval import plan as plan_cli
+
+    plan = {"checkpoint": str(lenet_checkpoint), "eval_examples": 100, "trials": 2, "output": str(tmp_path / "plan"),
+            "hbm": {"scheme": ["tmr", "none"], "refresh_interval_s": [0.064, 4.0], "extrapolate": True}}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert run(plan_cli.main, [str(tmp_path / "plan.json")]) in (0, 2)
+    confs = {(c["knobs"]["scheme"], c["knobs"]["refresh_interval_s"]): c
+             for c in json.loads((tmp_path / "plan" / "plan.json").read_text())["configurations"]}
+    assert confs[("tmr", 4.0)]["energy"]["stored_bits_per_weight"] == 32
+    assert confs[("tmr", 4.0)]["rates"] == confs[("none", 4.0)]["rates"] and \
+        confs[("tmr", 4.0)]["rates"][0] > confs[("tmr", 0.064)]["rates"][0]
+    assert confs[("tmr", 4.0)]["energy"]["dram_weight_reads"] > confs[("none", 4.0)]["energy"]["dram_weight_reads"]
+
 
 def test_toy_activation_fault_through_the_run_cli_and_a_campaign(lenet_checkpoint, tmp_path, capsys):
     """A fault model on the activation site, registered in tests/toy_dead_units.py only, runs
@@ -81,6 +95,30 @@ def test_toy_activation_fault_through_the_run_cli_and_a_campaign(lenet_checkpoin
     recs = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines() if line.strip()]
     recs = {r["config"]["p_dead"]: r for r in recs if "config" in r}
     assert recs[0.3]["accuracy_mean"] < recs[0.0]["accuracy_mean"]
+
+    # its plan stage: the MAC array's supply sets the rate; the datapath's energy falls as V^2. No
+    # trial may reuse a score by its weights (activation faults leave the weights clean).
+    from eval import plan as plan_cli
+    from eval import tradeoff as tradeoff_cli
+
+    plan = {"checkpoint": str(lenet_checkpoint), "eval_examples": 100, "trials": 3, "output": str(tmp_path / "plan"),
+            "target": {"metric": "mean", "max_drop_points": 3.0},
+            "toy_mac": {"mac_voltage": [1.0, 0.85, 0.75], "p_dead_nominal": 1e-4}}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    assert run(plan_cli.main, [str(tmp_path / "plan.json")]) in (0, 2)
+    report = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    confs = {c["knobs"]["mac_voltage"]: c for c in report["configurations"]}
+    assert confs[1.0]["nominal"] and [confs[v]["rates"][0] for v in (1.0, 0.85, 0.75)] == \
+        [pytest.approx(1e-4), pytest.approx(1e-1), pytest.approx(0.5)]
+    assert all(c["forward_passes"] == 3 for c in confs.values())
+    assert confs[0.75]["score"]["mean"] < confs[1.0]["score"]["mean"]        # half the Dense outputs dead
+    net = confs[1.0]["energy"]["network"]
+    assert confs[0.85]["energy"]["mac_datapath_saving"] == pytest.approx(-0.3 * (1 - 0.85 ** 2) * net)
+    assert confs[0.75]["relative_energy"] < confs[0.85]["relative_energy"] < 1.0
+    # the energy of protection has no model for an activation fault: its rows are skipped, said so
+    capsys.readouterr()
+    assert run(tradeoff_cli.main, [str(out / "results.json"), str(tmp_path / "c.jsonl")]) == 2
+    assert "no row of these files has an energy model: 4 row(s) of toy-dead-units" in capsys.readouterr().err
 
 
 def test_toy_weight_fault_with_a_knob_relation_through_run_campaign_and_plan(lenet_checkpoint, tmp_path, capsys):
@@ -156,6 +194,13 @@ def test_toy_method_preset_through_run_campaign_and_plan(lenet_checkpoint, tmp_p
     preset, base = ([{k: v for k, v in r.items() if k != "method"}
                      for r in json.loads((tmp_path / d / "results.json").read_text())["rows"]] for d in ("preset", "base"))
     assert preset == base and preset[1]["realised_ber"]["mean"] > 0.005 and preset[1]["fault_model"] == "hbm"
+    from eval import tradeoff as tradeoff_cli           # its rows priced as the HBM fault model's
+
+    capsys.readouterr()
+    assert run(tradeoff_cli.main, [str(tmp_path / "preset" / "results.json"), "--json", str(tmp_path / "t.json")]) == 0
+    points = json.loads((tmp_path / "t.json").read_text())["points"]
+    assert [(p["family"], p["label"], p["operating_point"]["ber"]) for p in points] == \
+        [("dram", "none", 0.0), ("dram", "none", 0.01)]
     capsys.readouterr()
     assert run(run_cli.main, ["--fault-model", "toy-hbm-flips", "--set", "mode=stuck-at", "--out",
                               str(tmp_path / "bad"), *common]) == 2

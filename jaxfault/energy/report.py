@@ -196,6 +196,9 @@ class TradeoffRun(EnergyModel):
         records = T.load_records(results, skipped=skipped)
         if skipped:
             methods = sorted({str(r.get("method")) for r in skipped})
+            if not records:
+                raise JaxfaultError(f"no row of these files has an energy model: {len(skipped)} row(s) of "
+                                    f"{', '.join(methods)} (the energy of protection prices hbm, sram and cim rows)")
             log(f"skipped {len(skipped)} row(s) of {', '.join(methods)}: no energy model for that fault model")
 
         def layers_for(model, shape):

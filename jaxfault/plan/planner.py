@@ -19,11 +19,12 @@ trial is keyed ``fold_in(trial_key, i)`` (jaxfault.core.keys).
 * **Trials.** Every configuration uses the same trial keys (common random numbers: differences
   between configurations are not blurred by different draws):
   ``trial_keys(stream(root_key(seed), "plan"), trials)``.
-* **Weights already evaluated.** When no stage adds noise to every weight (no CiM stage) and
-  ``skip_fault_free`` is on, each trial first fingerprints its perturbed weights (two 32-bit
-  linear hashes of their bit patterns; see ``params_fingerprint``) and looks them up in a memo of
-  weights already evaluated on the same images, seeded with the fault models' own fault-free
-  output (e.g. Sparrow's fault-free decode at rate 0, the quantized kernels for SRAM). A hit
+* **Weights already evaluated.** When no stage adds noise to every weight (no CiM stage) or
+  faults activations, and ``skip_fault_free`` is on, each trial first fingerprints its perturbed
+  weights (two 32-bit linear hashes of their bit patterns; see ``params_fingerprint``) and looks
+  them up in a memo of weights already evaluated on the same images, seeded with the fault
+  models' own fault-free output (e.g. Sparrow's fault-free decode at rate 0, the quantized
+  kernels for SRAM). A hit
   (no fault drawn; every fault masked by the stored value or corrected by the ECC; or the same
   faulty weights as an earlier configuration, e.g. the SRAM faults of one voltage under two
   refresh intervals whose HBM words drew no effective fault, since all configurations share
@@ -172,9 +173,11 @@ def score_of(metrics: dict, task: str) -> jax.Array:
 
 
 def scoring_metric(base: Callable, task: str) -> Callable:
-    """metric(variables, inputs, targets) -> {"score": ...} of the engine's task metric."""
-    def metric(variables, inputs, targets):
-        return {"score": score_of(base(variables, inputs, targets), task)}
+    """metric(variables, inputs, targets) -> {"score": ...} of the engine's task metric (and the
+    count of activation faults, when a stage faults activations: the engine's output hook)."""
+    def metric(variables, inputs, targets, **hook):
+        m = base(variables, inputs, targets, **hook)
+        return {"score": score_of(m, task), **({"activation_faults": m["activation_faults"]} if hook else {})}
 
     return metric
 
@@ -241,10 +244,21 @@ def memo_metric(base: Callable) -> Callable:
 
 
 def counting_metric(base: Callable) -> Callable:
-    def metric(variables, images, labels):
-        return {**base(variables, images, labels), "forward_pass": jnp.float32(1.0)}
+    def metric(variables, images, labels, **hook):
+        return {**base(variables, images, labels, **hook), "forward_pass": jnp.float32(1.0)}
 
     return metric
+
+
+def reuses_evaluated_weights(plan: dict, stages) -> bool:
+    """Whether a trial's score may be looked up by its perturbed weights: only when every stage
+    faults stored weights alone (not when one adds noise to every weight, a CiM stage, nor when
+    one faults activations, whose faults the weights do not show)."""
+    for s in stages:
+        st = get_stage(s)
+        if st.noisy or "activations" in st.build(plan[s], st.nominal).sites:
+            return False
+    return True
 
 
 class Memo:
@@ -283,7 +297,7 @@ class Planner:
     def __init__(self, plan: dict, data: PlanData, configs: list[Configuration], mesh=None):
         self.plan, self.data, self.configs, self.mesh = plan, data, configs, mesh
         self.stages = active_stages(plan)
-        self.skip = plan["skip_fault_free"] and not any(get_stage(s).noisy for s in self.stages)
+        self.skip = plan["skip_fault_free"] and reuses_evaluated_weights(plan, self.stages)
         self.bounds: dict = {}
         for c in configs:
             b = self.bounds.get(c.program_key, np.zeros(len(self.stages)))
