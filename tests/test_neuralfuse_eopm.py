@@ -176,3 +176,46 @@ def test_bad_config():
     with pytest.raises(JaxfaultError, match="strategy"):
         parse_strategy("map:x")
     assert parse_strategy("map:4") == ("map", 4)
+
+
+def test_any_registered_fault_model_trains_a_generator(setup):
+    """EOPM through the fault-model protocol: with cfg.fault_model, the perturbed model of seed s
+    is that fault model's perturb(key(s), prepare(evaluation form of the base), ber), as the
+    engine draws it; the batched step equals the per-model loop; an activation fault is refused."""
+    import optax
+
+    from jaxfault.engine import evaluation_form
+    from jaxfault.faults.fault_models import build_fault_model
+    from jaxfault.neuralfuse.eopm import base_variables, make_loss_fns
+
+    model, raw, gen, gv, x, y = setup
+    fm = build_fault_model("hbm", scheme="sparrow", mode="flip")     # bf16 words in HBM, exponents protected
+    cfg = EOPMConfig(ber=0.02, n_models=3, lam=2.0, strategy="map", fault_model=fm)
+    base = base_variables(model, cfg, raw)
+    seeds = jnp.array([5, 8, 13])
+    (loss, aux), grads = eopm_loss_and_grads(gen, model, cfg)(gv["params"], gv["batch_stats"], base, x, y, seeds)
+    (rloss, raux), rgrads = reference_step_grads(gen, model, cfg)(gv["params"], gv["batch_stats"], base, x, y, seeds)
+    assert np.isfinite(float(loss))
+    np.testing.assert_allclose(float(loss), float(rloss), rtol=1e-5)
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(grads))
+    assert scale > 0
+    for g, r in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(rgrads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-5 * scale, rtol=1e-4)
+
+    _, aux1 = jax.jit(make_loss_fns(gen, model, EOPMConfig(ber=0.02, n_models=1, lam=1.0, strategy="map",
+                                                          fault_model=fm))[0])(
+        gv["params"], gv["batch_stats"], base, x, y, jnp.array([8]))
+    xg = gen.apply(gv, x, train=True, mutable=["batch_stats"])[0]
+    sized = fm.with_rate_bound(0.02)
+    pv = sized.perturb(perturbed_model_key(8), sized.prepare(evaluation_form(model, raw)[1]), jnp.float32(0.02))[0]
+    ce = optax.softmax_cross_entropy_with_integer_labels(model.clone(quant_bits=None).apply(pv, xg, train=False), y).mean()
+    assert np.isfinite(float(ce))
+    np.testing.assert_allclose(float(aux1["perturbed_ce"]), float(ce), rtol=1e-5)
+    _, sram = jax.jit(make_loss_fns(gen, model, EOPMConfig(ber=0.02, n_models=1, lam=1.0, strategy="map"))[0])(
+        gv["params"], gv["batch_stats"], raw, x, y, jnp.array([8]))
+    assert float(aux1["clean_ce"]) == float(sram["clean_ce"])      # the clean model runs its own weights
+    assert abs(float(sram["perturbed_ce"]) - float(ce)) > 1e-4      # not NeuralFuse's SRAM faults
+    with pytest.raises(JaxfaultError, match="activation fault model has no weights"):
+        EOPMConfig(fault_model=build_fault_model("activation")).validate()
+    with pytest.raises(JaxfaultError, match="fault_model must be a FaultModel"):
+        EOPMConfig(fault_model="hbm").validate()

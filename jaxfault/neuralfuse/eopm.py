@@ -77,6 +77,9 @@ class EOPMConfig:
     strategy: str = "auto"
     base_range: str = "symmetric"  # value range the base model expects: "symmetric" [-1,1] or "unit" [0,1]
     batch_stats_update: str = "reference"  # generator BN running stats: N updates per step, or "once"
+    # any fault model (jaxfault.core.protocol.FaultModel, e.g. build_fault_model("hbm", ...)) instead
+    # of the SRAM bit errors of ber0/bits/placement/layout; its rate is `ber`
+    fault_model: Any = None
 
     def validate(self) -> "EOPMConfig":
         check_probability("ber", self.ber)
@@ -90,7 +93,50 @@ class EOPMConfig:
         check(self.base_range in ("symmetric", "unit"), f"unknown value range {self.base_range!r}")
         check(self.batch_stats_update in BATCH_STATS_UPDATES,
               f"unknown batch_stats_update {self.batch_stats_update!r}; choose {', '.join(BATCH_STATS_UPDATES)}")
+        if self.fault_model is not None:
+            from jaxfault.core.protocol import FaultModel
+
+            check(isinstance(self.fault_model, FaultModel),
+                  f"fault_model must be a FaultModel, got {type(self.fault_model).__name__}")
+            check("activations" not in self.fault_model.sites,
+                  "EOPM perturbs the base model's stored weights; an activation fault model has no weights to draw")
         return self
+
+
+PREPARED = "eopm_prepared"    # variables collection: the fault model's prepared weights (base_variables)
+
+
+def base_variables(model, cfg: EOPMConfig, variables: dict) -> dict:
+    """The base model's variables as EOPM's loss functions take them. With ``cfg.fault_model``,
+    its ``prepare`` is applied once, here, outside the compiled step, to the weights as evaluated
+    (a QAT model's kernels fake-quantized: jaxfault.engine.evaluation_form); the result travels
+    as the extra collection ``eopm_prepared``, so the clean model still runs its own weights.
+    Without one, the variables are returned as they are."""
+    if cfg.fault_model is None:
+        return variables
+    from jaxfault.engine import evaluation_form
+
+    return {**variables, PREPARED: cfg.fault_model.prepare(evaluation_form(model, variables)[1])["params"]}
+
+
+def perturbation(cfg: EOPMConfig) -> Callable:
+    """perturb(base_vars, key) -> the variables of one perturbed model, as the faulty model runs them.
+
+    Without ``cfg.fault_model``: the SRAM bit errors of NeuralFuse (ber, ber0, bits, placement,
+    layout) on the quantized kernels, as the reference draws them. With one: that fault model's
+    ``perturb`` at rate ``ber``, exactly as the engine draws it, of the prepared weights that
+    :func:`base_variables` put beside the base variables."""
+    if cfg.fault_model is None:
+        return lambda v, key: perturb_variables(v, key, cfg.ber, cfg.ber0, cfg.bits, cfg.placement, layout=cfg.layout)
+    fm = cfg.fault_model.with_rate_bound(max(cfg.ber, getattr(cfg.fault_model, "rate_bound", cfg.ber)))
+
+    def perturb(v, key):
+        if PREPARED not in v:
+            raise ValueError("EOPM with a fault_model takes base_variables(model, cfg, variables)")
+        plain = {k: x for k, x in v.items() if k != PREPARED}
+        return fm.perturb(key, {**plain, "params": v[PREPARED]}, jnp.float32(cfg.ber))[0]
+
+    return perturb
 
 
 def batch_over(fn: Callable, xs: jax.Array, strategy: str) -> Any:
@@ -158,14 +204,14 @@ def make_loss_fns(generator, model, cfg: EOPMConfig):
     cfg.validate()
     clean_model, faulty_model = _models(model)
     generator = with_conv_impl(generator, "xla")
+    perturb = perturbation(cfg)
 
     def gen(gparams, gstats, x):
         return generator.apply({"params": gparams, "batch_stats": gstats}, x, train=True,
                                mutable=["batch_stats"])
 
     def perturbed_ce(base_vars, xb, y, seed):
-        pv = perturb_variables(base_vars, perturbed_model_key(seed), cfg.ber, cfg.ber0, cfg.bits, cfg.placement,
-                               layout=cfg.layout)
+        pv = perturb(base_vars, perturbed_model_key(seed))
         logits = faulty_model.apply(pv, xb, train=False)
         return cross_entropy(logits, y), accuracy(logits, y)
 

@@ -17,7 +17,7 @@ from jaxfault.core.errors import JaxfaultError, check
 from jaxfault.core.keys import root_key, stream
 from jaxfault.models.generators import create_generator, init_generator
 from jaxfault.neuralfuse.faults import resolve_layout
-from jaxfault.neuralfuse.eopm import EOPMConfig, init_train_state, make_eopm_step, make_optimizer
+from jaxfault.neuralfuse.eopm import EOPMConfig, base_variables, init_train_state, make_eopm_step, make_optimizer
 
 GENERATOR_KIND = "neuralfuse_generator"
 STATE_KIND = "neuralfuse_train_state"
@@ -129,7 +129,7 @@ def _train_neuralfuse_body(base_checkpoint, out, *, generator: str = "UNetS", be
             log(f"resuming {out} at step {start_step}/{total}")
         else:
             log(f"nothing to resume in {out}: starting a new run")
-    base_vars = jax.tree_util.tree_map(jnp.asarray, base.variables)
+    base_vars = base_variables(base.model, cfg, jax.tree_util.tree_map(jnp.asarray, base.variables))
     step = make_eopm_step(gen, base.model, cfg, optimizer)
     log(f"NeuralFuse {generator} on {base.config.get('model')} ({base.path}), {data.name}: BER {ber}, "
         f"{n_models} perturbed models/step, lambda {lam}, {epochs} epoch(s) x {steps_per_epoch} steps of {batch_size}")
