@@ -30,7 +30,7 @@ def run_campaign(config: dict, workdir: Path, name: str) -> tuple[float, int, st
 
     The persistent compilation cache is off, so every run pays its own compilation."""
     path = workdir / f"{name}.json"
-    path.write_text(json.dumps({**config, "output": str(workdir / f"{name}.jsonl")}))
+    path.write_text(json.dumps({**config, "out": str(workdir / name)}))
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "eval.campaign", str(path), "--no-compile-cache"], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -3,7 +3,7 @@ sweeps in one vmapped call with a Pareto table, and the energy of protection (DR
 ECC, SRAM voltage scaling, write-verify cycles).
 
   python -m eval.energy --network alexnet --qw reference --qa reference --pw reference
-  python -m eval.energy --network lenet --json runs/energy/lenet.json --plot runs/energy/lenet
+  python -m eval.energy --network lenet --out runs/energy/lenet --plots
   python -m eval.energy --network alexnet --sweep-bits 2..16
   python -m eval.energy --network resnet18 --ecc sparrow --refresh-interval 0.064,0.256,1
   python -m eval.energy --network gpt2 --input 1024
@@ -19,7 +19,7 @@ from jaxfault.energy.report import EnergyRun, report_text
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m eval.energy", description=__doc__.split("\n\n")[0])
     add_setting_flags(p, EnergyRun)
-    p.add_argument("--overwrite", action="store_true", help="replace existing --json, --pareto-csv and plot files")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out (default: refuse)")
     return p
 
 

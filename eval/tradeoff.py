@@ -3,7 +3,7 @@
 eval.neuralfuse, and eval.campaign results files), with the Pareto front per method family.
 
   python -m eval.tradeoff runs/sparrow/sweep_T10_s0.json runs/nf_eval/neuralfuse_eval.json \
-      runs/swim/swim.json --network lenet --json runs/tradeoff.json --plot runs/tradeoff.png
+      runs/swim/swim.json --network lenet --out runs/tradeoff
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m eval.tradeoff", description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", help="result files in the row schema jaxfault.rows/1 (docs/energy.md)")
     add_setting_flags(p, TradeoffRun)
-    p.add_argument("--overwrite", action="store_true", help="replace existing --json and --plot files")
+    p.add_argument("--overwrite", action="store_true", help="replace tradeoff.json and tradeoff.png of an earlier run in --out (default: refuse)")
     return p
 
 

@@ -91,11 +91,11 @@ def test_eight_simulated_devices_equal_one(lenet_checkpoint):
 
 
 def _config(tmp_path, ckpt, name, bers=(1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4)):
-    cfg = {"output": str(tmp_path / f"{name}.jsonl"), "checkpoint": str(ckpt), "trials": 4,
+    cfg = {"out": str(tmp_path / name), "checkpoint": str(ckpt), "trials": 4,
            "eval_examples": 200, "grid": [{"method": "bitflip", "ber": list(bers)}]}
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(cfg))
-    return path, Path(cfg["output"])
+    return path, Path(cfg["out"]) / "results.jsonl"
 
 
 def _strip(records):
@@ -133,11 +133,12 @@ def test_killed_campaign_resumes_to_identical_results(tmp_path, lenet_checkpoint
     ({"grid": [{"method": "warp"}]}, "unknown fault model 'warp'"),
     ({"grid": []}, "grid is empty"),
     ({"grid": [{"method": "bitflip", "ber": [1e-3, 1.5]}]}, "ber must be in [0, 1], got 1.5"),
-    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "output": "/proc/nope/r.jsonl"}, "/proc/nope"),
+    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "out": "/proc/nope/r"}, "/proc/nope"),
     ({"grid": [{"method": "bitflip", "ber": 1e-3}], "trials": 0}, "trials must be a positive integer"),
     ({"grid": [{"method": "bitflip", "ber": 1e-3}], "trials": True}, "trials must be a positive integer, got true"),
     ({"grid": [{"method": "bitflip", "ber": 1e-3}], "seed": "zero"}, 'seed must be a non-negative integer, got "zero"'),
-    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "output": 123}, "output must be a file path string, got 123"),
+    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "out": 123}, "out must be a folder path string, got 123"),
+    ({"grid": [{"method": "bitflip", "ber": 1e-3}], "output": "r.jsonl"}, 'the field "output" (a results file) is now "out", a folder'),
     ({"grid": [{"method": "bitflip", "ber": 1e-3}], "checkpoint": 5}, "checkpoint must be a string path or null, got 5"),
     ({"grid": [{"method": "bitflip", "ber": 1e-3}], "data_dir": 7}, "data_dir must be a string path or null, got 7"),
     ({"grid": [{"method": "bitflip", "ber": 1e-3}], "seeed": 1}, "unknown campaign config key 'seeed' (did you mean 'seed'?)"),
@@ -152,7 +153,7 @@ def test_bad_configs_exit_2_before_work(tmp_path, capsys, cfg, needle):
     import eval.campaign as mod
     from jaxfault.cli import run_main
 
-    cfg = dict({"output": str(tmp_path / "r.jsonl")}, **cfg)
+    cfg = dict({"out": str(tmp_path / "r")}, **cfg)
     path = tmp_path / "c.json"
     path.write_text(json.dumps(cfg))
     with pytest.raises(SystemExit) as e:
@@ -177,7 +178,7 @@ def test_two_processes_equal_one(tmp_path, lenet_checkpoint):
 
     def cfg(name):
         path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps({"output": str(tmp_path / f"{name}.jsonl"), "checkpoint": str(lenet_checkpoint),
+        path.write_text(json.dumps({"out": str(tmp_path / name), "checkpoint": str(lenet_checkpoint),
                                     "trials": 6, "eval_examples": 100, "grid": grid}))
         return path
 
@@ -199,8 +200,8 @@ def test_two_processes_equal_one(tmp_path, lenet_checkpoint):
     assert "2 process(es)" in outs[0][0]
     assert "campaign:" not in outs[1][0] and "done in" not in outs[1][0]   # only process 0 reports
     strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
-    a = [json.loads(line) for line in (tmp_path / "single.jsonl").read_text().splitlines()]
-    b = [json.loads(line) for line in (tmp_path / "multi.jsonl").read_text().splitlines()]
+    a = [json.loads(line) for line in (tmp_path / "single" / "results.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "multi" / "results.jsonl").read_text().splitlines()]
     assert a[0] == b[0]                                                # same identity header
     assert [strip(r) for r in a[1:]] == [strip(r) for r in b[1:]] and len(b) == 4
     assert all(r["devices"] == 8 for r in b[1:])
@@ -221,10 +222,11 @@ def test_results_file_safety(tmp_path, lenet_checkpoint, capsys):
     another seed or trial count are refused, not reused."""
     cfg_path, out = _config(tmp_path, lenet_checkpoint, "safe", bers=(1e-5, 1e-4))
     readme = (ROOT / "README.md").read_bytes()
-    foreign = tmp_path / "v.md"
+    foreign = tmp_path / "foreign" / "results.jsonl"
+    foreign.parent.mkdir()
     foreign.write_bytes(readme)
     for extra in (["--dry-run"], []):
-        assert _run_cli([str(cfg_path), "--output", str(foreign), *extra]) == 2
+        assert _run_cli([str(cfg_path), "--out", str(foreign.parent), *extra]) == 2
         assert "not a jaxfault results file" in capsys.readouterr().err
         assert foreign.read_bytes() == readme
     assert _run_cli([str(cfg_path), "--dry-run"]) == 0 and not out.exists()      # a dry run writes nothing

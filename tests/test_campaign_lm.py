@@ -39,18 +39,17 @@ def test_a_language_model_point_equals_the_engine_with_its_keys(lm_checkpoint):
 
 
 def test_language_model_campaign_cli_writes_perplexity_rows(lm_checkpoint, tmp_path, capsys):
-    out = tmp_path / "res.jsonl"
+    out = tmp_path / "res" / "results.jsonl"
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"checkpoint": str(lm_checkpoint), "output": str(out), "eval_windows": 2,
+    cfg.write_text(json.dumps({"checkpoint": str(lm_checkpoint), "out": str(out.parent), "eval_windows": 2,
                                "trials": 3, "grid": [{"method": "sparrow", "scheme": ["sparrow", "none"],
                                                       "ber": 1e-2}]}))
-    code, text, err = run_cli("eval.campaign", [str(cfg), "--plot", str(tmp_path / "p.png"), "--no-compile-cache"],
-                              capsys)
+    code, text, err = run_cli("eval.campaign", [str(cfg), "--plot", "--no-compile-cache"], capsys)
     assert code == 0, err
     assert "perplexity median [95% interval]" in text and "diverged" in text and "eval.tradeoff" in text
     rows = [json.loads(line) for line in out.read_text().splitlines()[1:]]
     assert len(rows) == 2 and all(len(r["perplexity"]) == 3 for r in rows)
-    assert (tmp_path / "p.png").stat().st_size > 0
+    assert (out.parent / "campaign.png").stat().st_size > 0
     # eval.tradeoff reads these rows by median perplexity, priced from the campaign's checkpoint
     from jaxfault.energy.tradeoff import load_records
 
@@ -61,8 +60,8 @@ def test_language_model_campaign_cli_writes_perplexity_rows(lm_checkpoint, tmp_p
 
 def test_ci_width_on_a_language_model_is_one_line_before_work(lm_checkpoint, tmp_path, capsys):
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"checkpoint": str(lm_checkpoint), "output": str(tmp_path / "r.jsonl"),
+    cfg.write_text(json.dumps({"checkpoint": str(lm_checkpoint), "out": str(tmp_path / "r"),
                                "ci_width": 0.01, "grid": [{"method": "sparrow", "ber": 1e-3}]}))
     code, _, err = run_cli("eval.campaign", [str(cfg), "--no-compile-cache"], capsys)
     one_error_line(code, err, "ci_width stops a point on the interval of a mean accuracy")
-    assert not (tmp_path / "r.jsonl").exists()
+    assert not (tmp_path / "r").exists()

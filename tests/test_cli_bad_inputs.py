@@ -129,8 +129,8 @@ OUTPUTS = [
     ("eval.exponents", ["--out", "{f}/x"]),
     ("eval.swim", ["--out", "{f}/x"]),
     ("eval.neuralfuse", ["--generator-checkpoint", "/nonexistent-gen", "--out", "{f}/x"]),
-    ("eval.energy", ["--json", "{f}/x.json"]),
-    ("eval.energy", ["--plot", "{f}/x.png"]),
+    ("eval.energy", ["--out", "{f}/x"]),
+    ("eval.energy", ["--out", "{f}/x", "--plots"]),
     ("train.base", ["--out", "{f}/x", "--epochs", "1"]),
     ("train.neuralfuse", ["--out", "{f}/x"]),
 ]

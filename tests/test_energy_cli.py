@@ -113,9 +113,9 @@ def test_write_verify_cycles():
 
 
 def test_energy_cli_alexnet_reference_json_and_plots(tmp_path, capsys):
-    out = tmp_path / "a.json"
+    out = tmp_path / "plots" / "energy.json"
     code = run(energy_cli, ["--network", "alexnet", "--qw", "reference", "--qa", "reference", "--pw", "reference",
-                            "--json", str(out), "--plot", str(tmp_path / "plots"), "--ecc", "sparrow",
+                            "--out", str(tmp_path / "plots"), "--plots", "--ecc", "sparrow",
                             "--refresh-interval", "0.064,1", "--voltage", "0.9", "--verify-fraction", "0,0.5"])
     assert code == 0
     rep = json.loads(out.read_text())
@@ -135,13 +135,14 @@ def test_energy_cli_alexnet_reference_json_and_plots(tmp_path, capsys):
     assert rep["protection"]["sram_voltage"]["points"][0]["sram_saving"] == pytest.approx(0.19)
     assert [q["relative_to_full_verify"] for q in rep["protection"]["write_verify"]["points"]] == pytest.approx([0.1, 0.55])
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert names == ["bars_by_level.png", "bars_by_type.png", "pie_by_layer.png", "pie_by_level.png", "pie_by_type.png"]
+    assert names == ["bars_by_level.png", "bars_by_type.png", "energy.json", "pie_by_layer.png", "pie_by_level.png",
+                     "pie_by_type.png"]
     assert "TOTAL" in capsys.readouterr().out
 
 
 def test_energy_cli_sweep_and_grid(tmp_path):
-    out = tmp_path / "s.json"
-    assert run(energy_cli, ["--network", TINY, "--input", "12,12,1", "--sweep-bits", "2..4", "--json", str(out)]) == 0
+    out = tmp_path / "s" / "energy.json"
+    assert run(energy_cli, ["--network", TINY, "--input", "12,12,1", "--sweep-bits", "2..4", "--out", str(out.parent)]) == 0
     sw = json.loads(out.read_text())["sweep"]
     assert sw["num_points"] == 9 and all(p["pareto"] for p in sw["points"])  # energy rises with each bit
     layers = get_network(TINY, (12, 12, 1)).layers
@@ -149,8 +150,8 @@ def test_energy_cli_sweep_and_grid(tmp_path):
         assert p["total"] == pytest.approx(float(evaluate(layers, p["qw"], p["qa"], 0.0).total), rel=1e-5)
     grid = tmp_path / "g.json"
     grid.write_text(json.dumps({"qw": [4, 8], "pw": [0.0, 0.5, [0.1, 0.2, 0.3]], "pe_rows": [6, 12], "dram": [100, 200]}))
-    out2 = tmp_path / "g_out.json"
-    assert run(energy_cli, ["--network", TINY, "--input", "12,12,1", "--grid", str(grid), "--json", str(out2), "--pareto-csv", str(tmp_path / "p.csv")]) == 0
+    out2 = tmp_path / "g" / "energy.json"
+    assert run(energy_cli, ["--network", TINY, "--input", "12,12,1", "--grid", str(grid), "--out", str(out2.parent)]) == 0
     pts = json.loads(out2.read_text())["sweep"]["points"]
     assert len(pts) == 2 * 3 * 2 * 2
     from jaxfault.energy import Hardware
@@ -163,7 +164,7 @@ def test_energy_cli_sweep_and_grid(tmp_path):
     for i, p in enumerate(pts):
         dominated = any(np.all(obj[j] <= obj[i]) and np.any(obj[j] < obj[i]) for j in range(len(pts)))
         assert p["pareto"] == (not dominated)
-    assert (tmp_path / "p.csv").read_text().startswith("qw,pw,pe_rows,dram,")
+    assert (out2.parent / "pareto.csv").read_text().startswith("qw,pw,pe_rows,dram,")
 
 
 @pytest.mark.parametrize(
@@ -229,8 +230,8 @@ def test_tradeoff_cli(tmp_path):
         _row("sram", "ber", 1e-2, 0.60)], **ctx)
     sw = _report(tmp_path, "swim.json", [_row("cim", "dev_var", 0.1, a, mask_p=p)
                                          for p, a in ((0.0, 0.5), (0.1, 0.8), (0.2, 0.7))], **ctx)
-    out, png = tmp_path / "t.json", tmp_path / "t.png"
-    assert run(tradeoff_cli, [str(sp), str(nf), str(sw), "--json", str(out), "--plot", str(png)]) == 0
+    out, png = tmp_path / "t" / "tradeoff.json", tmp_path / "t" / "tradeoff.png"
+    assert run(tradeoff_cli, [str(sp), str(nf), str(sw), "--out", str(out.parent)]) == 0
     rows = json.loads(out.read_text())["points"]
     assert len(rows) == 8 and png.stat().st_size > 0
     layers = get_network(TINY, (12, 12, 1)).layers
@@ -275,8 +276,8 @@ def test_tradeoff_reads_rows_of_eval_sparrow_and_eval_swim(tmp_path):
         _row("cim", "dev_var", 0.1, 0.89, selection="all", mask_p=1.0, summary={"std": 0.0}),
         _row("cim", "dev_var", 0.1, 0.85, selection="SM", mask_p=0.05, summary={"std": 0.02})],
         model="lenet", dataset="fashion_mnist")
-    out = tmp_path / "t.json"
-    assert run(tradeoff_cli, [str(sp), str(sw), "--network", TINY, "--input", "12,12,1", "--json", str(out)]) == 0
+    out = tmp_path / "t" / "tradeoff.json"
+    assert run(tradeoff_cli, [str(sp), str(sw), "--network", TINY, "--input", "12,12,1", "--out", str(out.parent)]) == 0
     rows = json.loads(out.read_text())["points"]
     dram = [r for r in rows if r["family"] == "dram"]
     assert len(dram) == 6 and {r["label"] for r in dram} == {"sparrow", "secded", "none"}
@@ -293,11 +294,11 @@ def test_tradeoff_reads_rows_of_eval_sparrow_and_eval_swim(tmp_path):
 
 
 def test_energy_cli_user_tables(tmp_path):
-    vt, rt, out = tmp_path / "v.json", tmp_path / "r.json", tmp_path / "o.json"
+    vt, rt, out = tmp_path / "v.json", tmp_path / "r.json", tmp_path / "o" / "energy.json"
     vt.write_text(json.dumps([[0.7, 1e-2], [0.9, 1e-4]]))  # log-linear: BER 1e-3 at 0.8
     rt.write_text(json.dumps({"table": [[0.1, 1e-8], [1.0, 1e-4]]}))  # log-log: 0.316 s -> 1e-6
     argv = ["--network", TINY, "--input", "12,12,1", "--ber", "1e-3", "--voltage-table", str(vt), "--v-nominal", "1.0",
-            "--refresh-interval", "0.31622777", "--retention-table", str(rt), "--json", str(out)]
+            "--refresh-interval", "0.31622777", "--retention-table", str(rt), "--out", str(out.parent)]
     assert run(energy_cli, argv) == 0
     prot = json.loads(out.read_text())["protection"]
     assert prot["sram_voltage"]["points"][0]["voltage"] == pytest.approx(0.8, rel=1e-4)

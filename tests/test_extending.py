@@ -40,10 +40,10 @@ def test_toy_scheme_through_cli_campaign_and_energy(lenet_checkpoint, tmp_path, 
 
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"checkpoint": str(lenet_checkpoint), "eval_examples": 200, "trials": 2,
-                               "output": str(tmp_path / "c.jsonl"),
+                               "out": str(tmp_path / "c"),
                                "grid": [{"method": "sparrow", "scheme": ["tmr", "none"], "ber": [1e-3, 1e-2]}]}))
     assert run(campaign_cli.main, [str(cfg)]) == 0
-    rows = [json.loads(l) for l in (tmp_path / "c.jsonl").read_text().splitlines() if l.strip()]
+    rows = [json.loads(l) for l in (tmp_path / "c" / "results.jsonl").read_text().splitlines() if l.strip()]
     rows = [r for r in rows if "config" in r]
     assert sorted((r["config"]["scheme"], r["config"]["ber"]) for r in rows) == \
         [("none", 1e-3), ("none", 1e-2), ("tmr", 1e-3), ("tmr", 1e-2)]
@@ -52,14 +52,14 @@ def test_toy_scheme_through_cli_campaign_and_energy(lenet_checkpoint, tmp_path, 
     assert tmr_hi["accuracy_mean"] >= none_hi["accuracy_mean"] - 0.02   # exponent protected
 
     capsys.readouterr()
-    assert run(tradeoff_cli.main, [str(result), "--json", str(tmp_path / "t.json")]) == 0
+    assert run(tradeoff_cli.main, [str(result), "--out", str(tmp_path / "t")]) == 0
     text = capsys.readouterr().out
     assert "tmr" in text
 
     # a plan's HBM stage takes it as one of its schemes; the energy report stores 32 bits a weight
     from eval import plan as plan_cli
 
-    plan = {"checkpoint": str(lenet_checkpoint), "eval_examples": 100, "trials": 2, "output": str(tmp_path / "plan"),
+    plan = {"checkpoint": str(lenet_checkpoint), "eval_examples": 100, "trials": 2, "out": str(tmp_path / "plan"),
             "hbm": {"scheme": ["tmr", "none"], "refresh_interval_s": [0.064, 4.0], "extrapolate": True}}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     assert run(plan_cli.main, [str(tmp_path / "plan.json")]) in (0, 2)
@@ -89,10 +89,10 @@ def test_toy_activation_fault_through_the_run_cli_and_a_campaign(lenet_checkpoin
 
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"checkpoint": str(lenet_checkpoint), "eval_examples": 100, "trials": 2,
-                               "output": str(tmp_path / "c.jsonl"),
+                               "out": str(tmp_path / "c"),
                                "grid": [{"method": "toy-dead-units", "p_dead": [0.0, 0.3]}]}))
     assert run(campaign_cli.main, [str(cfg), "--no-compile-cache"]) == 0
-    recs = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines() if line.strip()]
+    recs = [json.loads(line) for line in (tmp_path / "c" / "results.jsonl").read_text().splitlines() if line.strip()]
     recs = {r["config"]["p_dead"]: r for r in recs if "config" in r}
     assert recs[0.3]["accuracy_mean"] < recs[0.0]["accuracy_mean"]
 
@@ -101,7 +101,7 @@ def test_toy_activation_fault_through_the_run_cli_and_a_campaign(lenet_checkpoin
     from eval import plan as plan_cli
     from eval import tradeoff as tradeoff_cli
 
-    plan = {"checkpoint": str(lenet_checkpoint), "eval_examples": 100, "trials": 3, "output": str(tmp_path / "plan"),
+    plan = {"checkpoint": str(lenet_checkpoint), "eval_examples": 100, "trials": 3, "out": str(tmp_path / "plan"),
             "target": {"metric": "mean", "max_drop_points": 3.0},
             "toy_mac": {"mac_voltage": [1.0, 0.85, 0.75], "p_dead_nominal": 1e-4}}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
@@ -117,7 +117,7 @@ def test_toy_activation_fault_through_the_run_cli_and_a_campaign(lenet_checkpoin
     assert confs[0.75]["relative_energy"] < confs[0.85]["relative_energy"] < 1.0
     # the energy of protection has no model for an activation fault: its rows are skipped, said so
     capsys.readouterr()
-    assert run(tradeoff_cli.main, [str(out / "results.json"), str(tmp_path / "c.jsonl")]) == 2
+    assert run(tradeoff_cli.main, [str(out / "results.json"), str(tmp_path / "c" / "results.jsonl")]) == 2
     assert "no row of these files has an energy model: 4 row(s) of toy-dead-units" in capsys.readouterr().err
 
 
@@ -143,15 +143,15 @@ def test_toy_weight_fault_with_a_knob_relation_through_run_campaign_and_plan(len
 
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"checkpoint": str(lenet_checkpoint), "eval_examples": 100, "trials": 2,
-                               "output": str(tmp_path / "c.jsonl"),
+                               "out": str(tmp_path / "c"),
                                "grid": [{"method": "toy-sign-flips", "p_sign": [0.0, 0.2]}]}))
     assert run(campaign_cli.main, [str(cfg), "--no-compile-cache"]) == 0
-    recs = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines() if line.strip()]
+    recs = [json.loads(line) for line in (tmp_path / "c" / "results.jsonl").read_text().splitlines() if line.strip()]
     recs = {r["config"]["p_sign"]: r for r in recs if "config" in r}
     assert recs[0.2]["accuracy_mean"] < recs[0.0]["accuracy_mean"]
 
     # the plan: temperature is the knob; 85 C (uncooled) is the nominal design
-    plan = {"checkpoint": str(lenet_checkpoint), "eval_examples": 200, "trials": 4, "output": str(tmp_path / "plan"),
+    plan = {"checkpoint": str(lenet_checkpoint), "eval_examples": 200, "trials": 4, "out": str(tmp_path / "plan"),
             "target": {"metric": "mean", "max_drop_points": 2.0},
             "toy_thermal": {"temperature_c": [85, 65, 25], "p_sign_at_25c": 1e-4}}
     plan_file = tmp_path / "plan.json"
@@ -197,8 +197,8 @@ def test_toy_method_preset_through_run_campaign_and_plan(lenet_checkpoint, tmp_p
     from eval import tradeoff as tradeoff_cli           # its rows priced as the HBM fault model's
 
     capsys.readouterr()
-    assert run(tradeoff_cli.main, [str(tmp_path / "preset" / "results.json"), "--json", str(tmp_path / "t.json")]) == 0
-    points = json.loads((tmp_path / "t.json").read_text())["points"]
+    assert run(tradeoff_cli.main, [str(tmp_path / "preset" / "results.json"), "--out", str(tmp_path / "t")]) == 0
+    points = json.loads((tmp_path / "t" / "tradeoff.json").read_text())["points"]
     assert [(p["family"], p["label"], p["operating_point"]["ber"]) for p in points] == \
         [("dram", "none", 0.0), ("dram", "none", 0.01)]
     capsys.readouterr()
@@ -208,19 +208,19 @@ def test_toy_method_preset_through_run_campaign_and_plan(lenet_checkpoint, tmp_p
 
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"checkpoint": str(lenet_checkpoint), "eval_examples": 100, "trials": 2,
-                               "output": str(tmp_path / "c.jsonl"),
+                               "out": str(tmp_path / "c"),
                                "grid": [{"method": "toy-hbm-flips", "scheme": ["none", "sparrow"], "ber": [0.01]}]}))
     assert run(campaign_cli.main, [str(cfg), "--no-compile-cache"]) == 0
-    recs = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines() if line.strip()]
+    recs = [json.loads(line) for line in (tmp_path / "c" / "results.jsonl").read_text().splitlines() if line.strip()]
     recs = {r["config"]["scheme"]: r for r in recs if "config" in r}
     assert recs["sparrow"]["accuracy_mean"] > recs["none"]["accuracy_mean"]   # Sparrow corrects exponent flips
-    cfg.write_text(json.dumps({"checkpoint": str(lenet_checkpoint), "output": str(tmp_path / "d.jsonl"),
+    cfg.write_text(json.dumps({"checkpoint": str(lenet_checkpoint), "out": str(tmp_path / "d"),
                                "grid": [{"method": "toy-hbm-flips", "mode": "stuck-at", "ber": [0.01]}]}))
     capsys.readouterr()
     assert run(campaign_cli.main, [str(cfg)]) == 2
     assert "is a preset with mode = 'flip'" in capsys.readouterr().err
 
-    plan = {"checkpoint": str(lenet_checkpoint), "eval_examples": 200, "trials": 4, "output": str(tmp_path / "plan"),
+    plan = {"checkpoint": str(lenet_checkpoint), "eval_examples": 200, "trials": 4, "out": str(tmp_path / "plan"),
             "target": {"metric": "mean", "max_drop_points": 2.0},
             "hbm": {"fault_model": "toy-hbm-flips", "scheme": ["none", "sparrow"], "refresh_interval_s": [0.064, 2.0],
                     "extrapolate": True}}

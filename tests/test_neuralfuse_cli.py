@@ -101,8 +101,8 @@ def test_eval_reports_unseen_models_and_recovery(trained, tmp_path, capsys):
 
     assert [(r["fault_model"], r["ber"], r["generator"]) for r in rep["rows"]] == \
         [("sram", b, g) for b in (0.01, 0.05) for g in (None, rep["generator"])]
-    assert _exit_code(tradeoff_main, [str(out / "neuralfuse_eval.json"), "--json", str(tmp_path / "t.json")]) == 0
-    points = json.loads((tmp_path / "t.json").read_text())["points"]
+    assert _exit_code(tradeoff_main, [str(out / "neuralfuse_eval.json"), "--out", str(tmp_path / "t")]) == 0
+    points = json.loads((tmp_path / "t" / "tradeoff.json").read_text())["points"]
     assert {p["label"] for p in points} == {"neuralfuse none", f"neuralfuse {rep['generator']}"}
     with_g = {p["operating_point"]["ber"]: p for p in points if p["label"] != "neuralfuse none"}
     assert with_g[0.05]["accuracy_mean"] == rep["results"][1]["perturbed_with"]["mean"]

@@ -118,10 +118,11 @@ def test_cli_bad_plan_exits_2_with_one_line_before_any_work(tmp_path, capsys, mo
     f = tmp_path / "bad.json"
     for text, pattern in ((json.dumps({"hbm": {"refresh_interval_s": [20.0]}}), "outside the retention table"),
                           ("{not json", "not valid JSON"),
-                          (json.dumps({"hbm": {"refresh_interval_s": [0.1]}, "output": 3}), "output must be a string")):
+                          (json.dumps({"hbm": {"refresh_interval_s": [0.1]}, "out": 3}), "out must be a string"),
+                          (json.dumps({"hbm": {"refresh_interval_s": [0.1]}, "output": "x"}), 'the field "output" is now "out"')):
         f.write_text(text)
         with pytest.raises(SystemExit) as e:
-            run_main(cli.main, [str(f), "--output", str(tmp_path / "out")] if "output" not in text else [str(f)])
+            run_main(cli.main, [str(f), "--out", str(tmp_path / "out")] if '"out' not in text else [str(f)])
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and pattern in err, err
@@ -338,7 +339,7 @@ def test_unreachable_target_is_reported_with_the_best_configuration(two_stage, t
     f = tmp_path / "plan.json"
     body = {k: plan[k] for k in ("checkpoint", "eval_examples", "trials", "configs_per_call", "batch_size", "eval_dtype")}
     body.update(hbm={"scheme": ["none"], "refresh_interval_s": [0.064, 2.896]}, sram={"voltage": [1.0, 0.92]},
-                target={"metric": "mean", "min_accuracy": 0.999}, output=str(tmp_path / "out"))
+                target={"metric": "mean", "min_accuracy": 0.999}, out=str(tmp_path / "out"))
     f.write_text(json.dumps(body))
     with pytest.raises(SystemExit) as e:
         run_main(cli.main, [str(f)])
@@ -554,7 +555,7 @@ def test_language_model_plan_through_the_cli(make_lm_checkpoint, tmp_path, capsy
     path = make_lm_checkpoint()
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps({"checkpoint": str(path), "eval_windows": 8, "trials": TRIALS,
-                                     "output": str(tmp_path / "out"), "configs_per_call": 4,
+                                     "out": str(tmp_path / "out"), "configs_per_call": 4,
                                      "target": {"metric": "median", "max_perplexity": 1e9},
                                      "hbm": {"scheme": ["none"], "refresh_interval_s": [0.064, 1.024]},
                                      "sram": {"voltage": [1.0, 0.92]}}))

@@ -20,13 +20,13 @@ def _write_json(path, obj_or_text):
 
 
 def _campaign(tmp_path, **fields):
-    cfg = {"output": str(tmp_path / "out" / "results.jsonl"), "trials": 2, "eval_examples": 10,
+    cfg = {"out": str(tmp_path / "out"), "trials": 2, "eval_examples": 10,
            "grid": [{"method": "bitflip", "ber": [1e-3]}], **fields}
     return _write_json(tmp_path / "c.json", cfg)
 
 
 def _plan(tmp_path, **fields):
-    plan = {"output": str(tmp_path / "plan-out"), "trials": 2, "eval_examples": 10,
+    plan = {"out": str(tmp_path / "plan-out"), "trials": 2, "eval_examples": 10,
             "hbm": {"scheme": ["none"], "refresh_interval_s": [0.064]}, **fields}
     return _write_json(tmp_path / "p.json", plan)
 

@@ -40,15 +40,19 @@ def test_check_output_path_probe_leaves_nothing_behind(tmp_path):
 
 def _result_file(tmp_path):
     p = tmp_path / "r.json"
-    p.write_text(json.dumps({"method": "sparrow", "points": [{"ber": 1e-4, "accuracy": 0.9}]}))
+    from jaxfault.core.rows import make_row, report
+
+    p.write_text(json.dumps(report([make_row(fault_model="hbm", method="sparrow", fault={"scheme": "sparrow"},
+                                             rate_name="ber", rate=1e-4, trials=2, metric="top1",
+                                             summary={"mean": 0.9})], model="lenet")))
     return str(p)
 
 
 @needs_proc
 @pytest.mark.parametrize("module,argv", [
-    ("eval.energy", ["--network", "lenet", "--json", f"{UNCREATABLE}/e.json"]),
-    ("eval.energy", ["--network", "lenet", "--plot", f"{UNCREATABLE}/plots"]),
-    ("eval.energy", ["--network", "lenet", "--sweep-bits", "4..8", "--pareto-csv", f"{UNCREATABLE}/p.csv"]),
+    ("eval.energy", ["--network", "lenet", "--out", f"{UNCREATABLE}/e"]),
+    ("eval.energy", ["--network", "lenet", "--out", f"{UNCREATABLE}/plots", "--plots"]),
+    ("eval.energy", ["--network", "lenet", "--sweep-bits", "4..8", "--out", f"{UNCREATABLE}/p"]),
     ("eval.exponents", ["--out", UNCREATABLE]),
     ("eval.vulnerability", ["--out", UNCREATABLE]),
     ("eval.run", ["--out", UNCREATABLE]),
@@ -64,10 +68,9 @@ def test_cli_outputs_that_cannot_be_created_one_line(module, argv, capsys):
 
 @needs_proc
 def test_tradeoff_output_that_cannot_be_created(tmp_path, capsys):
-    for flag in ("--json", "--plot"):
-        code, out, err = _run("eval.tradeoff", [_result_file(tmp_path), flag, f"{UNCREATABLE}/t.x"], capsys)
-        _one_error_line(code, err, flag, UNCREATABLE)
-        assert out == ""
+    code, out, err = _run("eval.tradeoff", [_result_file(tmp_path), "--out", f"{UNCREATABLE}/t"], capsys)
+    _one_error_line(code, err, "--out", UNCREATABLE)
+    assert out == ""
 
 
 @needs_proc
@@ -90,7 +93,7 @@ def test_train_base_output_that_cannot_be_created_before_training(monkeypatch, c
 
 
 def _campaign(tmp_path, **fields):
-    cfg = {"output": str(tmp_path / "out" / "results.jsonl"), "trials": 2, "eval_examples": 10,
+    cfg = {"out": str(tmp_path / "out"), "trials": 2, "eval_examples": 10,
            "grid": [{"method": "bitflip", "ber": [1e-3]}], **fields}
     p = tmp_path / "c.json"
     p.write_text(json.dumps(cfg))
@@ -101,14 +104,14 @@ def _campaign(tmp_path, **fields):
 @pytest.mark.parametrize("dry", [True, False])
 def test_campaign_outputs_that_cannot_be_created(tmp_path, dry, capsys):
     extra = ["--dry-run"] if dry else []
-    code, _, err = _run("eval.campaign", [_campaign(tmp_path, output=f"{UNCREATABLE}/r.jsonl")] + extra, capsys)
+    code, _, err = _run("eval.campaign", [_campaign(tmp_path, out=f"{UNCREATABLE}/r")] + extra, capsys)
     _one_error_line(code, err, UNCREATABLE)
-    code, _, err = _run("eval.campaign", [_campaign(tmp_path), "--plot", f"{UNCREATABLE}/p.png"] + extra, capsys)
-    _one_error_line(code, err, "--plot", UNCREATABLE)
+    code, _, err = _run("eval.campaign", [_campaign(tmp_path), "--out", f"{UNCREATABLE}/p", "--plot"] + extra, capsys)
+    _one_error_line(code, err, "--out", UNCREATABLE)
 
 
 def _plan(tmp_path, **fields):
-    plan = {"output": str(tmp_path / "plan-out"), "trials": 2, "eval_examples": 10,
+    plan = {"out": str(tmp_path / "plan-out"), "trials": 2, "eval_examples": 10,
             "hbm": {"scheme": ["none"], "refresh_interval_s": [0.064]}, **fields}
     p = tmp_path / "p.json"
     p.write_text(json.dumps(plan))
@@ -118,16 +121,21 @@ def _plan(tmp_path, **fields):
 @needs_proc
 @pytest.mark.parametrize("dry", [True, False])
 def test_plan_output_that_cannot_be_created(tmp_path, dry, capsys):
-    code, _, err = _run("eval.plan", [_plan(tmp_path, output=UNCREATABLE)] + (["--dry-run"] if dry else []), capsys)
+    code, _, err = _run("eval.plan", [_plan(tmp_path, out=UNCREATABLE)] + (["--dry-run"] if dry else []), capsys)
     _one_error_line(code, err, UNCREATABLE)
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "not_results"])
 def test_campaign_dry_run_refuses_outputs_the_run_refuses(tmp_path, where, capsys):
-    afile = tmp_path / "afile"
+    if where == "under_a_file":
+        afile = tmp_path / "afile"
+        out = afile / "r"
+    else:                                   # a results.jsonl in the folder that is not a results file
+        afile = tmp_path / "folder" / "results.jsonl"
+        afile.parent.mkdir()
+        out = afile.parent
     afile.write_text("keep me\n")
-    output = afile / "r.jsonl" if where == "under_a_file" else afile
-    code, _, err = _run("eval.campaign", [_campaign(tmp_path, output=str(output)), "--dry-run"], capsys)
+    code, _, err = _run("eval.campaign", [_campaign(tmp_path, out=str(out)), "--dry-run"], capsys)
     _one_error_line(code, err, str(afile))
     assert afile.read_text() == "keep me\n"
 

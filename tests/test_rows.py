@@ -33,19 +33,19 @@ def test_every_cli_output_and_a_campaign_in_one_tradeoff(lenet_checkpoint, tmp_p
                                "2", "--test-examples", "100", "--eval-batch", "100", "--out",
                                str(tmp_path / "swim")]) == 0
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"checkpoint": ck, "eval_examples": 100, "trials": 2, "output": str(tmp_path / "c.jsonl"),
+    cfg.write_text(json.dumps({"checkpoint": ck, "eval_examples": 100, "trials": 2, "out": str(tmp_path / "c"),
                                "grid": [{"method": "sparrow", "scheme": ["none"], "ber": [1e-4, 1e-3]},
                                         {"method": "bitflip", "ber": [1e-4]}]}))
     assert run(campaign_cli.main, [str(cfg), "--no-compile-cache"]) == 0
     files = [tmp_path / "run" / "results.json", next((tmp_path / "sp").glob("sparrow_*.json")),
-             tmp_path / "swim" / "swim.json", tmp_path / "c.jsonl"]
+             tmp_path / "swim" / "swim.json", tmp_path / "c" / "results.jsonl"]
     for f in files:                      # every row of every file is a row of the schema
         context, rows = R.read(f)
         assert rows and all(r["metric"] == "top1" and 0 <= r["summary"]["mean"] <= 1 for r in rows)
     capsys.readouterr()
-    assert run(tradeoff_cli.main, [*map(str, files), "--json", str(tmp_path / "t.json")]) == 0
+    assert run(tradeoff_cli.main, [*map(str, files), "--out", str(tmp_path / "t")]) == 0
     printed = capsys.readouterr()
-    points = json.loads((tmp_path / "t.json").read_text())["points"]
+    points = json.loads((tmp_path / "t" / "tradeoff.json").read_text())["points"]
     assert {(p["family"], p["label"]) for p in points} == {
         ("dram", "secded"), ("dram", "sparrow B64"), ("dram", "none"),
         ("verify", "swim none"), ("verify", "swim all"), ("verify", "swim magnitude")}

@@ -80,21 +80,27 @@ def test_malformed_grid(tmp_path, grid, match, capsys):
 def test_energy_outputs_checked_first_and_not_replaced(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("keep")
-    for argv, match in [(["--json", str(afile / "r.json")], "is a file, not a directory"),
-                        (["--plot", str(afile)], "is a file, expected a directory"),
-                        (["--json", str(tmp_path)], "is a directory"),
-                        (["--json", str(afile)], "already exists (set --overwrite")]:
+    (tmp_path / "dir" / "energy.json").mkdir(parents=True)
+    for argv, match in [(["--out", str(afile / "r")], "is a file, not a directory"),
+                        (["--out", str(afile)], "is a file, expected a directory"),
+                        (["--out", str(tmp_path / "dir")], "is a directory"),
+                        (["--plots"], "--plots draws into the output folder: give --out")]:
         code, out, err = run(energy_cli, NET + argv, capsys)
         assert code == 2 and match in err and err.count("\n") == 1 and out == ""  # nothing computed
     assert afile.read_text() == "keep"
-    code, out, err = run(energy_cli, NET + ["--json", str(afile), "--overwrite"], capsys)
-    assert code == 0 and "totals" in json.loads(afile.read_text())
+    out_dir = tmp_path / "e"
+    assert run(energy_cli, NET + ["--out", str(out_dir)], capsys)[0] == 0
+    code, _, err = run(energy_cli, NET + ["--out", str(out_dir)], capsys)
+    assert code == 2 and "energy.json already exists (set --overwrite" in err
+    code, out, err = run(energy_cli, NET + ["--out", str(out_dir), "--overwrite"], capsys)
+    assert code == 0 and "totals" in json.loads((out_dir / "energy.json").read_text())
     plots = tmp_path / "plots"
-    assert run(energy_cli, NET + ["--plot", str(plots)], capsys)[0] == 0
-    code, _, err = run(energy_cli, NET + ["--plot", str(plots)], capsys)
+    assert run(energy_cli, NET + ["--out", str(plots), "--plots"], capsys)[0] == 0
+    (plots / "energy.json").unlink()
+    code, _, err = run(energy_cli, NET + ["--out", str(plots), "--plots"], capsys)
     assert code == 2 and "bars_by_type.png already exists" in err
     (plots / "other.png").write_bytes(b"x")  # a folder holding other files is fine when no name clashes
-    assert run(energy_cli, NET + ["--plot", str(plots), "--overwrite"], capsys)[0] == 0
+    assert run(energy_cli, NET + ["--out", str(plots), "--plots", "--overwrite"], capsys)[0] == 0
 
 
 def _results(tmp_path):
@@ -112,8 +118,8 @@ def test_tradeoff_outputs_and_numbers(tmp_path, capsys):
     res = _results(tmp_path)
     afile = tmp_path / "afile"
     afile.write_text("keep")
-    for argv, match in [(["--json", str(afile / "t.json")], "is a file, not a directory"),
-                        (["--plot", str(afile)], "already exists (set --overwrite"),
+    for argv, match in [(["--out", str(afile / "t")], "is a file, not a directory"),
+                        (["--out", str(afile)], "is a file, expected a directory"),
                         (["--v-nominal", "nan"], "argument --v-nominal: must be a finite number"),
                         (["--pj-per-unit", "-1"], "argument --pj-per-unit: must be > 0, got '-1'"),
                         (["--ecc-read-scaling", "2"], "must be in [0, 1]"),
@@ -121,11 +127,12 @@ def test_tradeoff_outputs_and_numbers(tmp_path, capsys):
         code, out, err = run(tradeoff_cli, [str(res)] + argv, capsys)
         assert code == 2 and match in err and err.count("\n") == 1 and out == ""
     assert afile.read_text() == "keep"
-    out_json = tmp_path / "t.json"
-    assert run(tradeoff_cli, [str(res), "--json", str(out_json)], capsys)[0] == 0
-    code, _, err = run(tradeoff_cli, [str(res), "--json", str(out_json)], capsys)
-    assert code == 2 and "already exists" in err
-    assert run(tradeoff_cli, [str(res), "--json", str(out_json), "--overwrite"], capsys)[0] == 0
+    out_dir = tmp_path / "t"
+    assert run(tradeoff_cli, [str(res), "--out", str(out_dir)], capsys)[0] == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["tradeoff.json", "tradeoff.png"]
+    code, _, err = run(tradeoff_cli, [str(res), "--out", str(out_dir)], capsys)
+    assert code == 2 and "tradeoff.json already exists" in err
+    assert run(tradeoff_cli, [str(res), "--out", str(out_dir), "--overwrite"], capsys)[0] == 0
 
 
 def test_tradeoff_does_not_import_eval_energy():

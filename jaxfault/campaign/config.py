@@ -1,6 +1,6 @@
 """Campaign configs: read, validate strictly before any work, and load the model and data.
 
-    {"output": "runs/campaign/results.jsonl",   # JSON lines, one record per grid point
+    {"out": "runs/campaign",                    # the folder: results.jsonl (one row per grid point), campaign.png
      "checkpoint": null,                        # classifier dir; null = the cached default LeNet
      "seed": 0, "trials": 20, "eval_examples": 10000, "strategy": "auto", "precision": "highest",
      "data_dir": null,
@@ -35,7 +35,8 @@ from jaxfault.core.keys import MAX_SEED, MAX_TRIALS
 from jaxfault.core.precision import check_precision
 from jaxfault.core.stats import check_sequential
 
-DEFAULTS = {"output": "runs/campaign/results.jsonl", "checkpoint": None, "seed": 0, "trials": 20,
+RESULTS_FILE, PLOT_FILE = "results.jsonl", "campaign.png"     # what a campaign writes into its folder
+DEFAULTS = {"out": "runs/campaign", "checkpoint": None, "seed": 0, "trials": 20,
             "eval_examples": 10000, "strategy": "auto", "precision": "highest", "data_dir": None,
             "ci_width": None, "max_trials": None, "task": None, "eval_windows": 32}
 TASKS = ("classification", "language_model")
@@ -59,6 +60,9 @@ def validate_config(config: dict) -> dict:
     """The config with defaults filled in; every field and grid point checked (one-line errors)."""
     if not isinstance(config, dict):
         raise JaxfaultError("campaign config must be a JSON object")
+    if "output" in config:
+        raise JaxfaultError('campaign config: the field "output" (a results file) is now "out", a folder: the '
+                            f"results are OUT/{RESULTS_FILE}")
     for k in config:
         if k not in KNOWN_KEYS:
             raise JaxfaultError(f"unknown campaign config key {k!r}{nearest_hint(k, sorted(KNOWN_KEYS))}; "
@@ -76,8 +80,8 @@ def validate_config(config: dict) -> dict:
                             f"the key derivation takes 32 bits)")
     for name in ("checkpoint", "data_dir"):
         _optional_str(config, name)
-    if not isinstance(config["output"], str) or not config["output"]:
-        raise JaxfaultError(f"output must be a file path string, got {json.dumps(config['output'])}")
+    if not isinstance(config["out"], str) or not config["out"]:
+        raise JaxfaultError(f"out must be a folder path string, got {json.dumps(config['out'])}")
     for name in ("strategy", "precision"):
         if not isinstance(config[name], str):
             raise JaxfaultError(f"{name} must be a string, got {json.dumps(config[name])}")

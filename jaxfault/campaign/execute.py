@@ -21,24 +21,33 @@ from jaxfault.core.io import check_output_path
 from jaxfault.core.resultsfile import ResultsFile
 
 
-def run_config(config: dict, *, plot=None, dry_run: bool = False, log: Callable[..., None] = print) -> list | None:
+def results_path(config: dict) -> Path:
+    """The JSON-lines results file of a validated campaign config: OUT/results.jsonl."""
+    return Path(config["out"]) / campaign_config.RESULTS_FILE
+
+
+def run_config(config: dict, *, plot: bool = False, dry_run: bool = False,
+               log: Callable[..., None] = print) -> list | None:
     """Run the campaign of `config` (jaxfault.campaign.load_config's result).
 
     Args:
-      config: the validated campaign config; its "output" is the JSON-lines results file.
-      plot: a PNG path for the metric vs rate, one line per method/scheme (None: no plot).
+      config: the validated campaign config; its "out" is the folder of the results file.
+      plot: also draw OUT/campaign.png, the metric vs rate, one line per method/scheme (redrawn
+        from the results on every run).
       dry_run: validate, say the grid's size and what is already done, run nothing, write nothing.
       log: where the progress lines and the table go (print(line, flush=...) signature).
     Returns:
       The records of every grid point, in grid order (None for a dry run).
     """
-    output = Path(config["output"])
-    if plot:
-        check_output_path(plot, overwrite=True, flag="`plot`")
+    output = results_path(config)
+    plot = Path(config["out"]) / campaign_config.PLOT_FILE if plot else None
     writer = distributed.is_writer()
     if writer:  # the run and the dry run refuse the same outputs, before any model loads: one that
         # cannot be created, and an existing file that is not a jaxfault results file (or is corrupt)
-        check_output_path(output, overwrite=True, flag="output")
+        check_output_path(config["out"], overwrite=True, kind="dir", flag="`out`")
+        check_output_path(output, overwrite=True, flag="`out`")
+        if plot:
+            check_output_path(plot, overwrite=True, flag="`out`")
         ResultsFile.check(output)
     say = log if writer else (lambda *a, **k: None)
     points = expand_grid(config["grid"])

@@ -163,7 +163,8 @@ class ExponentRun:
     exclude_zeros: bool = setting(False, "ignore zeros for max/min instead of the reference's exponent 255",
                                   kind="switch")
     include_partial: bool = setting(False, "also count the last partial block", kind="switch")
-    params: str = setting("kernels", "leaves counted", choices=("kernels", "all"))
+    leaves: str = setting("kernels", "leaves counted: conv/dense kernels or all float parameters",
+                          choices=("kernels", "all"))
 
     def prepare_output(self, out, overwrite: bool = False) -> None:
         """Validate the settings and check, before any work, that every output file can be written."""
@@ -181,7 +182,7 @@ class ExponentRun:
 
         ck_dir = self.checkpoint if self.checkpoint is not None else default_classifier()
         ck = load_checkpoint(ck_dir, kind="classifier")
-        r = checkpoint_histogram(ck.variables, self.block_size, leaves=self.params, exclude_zeros=self.exclude_zeros,
+        r = checkpoint_histogram(ck.variables, self.block_size, leaves=self.leaves, exclude_zeros=self.exclude_zeros,
                                  include_partial=self.include_partial)
         return {**r, "model": str(ck.config.get("model", Path(ck_dir).name)), "checkpoint": str(ck_dir)}
 

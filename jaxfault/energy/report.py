@@ -31,6 +31,9 @@ LIST_SETTINGS = (("refresh_interval", lambda v: v > 0, "> 0"), ("voltage", lambd
                  ("ber", lambda v: 0 < v <= 1, "in (0, 1]"), ("verify_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"))
 
 
+ENERGY_FILE, PARETO_FILE = "energy.json", "pareto.csv"            # what eval.energy writes into its folder
+TRADEOFF_FILE, TRADEOFF_PLOT = "tradeoff.json", "tradeoff.png"    # and eval.tradeoff
+
 @dataclasses.dataclass(frozen=True)
 class EnergyModel:
     """The settings an energy report and a trade-off share: the network and its input, its bits
@@ -75,13 +78,12 @@ class EnergyRun(EnergyModel):
     dram: float = setting(_HW.dram, "hardware: DRAM access energy", kind="nonneg_float")
     pe_rows: int = setting(_HW.pe_rows, "hardware: PE array rows", kind="positive_int")
     pe_cols: int = setting(_HW.pe_cols, "hardware: PE array columns", kind="positive_int")
-    json: Optional[str] = setting(None, "write the report as JSON here")
-    plot: Optional[str] = setting(None, "write PNG plots into this directory")
+    out: Optional[str] = setting(None, "output folder: energy.json, and pareto.csv with a sweep (default: print only)")
+    plots: bool = setting(False, "also draw the PNG plots into `out`", kind="switch")
     sweep_bits: Optional[str] = setting(None, "design-point sweep: A..B or a comma list: all (qw, qa) pairs, uniform "
                                               "over layers (one vmapped call)")
     grid: Optional[str] = setting(None, "design-point sweep: JSON file {axis: [values]} over qw, qa, pw (scalar or "
                                         "per-layer lists) and hardware fields")
-    pareto_csv: Optional[str] = setting(None, "also write the Pareto table as CSV")
     ecc: Optional[str] = setting(None, "DRAM ECC: none, secded, sparrow, sparrow-b16 or stored bits per 16-bit weight")
     refresh_interval: Optional[str] = setting(None, "refresh intervals in s, comma list (default 0.064)")
     voltage: Optional[str] = setting(None, "SRAM supply voltages (relative to `v_nominal`), comma list")
@@ -92,17 +94,26 @@ class EnergyRun(EnergyModel):
     def sweeps(self) -> bool:
         return self.sweep_bits is not None or self.grid is not None
 
+    def outputs(self) -> list[Path]:
+        """The files this run writes into `out`: energy.json, pareto.csv with a sweep, the plots
+        with `plots`."""
+        if self.out is None:
+            return []
+        names = [ENERGY_FILE] + ([PARETO_FILE] if self.sweeps else [])
+        if self.plots:
+            names += list(A.BREAKDOWN_PLOTS) + ([A.SWEEP_PLOT] if self.sweeps else [])
+        return [Path(self.out) / n for n in names]
+
     def check(self, overwrite: bool = False) -> None:
         """Every output path and every setting checked before any work, so that no table is printed
-        before an error: paths not under a file, writable, and no existing file replaced unless
-        `overwrite` (for `plot`: the plot files this run would write)."""
-        for name, path in (("json", self.json), ("pareto_csv", self.pareto_csv)):
-            if path is not None:
-                check_output_path(path, overwrite=overwrite, flag=f"`{name}`")
-        if self.plot is not None:
-            plot_dir = check_output_path(self.plot, overwrite=True, kind="dir", flag="`plot`")
-            for name in list(A.BREAKDOWN_PLOTS) + ([A.SWEEP_PLOT] if self.sweeps else []):
-                check_output_path(plot_dir / name, overwrite=overwrite, flag="`plot`")
+        before an error: the folder not under a file, writable, and no file this run writes
+        replaced unless `overwrite`."""
+        if self.plots and self.out is None:
+            raise JaxfaultError("`plots` draws into the output folder: give `out`")
+        if self.out is not None:
+            check_output_path(self.out, overwrite=True, kind="dir", flag="`out`")
+            for path in self.outputs():
+                check_output_path(path, overwrite=overwrite, flag="`out`")
         for name in ("retention_table", "voltage_table"):
             if getattr(self, name) is not None:
                 load_table(getattr(self, name), f"`{name}`", None)
@@ -141,9 +152,14 @@ class EnergyRun(EnergyModel):
         return report
 
     def write(self, report: dict) -> list[str]:
-        """Write the Pareto CSV, the JSON and the plots that were asked for; the paths written."""
+        """Write energy.json, the Pareto CSV of a sweep and, with `plots`, the plots into `out`
+        (nothing without it); the paths written."""
         written = []
-        if self.pareto_csv and "sweep" in report:
+        if self.out is None:
+            return written
+        out = Path(self.out)
+        out.mkdir(parents=True, exist_ok=True)
+        if "sweep" in report:
             sweep = report["sweep"]
             keys = sweep["axes"] + ["mean_qw", "mean_qa", "mean_pw", "total"]
             lines = [",".join(keys)]
@@ -151,14 +167,13 @@ class EnergyRun(EnergyModel):
                 if r["pareto"]:
                     lines.append(",".join(str(r[k]) if np.ndim(r[k]) == 0 else '"' + " ".join(map(str, r[k])) + '"'
                                           for k in keys))
-            written.append(str(atomic_write_text(self.pareto_csv, "\n".join(lines) + "\n")))
-        if self.json:
-            atomic_write_json(self.json, report)
-            written.append(self.json)
-        if self.plot:
-            paths = A.plot_breakdown(report["layers"], self.plot, report["network"])
+            written.append(str(atomic_write_text(out / PARETO_FILE, "\n".join(lines) + "\n")))
+        atomic_write_json(out / ENERGY_FILE, report)
+        written.append(str(out / ENERGY_FILE))
+        if self.plots:
+            paths = A.plot_breakdown(report["layers"], out, report["network"])
             if "sweep" in report:
-                paths.append(A.plot_sweep(report["sweep"], Path(self.plot) / A.SWEEP_PLOT, report["network"]))
+                paths.append(A.plot_sweep(report["sweep"], out / A.SWEEP_PLOT, report["network"]))
             written += [str(p) for p in paths]
         return written
 
@@ -173,14 +188,15 @@ class TradeoffRun(EnergyModel):
                                      kind="shape")
     num_classes: Optional[int] = setting(None, "classifier outputs (default: the network's)", kind="positive_int")
     qw: str = setting("16", "weight bits of the energy model: one value or a per-layer comma list")
-    json: Optional[str] = setting(None, "write all points with energies and Pareto flags here")
-    plot: Optional[str] = setting(None, "write the accuracy-vs-energy PNG here")
+    out: Optional[str] = setting(None, "output folder: tradeoff.json (every point with its energy and Pareto flag) "
+                                       "and tradeoff.png (default: print only)")
 
     def check(self, overwrite: bool = False) -> None:
-        """The output paths and the tables checked before any work."""
-        for name in ("json", "plot"):
-            if getattr(self, name) is not None:
-                check_output_path(getattr(self, name), overwrite=overwrite, flag=f"`{name}`")
+        """The output folder and files and the tables checked before any work."""
+        if self.out is not None:
+            check_output_path(self.out, overwrite=True, kind="dir", flag="`out`")
+            for name in (TRADEOFF_FILE, TRADEOFF_PLOT):
+                check_output_path(Path(self.out) / name, overwrite=overwrite, flag="`out`")
         for name in ("retention_table", "voltage_table"):
             if getattr(self, name) is not None:
                 load_table(getattr(self, name), f"`{name}`", None)
@@ -226,17 +242,16 @@ class TradeoffRun(EnergyModel):
             write_verify=P.WriteVerify(self.weight_bits, self.bits_per_device, self.verify_iterations))
 
     def write(self, rows: list[dict]) -> list[str]:
-        """Write the JSON and the plot that were asked for; the paths written."""
+        """Write tradeoff.json and tradeoff.png into `out` (nothing without it); the paths written."""
         from jaxfault.energy import tradeoff as T
 
-        written = []
-        if self.json:
-            atomic_write_json(self.json, {"points": rows})
-            written.append(self.json)
-        if self.plot:
-            T.plot_tradeoff(rows, self.plot)
-            written.append(self.plot)
-        return written
+        if self.out is None:
+            return []
+        out = Path(self.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / TRADEOFF_FILE, {"points": rows})
+        T.plot_tradeoff(rows, out / TRADEOFF_PLOT)
+        return [str(out / TRADEOFF_FILE), str(out / TRADEOFF_PLOT)]
 
 def report_text(report: dict) -> str:
     """A report as the command line prints it: the per-layer table and totals, then the

@@ -40,8 +40,8 @@ class SparrowEvalConfig:
     block_size: int = setting(64, "Sparrow block size: 16, 32 or 64", kind="positive_int")
     trials: int = setting(20, "fault draws per BER", kind="positive_int")
     seed: int = setting(0, "root seed of the trial keys", kind="seed")
-    mode: str = setting("stuck-at", "stuck-at or XOR flips", flag="fault_model", choices=MODES)
-    leaves: str = setting("kernels", "protected leaves: conv/dense kernels or all float parameters", flag="params",
+    mode: str = setting("stuck-at", "stuck-at or XOR flips", choices=MODES)
+    leaves: str = setting("kernels", "protected leaves: conv/dense kernels or all float parameters",
                           choices=tuple(LEAF_SELECTORS))
     compat: bool = setting(False, "bit-compatible zero-word quirk of the reference", kind="switch")
     strategy: str = setting("auto", "trial batching: auto, vmap, map, map:B or loop", kind="strategy")

@@ -4,7 +4,7 @@ A plan names the model and data, the knob grids of its protection stages (one se
 registered plan stage, jaxfault.plan.stages: the built-in hbm, sram and cim, and any other), the
 trials, the energy settings and a target (format and meaning: docs/plan.md):
 
-    {"output": "runs/plan", "checkpoint": null, "eval_examples": 10000, "seed": 0, "trials": 20,
+    {"out": "runs/plan", "checkpoint": null, "eval_examples": 10000, "seed": 0, "trials": 20,
      "eval_dtype": "float32", "inference_period_s": 0.0333,
      "target": {"metric": "p5", "max_drop_points": 1.0},
      "hbm":  {"scheme": ["none", "secded", "sparrow"], "refresh_interval_s": [0.064, 0.256, 1.024]},
@@ -35,7 +35,7 @@ TARGET_METRICS = ("mean", "p5", "median", "p95")
 TARGET_REFERENCES = ("clean", "nominal")
 
 TOP_FIELDS = [
-    Field("output", str, "runs/plan", check=bool, requirement="a non-empty path"),
+    Field("out", str, "runs/plan", check=bool, requirement="a non-empty path"),
     Field("checkpoint", str, None, nullable=True),
     Field("task", str, None, nullable=True, choices=("classification", "language_model")),
     Field("data_dir", str, None, nullable=True),
@@ -138,6 +138,8 @@ def plan_scores_language_model(plan: dict) -> bool:
 
 def validate_plan(plan) -> dict:
     """The plan with defaults filled in and every field checked (one-line JaxfaultError)."""
+    if isinstance(plan, dict) and "output" in plan:
+        raise JaxfaultError('plan: the field "output" is now "out" (the output folder)')
     cfg = validate(plan, top_fields(), "plan")
     active = [s for s in stage_names() if cfg[s] is not None]
     if not active:

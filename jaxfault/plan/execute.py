@@ -21,7 +21,7 @@ def run_plan_to(plan: dict, *, overwrite: bool = False, dry_run: bool = False,
     """Run `plan` (jaxfault.plan.load_plan's result) into its output folder.
 
     Args:
-      plan: the validated plan; its "output" is the folder written.
+      plan: the validated plan; its "out" is the folder written.
       overwrite: replace an earlier plan.json/.md/.png there (results.jsonl is always resumed).
       dry_run: check and say the grid, run nothing, write nothing.
       log: where the grid line, the Pareto table and the summary go.
@@ -29,10 +29,11 @@ def run_plan_to(plan: dict, *, overwrite: bool = False, dry_run: bool = False,
       The report (None for a dry run). An unreachable target is a one-line JaxfaultError naming
       the best configuration found, raised after the outputs are written.
     """
-    out = Path(plan["output"])
-    results = check_output_path(out / "results.jsonl", overwrite=True, flag="output")
+    out = Path(plan["out"])
+    check_output_path(out, overwrite=True, kind="dir", flag="`out`")
+    results = check_output_path(out / "results.jsonl", overwrite=True, flag="`out`")
     for name in OUTPUTS:
-        check_output_path(out / name, overwrite=overwrite, flag="output")
+        check_output_path(out / name, overwrite=overwrite, flag="`out`")
     stages = active_stages(plan)
     configs = expand(plan, stages)
     check_call_memory(plan)
