@@ -239,19 +239,24 @@ def parse_json(text: str, name: str, *, parse_constant: Callable[[str], Any] | N
     return obj
 
 
-def read_json_file(path, what: str, *, parse_constant: Callable[[str], Any] | None = None) -> Any:
-    """Read and parse a JSON file with parse_json's limits. A missing or unreadable file (a binary
-    one included) is a one-line JaxfaultError naming `what` and the path."""
-    name = f"{what} {str(path)!r}".lstrip()
+def read_text_file(path, name: str) -> str:
+    """A text file's contents; a missing or unreadable file (a binary one included) is a one-line
+    JaxfaultError naming it as `name`."""
     try:
-        text = Path(path).read_text()
+        return Path(path).read_text()
     except FileNotFoundError:
         raise JaxfaultError(f"{name} does not exist") from None
     except UnicodeDecodeError:
         raise JaxfaultError(f"cannot read {name}: it is not UTF-8 text (a binary file?)") from None
     except OSError as e:
         raise JaxfaultError(f"cannot read {name}: {e.strerror or e}") from None
-    return parse_json(text, name, parse_constant=parse_constant)
+
+
+def read_json_file(path, what: str, *, parse_constant: Callable[[str], Any] | None = None) -> Any:
+    """Read and parse a JSON file with parse_json's limits. A missing or unreadable file (a binary
+    one included) is a one-line JaxfaultError naming `what` and the path."""
+    name = f"{what} {str(path)!r}".lstrip()
+    return parse_json(read_text_file(path, name), name, parse_constant=parse_constant)
 
 
 def read_json_object(path, what: str, *, parse_constant: Callable[[str], Any] | None = None) -> dict:

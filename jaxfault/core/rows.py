@@ -101,16 +101,11 @@ def check_row(row, where: str) -> dict:
 def read(path) -> tuple[dict, list[dict]]:
     """(context, rows) of a report or a campaign results file, every row checked; one-line errors
     for a file that is neither (with what to do) and for the first bad row."""
-    from jaxfault.core.config import JSONSyntaxError, parse_json
+    from jaxfault.core.config import JSONSyntaxError, parse_json, read_text_file
     from jaxfault.core.resultsfile import HEADER_KEY
 
     p = Path(path)
-    try:
-        text = p.read_text()
-    except UnicodeDecodeError:
-        raise JaxfaultError(f"cannot read {p}: it is not UTF-8 text (a binary file?)") from None
-    except OSError as e:
-        raise JaxfaultError(f"cannot read {p}: {e.strerror or e}") from None
+    text = read_text_file(p, str(p))
     try:
         obj = parse_json(text, str(p))
     except JSONSyntaxError:

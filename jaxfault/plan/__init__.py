@@ -27,14 +27,17 @@ __all__ = ["PLAN_STAGES", "Configuration", "PlanStage", "active_stages", "expand
            "register_plan_stage", "retention_ber", "run_plan", "stage_names", "validate_plan", "voltage_ber"]
 
 
-def run_plan(plan: dict, *, results_path=None, log: Callable[[str], None] = print, data=None, mesh=None) -> dict:
+def run_plan(plan: dict, *, results_path=None, log: Callable[[str], None] = print, data=None, mesh=None,
+             configs=None) -> dict:
     """Evaluate every configuration of a validated plan and build its report (jaxfault.plan.report).
 
     results_path: a ResultsFile (JSON lines) that makes the run resumable; rows already in it
     (same identity) are not recomputed. data: a PlanData to use instead of loading the plan's
-    checkpoint and data (tests, benchmarks). With the target's ``certify``, configurations whose
-    corrected interval straddles the threshold get more trials (chunks of ``trials``, the same
-    keys i for every configuration) up to the target's ``max_trials`` (jaxfault.plan.report).
+    checkpoint and data (tests, benchmarks). configs: the plan's configurations when the caller
+    has expanded them already (``expand(plan, active_stages(plan))``). With the target's
+    ``certify``, configurations whose corrected interval straddles the threshold get more trials
+    (chunks of ``trials``, the same keys i for every configuration) up to the target's
+    ``max_trials`` (jaxfault.plan.report).
     """
     import contextlib
 
@@ -48,7 +51,7 @@ def run_plan(plan: dict, *, results_path=None, log: Callable[[str], None] = prin
     from jaxfault.core.resultsfile import ResultsFile
 
     stages = active_stages(plan)
-    configs = expand(plan, stages)
+    configs = configs if configs is not None else expand(plan, stages)
     check_call_memory(plan)
     block = plan["hbm"]["block_size"] if plan.get("hbm") else 64
     data = data or load_plan_data(plan, log)

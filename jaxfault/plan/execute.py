@@ -43,7 +43,7 @@ def run_plan_to(plan: dict, *, overwrite: bool = False, dry_run: bool = False,
     if dry_run:
         log("dry run: nothing run, nothing written")
         return None
-    report = run_plan(plan, results_path=results, log=log)
+    report = run_plan(plan, results_path=results, log=log, configs=configs)
     atomic_write_json(out / "plan.json", {"plan": plan, **report})
     atomic_write_text(out / "plan.md", "\n".join(summary_lines(report)) + "\n\n" + format_table(report))
     plot_report(report, out / "plan.png")
