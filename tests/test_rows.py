@@ -79,3 +79,24 @@ def test_a_row_is_checked_in_one_line(tmp_path):
     p.write_text(json.dumps({"schema": "jaxfault.rows/0", "rows": [good]}))
     with pytest.raises(JaxfaultError, match="is not a jaxfault.rows/1 report or a campaign results file"):
         R.read(p)
+
+
+def test_a_format_sweep_is_rows_and_only_bf16_words_are_priced(lenet_checkpoint, tmp_path, capsys):
+    """eval.vulnerability --sweep writes rows too: one per (format, scheme, BER); eval.tradeoff
+    prices the bfloat16 rows (16-bit words) and lists the fp8 ones as skipped."""
+    from eval import tradeoff as tradeoff_cli
+    from eval import vulnerability as vulnerability_cli
+
+    assert run(vulnerability_cli.main, ["--checkpoint", str(lenet_checkpoint), "--formats", "bfloat16,float8_e4m3fn",
+                                        "--schemes", "none", "--sweep", "1e-4,1e-3", "--trials", "2", "--limit", "100",
+                                        "--out", str(tmp_path / "v")]) == 0
+    (path,) = (tmp_path / "v").glob("*.json")
+    context, rows = R.read(path)
+    assert [(r["fault"]["format"], r["ber"]) for r in rows] == [(f, b) for f in ("bfloat16", "float8_e4m3fn")
+                                                              for b in (1e-4, 1e-3)]
+    assert [r["stored_bits_per_weight"] for r in rows] == [16, 16, 8, 8]
+    capsys.readouterr()
+    assert run(tradeoff_cli.main, [str(path), "--out", str(tmp_path / "t")]) == 0
+    points = json.loads((tmp_path / "t" / "tradeoff.json").read_text())["points"]
+    assert [(p["label"], p["operating_point"]["ber"]) for p in points] == [("none", 1e-4), ("none", 1e-3)]
+    assert "skipped 2 row(s) of vulnerability" in capsys.readouterr().out

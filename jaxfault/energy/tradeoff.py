@@ -14,7 +14,8 @@ that of its fault model:
 * ``cim`` -> write-verify: priced by the fraction verified, the row's ``mask_p`` (0, none
   verified, when the row has none), with ``selection`` naming the selection method.
 
-Rows of other fault models have no energy model: they are listed as skipped (or refused). The
+Rows of other fault models, and HBM rows of formats other than bfloat16 (the DRAM model prices
+16-bit words), have no energy model: they are listed as skipped (or refused). The
 model whose energy is computed is the row's (or its report's) ``model`` or ``checkpoint``, with
 ``input_shape`` or ``dataset`` giving the input. A language model's rows (metric
 ``perplexity``, lower is better) are scored by their median perplexity, for one window of the
@@ -59,6 +60,8 @@ def record_of(row: dict, context: dict, source: str) -> dict:
         rec["input_shape"] = row.get("input_shape", context.get("input_shape"))
     rec["family"] = FAMILY_OF.get(row["fault_model"])
     fault = row.get("fault") or {}
+    if rec["family"] == "dram" and fault.get("format", "bfloat16") != "bfloat16":
+        rec["family"] = None          # the energy of protection is modelled for 16-bit (bf16) words
     if rec["family"] == "dram":
         rec.setdefault("scheme", fault.get("scheme", "none"))
         if fault.get("block_size") is not None:
