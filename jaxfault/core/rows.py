@@ -131,7 +131,7 @@ def read(path) -> tuple[dict, list[dict]]:
                 rows.append(check_row(row, f"{p}: line {i}"))
             return context, rows
     raise JaxfaultError(f"{p} is not a {ROW_SCHEMA} report or a campaign results file; every evaluation CLI "
-                        f"writes one (eval.run, eval.sparrow, eval.swim, eval.neuralfuse, eval.vulnerability --sweep, "
+                        f"writes one (eval.run, eval.sparrow, eval.swim, eval.neuralfuse, eval.vulnerability sweeps, "
                         f"eval.campaign)")
 
 
