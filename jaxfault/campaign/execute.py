@@ -17,7 +17,7 @@ from jaxfault.campaign.grid import expand_grid
 from jaxfault.campaign.methods import group_key
 from jaxfault.campaign.report import format_table, plot_records, point_label, point_summary
 from jaxfault.campaign.runner import Campaign, run_campaign
-from jaxfault.core.io import check_output_path
+from jaxfault.core.io import check_output_folder
 from jaxfault.core.resultsfile import ResultsFile
 
 
@@ -44,10 +44,8 @@ def run_config(config: dict, *, plot: bool = False, dry_run: bool = False,
     writer = distributed.is_writer()
     if writer:  # the run and the dry run refuse the same outputs, before any model loads: one that
         # cannot be created, and an existing file that is not a jaxfault results file (or is corrupt)
-        check_output_path(config["out"], overwrite=True, kind="dir", flag="`out`")
-        check_output_path(output, overwrite=True, flag="`out`")
-        if plot:
-            check_output_path(plot, overwrite=True, flag="`out`")
+        check_output_folder(config["out"], [output.name] + ([plot.name] if plot else []), overwrite=True,
+                            flag="`out`")
         ResultsFile.check(output)
     say = log if writer else (lambda *a, **k: None)
     points = expand_grid(config["grid"])

@@ -66,10 +66,10 @@ def row_fields(params: dict, trials: int, metric: str, summary: dict) -> dict:
     """The fields of a point's result in the row schema (jaxfault.core.rows): its fault model
     (the registered one, and the method name the grid used), that model's whole configuration,
     its rate, and the metric's summary; SWIM points add their selection and fraction verified."""
-    from jaxfault.core.rows import make_row
+    from jaxfault.core.rows import fault_config, make_row
 
     name, config, rate_name, rate, data = split_point(params)
-    fault = {k: v for k, v in build_fault_model(name, **config).describe().items() if k != "rate_bound"}
+    fault = fault_config(build_fault_model(name, **config))
     point = {k: data[k] for k in ("selection", "mask_p") if k in data}
     if base_fault_model(name) == "cim":
         point.setdefault("selection", "magnitude")

@@ -70,6 +70,15 @@ def _probe_creatable(folder: Path, target: Path | None) -> None:
                 pass
 
 
+def check_output_folder(out, names, *, overwrite: bool = False, flag: str | None = None) -> list[Path]:
+    """The folder `out` and the files `names` a run writes into it, checked before any work
+    (check_output_path: the folder not a file and creatable, each file not a folder, and an
+    existing file refused unless overwrite; other files in the folder are never looked at).
+    Returns the files' paths."""
+    folder = check_output_path(out, overwrite=True, kind="dir", flag=flag)
+    return [check_output_path(folder / name, overwrite=overwrite, flag=flag) for name in names]
+
+
 def check_output_path(path, *, overwrite: bool = False, kind: str = "file", flag: str | None = None) -> Path:
     """Validate an output path before any work is done and return it as a Path; leave nothing behind.
 

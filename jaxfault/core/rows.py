@@ -60,6 +60,12 @@ def make_row(*, fault_model: str, method: str, fault: dict, rate_name: str, rate
             "summary": dict(summary), **point}
 
 
+def fault_config(fault_model) -> dict:
+    """A fault model's configuration as a row records it: its ``describe()``, without the rate
+    bound (a sizing of the sampler's chunks that changes no fault)."""
+    return {k: v for k, v in fault_model.describe().items() if k != "rate_bound"}
+
+
 def is_metric(name) -> bool:
     return isinstance(name, str) and (name == "perplexity" or (name.startswith("top") and name[3:].isdigit()))
 
@@ -69,7 +75,8 @@ def report(rows: list[dict], **context) -> dict:
     return {"schema": ROW_SCHEMA, **context, "rows": list(rows)}
 
 
-def _number(v) -> bool:
+def is_number(v) -> bool:
+    """A JSON number: an int or float, not a bool."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -83,14 +90,14 @@ def check_row(row, where: str) -> dict:
     if not is_metric(row["metric"]):
         raise JaxfaultError(f"{where}: metric must be top1 (or another top-k accuracy) or perplexity, "
                             f"got {row['metric']!r}")
-    if not (_number(row.get("rate")) and math.isfinite(row["rate"]) and row["rate"] >= 0):
+    if not (is_number(row.get("rate")) and math.isfinite(row["rate"]) and row["rate"] >= 0):
         raise JaxfaultError(f"{where}: the rate ({row['rate_name']}) must be a finite number >= 0, "
                             f"got {row.get('rate')!r}")
     if not isinstance(row.get("fault", {}), dict):
         raise JaxfaultError(f"{where}: fault must be an object of the fault model's fields, got {row['fault']!r}")
     s = row.get("summary")
     figure = "median" if row["metric"] == "perplexity" else "mean"
-    if not (isinstance(s, dict) and _number(s.get(figure))):
+    if not (isinstance(s, dict) and is_number(s.get(figure))):
         raise JaxfaultError(f"{where}: summary must be an object with a numeric {figure!r} "
                             f"(the {row['metric']} over the trials), got {s!r}")
     if not (isinstance(row.get("trials"), int) and not isinstance(row["trials"], bool) and row["trials"] >= 1):

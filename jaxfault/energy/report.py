@@ -22,7 +22,7 @@ from jaxfault.energy.core import Hardware
 from jaxfault.energy.inputs import load_grid, load_table, parse_per_layer
 from jaxfault.energy.networks import get_network, network_names
 from jaxfault.core.errors import JaxfaultError
-from jaxfault.core.io import atomic_write_json, atomic_write_text, check_output_path
+from jaxfault.core.io import atomic_write_json, atomic_write_text, check_output_folder
 
 _HW = Hardware()
 
@@ -94,15 +94,13 @@ class EnergyRun(EnergyModel):
     def sweeps(self) -> bool:
         return self.sweep_bits is not None or self.grid is not None
 
-    def outputs(self) -> list[Path]:
+    def output_names(self) -> list[str]:
         """The files this run writes into `out`: energy.json, pareto.csv with a sweep, the plots
         with `plots`."""
-        if self.out is None:
-            return []
         names = [ENERGY_FILE] + ([PARETO_FILE] if self.sweeps else [])
         if self.plots:
             names += list(A.BREAKDOWN_PLOTS) + ([A.SWEEP_PLOT] if self.sweeps else [])
-        return [Path(self.out) / n for n in names]
+        return names
 
     def check(self, overwrite: bool = False) -> None:
         """Every output path and every setting checked before any work, so that no table is printed
@@ -111,9 +109,7 @@ class EnergyRun(EnergyModel):
         if self.plots and self.out is None:
             raise JaxfaultError("`plots` draws into the output folder: give `out`")
         if self.out is not None:
-            check_output_path(self.out, overwrite=True, kind="dir", flag="`out`")
-            for path in self.outputs():
-                check_output_path(path, overwrite=overwrite, flag="`out`")
+            check_output_folder(self.out, self.output_names(), overwrite=overwrite, flag="`out`")
         for name in ("retention_table", "voltage_table"):
             if getattr(self, name) is not None:
                 load_table(getattr(self, name), f"`{name}`", None)
@@ -158,7 +154,6 @@ class EnergyRun(EnergyModel):
         if self.out is None:
             return written
         out = Path(self.out)
-        out.mkdir(parents=True, exist_ok=True)
         if "sweep" in report:
             sweep = report["sweep"]
             keys = sweep["axes"] + ["mean_qw", "mean_qa", "mean_pw", "total"]
@@ -194,9 +189,7 @@ class TradeoffRun(EnergyModel):
     def check(self, overwrite: bool = False) -> None:
         """The output folder and files and the tables checked before any work."""
         if self.out is not None:
-            check_output_path(self.out, overwrite=True, kind="dir", flag="`out`")
-            for name in (TRADEOFF_FILE, TRADEOFF_PLOT):
-                check_output_path(Path(self.out) / name, overwrite=overwrite, flag="`out`")
+            check_output_folder(self.out, (TRADEOFF_FILE, TRADEOFF_PLOT), overwrite=overwrite, flag="`out`")
         for name in ("retention_table", "voltage_table"):
             if getattr(self, name) is not None:
                 load_table(getattr(self, name), f"`{name}`", None)
@@ -248,7 +241,6 @@ class TradeoffRun(EnergyModel):
         if self.out is None:
             return []
         out = Path(self.out)
-        out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / TRADEOFF_FILE, {"points": rows})
         T.plot_tradeoff(rows, out / TRADEOFF_PLOT)
         return [str(out / TRADEOFF_FILE), str(out / TRADEOFF_PLOT)]

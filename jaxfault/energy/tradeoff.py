@@ -38,6 +38,7 @@ from jaxfault.energy import protection as P
 from jaxfault.energy.analysis import evaluate, pareto_mask
 from jaxfault.energy.core import Hardware
 from jaxfault.core.errors import JaxfaultError
+from jaxfault.core.rows import is_number
 
 DATASET_INPUTS = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
                   "gtsrb": (32, 32, 3)}
@@ -70,19 +71,21 @@ def record_of(row: dict, context: dict, source: str) -> dict:
         rec.setdefault("mask_p", 0.0)
     s = row["summary"]
     if row["metric"] == "perplexity":
-        ci = [s["median_lo"], s["median_hi"]] if _number(s.get("median_lo")) and _number(s.get("median_hi")) else None
-        rec.update(metric="perplexity", perplexity_median=float(s["median"]), perplexity_ci=ci)
+        rec.update(metric="perplexity", perplexity_median=float(s["median"]),
+                   perplexity_ci=_interval(s, "median_lo", "median_hi"))
         if rec.get("checkpoint"):
             rec["model"] = str(rec["checkpoint"])
     else:
-        ci = [float(s["ci_lo"]), float(s["ci_hi"])] if _number(s.get("ci_lo")) and _number(s.get("ci_hi")) else None
         rec.update(metric=row["metric"], accuracy_mean=float(s["mean"]),
-                   accuracy_std=float(s["std"]) if _number(s.get("std")) else None, accuracy_ci=ci)
+                   accuracy_std=float(s["std"]) if is_number(s.get("std")) else None,
+                   accuracy_ci=_interval(s, "ci_lo", "ci_hi"))
     return rec
 
 
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _interval(summary: dict, lo: str, hi: str) -> list | None:
+    """[lo, hi] of a summary's interval, None when it carries none."""
+    ok = is_number(summary.get(lo)) and is_number(summary.get(hi))
+    return [float(summary[lo]), float(summary[hi])] if ok else None
 
 
 # what an operating point's value must be: (check, requirement)
@@ -98,20 +101,20 @@ def check_record(rec: dict, path: str, row: int) -> None:
     where = f"{path}: row {row}{label}"
     if rec.get("metric") == "perplexity":
         ppl = rec.get("perplexity_median")
-        if not (isinstance(ppl, (int, float)) and not isinstance(ppl, bool) and ppl >= 1.0):
+        if not (is_number(ppl) and ppl >= 1.0):
             raise JaxfaultError(f"{where}: perplexity must be a number >= 1 (inf for a diverged model), got {ppl!r}")
         if not rec.get("model"):
             raise JaxfaultError(f"{where}: a perplexity row needs the language model it was measured on "
                                 "(a 'checkpoint' folder or a 'model')")
     else:
         acc = rec.get("accuracy_mean")
-        if not (isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0.0 <= acc <= 1.0):
+        if not (is_number(acc) and 0.0 <= acc <= 1.0):
             raise JaxfaultError(f"{where}: accuracy must be a number in [0, 1], got {acc!r}")
     for k, (ok, requirement) in POINT_RANGES.items():
         if k not in rec:
             continue
         v = rec[k]
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)):
+        if not (is_number(v) and math.isfinite(v) and ok(v)):
             raise JaxfaultError(f"{where}: {k} must be a finite number {requirement}, got {v!r}")
 
 

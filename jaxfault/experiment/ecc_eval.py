@@ -225,7 +225,7 @@ def row_fields(hbm: HBMFaults, r: dict, lm: bool) -> dict:
     """A result row's fields in the row schema (jaxfault.core.rows): the HBM fault model and its
     configuration, the BER, the trials behind the figure and the summary of its metric (top-1, or
     a language model's perplexity, with the order-statistic interval of its median)."""
-    from jaxfault.core.rows import make_row
+    from jaxfault.core.rows import fault_config, make_row
 
     if lm:
         p = r["perplexity"]
@@ -233,8 +233,7 @@ def row_fields(hbm: HBMFaults, r: dict, lm: bool) -> dict:
                                          "median_hi": p["median_ci95"][1], "n": len(p["values"])}
     else:
         metric, summary = "top1", {k: v for k, v in r["top1"].items() if k != "values"}
-    fault = {k: v for k, v in hbm.describe().items() if k != "rate_bound"}
-    return make_row(fault_model="hbm", method="sparrow", fault=fault, rate_name="ber", rate=r["ber"],
+    return make_row(fault_model="hbm", method="sparrow", fault=fault_config(hbm), rate_name="ber", rate=r["ber"],
                     trials=int(summary.get("n", r["trials"])), metric=metric, summary=summary)
 
 

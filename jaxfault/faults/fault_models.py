@@ -69,10 +69,15 @@ def register_preset(name: str, fault_model: str, *, description: str = "", **fix
                           preset_of=base.name, fixed=dict(fixed))
 
 
+def fixed_fields(name: str) -> dict:
+    """The fields a preset fixes, with their values ({} for a fault model that is not a preset)."""
+    return FAULT_MODELS.get(resolve_name(name)).info.get("fixed", {})
+
+
 def check_not_fixed(name: str, config) -> None:
     """A one-line error when `config` sets a field that the preset `name` fixes."""
     reg = FAULT_MODELS.get(resolve_name(name))
-    fixed = reg.info.get("fixed", {})
+    fixed = fixed_fields(name)
     for k in config:
         if k in fixed:
             raise JaxfaultError(f"fault model {reg.name!r} is a preset with {k} = {fixed[k]!r}; use "
@@ -104,9 +109,9 @@ def resolve_name(name: str) -> str:
 def config_fields(name: str) -> tuple[str, ...]:
     """The configuration fields a registered fault model's factory takes (a preset's: those it
     does not fix)."""
-    reg = FAULT_MODELS.get(resolve_name(name))
-    fixed = reg.info.get("fixed", {})
-    return tuple(f.name for f in dataclasses.fields(reg.factory()) if f.name not in fixed)
+    fixed = fixed_fields(name)
+    return tuple(f.name for f in dataclasses.fields(FAULT_MODELS.get(resolve_name(name)).factory())
+                 if f.name not in fixed)
 
 
 # ------------------------------------------------------------------------------------ composition

@@ -22,7 +22,7 @@ from jaxfault.neuralfuse.eopm import eval_seeds, seeds_to_keys, to_base_range
 from jaxfault.neuralfuse.faults import SRAMBitErrors, check_layout, check_placement
 from jaxfault.neuralfuse.train import GENERATOR_KIND, LEGACY_DEFAULTS
 from jaxfault.core.quant import check_bits
-from jaxfault.core.rows import ROW_SCHEMA, make_row
+from jaxfault.core.rows import ROW_SCHEMA, fault_config, make_row
 from jaxfault.core.stats import paired_diff_ci
 from jaxfault.training import make_accuracy_fn
 
@@ -147,7 +147,7 @@ def evaluate_generator(generator_checkpoint, *, bers=None, ber0=None, placement=
             "clean_drop": clean["without"] - clean["with"], "results": results,
             "schema": ROW_SCHEMA, "model": base.config.get("model"),
             "rows": [make_row(fault_model="sram", method="neuralfuse",
-                              fault={k: v for k, v in fm.describe().items() if k != "rate_bound"}, rate_name="ber",
+                              fault=fault_config(fm), rate_name="ber",
                               rate=r["ber"], trials=len(r[key]["per_model"]), metric="top1",
                               summary={k: v for k, v in r[key].items() if k != "per_model"}, generator=gen)
                      for r in results for key, gen in (("perturbed_without", None),

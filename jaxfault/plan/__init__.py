@@ -8,9 +8,9 @@ Each stage of the memory hierarchy is driven by a physical knob (HBM refresh int
 scheme, SRAM supply voltage with or without a NeuralFuse generator, CiM write-verify fraction);
 the stages are registered (``stages``: a registered fault model with a knob relation is a stage,
 ``register_plan_stage``); the knobs give the rates of the composed fault model (``knobs``), the
-energy per inference (``energy``), and every configuration is evaluated with the engine (``planner``), few compiled
-programs for many configurations: a classifier scored by top-1 accuracy on test images, a
-language model by perplexity on validation windows. ``report`` finds the Pareto fronts and the cheapest
+energy per inference (``energy``), and every configuration is evaluated with the engine
+(``planner``), few compiled programs for many configurations: a classifier scored by top-1
+accuracy on test images, a language model by perplexity on validation windows. ``report`` finds the Pareto fronts and the cheapest
 configuration meeting the target. Format and worked example: docs/plan.md.
 """
 from __future__ import annotations

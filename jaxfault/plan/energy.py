@@ -59,8 +59,11 @@ class EnergyModel:
     write_verify: P.WriteVerify
     cim_pulse_pj: float
     cim_reprogram_period_s: float
-    stages: tuple
     sections: tuple = ()            # (stage name, validated section) of the active stages
+
+    @property
+    def stages(self) -> tuple:
+        return tuple(name for name, _ in self.sections)
 
     def stored_bits(self, scheme: str | None, block_size: int = 64) -> int:
         if scheme is None:
@@ -137,4 +140,4 @@ def build_energy_model(model, variables, input_shape, plan: dict, stages, genera
                        ecc_read_scaling=pick("ecc_read_scaling", P.ECC_READ_SCALING), write_verify=wv,
                        cim_pulse_pj=pick("cim_pulse_pj", CIM_PULSE_PJ),
                        cim_reprogram_period_s=pick("cim_reprogram_period_s", CIM_REPROGRAM_PERIOD_S),
-                       stages=tuple(stages), sections=tuple((s, plan[s]) for s in stages))
+                       sections=tuple((s, plan[s]) for s in stages))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from jaxfault.core.errors import JaxfaultError
-from jaxfault.core.io import atomic_write_json, atomic_write_text, check_output_path
+from jaxfault.core.io import atomic_write_json, atomic_write_text, check_output_folder
 from jaxfault.plan import run_plan
 from jaxfault.plan.config import active_stages, check_call_memory
 from jaxfault.plan.stages import expand
@@ -30,10 +30,8 @@ def run_plan_to(plan: dict, *, overwrite: bool = False, dry_run: bool = False,
       the best configuration found, raised after the outputs are written.
     """
     out = Path(plan["out"])
-    check_output_path(out, overwrite=True, kind="dir", flag="`out`")
-    results = check_output_path(out / "results.jsonl", overwrite=True, flag="`out`")
-    for name in OUTPUTS:
-        check_output_path(out / name, overwrite=overwrite, flag="`out`")
+    (results,) = check_output_folder(out, ["results.jsonl"], overwrite=True, flag="`out`")   # resumed
+    check_output_folder(out, OUTPUTS, overwrite=overwrite, flag="`out`")
     stages = active_stages(plan)
     configs = expand(plan, stages)
     check_call_memory(plan)

@@ -24,11 +24,10 @@ trial is keyed ``fold_in(trial_key, i)`` (jaxfault.core.keys).
   weights (two 32-bit linear hashes of their bit patterns; see ``params_fingerprint``) and looks
   them up in a memo of weights already evaluated on the same images, seeded with the fault
   models' own fault-free output (e.g. Sparrow's fault-free decode at rate 0, the quantized
-  kernels for SRAM). A hit
-  (no fault drawn; every fault masked by the stored value or corrected by the ECC; or the same
-  faulty weights as an earlier configuration, e.g. the SRAM faults of one voltage under two
-  refresh intervals whose HBM words drew no effective fault, since all configurations share
-  their trial keys) returns the stored score through ``lax.cond``; a miss runs the forward
+  kernels for SRAM). A hit (no fault drawn; every fault masked by the stored value or corrected
+  by the ECC; or the same faulty weights as an earlier configuration, e.g. the SRAM faults of one
+  voltage under two refresh intervals whose HBM words drew no effective fault, since all
+  configurations share their trial keys) returns the stored score through ``lax.cond``; a miss runs the forward
   pass and enters the memo after the call. Under ``lax.map`` (CPU) the forward pass is skipped;
   under ``vmap`` the condition becomes a select and both are computed (same numbers).
 * **Resumable.** Each configuration's row is appended to a ResultsFile as soon as its call

@@ -111,12 +111,12 @@ class PlanStage:
 
     def check_section(self, section: dict, where: str, task: str) -> dict:
         """A section whose fields are valid one by one, checked as a whole."""
-        from jaxfault.faults.fault_models import FAULT_MODELS, base_fault_model, resolve_name
+        from jaxfault.faults.fault_models import base_fault_model, fixed_fields
 
         name = section["fault_model"]
         if base_fault_model(name) != self.fault_model:
             raise JaxfaultError(f"{where}: fault_model {name!r} is not {self.fault_model!r} or a preset of it")
-        fixed = FAULT_MODELS.get(resolve_name(name)).info.get("fixed", {})
+        fixed = fixed_fields(name)
         for k in self.knob_names:
             if k in fixed:
                 raise JaxfaultError(f"{where}: fault_model {name!r} fixes {k}, a knob of this stage")
@@ -169,10 +169,6 @@ def stages() -> tuple[PlanStage, ...]:
 
 def stage_names() -> tuple[str, ...]:
     return PLAN_STAGES.names()
-
-
-def stage_of_knob(knob: str) -> PlanStage | None:
-    return next((s for s in stages() if knob in s.knob_names), None)
 
 
 # ------------------------------------------------------------------------------ configurations

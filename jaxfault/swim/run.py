@@ -28,7 +28,7 @@ from jaxfault.core.errors import JaxfaultError, check_probability
 from jaxfault.core.pytree import count_kernel_weights
 from jaxfault.swim.selection import (CURVATURES, METHODS, NEEDS_CURVATURE, THRESHOLDS, canonical_method, full_mask,
                                      protection_mask, selection_buffer)
-from jaxfault.core.rows import ROW_SCHEMA
+from jaxfault.core.rows import ROW_SCHEMA, fault_config, make_row
 from jaxfault.swim.variation import WRITE_VERIFY, CiMVariation, check_bits_per_device, check_variances
 
 STD_DDOF = 0
@@ -270,11 +270,9 @@ def result_rows(c: SwimConfig, none, allv, selected: list[dict]) -> list[dict]:
     """The run's operating points in the row schema (jaxfault.core.rows): none and all verified
     (selection 'none' / 'all', fractions 0 and 1) and every (selection, mask_p); each the CiM fault
     model at the run's dev_var, scored by the mean top-1 over the noise instances with its interval."""
-    from jaxfault.core.rows import make_row
     from jaxfault.engine import summarize
 
-    fault = {k: v for k, v in CiMVariation(write_var=c.write_var, n_bits=c.n_bits, m_bits=c.m_bits).describe().items()
-             if k != "rate_bound"}
+    fault = fault_config(CiMVariation(write_var=c.write_var, n_bits=c.n_bits, m_bits=c.m_bits))
     points = [("none", 0.0, none), ("all", 1.0, allv)] + [(r["method"], r["mask_p"], r["accuracies"]) for r in selected]
     return [make_row(fault_model="cim", method="swim", fault=fault, rate_name="dev_var", rate=c.dev_var,
                      trials=len(accs), metric="top1", summary=summarize(np.asarray(accs), "accuracy"),
