@@ -335,7 +335,8 @@ def evaluate(model, variables: PyTree, inputs, targets, fault_model, rates, keys
         reusing = (bool(reuse) and kind == "map" and chunk is None
                    and _reuse.same_layout(fm, prepared, r32[0]))
         spec = _reuse.Spec(eval_model, fm, precision, bs, task,
-                           staged=reusing and _reuse.can_stage(eval_model, prepared, x, bs), clean=bool(clean))
+                           staged=reusing and bool(clean) and _reuse.can_stage(eval_model, prepared, x, bs),
+                           clean=bool(clean))
         if _reuse.hashable(spec):
             with precision_scope(precision):
                 if reusing:

@@ -11,10 +11,11 @@ the CPU default) on one device. Three kinds of work are skipped or shared:
   has that trial's accuracy.
 * **The clean prefix.** For a model split into stages (jaxfault.engine.stages), a trial whose first
   changed parameter sits in stage k starts from the clean activations at the input of stage k,
-  computed once per call. Only float32 arithmetic is split (``can_stage``): in bf16, XLA keeps
-  float32 across some fused layer chains and rounds once, so the staged program rounds
-  differently from the whole one (on the default LeNet its clean top-1 moved by 3 images in
-  10,000) and bf16 evaluations run whole.
+  computed once per call. In float32 every cut is used. In bf16, XLA keeps float32 across some
+  fused layer chains and rounds once, so a cut there would round differently from the whole
+  program (cut before its dense head, the default LeNet's clean top-1 moved by 7 images in
+  10,000); only cuts after a stage that rounds its own output are used (``model_stages`` with
+  the arithmetic dtype: after the first convolution stage of a grayscale LeNet on the CPU).
 * **Compilation.** Every program is a module-level ``jax.jit`` of a pure function whose static
   argument is a frozen spec (model, fault model, strategy, precision, batch size, top-k): jit's
   own cache reuses a program across calls with the same shapes and fault-model structure.
@@ -113,14 +114,14 @@ class Spec:
     precision: str
     batch_size: int
     task: Any                     # a jaxfault.core.tasks.Task (frozen, hashable)
-    staged: bool                  # start trials from clean activations (jaxfault.engine.stages)
+    staged: bool                  # start trials from clean activations (jaxfault.engine.stages; needs clean)
     clean: bool = True            # evaluate the clean row (needed to skip unchanged trials)
 
 
-def _stages(spec: Spec):
+def _stages(spec: Spec, prepared, images):
     from jaxfault.engine.stages import model_stages
 
-    return model_stages(spec.model) if spec.staged else None
+    return model_stages(spec.model, prepared, images.dtype) if spec.staged else None
 
 
 def _batches(a, bs: int, fill=0):
@@ -163,7 +164,9 @@ def _scan(spec: Spec, prepared, images, labels, rates, keys):
     from jaxfault.core.protocol import stats_dict
     from jaxfault.core.tasks import make_metric_fn
 
-    stages = _stages(spec)
+    if spec.staged and not spec.clean:
+        raise ValueError("a staged evaluation needs the clean row, whose activations it starts from")
+    stages = _stages(spec, prepared, images)
     params = prepared["params"]
     names = (tuple(params),) if stages is None else tuple(s.leaves for s in stages)
     n_stages = len(names)
@@ -198,13 +201,18 @@ def _scan(spec: Spec, prepared, images, labels, rates, keys):
                 xb, yb, cached = xs
                 h = xb
                 outs = []
-                for k, st in enumerate(stages):
+                for k, st in enumerate(stages[:-1]):
                     if k > 0:
                         h = jnp.where(start == k, cached[k - 1], h)
                     h = jax.lax.cond(start <= k, lambda z, fn=st.fn: fn(v["params"], z),
                                      lambda z, s=shapes[k]: jnp.zeros(s.shape, s.dtype), h)
                     outs.append(h)
-                return c + task.batch_sums(h, yb), tuple(outs[:-1])
+                # The last stage always runs (start <= its index), scored in the same computation:
+                # in bf16, XLA may take the argmax of unrounded logits, as in the whole program.
+                if len(stages) > 1:
+                    h = jnp.where(start == len(stages) - 1, cached[-1], h)
+                logits = stages[-1].fn(v["params"], h)
+                return c + task.batch_sums(logits, yb), tuple(outs)
 
             c, outs = jax.lax.scan(body, sums0, (x, y, acts))
             return task.finalize(c, n), outs
@@ -266,8 +274,9 @@ _clean_jit = jax.jit(_clean, static_argnums=0)
 
 def can_stage(model, prepared, images, batch_size: int) -> bool:
     """True when trials of this evaluation may start from clean activations: the model is split
-    (jaxfault.engine.stages), the arithmetic is float32 (a bf16 program may keep excess precision
-    across a cut, so a cut could change its numbers) and the activations fit MAX_CACHE_BYTES.
+    at a cut that is exact in the arithmetic dtype (jaxfault.engine.stages: every cut in float32;
+    in bf16 only after a stage that rounds its own output), every floating parameter has the
+    inputs' dtype, and the activations fit MAX_CACHE_BYTES.
 
     Args:
       model, prepared: the model in evaluation form and its prepared variables.
@@ -277,10 +286,13 @@ def can_stage(model, prepared, images, batch_size: int) -> bool:
     """
     from jaxfault.engine.stages import model_stages
 
-    stages = model_stages(model, prepared)
-    if stages is None or images.dtype != jnp.float32:
+    if not jnp.issubdtype(images.dtype, jnp.floating):
         return False
-    if any(jnp.asarray(x).dtype != jnp.float32 for x in jax.tree_util.tree_leaves(prepared)):
+    stages = model_stages(model, prepared, images.dtype)
+    if stages is None:
+        return False
+    if any(jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) and jnp.asarray(x).dtype != images.dtype
+           for x in jax.tree_util.tree_leaves(prepared)):
         return False
     bs = min(batch_size, images.shape[0])
     shape = jax.ShapeDtypeStruct((bs,) + images.shape[1:], images.dtype)
@@ -341,9 +353,8 @@ def evaluate_reusing(spec: Spec, prepared, images, labels, rates, keys):
     """The rates x trials evaluation with known answers skipped and clean prefixes shared.
 
     Args:
-      spec: the static description; ``spec.staged`` only for float32 evaluation of a model that
-        jaxfault.engine.stages splits; ``spec.clean`` to evaluate the clean model (and skip unchanged
-        trials).
+      spec: the static description; ``spec.staged`` only when ``can_stage`` holds; ``spec.clean``
+        to evaluate the clean model (and skip unchanged trials).
       prepared, images, labels: prepared variables and inputs (engine.prepare).
       rates: (R,) or (R, S) float32; keys: (R, T) typed keys.
     Returns:

@@ -143,6 +143,15 @@ def check_conv_impl(impl: str) -> str:
     return impl
 
 
+def resolve_conv_impl(impl: str, in_channels: int) -> str:
+    """The implementation a convolution with this many input channels runs: 'auto' is
+    'shift_add' for one input channel on the CPU backend (where it is measured faster), else
+    'xla'; 'xla' and 'shift_add' are themselves."""
+    if check_conv_impl(impl) == "auto":
+        return "shift_add" if in_channels == 1 and jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", impl: str = "auto",
            bias: jax.Array | None = None) -> jax.Array:
     """NHWC x HWIO convolution, plus ``bias`` (per output channel) when given; impl 'xla',
@@ -155,8 +164,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides=(1, 1), padding="SAME", impl
         pads = tuple(jax.lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding))
     else:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if impl == "auto":
-        impl = "shift_add" if kernel.shape[2] == 1 and jax.default_backend() == "cpu" else "xla"
+    impl = resolve_conv_impl(impl, kernel.shape[2])
     if impl == "shift_add":
         if bias is not None:
             return shift_add_conv_bias(x, kernel, bias, strides, pads)
