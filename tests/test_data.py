@@ -103,3 +103,20 @@ def test_batches_cover_everything_once():
     seen = np.concatenate([b for _, b in batches(x, y, 3, key=jax.random.key(0))])
     assert sorted(seen.tolist()) == list(range(10))
     assert [len(b) for _, b in batches(x, y, 3, drop_last=True)] == [3, 3, 3]
+
+
+@pytest.mark.parametrize("value_range", ["symmetric", "unit"])
+def test_byte_images_normalise_to_the_float32_formula_bit_for_bit(value_range):
+    """Every byte value v maps to float32(v) / 255 (then * 2 - 1 for 'symmetric'), computed in
+    float32, bit for bit; float images already in [0, 1] are only shifted."""
+    from jaxfault.data import _normalise
+
+    v = np.arange(256, dtype=np.uint8).reshape(16, 4, 4, 1)
+    want = v.astype(np.float32) / np.float32(255.0)
+    if value_range == "symmetric":
+        want = want * np.float32(2.0) - np.float32(1.0)
+    got = _normalise(v, value_range)
+    assert got.dtype == np.float32 and got.shape == v.shape
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    unit = np.linspace(0, 1, 7, dtype=np.float32)
+    np.testing.assert_array_equal(_normalise(unit, value_range), unit * 2 - 1 if value_range == "symmetric" else unit)

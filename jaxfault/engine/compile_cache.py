@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MIN_COMPILE_SECONDS = 0.2           # programs compiled faster than this are not worth storing
+MIN_COMPILE_SECONDS = 0.0           # every program is stored: loading one costs less than compiling it
 
 
 def default_cache_dir() -> Path:

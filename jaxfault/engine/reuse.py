@@ -232,7 +232,14 @@ def _scan(spec: Spec, prepared, images, labels, rates, keys):
         unchanged = (first == n_stages) & ~is_clean & spec.clean
         start = jnp.where(is_clean, 0, jnp.minimum(first, n_stages - 1))
         run = (is_clean & spec.clean) | ~(is_clean | unchanged | dup)
-        out, new_acts = jax.lax.cond(run, lambda: forward(v, start, acts), lambda: (zero, acts))
+        if stages is None:
+            out, new_acts = jax.lax.cond(run, lambda: forward(v, start, acts), lambda: (zero, acts))
+        else:
+            # a faulty trial from stage 0 runs the whole model's program (fused across the cuts,
+            # faster than the stages one by one); the clean row runs the stages to record the cuts
+            branches = [lambda: (zero, acts), lambda: forward(v, start, acts), lambda: (metric(v, images, labels), acts)]
+            which = jnp.where(run, jnp.where(is_clean | (start > 0), 1, 2), 0)
+            out, new_acts = jax.lax.switch(which, branches)
         src = jnp.where(unchanged, 0, jnp.argmax(match))
         out = {k: jnp.where(unchanged | dup, saved[k][src], o) for k, o in out.items()}
         acts = jax.lax.cond(is_clean, lambda: new_acts, lambda: acts)

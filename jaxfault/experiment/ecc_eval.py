@@ -185,7 +185,7 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
             strategy = trial_strategy(config, fm, model, variables, images, labels, task)
             res = engine.evaluate(model, variables, images, labels, fm, config.bers, keys[:config.trials],
                                   strategy=strategy, precision=config.precision, batch_size=config.batch_size,
-                                  topk=topk, task=task, clean=clean is None, compute_dtype=config.compute_dtype)
+                                  topk=topk, task=task, clean=True, compute_dtype=config.compute_dtype, reuse=True)
             clean, summaries = clean or res.clean, [res.summary(i) for i in range(len(config.bers))]
             seconds = [res.seconds / len(config.bers)] * len(config.bers)
         else:
