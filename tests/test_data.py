@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from jaxfault.data import batches, load_dataset, read_idx
+from jaxfault.data import batches, load_dataset, load_test_split, read_idx
 from jaxfault.core.errors import JaxfaultError
 
 
@@ -94,6 +94,25 @@ def test_tfds_path_with_mock_data(tmp_path):
     assert ds.train_images.shape == (7, 28, 28, 1) and ds.test_images.shape == (7, 28, 28, 1)
     assert 0.0 <= ds.train_images.min() and ds.train_images.max() <= 1.0
     assert ds.train_labels.dtype == np.int32 and ds.train_labels.max() < 10
+    with tfds.testing.mock_data(num_examples=7, policy=tfds.testing.MockPolicy.USE_CODE):
+        x, y, n = load_test_split("mnist", source="tfds", data_dir=tmp_path, value_range="unit")
+    np.testing.assert_array_equal(x, ds.test_images)
+    np.testing.assert_array_equal(y, ds.test_labels)
+    assert n == 10
+
+
+@pytest.mark.parametrize("value_range", ["symmetric", "unit"])
+def test_test_split_alone_is_the_datasets_test_split(tmp_path, value_range):
+    """load_test_split gives load_dataset's test arrays bit for bit without opening the training
+    files (here: removed)."""
+    make_idx_dir(tmp_path / "fashion_mnist")
+    ds = load_dataset("fashion_mnist", data_dir=tmp_path, source="local", value_range=value_range)
+    for f in (tmp_path / "fashion_mnist").glob("train-*"):
+        f.unlink()
+    x, y, n = load_test_split("fashion_mnist", data_dir=tmp_path, source="local", value_range=value_range)
+    assert x.dtype == np.float32 and y.dtype == np.int32 and n == ds.num_classes == 10
+    np.testing.assert_array_equal(x.view(np.uint32), ds.test_images.view(np.uint32))
+    np.testing.assert_array_equal(y, ds.test_labels)
 
 
 def test_batches_cover_everything_once():

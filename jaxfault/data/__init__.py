@@ -110,13 +110,13 @@ def check_labels(labels: np.ndarray, num_classes: int | None, where) -> None:
                             + (f" ({high} classes)" if high is not None else ""))
 
 
-def load_idx_dir(directory: str | os.PathLike,
-                 num_classes: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+def load_idx_dir(directory: str | os.PathLike, num_classes: int | None = None,
+                 splits: tuple[str, ...] = ("train", "test")) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """Load train/test (images, labels) from an IDX folder; None if its files are not all there.
     Image and label counts must agree, and labels must lie in [0, num_classes) (>= 0 when
-    num_classes is None)."""
+    num_classes is None). ``splits``: the splits to read (the others are not opened)."""
     directory = Path(directory)
-    paths = {split: tuple(_find_idx(directory, s) for s in stems) for split, stems in IDX_FILES.items()}
+    paths = {split: tuple(_find_idx(directory, s) for s in IDX_FILES[split]) for split in splits}
     if any(p is None for pair in paths.values() for p in pair):
         return None
     out = {}
@@ -133,12 +133,14 @@ def load_idx_dir(directory: str | os.PathLike,
 
 # ---------------------------------------------------------------------------------------------
 # TFDS
-def load_tfds(name: str, data_dir: str | os.PathLike | None = None, download: bool = True):
-    """Load train/test (images, labels) and num_classes through TFDS's own API (tfds.data_source)."""
+def load_tfds(name: str, data_dir: str | os.PathLike | None = None, download: bool = True,
+              splits: tuple[str, ...] = ("train", "test")):
+    """Load train/test (images, labels) and num_classes through TFDS's own API (tfds.data_source);
+    ``splits``: the splits to read."""
     import tensorflow_datasets as tfds
 
     out = {}
-    for split in ("train", "test"):
+    for split in splits:
         source = tfds.data_source(name, split=split, data_dir=None if data_dir is None else str(data_dir),
                                   download=download)
         n = len(source)
@@ -176,6 +178,28 @@ def load_dataset(name: str = DEFAULT_DATASET, data_dir: str | os.PathLike | None
     `source` is 'local' (IDX files), 'tfds', or 'auto' (local first, then TFDS). When nothing is
     found, one JaxfaultError lists every place tried and how to get the data.
     """
+    splits, num_classes, where = _load_splits(name, data_dir, source, value_range, download, ("train", "test"))
+    return _make(name, splits, num_classes, value_range, where)
+
+
+def load_test_split(name: str = DEFAULT_DATASET, data_dir: str | os.PathLike | None = None,
+                    source: str = "auto", value_range: str = "symmetric",
+                    download: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+    """(test images, test labels, number of classes) of a dataset, as ``load_dataset`` gives them,
+    without reading or converting the training split (an evaluation of a trained model needs only
+    the test split). The number of classes is the dataset's known count, else one more than the
+    largest test label."""
+    splits, num_classes, _ = _load_splits(name, data_dir, source, value_range, download, ("test",))
+    images, labels = splits["test"]
+    labels = labels.astype(np.int32)
+    if num_classes is None:
+        num_classes = int(labels.max(initial=0)) + 1
+    return _normalise(images, value_range), labels, int(num_classes)
+
+
+def _load_splits(name, data_dir, source, value_range, download, wanted):
+    """({split: (raw images, labels)}, num_classes or None, source description) of the first place
+    that holds the dataset; one JaxfaultError listing every place tried when none does."""
     if value_range not in VALUE_RANGES:
         raise JaxfaultError(f"value_range must be one of {VALUE_RANGES}, got {value_range!r}")
     if source not in SOURCES:
@@ -188,14 +212,14 @@ def load_dataset(name: str = DEFAULT_DATASET, data_dir: str | os.PathLike | None
     if source in ("auto", "local"):
         for d in local_idx_dirs(name, data_dir):
             if d.is_dir():
-                splits = load_idx_dir(d, NUM_CLASSES.get(name))
+                splits = load_idx_dir(d, NUM_CLASSES.get(name), splits=wanted)
                 if splits is not None:
-                    return _make(name, splits, NUM_CLASSES.get(name), value_range, f"idx:{d}")
+                    return splits, NUM_CLASSES.get(name), f"idx:{d}"
             tried.append(f"IDX files in {d}")
     if source in ("auto", "tfds"):
         try:
-            splits, num_classes = load_tfds(name, data_dir, download=download)
-            return _make(name, splits, num_classes, value_range, "tfds")
+            splits, num_classes = load_tfds(name, data_dir, download=download, splits=wanted)
+            return splits, num_classes, "tfds"
         except JaxfaultError:
             raise
         except Exception as e:  # TFDS raises many kinds: network, unknown name, missing TF...

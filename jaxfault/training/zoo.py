@@ -14,7 +14,7 @@ from typing import Callable
 import jax
 
 from jaxfault.training.checkpoints import META_FILE, save_checkpoint
-from jaxfault.data import DEFAULT_DATASET, load_dataset
+from jaxfault.data import DEFAULT_DATASET, load_dataset, load_test_split
 from jaxfault.core.config import setting
 from jaxfault.core.errors import JaxfaultError, check, nearest_hint
 from jaxfault.training.lm import LM_FAMILIES
@@ -261,11 +261,11 @@ def load_classifier_and_data(checkpoint=None, limit: int | None = None, log: Cal
         checkpoint = default_classifier(log=log)
     ck = load_checkpoint(checkpoint, kind="classifier")
     cfg = ck.config
-    ds = load_dataset(cfg.get("dataset", "fashion_mnist"), value_range=cfg.get("value_range", "symmetric"))
-    images, labels = ds.test_images, ds.test_labels
+    images, labels, num_classes = load_test_split(cfg.get("dataset", "fashion_mnist"),
+                                                  value_range=cfg.get("value_range", "symmetric"))
     if limit:
         images, labels = images[:limit], labels[:limit]
-    topk = (1, 5) if ds.num_classes > 5 else (1,)
+    topk = (1, 5) if num_classes > 5 else (1,)
     return str(checkpoint), ck.model, ck.variables, images, labels, topk
 
 
