@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfault.core.batching import map_over, parse_strategy, resolve_strategy
+from jaxfault.core.batching import map_over, resolve_strategy
 from jaxfault.core.errors import check
 from jaxfault.core.precision import check_precision, precision_scope
 from jaxfault.core.protocol import stats_dict
@@ -330,10 +330,8 @@ def evaluate(model, variables: PyTree, inputs, targets, fault_model, rates, keys
             and "activations" not in getattr(fm, "sites", ()) + getattr(fault_model, "sites", ())):
         from jaxfault.engine import reuse as _reuse
 
-        kind, chunk = parse_strategy(strategy)
         r32 = jnp.asarray(rates, jnp.float32)
-        reusing = (bool(reuse) and kind == "map" and chunk is None
-                   and _reuse.same_layout(fm, prepared, r32[0]))
+        reusing = bool(reuse) and _reuse.strategy_reuses(strategy) and _reuse.same_layout(fm, prepared, r32[0])
         spec = _reuse.Spec(eval_model, fm, precision, bs, task,
                            staged=reusing and bool(clean) and _reuse.can_stage(eval_model, prepared, x, bs),
                            clean=bool(clean))

@@ -279,6 +279,20 @@ _grid_jit = jax.jit(_grid, static_argnums=(0, 1))
 _clean_jit = jax.jit(_clean, static_argnums=0)
 
 
+def strategy_reuses(strategy: str) -> bool:
+    """True for the batching strategy the reuse path runs under: trials mapped one at a time
+    ('map' without a chunk, which 'auto' is on the CPU).
+
+    Args:
+      strategy: a batching strategy name (jaxfault.core.batching).
+    Returns:
+      A bool.
+    """
+    from jaxfault.core.batching import parse_strategy
+
+    return parse_strategy(strategy) == ("map", None)
+
+
 def can_stage(model, prepared, images, batch_size: int) -> bool:
     """True when trials of this evaluation may start from clean activations: the model is split
     at a cut that is exact in the arithmetic dtype (jaxfault.engine.stages: every cut in float32;

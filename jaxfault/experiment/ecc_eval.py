@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxfault import engine
 from jaxfault.core import batching, tasks
+from jaxfault.engine.reuse import strategy_reuses
 from jaxfault.ecc import SCHEMES, check_scheme_block_size
 from jaxfault.ecc.hbm import LEAF_SELECTORS, MODES, HBMFaults
 from jaxfault.core.config import parse_probability_list, setting
@@ -183,9 +184,11 @@ def evaluate_schemes(config: SparrowEvalConfig, model, variables, images, labels
         clean = next((m for v, m in known if same_bits(v, prepared)), None)
         if config.ci_width is None or (task is not None and task.name == "language_model"):
             strategy = trial_strategy(config, fm, model, variables, images, labels, task)
+            # the reuse path starts trials from this call's own clean row; elsewhere it is run once
             res = engine.evaluate(model, variables, images, labels, fm, config.bers, keys[:config.trials],
                                   strategy=strategy, precision=config.precision, batch_size=config.batch_size,
-                                  topk=topk, task=task, clean=True, compute_dtype=config.compute_dtype, reuse=True)
+                                  topk=topk, task=task, clean=clean is None or strategy_reuses(strategy),
+                                  compute_dtype=config.compute_dtype, reuse=True)
             clean, summaries = clean or res.clean, [res.summary(i) for i in range(len(config.bers))]
             seconds = [res.seconds / len(config.bers)] * len(config.bers)
         else:
