@@ -90,6 +90,31 @@ def test_reuse_without_the_clean_row_starts_no_trial_from_a_cut(lenet):
         np.testing.assert_array_equal(_bits(quiet.metrics[k]), _bits(full.metrics[k]), err_msg=k)
 
 
+class _AddsALeaf(jaxfault.faults.fault_models.BitFlips):
+    """Bit flips whose perturbed variables carry one more collection than the prepared ones."""
+
+    def perturb(self, key, variables, rate):
+        faulty, stats = super().perturb(key, variables, rate)
+        return {**faulty, "extra": {"seen": jnp.float32(rate)}}, stats
+
+
+def test_reuse_falls_back_to_the_grid_when_the_layout_changes(lenet):
+    """A fault model whose perturbed variables differ in layout from the prepared ones cannot run
+    its clean row through the trial code: reuse=True then evaluates the plain grid (found while
+    tracing, before anything runs), with the numbers of reuse=False."""
+    model, variables, x, labels = lenet
+    keys = jax.random.split(jax.random.key(4), 3)
+    kw = dict(batch_size=16, topk=(1, 2))
+    fm = _AddsALeaf()
+    with pytest.raises(reuse.LayoutDiffers):
+        reuse._check_same_layout(variables, fm.perturb(keys[0], variables, 1e-3)[0])
+    asked = engine.evaluate(model, variables, x, labels, fm, [2e-6, 3e-3], keys, reuse=True, **kw)
+    plain = engine.evaluate(model, variables, x, labels, fm, [2e-6, 3e-3], keys, reuse=False, **kw)
+    assert asked.work is None and asked.clean == plain.clean
+    for k in plain.metrics:
+        np.testing.assert_array_equal(_bits(asked.metrics[k]), _bits(plain.metrics[k]), err_msg=k)
+
+
 def test_programs_are_reused_across_calls(lenet):
     """A second call with the same shapes and fault-model structure compiles nothing."""
     model, variables, x, labels = lenet

@@ -331,15 +331,18 @@ def evaluate(model, variables: PyTree, inputs, targets, fault_model, rates, keys
         from jaxfault.engine import reuse as _reuse
 
         r32 = jnp.asarray(rates, jnp.float32)
-        reusing = bool(reuse) and _reuse.strategy_reuses(strategy) and _reuse.same_layout(fm, prepared, r32[0])
+        reusing = bool(reuse) and _reuse.strategy_reuses(strategy)
         spec = _reuse.Spec(eval_model, fm, precision, bs, task,
                            staged=reusing and bool(clean) and _reuse.can_stage(eval_model, prepared, x, bs),
                            clean=bool(clean))
         if _reuse.hashable(spec):
             with precision_scope(precision):
                 if reusing:
-                    metrics, stats, clean_m, work = _reuse.evaluate_reusing(spec, prepared, x, y, r32, keys)
-                else:
+                    try:
+                        metrics, stats, clean_m, work = _reuse.evaluate_reusing(spec, prepared, x, y, r32, keys)
+                    except _reuse.LayoutDiffers:   # found while tracing: nothing has run
+                        reusing = False
+                if not reusing:
                     (metrics, stats, clean_m), work = _reuse.evaluate_grid(spec, resolve_strategy(strategy), prepared,
                                                                            x, y, r32, keys, clean), None
             seconds = time.perf_counter() - t0

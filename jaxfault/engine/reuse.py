@@ -6,9 +6,10 @@ the CPU default) on one device. Three kinds of work are skipped or shared:
 * **Known answers.** Every trial's perturbed variables are first compared, bit for bit, with the
   clean ones. A trial that changed nothing (no fault drawn, every fault masked by the stored
   value or corrected by the ECC) has the clean model's accuracy. A trial whose perturbed
-  parameters have the same fingerprint as an earlier trial's (two 32-bit linear hashes of the
-  bit patterns, ``params_fingerprint``: one value apart never collide, otherwise about 2^-64)
-  has that trial's accuracy.
+  variables have the same fingerprint as an earlier trial's (two 32-bit linear hashes of all
+  their bit patterns, ``fingerprint``: one value apart never collide, otherwise about 2^-64)
+  has that trial's accuracy. Both tests read one flat vector of the variables' bits, so each is
+  a single reduction in the program.
 * **The clean prefix.** For a model split into stages (jaxfault.engine.stages), a trial whose first
   changed parameter sits in stage k starts from the clean activations at the input of stage k,
   computed once per call. In float32 every cut is used. In bf16, XLA keeps float32 across some
@@ -46,46 +47,31 @@ def _mix32(h):
     return h ^ (h >> 16)
 
 
-def fingerprint_multipliers(params, seed: int = 0x5EED) -> tuple:
-    """Two fixed odd uint32 multipliers per parameter value: the murmur3 finalizer of the value's
-    running index (over the leaves in tree order) and of a seed (the same in every program, so
-    fingerprints compare across calls; cheap to compile, unlike a random-bits generator).
+def fingerprint(bits: jax.Array, seed: int = 0x5EED) -> jax.Array:
+    """Two linear hashes mod 2^32 of a flat uint32 vector of bit patterns, with odd multipliers
+    made in the program: the murmur3 finalizer of each value's index and of a seed (the same in
+    every program, so fingerprints compare across calls). Vectors that differ in one value never
+    share a fingerprint (an odd multiplier keeps any nonzero difference nonzero mod 2^32); vectors
+    that differ in more share one with probability about 2^-64.
 
     Args:
-      params: a pytree of arrays.
+      bits: a 1-D uint32 array (``flat_bits`` of a pytree).
       seed: mixed into every multiplier.
-    Returns:
-      A tuple, per leaf, of two uint32 arrays of the leaf's shape.
-    """
-    out, offset = [], 0
-    for x in jax.tree_util.tree_leaves(params):
-        shape = jnp.shape(x)
-        idx = jnp.uint32(offset) + jax.lax.iota(jnp.uint32, max(int(np.prod(shape)), 1))[:int(np.prod(shape))]
-        idx = idx.reshape(shape)
-        out.append(tuple(_mix32(_mix32(idx * jnp.uint32(2) + jnp.uint32(j)) ^ jnp.uint32(seed + j)) | jnp.uint32(1)
-                         for j in range(2)))
-        offset += int(np.prod(shape))
-    return tuple(out)
-
-
-def params_fingerprint(params, multipliers) -> jax.Array:
-    """Two linear hashes mod 2^32 of the parameters' bit patterns with independent random odd
-    multipliers. Sets that differ in one value never share a fingerprint (an odd multiplier keeps
-    any nonzero difference nonzero mod 2^32); sets that differ in more share one with
-    probability about 2^-64.
-
-    Args:
-      params: a pytree of arrays (16- or 32-bit floats or integers).
-      multipliers: ``fingerprint_multipliers(params)``.
     Returns:
       A (2,) uint32 array.
     """
-    h = [jnp.uint32(0), jnp.uint32(0)]
-    for x, (m1, m2) in zip(jax.tree_util.tree_leaves(params), multipliers):
-        b = _bits(x)
-        h[0] = h[0] + jnp.sum(b * m1, dtype=jnp.uint32)
-        h[1] = h[1] + jnp.sum((b ^ (b >> 16) ^ jnp.uint32(0x9E3779B9)) * m2, dtype=jnp.uint32)
-    return jnp.stack(h)
+    idx = jax.lax.iota(jnp.uint32, bits.shape[0])
+    m1, m2 = (_mix32(_mix32(idx * jnp.uint32(2) + jnp.uint32(j)) ^ jnp.uint32(seed + j)) | jnp.uint32(1)
+              for j in range(2))
+    return jnp.stack([jnp.sum(bits * m1, dtype=jnp.uint32),
+                      jnp.sum((bits ^ (bits >> 16) ^ jnp.uint32(0x9E3779B9)) * m2, dtype=jnp.uint32)])
+
+
+def flat_bits(leaves) -> jax.Array:
+    """The bit patterns of a sequence of arrays, each widened to uint32, raveled and concatenated
+    (one vector, so one reduction compares or hashes them all)."""
+    parts = [_bits(x).ravel() for x in leaves]
+    return jnp.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else jnp.zeros((0,), jnp.uint32))
 
 
 def _bits(x) -> jax.Array:
@@ -94,14 +80,6 @@ def _bits(x) -> jax.Array:
     if jnp.issubdtype(x.dtype, jnp.bool_):
         return x.astype(jnp.uint32)
     return (jax.lax.bitcast_convert_type(x, width) if width else x).astype(jnp.uint32)
-
-
-def _changed(a, b) -> jax.Array:
-    """True when two pytrees of the same structure differ in any bit."""
-    out = jnp.bool_(False)
-    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        out = out | jnp.any(_bits(x) != _bits(y))
-    return out
 
 
 # ------------------------------------------------------------------------------ the spec
@@ -131,17 +109,28 @@ def _batches(a, bs: int, fill=0):
     return a.reshape((nb, bs) + a.shape[1:])
 
 
-def _first_changed(names, clean, faulty) -> jax.Array:
-    """Index of the first stage whose parameters differ in any bit (len(names): none); any other
-    changed leaf (another collection, a parameter outside the stages) counts as stage 0."""
+def _stage_leaves(names, v) -> tuple:
+    """v's leaves grouped by the stage they count for: every leaf outside the stages (another
+    collection, a parameter no stage reads) counts as stage 0's."""
     staged = {n for s in names for n in s}
-    rest = lambda v: ({k: x for k, x in v.items() if k != "params"},  # noqa: E731
-                      {k: x for k, x in v["params"].items() if k not in staged})
-    first = jnp.where(_changed(rest(faulty), rest(clean)), 0, len(names))
-    for k in reversed(range(len(names))):
-        hit = _changed([faulty["params"][n] for n in names[k]], [clean["params"][n] for n in names[k]])
-        first = jnp.where(hit, jnp.minimum(first, k), first)
-    return first.astype(jnp.int32)
+    rest = jax.tree_util.tree_leaves(({k: x for k, x in v.items() if k != "params"},
+                                      {k: x for k, x in v["params"].items() if k not in staged}))
+    groups = [rest + jax.tree_util.tree_leaves([v["params"][n] for n in names[0]])]
+    groups += [jax.tree_util.tree_leaves([v["params"][n] for n in s]) for s in names[1:]]
+    return tuple(groups)
+
+
+def _stage_ends(names, v) -> np.ndarray:
+    """One past each stage's last value in ``flat_bits`` of the stage-ordered leaves."""
+    return np.cumsum([sum(int(np.prod(jnp.shape(x))) for x in g) for g in _stage_leaves(names, v)])
+
+
+def _first_changed(ends: np.ndarray, clean_bits, faulty_bits) -> jax.Array:
+    """Index of the first stage with a value that differs in any bit (len(ends): none), from the
+    position of the first differing value in the stage-ordered bit vectors."""
+    n = clean_bits.shape[0]
+    pos = jnp.min(jnp.where(faulty_bits != clean_bits, jax.lax.iota(jnp.int32, n), n), initial=n)
+    return jnp.sum(pos >= jnp.asarray(ends, jnp.int32), dtype=jnp.int32)
 
 
 # ------------------------------------------------------------------------------ the program
@@ -172,7 +161,9 @@ def _scan(spec: Spec, prepared, images, labels, rates, keys):
     n_stages = len(names)
     n = labels.shape[0]
     bs = min(spec.batch_size, n)
-    mult = fingerprint_multipliers(params)
+    ends = _stage_ends(names, prepared)
+    order = lambda v: flat_bits([x for g in _stage_leaves(names, v) for x in g])  # noqa: E731
+    clean_bits = order(prepared)
     task = spec.task
     metric = make_metric_fn(spec.model, batch_size=bs, task=task)
     zero = {k: jnp.zeros(s.shape, s.dtype) for k, s in jax.eval_shape(metric, prepared, images, labels).items()}
@@ -223,10 +214,12 @@ def _scan(spec: Spec, prepared, images, labels, rates, keys):
         i, rate, key = row
         fps, filled, saved, acts = memo
         faulty, stats = spec.fault_model.perturb(key, prepared, rate)
+        _check_same_layout(prepared, faulty)
         is_clean = i == 0
         v = jax.tree_util.tree_map(lambda c, f: jnp.where(is_clean, c, f), prepared, faulty)
-        first = _first_changed(names, prepared, v)
-        fp = params_fingerprint(v["params"], mult)
+        bits = order(v)
+        first = _first_changed(ends, clean_bits, bits)
+        fp = fingerprint(bits)
         match = jnp.all(fps == fp[None], axis=1) & filled
         dup = jnp.any(match) & ~is_clean
         unchanged = (first == n_stages) & ~is_clean & spec.clean
@@ -324,19 +317,17 @@ def can_stage(model, prepared, images, batch_size: int) -> bool:
     return total <= MAX_CACHE_BYTES
 
 
-def same_layout(fault_model, prepared, rate) -> bool:
-    """True when the fault model's perturbed variables have the prepared variables' structure,
-    shapes and dtypes (so a clean row can run through the same code as a faulty one).
+class LayoutDiffers(Exception):
+    """Raised while tracing the reuse program when the fault model's perturbed variables do not
+    have the prepared variables' structure, shapes and dtypes (a clean row then cannot run
+    through the same code as a faulty one); the engine falls back to the plain grid."""
 
-    Args:
-      fault_model: the fault model; prepared: its prepared variables; rate: a rate of its grid.
-    Returns:
-      A bool (traced with ``jax.eval_shape``: nothing is computed).
-    """
-    out = jax.eval_shape(lambda k, r: fault_model.perturb(k, prepared, r)[0], jax.random.key(0), rate)
+
+def _check_same_layout(prepared, faulty) -> None:
     a, ta = jax.tree_util.tree_flatten(prepared)
-    b, tb = jax.tree_util.tree_flatten(out)
-    return ta == tb and all(jnp.shape(x) == y.shape and jnp.asarray(x).dtype == y.dtype for x, y in zip(a, b))
+    b, tb = jax.tree_util.tree_flatten(faulty)
+    if ta != tb or any(jnp.shape(x) != jnp.shape(y) or jnp.asarray(x).dtype != y.dtype for x, y in zip(a, b)):
+        raise LayoutDiffers("the perturbed variables differ in layout from the prepared ones")
 
 
 def hashable(spec: Spec) -> bool:
