@@ -24,7 +24,9 @@ Workloads (conv/dense weights only, biases untouched, as PyTorchFI injects):
 Per workload and BER: seconds per faulty instance (jaxfault's first call, compilation and clean
 pass included, and a second, warm call), the ratio to PyTorchFI, the mean accuracies, and whether
 the two accuracy distributions agree (Welch's t-test and the Mann-Whitney U test, two-sided; a
-p-value above 0.01 is read as agreement). Both tools draw their own faults (different random
+p-value above 0.01 is read as agreement). Then the exact-recompute floor at the routes jaxfault's
+trials took (``route_floor``): what no exact evaluation with XLA's kernels can undercut on this
+machine even with nothing to compile, and so the largest ratio to PyTorchFI it can reach. Both tools draw their own faults (different random
 streams, same law). Prints ``uptime`` first: timings on a shared machine vary with its load.
 """
 from __future__ import annotations
@@ -160,6 +162,68 @@ def jaxfault_instances(model, variables, images, labels, workload: str, ber: flo
     return first.accuracy[0], first.seconds, warm.seconds, first.work, first.stats
 
 
+def route_floor(model, variables, images, labels, routes: dict) -> tuple[float, dict]:
+    """The least time per instance that an exact evaluation with this route mix can take with
+    XLA's kernels on this machine, compilation excluded: the warm time (best of 3) of the clean
+    pass through the stages, plus, per trial, the time of its route: the whole model's forward
+    pass ('full') or the stages from cut k ('cutk'), scored; copies ('clean', 'duplicate') cost
+    nothing. Returns (seconds per instance, {route: warm seconds})."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxfault.engine.stages import model_stages
+
+    params = variables["params"]
+    bs = 1000 if len(labels) % 1000 == 0 else len(labels)           # the engine's batch size
+    x = jnp.asarray(images).reshape((-1, bs) + tuple(np.shape(images)[1:]))
+    y = jnp.asarray(labels).reshape((-1, bs))
+    stages = model_stages(model, variables, x.dtype)
+
+    def batched(f):            # f(params, h, labels) per batch of bs images, as the engine runs them
+        return lambda p, h: jnp.sum(jax.lax.map(lambda hy: f(p, *hy), (h, y)), axis=0)
+
+    score = lambda logits, yb: jnp.sum(jnp.argmax(logits, -1) == yb)  # noqa: E731
+
+    def best(f, *args):
+        f = jax.jit(f)
+        jax.block_until_ready(f(*args))
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    acts = [x]
+    for st in stages[:-1]:
+        acts.append(jax.jit(lambda p, h, fn=st.fn: jax.lax.map(lambda b: fn(p, b), h))(params, acts[-1]))
+
+    def from_cut(k):
+        def f(p, h, yb):
+            for st in stages[k:]:
+                h = st.fn(p, h)
+            return score(h, yb)
+        return batched(f)
+
+    def clean_pass(p, h):
+        def one(hy):
+            hb, yb = hy
+            outs = []
+            for st in stages[:-1]:
+                hb = st.fn(p, hb)
+                outs.append(hb)
+            return score(stages[-1].fn(p, hb), yb), outs
+        return jax.lax.map(one, (h, y))
+
+    cost = {"clean pass": best(clean_pass, params, x),
+            "full": best(batched(lambda p, h, yb: score(model.apply({"params": p}, h), yb)), params, x)}
+    for k in range(1, len(stages)):
+        cost[f"cut{k}"] = best(from_cut(k), params, acts[k])
+    n = sum(routes.values())
+    total = cost["clean pass"] + sum(c * cost[r] for r, c in routes.items() if r in cost)
+    return total / n, cost
+
+
 def agreement(a, b) -> str:
     from scipy.stats import mannwhitneyu, ttest_ind
 
@@ -236,6 +300,10 @@ def main(argv=None) -> int:
                   f"({pfi_s / (warm_s / n):.1f}x); faulty cells/instance: jaxfault {float(np.mean(stats['n_faults'])):.1f}, "
                   f"faulty weights/instance: PyTorchFI {weights_p:.1f}; "
                   f"routes {work}")
+            floor, cost = route_floor(model, variables, images, labels_np, work)
+            print(f"         exact-recompute floor at these routes (warm, compilation excluded): {floor:.3f} s/instance, "
+                  f"at most {pfi_s / floor:.1f}x PyTorchFI; warm s per route: "
+                  + ", ".join(f"{r} {c:.3f}" for r, c in cost.items()))
             print(f"         top-1 mean: PyTorchFI {100 * acc_p.mean():.2f} +- {100 * acc_p.std():.2f} %, jaxfault "
                   f"{100 * acc_j.mean():.2f} +- {100 * acc_j.std():.2f} % (std over instances); {agreement(acc_p, acc_j)}")
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
