@@ -120,11 +120,6 @@ def _stage_leaves(names, v) -> tuple:
     return tuple(groups)
 
 
-def _stage_ends(names, v) -> np.ndarray:
-    """One past each stage's last value in ``flat_bits`` of the stage-ordered leaves."""
-    return np.cumsum([sum(int(np.prod(jnp.shape(x))) for x in g) for g in _stage_leaves(names, v)])
-
-
 def _first_changed(ends: np.ndarray, clean_bits, faulty_bits) -> jax.Array:
     """Index of the first stage with a value that differs in any bit (len(ends): none), from the
     position of the first differing value in the stage-ordered bit vectors."""
@@ -161,9 +156,10 @@ def _scan(spec: Spec, prepared, images, labels, rates, keys):
     n_stages = len(names)
     n = labels.shape[0]
     bs = min(spec.batch_size, n)
-    ends = _stage_ends(names, prepared)
     order = lambda v: flat_bits([x for g in _stage_leaves(names, v) for x in g])  # noqa: E731
     clean_bits = order(prepared)
+    # one past each stage's last value in the stage-ordered bit vector
+    ends = np.cumsum([sum(int(np.prod(jnp.shape(x))) for x in g) for g in _stage_leaves(names, prepared)])
     task = spec.task
     metric = make_metric_fn(spec.model, batch_size=bs, task=task)
     zero = {k: jnp.zeros(s.shape, s.dtype) for k, s in jax.eval_shape(metric, prepared, images, labels).items()}
