@@ -191,10 +191,17 @@ def load_test_split(name: str = DEFAULT_DATASET, data_dir: str | os.PathLike | N
     largest test label."""
     splits, num_classes, _ = _load_splits(name, data_dir, source, value_range, download, ("test",))
     images, labels = splits["test"]
-    labels = labels.astype(np.int32)
+    (labels,), num_classes = _int_labels([labels], num_classes)
+    return _normalise(images, value_range), labels, num_classes
+
+
+def _int_labels(label_arrays, num_classes):
+    """(the label arrays as int32, the number of classes): the given count, else one more than the
+    largest label of any of the arrays."""
+    label_arrays = [y.astype(np.int32) for y in label_arrays]
     if num_classes is None:
-        num_classes = int(labels.max(initial=0)) + 1
-    return _normalise(images, value_range), labels, int(num_classes)
+        num_classes = int(max(y.max(initial=0) for y in label_arrays)) + 1
+    return label_arrays, int(num_classes)
 
 
 def _load_splits(name, data_dir, source, value_range, download, wanted):
@@ -233,15 +240,12 @@ def _load_splits(name, data_dir, source, value_range, download, wanted):
 
 def _make(name, splits, num_classes, value_range, source) -> Dataset:
     (tr_x, tr_y), (te_x, te_y) = splits["train"], splits["test"]
-    tr_y = tr_y.astype(np.int32)
-    te_y = te_y.astype(np.int32)
-    if num_classes is None:
-        num_classes = int(max(tr_y.max(initial=0), te_y.max(initial=0))) + 1
+    (tr_y, te_y), num_classes = _int_labels([tr_y, te_y], num_classes)
     if tr_x.shape[1:] != te_x.shape[1:]:
         raise JaxfaultError(f"{name}: train images {tr_x.shape[1:]} and test images {te_x.shape[1:]} differ in shape")
     return Dataset(name=name, train_images=_normalise(tr_x, value_range), train_labels=tr_y,
                    test_images=_normalise(te_x, value_range), test_labels=te_y,
-                   num_classes=int(num_classes), value_range=value_range, source=source)
+                   num_classes=num_classes, value_range=value_range, source=source)
 
 
 def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, key=None,
